@@ -1,0 +1,139 @@
+"""The forwarder: take records from the durable store, publish, and delete only after PUBACK.
+
+Over one connection it keeps up to ``window`` records in flight per lane, always filling the
+control lane first, so alerts and responses never wait behind a telemetry backlog. A failed or
+unacknowledged record is released back to the store and keeps its place in the order; it is sent
+again on the next connection with the replay flag set. A record the broker refuses for good
+(MQTT 5 reason codes such as "not authorized" or "packet too large") is removed and reported, so
+it cannot block the lane forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bridge.codec import set_replay
+from bridge.errors import BridgeError, PublishRejected, UplinkBusy
+from bridge.store import LANES, Lane, Record, RecordStore
+from bridge.uplink import MqttConnection
+
+log = logging.getLogger(__name__)
+
+# PUBACK reason codes that retrying will not fix.
+PERMANENT_PUBACK_CODES = frozenset({0x87, 0x90, 0x95, 0x99})
+_RETRY_PAUSE_S = 1.0
+
+
+@dataclass(frozen=True)
+class LanePolicy:
+    qos: int
+    window: int
+
+
+class Forwarder:
+    def __init__(
+        self,
+        store: RecordStore,
+        policies: dict[Lane, LanePolicy],
+        *,
+        on_delivered: Callable[[Record, int], None],
+        on_rejected: Callable[[Record, str], None],
+    ) -> None:
+        self._store = store
+        self._policies = policies
+        self._on_delivered = on_delivered
+        self._on_rejected = on_rejected
+        self._wake = asyncio.Event()
+        self._inflight: dict[Lane, dict[str, Record]] = {lane: {} for lane in LANES}
+        self._paused_until = 0.0
+
+    def wake(self) -> None:
+        """Something new is in the store."""
+        self._wake.set()
+
+    def mark_backlog(self) -> None:
+        """Everything waiting now is backlog and will be sent with the replay flag."""
+        self._store.mark_backlog()
+
+    def inflight(self, lane: Lane) -> int:
+        return len(self._inflight[lane])
+
+
+    async def pump(self, conn: MqttConnection, stop: asyncio.Event, drain_timeout_s: float = 5.0) -> None:
+        """Send over ``conn`` until it closes or ``stop`` is set (then wait for in-flight acks)."""
+        loop = asyncio.get_running_loop()
+        closed = asyncio.ensure_future(conn.wait_closed())
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while not conn.closed and not stop.is_set():
+                self._wake.clear()
+                if loop.time() >= self._paused_until:
+                    for lane in LANES:  # control first
+                        self._fill(conn, lane)
+                wake = asyncio.ensure_future(self._wake.wait())
+                timeout = max(0.0, self._paused_until - loop.time()) or None
+                await asyncio.wait({wake, closed, stopping}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                wake.cancel()
+            if stop.is_set() and not conn.closed:
+                await self._drain(drain_timeout_s)
+        finally:
+            closed.cancel()
+            stopping.cancel()
+            self._release_all()
+
+    async def _drain(self, timeout_s: float) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while any(self._inflight.values()) and asyncio.get_running_loop().time() < deadline:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), deadline - asyncio.get_running_loop().time())
+            except asyncio.TimeoutError:
+                break
+
+    def _fill(self, conn: MqttConnection, lane: Lane) -> None:
+        policy = self._policies[lane]
+        free = policy.window - len(self._inflight[lane])
+        if free <= 0:
+            return
+        for rec in self._store.take(lane, free):
+            payload = rec.payload
+            if lane == "telemetry" and rec.replay:
+                payload = set_replay(payload)
+            try:
+                fut = conn.publish(rec.topic, payload, policy.qos)
+            except (UplinkBusy, BridgeError) as exc:
+                self._store.release(rec.key)
+                log.debug("publish of %s not sent: %s", rec.key, exc)
+                break
+            self._inflight[lane][rec.key] = rec
+            fut.add_done_callback(functools.partial(self._done, rec, len(payload)))
+
+    def _done(self, rec: Record, size: int, fut: asyncio.Future[None]) -> None:
+        if self._inflight[rec.lane].pop(rec.key, None) is None:
+            return  # already released (connection ended)
+        exc = None if fut.cancelled() else fut.exception()
+        if fut.cancelled() or exc is not None:
+            if isinstance(exc, PublishRejected) and exc.reason_code in PERMANENT_PUBACK_CODES:
+                acked = self._store.ack(rec.key)
+                if acked is not None:
+                    self._on_rejected(acked, f"broker refused it: {exc}")
+            else:
+                if isinstance(exc, PublishRejected):
+                    self._paused_until = asyncio.get_running_loop().time() + _RETRY_PAUSE_S
+                    log.warning("broker asked us to retry %s later: %s", rec.key, exc)
+                self._store.release(rec.key)
+        else:
+            acked = self._store.ack(rec.key)
+            if acked is not None:
+                self._on_delivered(acked, size)
+        self._wake.set()
+
+    def _release_all(self) -> None:
+        for lane in LANES:
+            for key in list(self._inflight[lane]):
+                self._store.release(key)
+            self._inflight[lane].clear()

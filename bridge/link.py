@@ -1,0 +1,117 @@
+"""The uplink session loop: connect (with backoff, over every configured URL), announce
+``online``, run the forwarder until the link drops, and start again.
+
+The connection's last will is a retained ``offline`` on the status topic, so consumers see a
+gateway that vanished; a clean stop publishes ``offline`` itself before disconnecting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from bridge.backoff import DecorrelatedJitter
+from bridge.errors import BridgeError, UplinkStopped
+from bridge.forwarder import Forwarder
+from bridge.uplink import ClientSettings, MessageHandler, MqttConnection, Will, connect_with_backoff
+from bridge.urls import BrokerUrl
+
+log = logging.getLogger(__name__)
+
+ONLINE = b"online"
+OFFLINE = b"offline"
+
+
+class UplinkLink:
+    def __init__(
+        self,
+        urls: Sequence[str],
+        settings: ClientSettings,
+        backoff: DecorrelatedJitter,
+        forwarder: Forwarder,
+        status_topic: str,
+        *,
+        subscriptions: Sequence[tuple[str, int]] = (),
+        on_message: MessageHandler | None = None,
+        on_state: Callable[[str, str | None], None] | None = None,
+    ) -> None:
+        self._urls = list(urls)
+        self._settings = replace(settings, will=Will(status_topic, OFFLINE, qos=1, retain=True))
+        self._backoff = backoff
+        self._forwarder = forwarder
+        self._status_topic = status_topic
+        self._subscriptions = list(subscriptions)
+        self._on_message = on_message
+        self._on_state = on_state or (lambda state, url: None)
+        self.connection: MqttConnection | None = None
+        self.connects = 0
+        self.disconnects = 0
+        self.last_error = ""
+
+    @property
+    def connected(self) -> bool:
+        return self.connection is not None and not self.connection.closed
+
+    @property
+    def active_url(self) -> str | None:
+        return str(self.connection.url) if self.connected and self.connection else None
+
+    def _failed(self, url: BrokerUrl, exc: BaseException, delay: float) -> None:
+        self.last_error = f"{url}: {exc}"
+        log.warning("uplink connect to %s failed: %s (retry in %.1fs)", url, exc, delay)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                conn = await connect_with_backoff(
+                    self._urls, self._settings, self._backoff,
+                    on_message=self._on_message, on_attempt_failed=self._failed, stop=stop,
+                )
+            except UplinkStopped:
+                return
+            self.connection = conn
+            self.connects += 1
+            self._on_state("connected", str(conn.url))
+            log.info("uplink connected to %s", conn.url)
+            try:
+                await self._session(conn, stop)
+            except BridgeError as exc:
+                self.last_error = str(exc)
+                log.warning("uplink session on %s ended: %s", conn.url, exc)
+            finally:
+                if stop.is_set() and not conn.closed:
+                    await self._say_offline(conn)
+                await conn.close()
+                self.connection = None
+                self.disconnects += 1
+                self._on_state("disconnected", None)
+
+    async def _session(self, conn: MqttConnection, stop: asyncio.Event) -> None:
+        self._forwarder.mark_backlog()
+        await conn.publish(self._status_topic, ONLINE, qos=1, retain=True)
+        if self._subscriptions:
+            await conn.subscribe(self._subscriptions)
+        await self._forwarder.pump(conn, stop)
+        if not stop.is_set():
+            reason = await conn.wait_closed()
+            self.last_error = reason
+            log.warning("uplink to %s lost: %s", conn.url, reason)
+
+    async def _say_offline(self, conn: MqttConnection) -> None:
+        try:
+            await asyncio.wait_for(conn.publish(self._status_topic, OFFLINE, qos=1, retain=True), 2.0)
+        except (BridgeError, asyncio.TimeoutError) as exc:
+            log.debug("could not publish offline status: %s", exc)
+
+    async def publish_now(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> bool:
+        """Best-effort publish outside the buffer (periodic stats). False when not connected."""
+        conn = self.connection
+        if conn is None or conn.closed:
+            return False
+        try:
+            await asyncio.wait_for(conn.publish(topic, payload, qos, retain), 5.0)
+        except (BridgeError, asyncio.TimeoutError):
+            return False
+        return True

@@ -1,0 +1,117 @@
+"""The topic contract: id validation, local topic patterns and the cloud topic tree.
+
+A pattern is a topic with ``{placeholders}`` that each stand for exactly one topic level, e.g.
+``devices/{device_id}/telemetry``. Values put into topics are validated first, so a ``/``, ``+``,
+``#`` or empty id never becomes part of a topic.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DEVICE_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+NAME_RE = DEVICE_ID_RE
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+
+
+def valid_id(value: str) -> bool:
+    """True for ids that may become one topic level: ``[A-Za-z0-9_.-]{1,64}``."""
+    return DEVICE_ID_RE.fullmatch(value) is not None
+
+
+@dataclass(frozen=True)
+class TopicPattern:
+    """A topic pattern with one-level placeholders."""
+
+    pattern: str
+
+    def __post_init__(self) -> None:
+        levels = self.pattern.split("/")
+        for level in levels:
+            if "+" in level or "#" in level:
+                raise ValueError(f"pattern {self.pattern!r} must not contain MQTT wildcards")
+            if _PLACEHOLDER.search(level) and not _PLACEHOLDER.fullmatch(level):
+                raise ValueError(f"placeholder must fill a whole topic level in {self.pattern!r}")
+        object.__setattr__(self, "_regex", re.compile(self._to_regex()))
+
+    def _to_regex(self) -> str:
+        parts = []
+        for level in self.pattern.split("/"):
+            m = _PLACEHOLDER.fullmatch(level)
+            parts.append(f"(?P<{m[1]}>[^/]*)" if m else re.escape(level))
+        return "/".join(parts)
+
+    @property
+    def fields(self) -> list[str]:
+        return _PLACEHOLDER.findall(self.pattern)
+
+    def subscription(self, **fixed: str) -> str:
+        """MQTT filter: fixed placeholders filled in, the others as ``+``."""
+        return "/".join(
+            fixed.get(m[1], "+") if (m := _PLACEHOLDER.fullmatch(level)) else level
+            for level in self.pattern.split("/")
+        )
+
+    def match(self, topic: str) -> dict[str, str] | None:
+        m = self._regex.fullmatch(topic)  # type: ignore[attr-defined]
+        return None if m is None else dict(m.groupdict())
+
+    def format(self, **values: str) -> str:
+        for key, value in values.items():
+            if not valid_id(value):
+                raise ValueError(f"{key} {value!r} is not a valid topic level")
+        return self.pattern.format(**values)
+
+
+@dataclass(frozen=True)
+class CloudTopics:
+    """The cloud-side topic tree of one gateway, under ``{prefix}`` (default ``edge/{gateway_id}``)."""
+
+    gateway_id: str
+    prefix_pattern: str = "edge/{gateway_id}"
+
+    @property
+    def prefix(self) -> str:
+        return TopicPattern(self.prefix_pattern).format(gateway_id=self.gateway_id)
+
+    @property
+    def telemetry(self) -> str:
+        return f"{self.prefix}/telemetry"
+
+    @property
+    def alerts(self) -> str:
+        return f"{self.prefix}/alerts"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}/events"
+
+    @property
+    def responses(self) -> str:
+        return f"{self.prefix}/responses"
+
+    @property
+    def status(self) -> str:
+        return f"{self.prefix}/status"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.prefix}/stats"
+
+    @property
+    def commands_filter(self) -> str:
+        return f"{self.prefix}/commands/+/+"
+
+    @property
+    def config(self) -> str:
+        return f"{self.prefix}/config"
+
+    @property
+    def config_status(self) -> str:
+        return f"{self.prefix}/config/status"
+
+
+def all_gateways(prefix_pattern: str = "edge/{gateway_id}") -> TopicPattern:
+    """Pattern of any gateway's prefix, for cloud consumers (``edge/+`` by default)."""
+    return TopicPattern(prefix_pattern)

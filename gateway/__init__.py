@@ -1,0 +1,1 @@
+"""Edge gateway application: local broker, ingest, rules, batching, durable buffer, wiring."""

@@ -1,0 +1,84 @@
+"""Per-reading accounting and the gateway's counters.
+
+Every reading that enters is, at any moment, in exactly one state::
+
+    readings_in == delivered + filtered + dropped + buffered + pending
+
+``filtered`` and ``dropped`` are broken down by reason. ``buffered`` is on disk waiting for the
+cloud's PUBACK, ``pending`` is in the open batch in memory. Counters are plain integers on the hot
+path; :mod:`gateway.metrics` exposes them to Prometheus at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+# Drop reasons that are not decode rejections (those are named in gateway.decode).
+INGEST_OVERFLOW = "ingest_overflow"
+BUFFER_OVERFLOW = "overflow"
+EXPIRED = "expired"
+REJECTED_BY_BROKER = "rejected_by_broker"
+DISK_ERROR = "disk_error"
+
+
+@dataclass
+class Accounting:
+    readings_in: int = 0
+    delivered: int = 0
+    filtered: Counter[str] = field(default_factory=Counter)
+    dropped: Counter[str] = field(default_factory=Counter)
+    messages_in: int = 0
+    batches_written: int = 0
+    batches_delivered: int = 0
+    bytes_up: int = 0
+    alerts: int = 0
+    events: int = 0
+    responses: int = 0
+    control_written: int = 0
+    control_delivered: int = 0
+    control_dropped: Counter[str] = field(default_factory=Counter)
+    buffered_fn: Callable[[], int] = lambda: 0
+    pending_fn: Callable[[], int] = lambda: 0
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.dropped[reason] += n
+
+    def filter(self, reason: str, n: int = 1) -> None:
+        self.filtered[reason] += n
+
+    @property
+    def buffered(self) -> int:
+        return self.buffered_fn()
+
+    @property
+    def pending(self) -> int:
+        return self.pending_fn()
+
+    def balance(self) -> int:
+        """Zero when every reading is accounted for."""
+        return self.readings_in - (
+            self.delivered + sum(self.filtered.values()) + sum(self.dropped.values()) + self.buffered + self.pending
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "readings_in": self.readings_in,
+            "delivered": self.delivered,
+            "filtered": dict(self.filtered),
+            "dropped": dict(self.dropped),
+            "buffered": self.buffered,
+            "pending": self.pending,
+            "messages_in": self.messages_in,
+            "batches_written": self.batches_written,
+            "batches_delivered": self.batches_delivered,
+            "bytes_up": self.bytes_up,
+            "alerts": self.alerts,
+            "events": self.events,
+            "responses": self.responses,
+            "control_written": self.control_written,
+            "control_delivered": self.control_delivered,
+            "control_dropped": dict(self.control_dropped),
+        }

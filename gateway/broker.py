@@ -1,0 +1,146 @@
+"""amqtt adapter: the embedded local broker and its in-process ingest hook.
+
+This is the only module that imports amqtt. The broker runs on the gateway's event loop with an
+explicit plugin set (anonymous auth and our ingest hook: no default loggers, no $SYS). Messages
+reach the gateway through amqtt's ``on_broker_message_broadcast`` hook, which fires after the
+broker accepted the PUBLISH. amqtt runs hooks as fire-and-forget tasks, so the callback given to
+:class:`EmbeddedBroker` must never block: the ingest stage puts into a bounded queue and counts
+overflow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from amqtt.broker import Broker
+from amqtt.plugins.base import BasePlugin
+
+from gateway.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+MessageCallback = Callable[[str, bytes], None]
+
+_HOOK_PATH = "gateway.broker.IngestHook"
+_AUTH_PATH = "amqtt.plugins.authentication.AnonymousAuthPlugin"
+
+
+class IngestHook(BasePlugin[Any]):  # type: ignore[misc]  # amqtt ships no type hints
+    """amqtt plugin that hands every accepted PUBLISH to a callback."""
+
+    deliver: MessageCallback | None = None
+    errors: int = 0
+
+    async def on_broker_message_broadcast(self, *, client_id: str, message: Any) -> None:
+        deliver = self.deliver
+        if deliver is None:
+            return
+        try:
+            deliver(str(message.topic), bytes(message.data or b""))
+        except Exception:  # the hook runs as an unobserved task: log and count, never lose silently
+            self.errors += 1
+            log.exception("ingest callback failed for topic %r", getattr(message, "topic", "?"))
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+
+
+class EmbeddedBroker:
+    """An amqtt broker on ``host:port`` (port 0 picks a free one) with the ingest hook installed."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 1883,
+        *,
+        on_message: MessageCallback | None = None,
+        max_connections: int = -1,
+        session_expiry_s: int | None = 3600,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._on_message = on_message
+        self._max_connections = max_connections
+        self._session_expiry_s = session_expiry_s
+        self._broker: Broker | None = None
+        self._hook: IngestHook | None = None
+
+    def _config(self) -> dict[str, Any]:
+        listener: dict[str, Any] = {
+            "type": "tcp",
+            "bind": f"{self._host}:{self._port}",
+            "max_connections": self._max_connections,
+        }
+        return {
+            "listeners": {"default": listener},
+            "plugins": {_AUTH_PATH: {"allow_anonymous": True}, _HOOK_PATH: {}},
+            "session_expiry_interval": self._session_expiry_s,
+        }
+
+    async def start(self) -> BrokerAddress:
+        try:
+            broker = Broker(self._config())
+            hook = broker.plugins_manager.get_plugin("IngestHook")
+            if not isinstance(hook, IngestHook):
+                raise BrokerError("amqtt did not load the ingest hook plugin")
+            hook.deliver = self._on_message
+            await broker.start()
+        except BrokerError:
+            raise
+        except Exception as exc:
+            raise BrokerError(f"embedded broker failed to start on {self._host}:{self._port}: {exc}") from exc
+        self._broker, self._hook = broker, hook
+        return self.address
+
+    @property
+    def address(self) -> BrokerAddress:
+        """The bound address. amqtt keeps the real port in a private attribute: read it only here."""
+        if self._broker is None:
+            raise BrokerError("embedded broker is not running")
+        server = self._broker._servers["default"].instance
+        sockname = server.sockets[0].getsockname()
+        return BrokerAddress(str(sockname[0]), int(sockname[1]))
+
+    @property
+    def hook_errors(self) -> int:
+        return self._hook.errors if self._hook else 0
+
+    def connected_clients(self) -> set[str]:
+        """Client ids with a live connection."""
+        if self._broker is None:
+            return set()
+        return {
+            cid for cid, (session, _h) in self._broker.sessions.items()
+            if getattr(session, "transitions", None) is not None and session.transitions.state == "connected"
+        }
+
+    async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        """Publish from inside the broker (no client connection needed)."""
+        if self._broker is None:
+            raise BrokerError("embedded broker is not running")
+        await self._broker.internal_message_broadcast(topic, payload, qos)
+
+    async def stop(self) -> None:
+        broker, self._broker = self._broker, None
+        if broker is None:
+            return
+        if self._hook is not None:
+            self._hook.deliver = None
+        try:
+            await asyncio.wait_for(broker.shutdown(), timeout=10)
+        except (asyncio.TimeoutError, Exception) as exc:  # shutdown problems must not mask the caller's
+            log.warning("embedded broker shutdown: %s", exc)
+
+    async def __aenter__(self) -> EmbeddedBroker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

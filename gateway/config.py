@@ -1,0 +1,331 @@
+"""Typed configuration: TOML file -> pydantic models.
+
+Unknown keys and bad values are rejected with the file, the dotted key and the reason
+(:class:`gateway.errors.ConfigError`; the CLI exits 2). Units are part of key names. Secrets are
+never written inline: they come from an environment variable (``*_env``) or a file (``*_file``)
+and are resolved at load time, so a missing secret is a config error too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from bridge.errors import InvalidUrl
+from bridge.topics import DEVICE_ID_RE
+from bridge.urls import BrokerUrl, parse_broker_url
+from gateway.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+Qos = Literal[0, 1]
+_HOST_PORT = re.compile(r"^(?P<host>[^\s:]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class SecretRef(Strict):
+    """Where a secret comes from: exactly one of ``env`` or ``file`` (or neither: no secret)."""
+
+    env: str | None = None
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretRef:
+        if self.env and self.file:
+            raise ValueError("give either 'env' or 'file', not both")
+        return self
+
+    def resolve(self) -> SecretStr | None:
+        if self.env:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise ValueError(f"environment variable {self.env} is not set")
+            return SecretStr(value)
+        if self.file:
+            try:
+                return SecretStr(self.file.read_text().strip())
+            except OSError as exc:
+                raise ValueError(f"cannot read secret file {self.file}: {exc.strerror}") from exc
+        return None
+
+
+def _check_host_port(value: str) -> str:
+    m = _HOST_PORT.match(value)
+    if not m or not 0 <= int(m["port"]) <= 65535:
+        raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:1883), got {value!r}")
+    return value
+
+
+def _url(value: str) -> BrokerUrl:
+    try:
+        return parse_broker_url(value)
+    except InvalidUrl as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    m = _HOST_PORT.match(value)
+    assert m is not None
+    return m["host"].strip("[]"), int(m["port"])
+
+
+class GatewaySection(Strict):
+    id: str = Field("gw-01", description="gateway id, part of every cloud topic")
+    data_dir: Path = Path("./data")
+
+    @field_validator("id")
+    @classmethod
+    def _valid_id(cls, v: str) -> str:
+        if not DEVICE_ID_RE.fullmatch(v):
+            raise ValueError("must match [A-Za-z0-9_.-]{1,64} (it becomes a topic level)")
+        return v
+
+
+class LocalBrokerSection(Strict):
+    mode: Literal["embedded", "external"] = "embedded"
+    listen: str = "127.0.0.1:1883"
+    max_connections: int = Field(-1, ge=-1)
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: SecretRef = SecretRef()
+    client_id: str | None = None
+    ingest_queue_max: PositiveInt = 20000
+
+    _listen = field_validator("listen")(classmethod(lambda cls, v: _check_host_port(v)))
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        _url(v)
+        return v
+
+
+class TopicsSection(Strict):
+    """Local (device-side) topic patterns and the cloud prefix. ``{device_id}``, ``{metric}``,
+    ``{name}`` and ``{gateway_id}`` are placeholders that match exactly one topic level."""
+
+    telemetry: str = "devices/{device_id}/telemetry"
+    telemetry_metric: str = "devices/{device_id}/telemetry/{metric}"
+    events: str = "devices/{device_id}/events"
+    responses: str = "devices/{device_id}/responses"
+    commands: str = "devices/{device_id}/commands/{name}"
+    cloud_prefix: str = "edge/{gateway_id}"
+
+
+class DecodeSection(Strict):
+    max_payload_bytes: PositiveInt = 65536
+    max_metrics_per_message: PositiveInt = 256
+    max_future_s: NonNegFloat = 300.0
+    max_past_s: NonNegFloat = 7 * 86400.0
+    out_of_window: Literal["reject", "clamp"] = "reject"
+    keep_last_rejects: int = Field(20, ge=0, le=1000)
+
+
+class Range(Strict):
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        return self
+
+
+class AlertSpec(Range):
+    hysteresis: NonNegFloat = 0.0
+
+
+class DeadbandSpec(Strict):
+    abs: NonNegFloat = 0.0
+    pct: NonNegFloat = 0.0
+    max_silence_s: PositiveFloat = 300.0
+
+
+class RuleSpec(Strict):
+    """One rule; the first rule whose ``devices`` and ``metrics`` globs match a reading applies."""
+
+    name: str = ""
+    devices: str = "*"
+    metrics: str = "*"
+    valid: Range | None = None
+    alert: AlertSpec | None = None
+    deadband: DeadbandSpec | None = None
+    sample_every_s: NonNegFloat = 0.0
+
+    def matches(self, device: str, metric: str) -> bool:
+        return fnmatchcase(device, self.devices) and fnmatchcase(metric, self.metrics)
+
+
+class BatchSection(Strict):
+    max_count: PositiveInt = 1000
+    max_bytes: Annotated[int, Field(ge=1024)] = 65536
+    max_age_s: PositiveFloat = 5.0
+    compression: Literal["none", "zlib", "zstd"] = "zlib"
+    level: Annotated[int, Field(ge=0, le=22)] = 6
+
+    @model_validator(mode="after")
+    def _zstd(self) -> BatchSection:
+        from bridge.codec import zstd_available
+
+        if self.compression == "zstd" and not zstd_available():
+            raise ValueError("compression 'zstd' needs the zstandard package (pip install edge-mqtt-gateway[zstd])")
+        return self
+
+
+class LaneBudget(Strict):
+    max_bytes: PositiveInt
+    max_age_s: NonNegFloat = 0.0  # 0 = no age limit
+
+
+class BufferSection(Strict):
+    dir: Path | None = None  # default: {gateway.data_dir}/buffer
+    telemetry: LaneBudget = LaneBudget(max_bytes=256 * 1024 * 1024, max_age_s=7 * 86400.0)
+    control: LaneBudget = LaneBudget(max_bytes=16 * 1024 * 1024, max_age_s=0.0)
+
+
+class TlsSection(Strict):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    key_password: SecretRef = SecretRef()
+    insecure: bool = False
+
+
+class UplinkSection(Strict):
+    urls: list[str] = Field(default_factory=lambda: ["mqtt://127.0.0.1:1884"], min_length=1)
+    client_id: str | None = None
+    protocol: Literal["5", "3.1.1"] = "5"
+    keepalive_s: Annotated[int, Field(ge=5, le=65535)] = 30
+    connect_timeout_s: PositiveFloat = 10.0
+    username: str | None = None
+    password: SecretRef = SecretRef()
+    tls: TlsSection | None = None
+    telemetry_qos: Qos = 1
+    control_qos: Qos = 1
+    max_inflight: Annotated[int, Field(ge=1, le=1000)] = 20
+    control_max_inflight: Annotated[int, Field(ge=1, le=100)] = 10
+    backoff_base_s: PositiveFloat = 0.5
+    backoff_cap_s: PositiveFloat = 30.0
+    stats_interval_s: PositiveFloat = 60.0
+
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        for url in v:
+            if _url(url).password is not None:
+                raise ValueError("put the password in uplink.password (env or file), not in the URL")
+        return v
+
+
+class MetricsSection(Strict):
+    listen: str | None = None  # e.g. "127.0.0.1:9464"; unset = no HTTP endpoint
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        return None if v is None else _check_host_port(v)
+
+
+class LogSection(Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class GatewayConfig(Strict):
+    gateway: GatewaySection = GatewaySection()
+    local_broker: LocalBrokerSection = LocalBrokerSection()
+    topics: TopicsSection = TopicsSection()
+    decode: DecodeSection = DecodeSection()
+    rules: list[RuleSpec] = Field(default_factory=list)
+    batch: BatchSection = BatchSection()
+    buffer: BufferSection = BufferSection()
+    uplink: UplinkSection = UplinkSection()
+    metrics: MetricsSection = MetricsSection()
+    log: LogSection = LogSection()
+
+    @property
+    def buffer_dir(self) -> Path:
+        return self.buffer.dir or self.gateway.data_dir / "buffer"
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective config as plain data; secret references are shown, values never."""
+        return self.model_dump(mode="json")
+
+
+class Secrets(BaseModel):
+    """Secrets resolved from their references at load time."""
+
+    model_config = ConfigDict(frozen=True)
+    uplink_password: SecretStr | None = None
+    tls_key_password: SecretStr | None = None
+    local_password: SecretStr | None = None
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def problems_of(exc: ValidationError) -> list[tuple[str, str]]:
+    return [(_loc(tuple(e["loc"])), e["msg"].removeprefix("Value error, ")) for e in exc.errors()]
+
+
+def parse_config(data: dict[str, Any], source: str) -> GatewayConfig:
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, problems_of(exc)) from exc
+
+
+def resolve_secrets(cfg: GatewayConfig, source: str) -> Secrets:
+    refs = {
+        "uplink.password": cfg.uplink.password,
+        "uplink.tls.key_password": cfg.uplink.tls.key_password if cfg.uplink.tls else SecretRef(),
+        "local_broker.password": cfg.local_broker.password,
+    }
+    values: dict[str, SecretStr | None] = {}
+    problems: list[tuple[str, str]] = []
+    for key, ref in refs.items():
+        try:
+            values[key] = ref.resolve()
+        except ValueError as exc:
+            problems.append((key, str(exc)))
+    if problems:
+        raise ConfigError(source, problems)
+    return Secrets(
+        uplink_password=values["uplink.password"],
+        tls_key_password=values["uplink.tls.key_password"],
+        local_password=values["local_broker.password"],
+    )
+
+
+def load_config(path: str | Path) -> tuple[GatewayConfig, Secrets]:
+    """Read, validate and resolve a TOML config file. Raises :class:`ConfigError`."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, [("(file)", exc.strerror or str(exc))]) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [("(syntax)", str(exc))]) from exc
+    cfg = parse_config(data, source)
+    return cfg, resolve_secrets(cfg, source)

@@ -1,0 +1,222 @@
+"""Decode device messages: topic + payload -> readings, an event, a response, or a rejection.
+
+Payloads may be a JSON object, a msgpack map, or (on the per-metric topic) a bare number.
+Every problem becomes a :class:`Rejection` with a named reason; nothing raises.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from bridge.codec import CodecError, unpack_object
+from bridge.model import Reading
+from bridge.topics import NAME_RE, TopicPattern, valid_id
+from gateway.config import DecodeSection, TopicsSection
+
+# Rejection reasons (documented in docs/OPERATIONS.md).
+TOO_LARGE = "too_large"
+UNKNOWN_TOPIC = "unknown_topic"
+BAD_DEVICE_ID = "bad_device_id"
+BAD_METRIC_NAME = "bad_metric_name"
+INVALID_JSON = "invalid_json"
+INVALID_MSGPACK = "invalid_msgpack"
+NOT_OBJECT = "not_object"
+NOT_NUMERIC = "not_numeric"
+NAN = "nan"
+BAD_TS = "bad_ts"
+TS_OUT_OF_WINDOW = "ts_out_of_window"
+BAD_SEQ = "bad_seq"
+TOO_MANY_METRICS = "too_many_metrics"
+NO_METRICS = "no_metrics"
+
+_MS_THRESHOLD = 100_000_000_000  # a ts above this is milliseconds, below is seconds
+_MSGPACK_MAP_FIRST_BYTES = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
+_RESERVED = frozenset({"ts", "seq"})
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: str
+    detail: str
+
+
+@dataclass
+class Telemetry:
+    device: str
+    readings: list[Reading]
+    rejections: list[Rejection] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DeviceEvent:
+    device: str
+    ts_ms: int
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DeviceResponse:
+    device: str
+    body: dict[str, Any]
+
+
+Decoded = Telemetry | DeviceEvent | DeviceResponse | Rejection
+
+
+class Decoder:
+    """Turns raw local messages into typed messages according to the topic contract."""
+
+    def __init__(self, topics: TopicsSection, limits: DecodeSection) -> None:
+        self._telemetry = TopicPattern(topics.telemetry)
+        self._metric = TopicPattern(topics.telemetry_metric)
+        self._events = TopicPattern(topics.events)
+        self._responses = TopicPattern(topics.responses)
+        self._limits = limits
+
+    def subscriptions(self) -> list[str]:
+        """MQTT filters covering every topic this decoder understands."""
+        return [p.subscription() for p in (self._telemetry, self._metric, self._events, self._responses)]
+
+    def decode(self, topic: str, payload: bytes, recv_ms: int) -> Decoded:
+        if len(payload) > self._limits.max_payload_bytes:
+            return Rejection(TOO_LARGE, f"{len(payload)} bytes > {self._limits.max_payload_bytes}")
+        for pattern, handler in (
+            (self._telemetry, self._decode_telemetry),
+            (self._metric, self._decode_bare),
+            (self._events, self._decode_event),
+            (self._responses, self._decode_response),
+        ):
+            fields = pattern.match(topic)
+            if fields is None:
+                continue
+            device = fields.get("device_id", "")
+            if not valid_id(device):
+                return Rejection(BAD_DEVICE_ID, f"device id {device[:80]!r} in topic {topic[:120]!r}")
+            return handler(device, fields, payload, recv_ms)
+        return Rejection(UNKNOWN_TOPIC, topic[:200])
+
+    # ------------------------------------------------------------ payload parsing
+
+    @staticmethod
+    def _parse(payload: bytes) -> Any | Rejection:
+        if payload[:1] and payload[0] in _MSGPACK_MAP_FIRST_BYTES:
+            try:
+                return unpack_object(payload)
+            except CodecError as exc:
+                return Rejection(INVALID_MSGPACK, str(exc)[:200])
+        try:
+            return json.loads(payload)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return Rejection(INVALID_JSON, str(exc)[:200])
+
+    def _timestamp(self, raw: Any, recv_ms: int) -> int | Rejection:
+        if raw is None:
+            return recv_ms
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+            return Rejection(BAD_TS, f"ts {str(raw)[:40]!r} is not a finite number")
+        ts_ms = int(raw) if raw >= _MS_THRESHOLD else int(round(raw * 1000))
+        lim = self._limits
+        if ts_ms > recv_ms + lim.max_future_s * 1000 or ts_ms < recv_ms - lim.max_past_s * 1000:
+            if lim.out_of_window == "clamp":
+                return recv_ms
+            return Rejection(TS_OUT_OF_WINDOW, f"ts {ts_ms} ms is {(ts_ms - recv_ms) / 1000:+.0f} s from now")
+        return ts_ms
+
+    @staticmethod
+    def _value(metric: str, raw: Any) -> float | Rejection:
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+            return Rejection(NOT_NUMERIC, f"{metric}: {type(raw).__name__} {str(raw)[:40]!r}")
+        try:
+            value = float(raw)
+        except OverflowError:
+            return Rejection(NOT_NUMERIC, f"{metric}: integer too large")
+        if not math.isfinite(value):
+            return Rejection(NAN, f"{metric}: {value}")
+        return value
+
+    # ------------------------------------------------------------ per topic kind
+
+    def _decode_telemetry(self, device: str, _f: dict[str, str], payload: bytes, recv_ms: int) -> Decoded:
+        obj = self._parse(payload)
+        if isinstance(obj, Rejection):
+            return obj
+        if not isinstance(obj, dict):
+            return Rejection(NOT_OBJECT, f"payload is a {type(obj).__name__}, expected an object")
+        ts = self._timestamp(obj.get("ts"), recv_ms)
+        if isinstance(ts, Rejection):
+            return ts
+        seq = obj.get("seq")
+        if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or seq < 0):
+            return Rejection(BAD_SEQ, f"seq {str(seq)[:40]!r} is not a non-negative integer")
+        metrics = [k for k in obj if k not in _RESERVED]
+        if not metrics:
+            return Rejection(NO_METRICS, "object has no metric fields")
+        if len(metrics) > self._limits.max_metrics_per_message:
+            return Rejection(TOO_MANY_METRICS, f"{len(metrics)} > {self._limits.max_metrics_per_message}")
+        out = Telemetry(device, [])
+        for metric in metrics:
+            if not isinstance(metric, str) or not NAME_RE.fullmatch(metric):
+                out.rejections.append(Rejection(BAD_METRIC_NAME, str(metric)[:80]))
+                continue
+            value = self._value(metric, obj[metric])
+            if isinstance(value, Rejection):
+                out.rejections.append(value)
+            else:
+                out.readings.append(Reading(device, metric, ts, value, seq))
+        return out
+
+    def _decode_bare(self, device: str, fields: dict[str, str], payload: bytes, recv_ms: int) -> Decoded:
+        metric = fields.get("metric", "")
+        if not NAME_RE.fullmatch(metric):
+            return Rejection(BAD_METRIC_NAME, metric[:80])
+        if payload[:1] and payload[0] in _MSGPACK_MAP_FIRST_BYTES:
+            return Rejection(NOT_NUMERIC, f"{metric}: per-metric topics take a bare number")
+        try:
+            raw: Any = float(payload.decode("ascii").strip())
+        except (UnicodeDecodeError, ValueError):
+            return Rejection(NOT_NUMERIC, f"{metric}: {payload[:40]!r}")
+        value = self._value(metric, raw)
+        if isinstance(value, Rejection):
+            return value
+        return Telemetry(device, [Reading(device, metric, recv_ms, value, None)])
+
+    def _object(self, payload: bytes) -> dict[str, Any] | Rejection:
+        obj = self._parse(payload)
+        if isinstance(obj, Rejection):
+            return obj
+        if not isinstance(obj, dict):
+            return Rejection(NOT_OBJECT, f"payload is a {type(obj).__name__}, expected an object")
+        return obj
+
+    def _decode_event(self, device: str, _f: dict[str, str], payload: bytes, recv_ms: int) -> Decoded:
+        obj = self._object(payload)
+        if isinstance(obj, Rejection):
+            return obj
+        ts = self._timestamp(obj.get("ts"), recv_ms)
+        return DeviceEvent(device, recv_ms if isinstance(ts, Rejection) else ts, _json_safe(obj))
+
+    def _decode_response(self, device: str, _f: dict[str, str], payload: bytes, _recv_ms: int) -> Decoded:
+        obj = self._object(payload)
+        if isinstance(obj, Rejection):
+            return obj
+        return DeviceResponse(device, _json_safe(obj))
+
+
+def _json_safe(obj: dict[Any, Any]) -> dict[str, Any]:
+    """Make a device object safe to re-encode as strict JSON (string keys, no NaN)."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, bytes):
+            return v.hex()
+        return v
+
+    return {str(k): clean(v) for k, v in obj.items()}

@@ -1,0 +1,41 @@
+"""The gateway's exception tree.
+
+Everything the gateway raises on purpose derives from :class:`GatewayError`. Transient errors
+(a broker that is down, a full disk) may succeed when retried; permanent ones (bad config, a bad
+message) will not. Only the CLI turns these into exit codes.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+
+class PermanentError(GatewayError):
+    """Retrying will not help."""
+
+
+class TransientError(GatewayError):
+    """May succeed later (broker down, disk temporarily full)."""
+
+
+class ConfigError(PermanentError):
+    """A configuration file (or pushed config) is invalid.
+
+    ``problems`` holds one ``(key, reason)`` pair per invalid key, with dotted key paths.
+    """
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {key}: {reason}" for key, reason in problems]
+        super().__init__("\n".join(lines) if lines else f"{source}: invalid configuration")
+
+
+class BrokerError(TransientError):
+    """The local broker could not be started, reached or used."""
+
+
+class StorageError(TransientError):
+    """The durable buffer could not be written or read (disk full, I/O error)."""

@@ -1,0 +1,51 @@
+"""Ingest: the bounded hand-off between the local broker and the pipeline.
+
+The broker side calls :meth:`Ingest.offer` without ever blocking (it runs inside amqtt's hook or
+paho's callback); the pipeline drains in chunks. A full queue drops the new message and counts
+it as ``ingest_overflow``: memory stays bounded and nothing is lost silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+
+
+class Ingest:
+    def __init__(self, max_messages: int, on_overflow: Callable[[str], None]) -> None:
+        self._queue: deque[tuple[str, bytes, int]] = deque()
+        self._max = max_messages
+        self._on_overflow = on_overflow
+        self._ready = asyncio.Event()
+        self.high_water = 0
+
+    def offer(self, topic: str, payload: bytes) -> None:
+        if len(self._queue) >= self._max:
+            self._on_overflow(topic)
+            return
+        self._queue.append((topic, payload, int(time.time() * 1000)))
+        if len(self._queue) > self.high_water:
+            self.high_water = len(self._queue)
+        self._ready.set()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    async def wait(self, timeout: float | None) -> None:
+        """Wait until messages are queued (or the timeout passes)."""
+        if self._queue:
+            return
+        self._ready.clear()
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    def drain(self, limit: int) -> list[tuple[str, bytes, int]]:
+        out: list[tuple[str, bytes, int]] = []
+        q = self._queue
+        while q and len(out) < limit:
+            out.append(q.popleft())
+        return out

@@ -1,0 +1,170 @@
+"""``edge-gateway lab``: the whole system on one machine, on embedded defaults.
+
+Starts a stand-in cloud broker (embedded amqtt, MQTT 3.1.1), the cloud sink, the gateway with its
+embedded local broker, and the device simulator as a separate process (a real MQTT client, like
+any device). Shows a live summary; with a duration it stops the devices, lets the gateway flush
+and drain, and checks that the sink holds exactly what the gateway delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from gateway.broker import EmbeddedBroker
+from gateway.config import GatewayConfig, Secrets, parse_config
+from gateway.service import GatewayService
+
+LAB_RULES: list[dict[str, Any]] = [
+    {"name": "room temperature", "metrics": "temperature", "valid": {"min": -40, "max": 85},
+     "alert": {"max": 24.0, "min": 18.0, "hysteresis": 0.3}, "deadband": {"abs": 0.05, "max_silence_s": 60}},
+    {"name": "humidity", "metrics": "humidity", "valid": {"min": 0, "max": 100},
+     "deadband": {"abs": 0.5, "max_silence_s": 120}},
+]
+
+
+@dataclass(frozen=True)
+class LabOptions:
+    duration_s: float | None = None
+    devices: int = 5
+    rate_hz: float = 1.0
+    local_port: int = 1883
+    cloud_port: int = 1884
+    data_dir: Path | None = None
+    profile: str = "room"
+
+
+def lab_config(data_dir: Path, local_port: int, cloud_url: str) -> GatewayConfig:
+    return parse_config({
+        "gateway": {"id": "lab-gw", "data_dir": str(data_dir / "gateway")},
+        "local_broker": {"listen": f"127.0.0.1:{local_port}"},
+        "uplink": {"urls": [cloud_url], "protocol": "3.1.1", "stats_interval_s": 5.0,
+                   "backoff_base_s": 0.2, "backoff_cap_s": 5.0},
+        "batch": {"max_age_s": 2.0},
+        "rules": LAB_RULES,
+    }, "<lab defaults>")
+
+
+class Lab:
+    def __init__(self, opts: LabOptions, console: Console | None = None) -> None:
+        self.opts = opts
+        self.console = console or Console()
+
+    async def run(self, stop: asyncio.Event, *, live: bool = True) -> dict[str, Any]:
+        from bridge.report import build_report
+        from bridge.sink import run_sink
+
+        with contextlib.ExitStack() as stack:
+            base = self.opts.data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edge-lab-")))
+            base.mkdir(parents=True, exist_ok=True)
+            db = base / "sink.sqlite"
+            cloud = EmbeddedBroker("127.0.0.1", self.opts.cloud_port)
+            await cloud.start()
+            cloud_url = f"mqtt://127.0.0.1:{cloud.address.port}"
+            sink_stop, gw_stop = asyncio.Event(), asyncio.Event()
+            sink_task = asyncio.create_task(run_sink(cloud_url, db, protocol="3.1.1", shared_group=None,
+                                                     prefix="edge/{gateway_id}", stop=sink_stop))
+            svc = GatewayService(lab_config(base, self.opts.local_port, cloud_url), Secrets())
+            gw_task = asyncio.create_task(svc.run(gw_stop))
+            devices: asyncio.subprocess.Process | None = None
+            try:
+                await self._wait_started(svc, gw_task)
+                assert svc.embedded is not None
+                local = svc.embedded.address
+                devices = await self._start_devices(local.port)
+                started = time.monotonic()
+                await self._watch(svc, devices, stop, started, live, local.port, cloud.address.port)
+            finally:
+                if devices is not None and devices.returncode is None:
+                    devices.terminate()
+                    await devices.wait()
+                gw_stop.set()
+                await gw_task
+                sink_stop.set()
+                await sink_task
+                await cloud.stop()
+            report = build_report(db)
+            return self._result(svc, report, base if self.opts.data_dir else None)
+
+    @staticmethod
+    async def _wait_started(svc: GatewayService, task: asyncio.Task[None]) -> None:
+        started = asyncio.ensure_future(svc.started.wait())
+        await asyncio.wait({started, task}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()
+
+    async def _start_devices(self, port: int) -> asyncio.subprocess.Process:
+        args = [sys.executable, "-m", "device_sim", "run", "--host", "127.0.0.1", "--port", str(port),
+                "--devices", str(self.opts.devices), "--rate-hz", str(self.opts.rate_hz),
+                "--profile", self.opts.profile, "--seed", "1", "--id-prefix", "lab-", "--json"]
+        if self.opts.duration_s is not None:
+            args += ["--duration", str(self.opts.duration_s)]
+        return await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.DEVNULL,
+                                                    stderr=asyncio.subprocess.PIPE)
+
+    async def _watch(self, svc: GatewayService, devices: asyncio.subprocess.Process, stop: asyncio.Event,
+                     started: float, live: bool, local_port: int, cloud_port: int) -> None:
+        done = asyncio.ensure_future(devices.wait())
+        stopping = asyncio.ensure_future(stop.wait())
+        title = (f"edge-gateway lab: devices -> 127.0.0.1:{local_port} (gateway) -> "
+                 f"127.0.0.1:{cloud_port} (cloud) -> sink")
+        with Live(self._table(svc, started, title), console=self.console, refresh_per_second=2,
+                  transient=False) if live else contextlib.nullcontext() as view:
+            while not (done.done() or stopping.done()):
+                await asyncio.wait({done, stopping}, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+                if view is not None:
+                    view.update(self._table(svc, started, title))
+        stopping.cancel()
+        if done.done() and devices.returncode not in (0, None) and devices.stderr is not None:
+            err = (await devices.stderr.read()).decode(errors="replace").strip()
+            self.console.print(f"[red]device simulator exited with {devices.returncode}[/red]: {err[-500:]}")
+
+    @staticmethod
+    def _table(svc: GatewayService, started: float, title: str) -> Table:
+        s = svc.snapshot()
+        acc = s["accounting"]
+        t = Table(title=title, show_header=False)
+        t.add_column("what")
+        t.add_column("value", justify="right")
+        rows = [
+            ("elapsed", f"{time.monotonic() - started:.0f} s"),
+            ("messages in", acc["messages_in"]),
+            ("readings in", acc["readings_in"]),
+            ("filtered (deadband, sampling)", sum(acc["filtered"].values())),
+            ("dropped (invalid, overflow, ...)", sum(acc["dropped"].values())),
+            ("alerts", acc["alerts"]),
+            ("batches written / delivered", f"{acc['batches_written']} / {acc['batches_delivered']}"),
+            ("readings delivered", acc["delivered"]),
+            ("bytes up", acc["bytes_up"]),
+            ("buffer (telemetry records)", s["buffer"]["telemetry"]["records"]),
+            ("uplink", "connected" if s["uplink"]["connected"] else "down"),
+        ]
+        for k, v in rows:
+            t.add_row(k, str(v))
+        return t
+
+    def _result(self, svc: GatewayService, report: dict[str, Any], kept: Path | None) -> dict[str, Any]:
+        acc = svc.accounting.snapshot()
+        gw = report.get("gateways", {}).get("lab-gw", {})
+        sink_readings = int(gw.get("readings", 0))
+        ok = svc.accounting.balance() == 0 and sink_readings == acc["delivered"]
+        bytes_per_reading = acc["bytes_up"] / acc["delivered"] if acc["delivered"] else 0.0
+        result = {
+            "ok": ok,
+            "gateway": acc,
+            "sink": {"readings": sink_readings, "alerts": gw.get("alerts", 0),
+                     "duplicate_batches": gw.get("duplicates", 0), "gaps": gw.get("gaps", 0)},
+            "bytes_per_delivered_reading": round(bytes_per_reading, 2),
+            "data_dir": str(kept) if kept else None,
+        }
+        return result

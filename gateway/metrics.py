@@ -1,0 +1,57 @@
+"""prometheus-client exposition of the gateway's counters, read at scrape time (no per-reading
+metric calls on the hot path)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gateway.config import split_host_port
+
+
+class SnapshotCollector(Collector):
+    """Turns a stats snapshot (see gateway.stats) into Prometheus metric families."""
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        s = self._snapshot()
+        acc = s["accounting"]
+        for name in ("readings_in", "delivered", "messages_in", "batches_written", "batches_delivered",
+                     "bytes_up", "alerts", "events", "responses", "control_written", "control_delivered"):
+            yield CounterMetricFamily(f"edge_{name}", f"gateway counter {name}", value=acc[name])
+        for name in ("filtered", "dropped", "control_dropped"):
+            fam = CounterMetricFamily(f"edge_readings_{name}" if name != "control_dropped" else "edge_control_dropped",
+                                      f"{name} by reason", labels=["reason"])
+            for reason, n in sorted(acc[name].items()):
+                fam.add_metric([reason], n)
+            yield fam
+        rej = CounterMetricFamily("edge_rejected_messages", "rejected input by reason", labels=["reason"])
+        for reason, n in sorted(s["rejects"].items()):
+            rej.add_metric([reason], n)
+        yield rej
+        for name in ("buffered", "pending"):
+            yield GaugeMetricFamily(f"edge_readings_{name}", f"readings {name}", value=acc[name])
+        depth = GaugeMetricFamily("edge_buffer_records", "records waiting on disk", labels=["lane"])
+        size = GaugeMetricFamily("edge_buffer_bytes", "bytes used on disk", labels=["lane"])
+        for lane, info in s["buffer"].items():
+            depth.add_metric([lane], info["records"])
+            size.add_metric([lane], info["bytes"])
+        yield depth
+        yield size
+        yield GaugeMetricFamily("edge_uplink_connected", "1 when the uplink is connected",
+                                value=1 if s["uplink"]["connected"] else 0)
+        yield CounterMetricFamily("edge_uplink_connects", "uplink connections made", value=s["uplink"]["connects"])
+
+
+def serve(listen: str, snapshot: Callable[[], dict[str, Any]]) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(SnapshotCollector(snapshot))
+    host, port = split_host_port(listen)
+    start_http_server(port, addr=host, registry=registry)
+    return registry

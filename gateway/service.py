@@ -1,0 +1,190 @@
+"""Wiring only: build every stage from the config, then run them under one task group.
+
+Start order: buffer (fail fast on a bad disk) -> uplink (the sink side) -> local broker (the
+source) -> processing. Stop order is the reverse for sources: the broker stops taking messages,
+the processor drains what was queued and flushes the open batch to disk, then the uplink waits
+for in-flight acks, says ``offline`` and disconnects, and the buffer closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any
+
+from bridge.backoff import DecorrelatedJitter
+from bridge.forwarder import Forwarder, LanePolicy
+from bridge.link import UplinkLink
+from bridge.store import Record
+from bridge.topics import CloudTopics
+from bridge.uplink import ClientSettings, TlsSettings
+from gateway.accounting import REJECTED_BY_BROKER, Accounting
+from gateway.batcher import Batcher
+from gateway.broker import EmbeddedBroker
+from gateway.buffer import Budget, DiskBuffer
+from gateway.config import GatewayConfig, Secrets, split_host_port
+from gateway.decode import Decoder
+from gateway.external_source import ExternalSource
+from gateway.ingest import Ingest
+from gateway.lanes import LaneWriter
+from gateway.pipeline import Pipeline
+from gateway.processor import Processor
+from gateway.rejects import RejectLog
+from gateway.rules.engine import RuleEngine
+from gateway.stats import publish_periodically
+
+if sys.version_info >= (3, 11):
+    from asyncio import TaskGroup
+else:  # pragma: no cover
+    from taskgroup import TaskGroup
+
+log = logging.getLogger(__name__)
+
+
+def uplink_settings(cfg: GatewayConfig, secrets: Secrets) -> ClientSettings:
+    up = cfg.uplink
+    tls = None
+    if up.tls is not None:
+        key_pw = secrets.tls_key_password.get_secret_value() if secrets.tls_key_password else None
+        tls = TlsSettings(
+            ca_file=str(up.tls.ca_file) if up.tls.ca_file else None,
+            cert_file=str(up.tls.cert_file) if up.tls.cert_file else None,
+            key_file=str(up.tls.key_file) if up.tls.key_file else None,
+            key_password=key_pw,
+            insecure=up.tls.insecure,
+        )
+    return ClientSettings(
+        client_id=up.client_id or f"edge-{cfg.gateway.id}",
+        protocol=up.protocol,
+        keepalive_s=up.keepalive_s,
+        username=up.username,
+        password=secrets.uplink_password.get_secret_value() if secrets.uplink_password else None,
+        tls=tls,
+        max_inflight=up.max_inflight + up.control_max_inflight,
+        connect_timeout_s=up.connect_timeout_s,
+    )
+
+
+class GatewayService:
+    def __init__(self, cfg: GatewayConfig, secrets: Secrets) -> None:
+        self.cfg = cfg
+        self.topics = CloudTopics(cfg.gateway.id, cfg.topics.cloud_prefix)
+        self.accounting = acc = Accounting()
+        self.rejects = RejectLog(cfg.decode.keep_last_rejects)
+        self.buffer = DiskBuffer(cfg.buffer_dir, {
+            "telemetry": Budget(cfg.buffer.telemetry.max_bytes, cfg.buffer.telemetry.max_age_s),
+            "control": Budget(cfg.buffer.control.max_bytes, cfg.buffer.control.max_age_s),
+        })
+        self.forwarder = Forwarder(
+            self.buffer,
+            {"control": LanePolicy(cfg.uplink.control_qos, cfg.uplink.control_max_inflight),
+             "telemetry": LanePolicy(cfg.uplink.telemetry_qos, cfg.uplink.max_inflight)},
+            on_delivered=self._delivered,
+            on_rejected=self._rejected,
+        )
+        self.lanes = LaneWriter(self.buffer, self.topics, acc, compression=cfg.batch.compression,
+                                level=cfg.batch.level, on_written=self.forwarder.wake)
+        self.batcher = Batcher(cfg.batch.max_count, cfg.batch.max_bytes, cfg.batch.max_age_s)
+        self.decoder = Decoder(cfg.topics, cfg.decode)
+        self.rules = RuleEngine(list(cfg.rules))
+        self.pipeline = Pipeline(self.decoder, self.rules, self.batcher, acc, self.rejects,
+                                 on_batch=self.lanes.write_batch, on_control=self.lanes.write_control)
+        self.ingest = Ingest(cfg.local_broker.ingest_queue_max, self._ingest_overflow)
+        self.processor = Processor(self.ingest, self.pipeline, self.lanes)
+        self.link = UplinkLink(
+            cfg.uplink.urls, uplink_settings(cfg, secrets),
+            DecorrelatedJitter(cfg.uplink.backoff_base_s, cfg.uplink.backoff_cap_s),
+            self.forwarder, self.topics.status,
+        )
+        self.embedded: EmbeddedBroker | None = None
+        self.external: ExternalSource | None = None
+        lb = cfg.local_broker
+        if lb.mode == "embedded":
+            host, port = split_host_port(lb.listen)
+            self.embedded = EmbeddedBroker(host, port, on_message=self.ingest.offer,
+                                           max_connections=lb.max_connections)
+        else:
+            local_pw = secrets.local_password.get_secret_value() if secrets.local_password else None
+            self.external = ExternalSource(
+                lb.url,
+                ClientSettings(client_id=lb.client_id or f"edge-{cfg.gateway.id}-ingest", protocol="3.1.1",
+                               username=lb.username, password=local_pw, clean_start=False),
+                self.decoder.subscriptions(), self.ingest.offer,
+            )
+        acc.buffered_fn = lambda: self.buffer.readings("telemetry")
+        acc.pending_fn = lambda: len(self.batcher)
+        self.started = asyncio.Event()
+
+    # ------------------------------------------------------------------ callbacks
+
+    def _ingest_overflow(self, topic: str) -> None:
+        from gateway.accounting import INGEST_OVERFLOW
+
+        self.accounting.readings_in += 1
+        self.accounting.drop(INGEST_OVERFLOW)
+        self.rejects.add(topic, INGEST_OVERFLOW, "ingest queue full")
+
+    def _delivered(self, rec: Record, size: int) -> None:
+        acc = self.accounting
+        acc.bytes_up += size
+        if rec.lane == "telemetry":
+            acc.delivered += rec.readings
+            acc.batches_delivered += 1
+        else:
+            acc.control_delivered += 1
+
+    def _rejected(self, rec: Record, why: str) -> None:
+        log.error("record %s dropped: %s", rec.key, why)
+        if rec.lane == "telemetry":
+            self.accounting.drop(REJECTED_BY_BROKER, rec.readings)
+        else:
+            self.accounting.control_dropped[REJECTED_BY_BROKER] += 1
+
+    # ------------------------------------------------------------------ state
+
+    def snapshot(self) -> dict[str, Any]:
+        buf = self.buffer
+        return {
+            "gateway": self.cfg.gateway.id,
+            "accounting": self.accounting.snapshot(),
+            "rejects": dict(self.rejects.counts),
+            "buffer": {lane: {"records": buf.depth(lane), "bytes": buf.bytes_used(lane),
+                              "readings": buf.readings(lane)} for lane in ("control", "telemetry")},
+            "uplink": {"connected": self.link.connected, "endpoint": self.link.active_url,
+                       "connects": self.link.connects, "last_error": self.link.last_error},
+            "ingest_queue": len(self.ingest),
+        }
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.buffer.open()
+        uplink_stop, source_stop, proc_stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        try:
+            async with TaskGroup() as tg:
+                tg.create_task(self.link.run(uplink_stop), name="uplink")
+                tg.create_task(publish_periodically(
+                    self.snapshot, lambda b: self.link.publish_now(self.topics.stats, b),
+                    self.cfg.uplink.stats_interval_s, uplink_stop), name="stats")
+                source = None
+                if self.embedded is not None:
+                    await self.embedded.start()
+                else:
+                    assert self.external is not None
+                    source = tg.create_task(self.external.run(source_stop), name="local-source")
+                proc = tg.create_task(self.processor.run(proc_stop), name="processor")
+                self.started.set()
+                log.info("gateway %s running", self.cfg.gateway.id)
+                await stop.wait()
+                log.info("stopping: local broker first, then flush, then uplink")
+                if self.embedded is not None:
+                    await self.embedded.stop()
+                source_stop.set()
+                if source is not None:
+                    await source
+                proc_stop.set()
+                await proc
+                uplink_stop.set()
+        finally:
+            self.buffer.close()

@@ -1,0 +1,129 @@
+"""Shared test helpers: polling with a deadline, free ports, a managed mosquitto process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+DEFAULT_TIMEOUT_S = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def eventually(
+    predicate: Callable[[], bool | Awaitable[bool]],
+    timeout: float = DEFAULT_TIMEOUT_S,
+    interval: float = 0.02,
+    message: str | Callable[[], str] = "condition not met",
+) -> None:
+    """Poll ``predicate`` until true or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            text = message() if callable(message) else message
+            raise AssertionError(f"timed out after {timeout}s: {text}")
+        await asyncio.sleep(interval)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = DEFAULT_TIMEOUT_S, interval: float = 0.02,
+               message: str = "condition not met") -> None:
+    """Blocking twin of :func:`eventually` for synchronous tests."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s: {message}")
+        time.sleep(interval)
+
+
+def mosquitto_binary() -> str:
+    """Path of the mosquitto binary; under CI a missing binary fails instead of skipping."""
+    path = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("mosquitto binary not found (CI must install Debian's mosquitto package)")
+        pytest.skip("mosquitto binary not installed")
+    return path
+
+
+class Mosquitto:
+    """A mosquitto broker process on a fixed free port that tests can stop, kill and restart."""
+
+    def __init__(self, port: int | None = None, extra_conf: str = "") -> None:
+        self.binary = mosquitto_binary()
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self._dir = Path(tempfile.mkdtemp(prefix="mosq-"))
+        os.chmod(self._dir, 0o777)
+        self._conf = self._dir / "mosquitto.conf"
+        self._conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            "max_queued_messages 0\n"
+            "max_inflight_messages 0\n"
+            "log_dest stderr\n"
+            "log_type error\n"
+            "log_type warning\n"
+            f"{extra_conf}\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"mqtt://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "-c", str(self._conf)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {err}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError(f"mosquitto did not listen on {self.port} within {timeout}s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_config
+from gateway.errors import ConfigError
+
+REFERENCE = Path(__file__).resolve().parents[2] / "conf" / "gateway.toml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "gw.toml"
+    p.write_text(text)
+    return p
+
+
+def problems(tmp_path: Path, text: str) -> list[tuple[str, str]]:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert str(tmp_path / "gw.toml") in str(info.value)
+    return info.value.problems
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    cfg, secrets = load_config(write(tmp_path, ""))
+    assert cfg.gateway.id == "gw-01" and cfg.batch.compression == "zlib"
+    assert secrets.uplink_password is None
+
+
+def test_reference_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGE_UPLINK_PASSWORD", "s3cret")
+    cfg, secrets = load_config(REFERENCE)
+    assert cfg.rules, "the reference config shows rules"
+    assert secrets.uplink_password is not None and secrets.uplink_password.get_secret_value() == "s3cret"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[batch]\nmax_count = 0\n", "batch.max_count"),
+        ("[batch]\nmax_cuont = 5\n", "batch.max_cuont"),
+        ("[gateway]\nid = 'a/b'\n", "gateway.id"),
+        ("[uplink]\nurls = ['http://x']\n", "uplink.urls"),
+        ("[uplink]\nurls = ['mqtt://u:pw@x']\n", "uplink.urls"),
+        ("[uplink]\nurls = []\n", "uplink.urls"),
+        ("[uplink]\nprotocol = '4'\n", "uplink.protocol"),
+        ("[local_broker]\nlisten = 'nohostport'\n", "local_broker.listen"),
+        ("[[rules]]\nvalid = { min = 5, max = 1 }\n", "rules[0].valid"),
+        ("[[rules]]\ndeadband = { abs = -1 }\n", "rules[0].deadband.abs"),
+        ("[[rules]]\nalert = { max = 'hot' }\n", "rules[0].alert.max"),
+        ("[uplink.password]\nenv = 'A'\nfile = '/x'\n", "uplink.password"),
+        ("surprise = 1\n", "surprise"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
+    keys = [k for k, _ in problems(tmp_path, text)]
+    assert key in keys, keys
+
+
+def test_syntax_error_and_missing_file(tmp_path: Path) -> None:
+    assert problems(tmp_path, "[batch\n")[0][0] == "(syntax)"
+    with pytest.raises(ConfigError, match="nope.toml"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_missing_secret_env_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_SUCH_VAR_X", raising=False)
+    found = problems(tmp_path, "[uplink.password]\nenv = 'NO_SUCH_VAR_X'\n")
+    assert found == [("uplink.password", "environment variable NO_SUCH_VAR_X is not set")]
+
+
+def test_secret_from_file(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("hunter2\n")
+    _cfg, secrets = load_config(write(tmp_path, f"[uplink.password]\nfile = '{secret}'\n"))
+    assert secrets.uplink_password is not None and secrets.uplink_password.get_secret_value() == "hunter2"
+    assert "hunter2" not in repr(secrets)
