@@ -15,6 +15,7 @@ re-sent from the backlog without decoding anything.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import zlib
@@ -85,14 +86,14 @@ def _encode_values(values: Sequence[float]) -> tuple[int, list[int] | list[float
         scale = max(scale, s)
     factor = 10**scale
     ints = [round(v * factor) for v in values]
-    if any(i / factor != v for i, v in zip(ints, values)):  # pragma: no cover - guarded by _decimal_scale
+    if any(i / factor != v for i, v in zip(ints, values, strict=True)):  # pragma: no cover - guarded by _decimal_scale
         return -1, [float(x) for x in values]
     return scale, _deltas(ints)
 
 
 def _deltas(values: Sequence[int]) -> list[int]:
     out = [values[0]]
-    out.extend(b - a for a, b in zip(values, values[1:]))
+    out.extend(b - a for a, b in itertools.pairwise(values))
     return out
 
 
@@ -151,7 +152,7 @@ def _compress(raw: bytes, compression: str, level: int) -> bytes:
     try:
         import zstandard
     except ImportError as exc:
-        raise CodecError("zstd compression needs the 'zstandard' package (pip install edge-mqtt-gateway[zstd])") from exc
+        raise CodecError("zstd needs the 'zstandard' package (pip install edge-mqtt-gateway[zstd])") from exc
     return bytes(zstandard.ZstdCompressor(level=min(max(level, 1), 22)).compress(raw))
 
 
@@ -227,7 +228,7 @@ def _batch_from_body(body: Any, compression: str, replay: bool) -> Batch:
         seqs: list[int | None] = list(_undelta(seq_col)) if seq_col is not None else [None] * len(ts)
         if not len(ts) == len(vals) == len(seqs):
             raise ValueError(f"column lengths differ in series {device}/{metric}")
-        readings.extend(Reading(str(device), str(metric), t, v, s) for t, v, s in zip(ts, vals, seqs))
+        readings.extend(Reading(str(device), str(metric), t, v, s) for t, v, s in zip(ts, vals, seqs, strict=True))
     if body.get("n", len(readings)) != len(readings):
         raise ValueError(f"header says {body['n']} readings, series hold {len(readings)}")
     known = {"gw", "seq", "created_ms", "n", "series"}

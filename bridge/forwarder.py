@@ -79,18 +79,25 @@ class Forwarder:
                 await asyncio.wait({wake, closed, stopping}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 wake.cancel()
             if stop.is_set() and not conn.closed:
-                await self._drain(drain_timeout_s)
+                await self._drain(conn, drain_timeout_s)
         finally:
             closed.cancel()
             stopping.cancel()
             self._release_all()
 
-    async def _drain(self, timeout_s: float) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while any(self._inflight.values()) and asyncio.get_running_loop().time() < deadline:
+    async def _drain(self, conn: MqttConnection, timeout_s: float) -> None:
+        """On a clean stop: keep sending what is on disk for up to ``timeout_s``; whatever is not
+        acknowledged by then stays on disk for the next start."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not conn.closed and loop.time() < deadline:
             self._wake.clear()
+            for lane in LANES:
+                self._fill(conn, lane)
+            if not any(self._inflight.values()):
+                break
             try:
-                await asyncio.wait_for(self._wake.wait(), deadline - asyncio.get_running_loop().time())
+                await asyncio.wait_for(self._wake.wait(), deadline - loop.time())
             except asyncio.TimeoutError:
                 break
 

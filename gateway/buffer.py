@@ -146,7 +146,9 @@ class DiskBuffer:
     def next_seq(self, lane: Lane) -> int:
         return self._next_seq[lane]
 
-    def append(self, lane: Lane, topic: str, build: Callable[[int], bytes], readings: int) -> tuple[Record, list[Record]]:
+    def append(
+        self, lane: Lane, topic: str, build: Callable[[int], bytes], readings: int
+    ) -> tuple[Record, list[Record]]:
         """Allocate the lane's next sequence number, build the payload with it and store it.
 
         Returns the stored record and the records dropped to stay within the telemetry budget.

@@ -12,7 +12,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 from rich.console import Console
@@ -118,7 +118,8 @@ def check(config_path: Path, quiet: bool) -> None:
 @click.option("--protocol", type=click.Choice(["5", "3.1.1"]), default="5", show_default=True)
 @click.option("--prefix", default="edge/{gateway_id}", show_default=True, help="Cloud topic prefix pattern.")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-def sink(url: str, db_path: Path, shared_group: str | None, protocol: str, prefix: str, log_level: str) -> None:
+def sink(url: str, db_path: Path, shared_group: str | None, protocol: Literal["5", "3.1.1"], prefix: str,
+         log_level: str) -> None:
     """Cloud side: store every gateway's batches and alerts in SQLite, dropping duplicates
     by (gateway, seq) and recording sequence gaps."""
     from bridge.errors import BridgeError

@@ -13,7 +13,7 @@ from typing import Any
 
 from bridge.codec import CodecError, unpack_object
 from bridge.model import Reading
-from bridge.topics import NAME_RE, TopicPattern, valid_id
+from bridge.topics import NAME_RE, TopicPattern
 from gateway.config import DecodeSection, TopicsSection
 
 # Rejection reasons (documented in docs/OPERATIONS.md).
@@ -33,6 +33,7 @@ TOO_MANY_METRICS = "too_many_metrics"
 NO_METRICS = "no_metrics"
 
 _MS_THRESHOLD = 100_000_000_000  # a ts above this is milliseconds, below is seconds
+_NAME_CACHE_MAX = 100_000  # validated ids/metric names remembered (bounded: ids come from the network)
 _MSGPACK_MAP_FIRST_BYTES = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
 _RESERVED = frozenset({"ts", "seq"})
 
@@ -75,6 +76,24 @@ class Decoder:
         self._events = TopicPattern(topics.events)
         self._responses = TopicPattern(topics.responses)
         self._limits = limits
+        self._routes = (
+            (self._telemetry, self._decode_telemetry),
+            (self._metric, self._decode_bare),
+            (self._events, self._decode_event),
+            (self._responses, self._decode_response),
+        )
+        self._good_names: set[str] = set()
+
+    def _valid_name(self, name: str, regex: Any = NAME_RE) -> bool:
+        """Regex check with a bounded cache of names already seen valid (hot path)."""
+        if name in self._good_names:
+            return True
+        if not isinstance(name, str) or not regex.fullmatch(name):
+            return False
+        if len(self._good_names) >= _NAME_CACHE_MAX:
+            self._good_names.clear()
+        self._good_names.add(name)
+        return True
 
     def subscriptions(self) -> list[str]:
         """MQTT filters covering every topic this decoder understands."""
@@ -83,17 +102,12 @@ class Decoder:
     def decode(self, topic: str, payload: bytes, recv_ms: int) -> Decoded:
         if len(payload) > self._limits.max_payload_bytes:
             return Rejection(TOO_LARGE, f"{len(payload)} bytes > {self._limits.max_payload_bytes}")
-        for pattern, handler in (
-            (self._telemetry, self._decode_telemetry),
-            (self._metric, self._decode_bare),
-            (self._events, self._decode_event),
-            (self._responses, self._decode_response),
-        ):
+        for pattern, handler in self._routes:
             fields = pattern.match(topic)
             if fields is None:
                 continue
             device = fields.get("device_id", "")
-            if not valid_id(device):
+            if not self._valid_name(device):
                 return Rejection(BAD_DEVICE_ID, f"device id {device[:80]!r} in topic {topic[:120]!r}")
             return handler(device, fields, payload, recv_ms)
         return Rejection(UNKNOWN_TOPIC, topic[:200])
@@ -117,7 +131,7 @@ class Decoder:
             return recv_ms
         if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
             return Rejection(BAD_TS, f"ts {str(raw)[:40]!r} is not a finite number")
-        ts_ms = int(raw) if raw >= _MS_THRESHOLD else int(round(raw * 1000))
+        ts_ms = int(raw) if raw >= _MS_THRESHOLD else round(raw * 1000)
         lim = self._limits
         if ts_ms > recv_ms + lim.max_future_s * 1000 or ts_ms < recv_ms - lim.max_past_s * 1000:
             if lim.out_of_window == "clamp":
@@ -158,7 +172,7 @@ class Decoder:
             return Rejection(TOO_MANY_METRICS, f"{len(metrics)} > {self._limits.max_metrics_per_message}")
         out = Telemetry(device, [])
         for metric in metrics:
-            if not isinstance(metric, str) or not NAME_RE.fullmatch(metric):
+            if not self._valid_name(metric):
                 out.rejections.append(Rejection(BAD_METRIC_NAME, str(metric)[:80]))
                 continue
             value = self._value(metric, obj[metric])

@@ -18,7 +18,7 @@ class Ingest:
         self._queue: deque[tuple[str, bytes, int]] = deque()
         self._max = max_messages
         self._on_overflow = on_overflow
-        self._ready = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
         self.high_water = 0
 
     def offer(self, topic: str, payload: bytes) -> None:
@@ -26,9 +26,10 @@ class Ingest:
             self._on_overflow(topic)
             return
         self._queue.append((topic, payload, int(time.time() * 1000)))
-        if len(self._queue) > self.high_water:
-            self.high_water = len(self._queue)
-        self._ready.set()
+        self.high_water = max(self.high_water, len(self._queue))
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -37,11 +38,15 @@ class Ingest:
         """Wait until messages are queued (or the timeout passes)."""
         if self._queue:
             return
-        self._ready.clear()
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        timer = loop.call_later(timeout, _wake, waiter) if timeout is not None else None
         try:
-            await asyncio.wait_for(self._ready.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
 
     def drain(self, limit: int) -> list[tuple[str, bytes, int]]:
         out: list[tuple[str, bytes, int]] = []
@@ -49,3 +54,8 @@ class Ingest:
         while q and len(out) < limit:
             out.append(q.popleft())
         return out
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

@@ -33,3 +33,14 @@ def mosquitto() -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.cleanup()
+
+
+@pytest.fixture
+def persistent_mosquitto() -> Iterator[Mosquitto]:
+    """mosquitto that keeps sessions and queued messages across stop/start on the same port."""
+    broker = Mosquitto(persistent=True)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.cleanup()

@@ -17,10 +17,18 @@ import pytest
 DEFAULT_TIMEOUT_S = 20.0
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port never handed out before in this run (a stopped broker's port stays its own)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 async def eventually(
@@ -66,17 +74,21 @@ def mosquitto_binary() -> str:
 class Mosquitto:
     """A mosquitto broker process on a fixed free port that tests can stop, kill and restart."""
 
-    def __init__(self, port: int | None = None, extra_conf: str = "") -> None:
+    def __init__(self, port: int | None = None, extra_conf: str = "", persistent: bool = False) -> None:
         self.binary = mosquitto_binary()
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self._dir = Path(tempfile.mkdtemp(prefix="mosq-"))
         os.chmod(self._dir, 0o777)
         self._conf = self._dir / "mosquitto.conf"
+        persistence = (
+            f"persistence true\npersistence_location {self._dir}/\nautosave_interval 1\n"
+            if persistent else "persistence false\n"
+        )
         self._conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
-            "persistence false\n"
+            f"{persistence}"
             "max_queued_messages 0\n"
             "max_inflight_messages 0\n"
             "log_dest stderr\n"

@@ -81,9 +81,8 @@ class RuleEngine:
         if rule.alert is not None:
             st.active, changes = threshold.evaluate(rule.alert, st.active, r.value)
             alerts = tuple(Alert(r, c, rule.name) for c in changes)
-        if rule.deadband is not None:
-            if not deadband.passes(rule.deadband, st.last_sent, r.ts_ms, r.value):
-                return Outcome("filtered", DEADBAND, alerts)
+        if rule.deadband is not None and not deadband.passes(rule.deadband, st.last_sent, r.ts_ms, r.value):
+            return Outcome("filtered", DEADBAND, alerts)
         if rule.sample_every_s > 0:
             if not sample.passes(rule.sample_every_s, st.last_sampled, r.ts_ms):
                 return Outcome("filtered", SAMPLED, alerts)

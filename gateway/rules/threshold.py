@@ -22,8 +22,18 @@ class AlertChange:
     threshold: float
 
 
-def evaluate(spec: AlertSpec, active: frozenset[Level], value: float) -> tuple[frozenset[Level], list[AlertChange]]:
+_NO_CHANGES: tuple[AlertChange, ...] = ()
+
+
+def evaluate(
+    spec: AlertSpec, active: frozenset[Level], value: float
+) -> tuple[frozenset[Level], tuple[AlertChange, ...]]:
     """Return the new set of active alert levels and the changes this value caused."""
+    hi, lo = spec.max, spec.min
+    if (hi is None or ("max" in active) == (value > hi) or ("max" in active and value > hi - spec.hysteresis)) and (
+        lo is None or ("min" in active) == (value < lo) or ("min" in active and value < lo + spec.hysteresis)
+    ):
+        return active, _NO_CHANGES  # fast path: nothing crosses (the common case)
     changes: list[AlertChange] = []
     now = set(active)
     if spec.max is not None:
@@ -40,4 +50,4 @@ def evaluate(spec: AlertSpec, active: frozenset[Level], value: float) -> tuple[f
         elif "min" in active and value >= spec.min + spec.hysteresis:
             now.discard("min")
             changes.append(AlertChange("min", "cleared", spec.min))
-    return (frozenset(now) if changes else active), changes
+    return (frozenset(now) if changes else active), tuple(changes)

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bridge.backoff import DecorrelatedJitter
 from bridge.codec import decode_batch, decode_control
-from bridge.uplink import ClientSettings, Message, MqttConnection
+from bridge.errors import UplinkStopped
+from bridge.uplink import ClientSettings, Message, MqttConnection, connect_with_backoff
 from gateway.config import GatewayConfig, Secrets, parse_config
 from gateway.service import GatewayService
 
@@ -97,29 +99,50 @@ class Collected:
 
 
 class CloudCollector:
-    """A real subscriber on the cloud broker with a persistent session (MQTT 5)."""
+    """A real subscriber on the cloud broker with a persistent session (MQTT 5) that reconnects."""
 
     def __init__(self, url: str, prefix: str = "edge/gw-test") -> None:
         self.url = url
         self.prefix = prefix
         self.data = Collected()
-        self.conn: MqttConnection | None = None
+        self.connects = 0
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
 
     def _on(self, msg: Message) -> None:
         if msg.topic.endswith("/telemetry"):
             self.data.batches.append(decode_batch(msg.payload))
         elif msg.topic.endswith("/status"):
             self.data.status.append(msg.payload)
-        elif msg.topic.endswith("/stats"):
-            pass
-        else:
+        elif not msg.topic.endswith("/stats"):
             self.data.control.append(decode_control(msg.payload))
 
     async def connect(self) -> None:
+        ready = asyncio.Event()
+        self._task = asyncio.create_task(self._run(ready))
+        await asyncio.wait_for(ready.wait(), 20)
+
+    async def _run(self, ready: asyncio.Event) -> None:
         settings = ClientSettings(client_id="test-collector", protocol="5", clean_start=False, session_expiry_s=600)
-        self.conn = await MqttConnection.open(self.url, settings, on_message=self._on)
-        await self.conn.subscribe([(f"{self.prefix}/#", 1)])
+        while not self._stop.is_set():
+            try:
+                conn = await connect_with_backoff([self.url], settings, DecorrelatedJitter(0.05, 0.3),
+                                                  on_message=self._on, stop=self._stop)
+            except UplinkStopped:
+                return
+            try:
+                await conn.subscribe([(f"{self.prefix}/#", 1)])
+                self.connects += 1
+                ready.set()
+                stopping = asyncio.ensure_future(self._stop.wait())
+                closed = asyncio.ensure_future(conn.wait_closed())
+                await asyncio.wait({stopping, closed}, return_when=asyncio.FIRST_COMPLETED)
+                stopping.cancel()
+                closed.cancel()
+            finally:
+                await conn.close()
 
     async def close(self) -> None:
-        if self.conn:
-            await self.conn.close()
+        self._stop.set()
+        if self._task:
+            await self._task

@@ -77,7 +77,7 @@ def test_budget_drops_oldest_not_in_flight(tmp_path: Path) -> None:
     for _ in range(3):
         put(buf)
     inflight = buf.take("telemetry", 1)  # seq 1 is being sent: must not be dropped
-    rec, dropped = buf.append("telemetry", "t/telemetry", lambda s: b"x" * 10, 5)
+    _rec, dropped = buf.append("telemetry", "t/telemetry", lambda s: b"x" * 10, 5)
     assert [d.seq for d in dropped] == [2]
     assert [d.readings for d in dropped] == [5]
     assert buf.depth("telemetry") == 3 and buf.bytes_used("telemetry") <= 3 * per

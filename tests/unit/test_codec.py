@@ -48,7 +48,8 @@ def test_random_values_round_trip_bit_exact() -> None:
     rng = random.Random(7)
     readings = [
         Reading("d", "m", 1_700_000_000_000 + i * rng.randint(0, 5000), v, i)
-        for i, v in enumerate([rng.uniform(-1e6, 1e6) for _ in range(300)] + [round(rng.gauss(20, 5), 2) for _ in range(300)])
+        for i, v in enumerate([rng.uniform(-1e6, 1e6) for _ in range(300)]
+                              + [round(rng.gauss(20, 5), 2) for _ in range(300)])
     ]
     out = decode_batch(encode_batch("g", 1, readings, created_ms=0)).readings
     assert out == readings  # same order within one series, same float bits
@@ -101,7 +102,7 @@ def test_empty_batch_is_refused() -> None:
 def test_control_records_are_strict_json() -> None:
     rec = {"kind": "alert", "value": 1.5, "gw": "g", "seq": 3}
     assert decode_control(encode_control(rec)) == rec
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="JSON compliant"):
         encode_control({"value": math.nan})
     with pytest.raises(CodecError):
         decode_control(b"[1]")

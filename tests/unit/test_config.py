@@ -61,7 +61,7 @@ def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
 
 def test_syntax_error_and_missing_file(tmp_path: Path) -> None:
     assert problems(tmp_path, "[batch\n")[0][0] == "(syntax)"
-    with pytest.raises(ConfigError, match="nope.toml"):
+    with pytest.raises(ConfigError, match=r"nope\.toml"):
         load_config(tmp_path / "nope.toml")
 
 

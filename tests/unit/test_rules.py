@@ -28,7 +28,7 @@ def test_threshold_min_level() -> None:
     active, ch = threshold.evaluate(spec, frozenset(), 1.9)
     assert [c.state for c in ch] == ["raised"] and active == {"min"}
     active, ch = threshold.evaluate(spec, active, 2.4)
-    assert ch == []
+    assert ch == ()
     active, ch = threshold.evaluate(spec, active, 2.5)
     assert [c.state for c in ch] == ["cleared"] and active == frozenset()
 

@@ -1,0 +1,38 @@
+"""Load generator for the benchmarks: a separate process publishing N one-reading JSON messages
+as fast as the broker takes them (QoS 0, or QoS 1 with a window of unacknowledged messages)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+
+
+def main(host: str, port: int, count: int, qos: int, devices: int) -> None:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{time.time_ns()}",
+                         protocol=mqtt.MQTTv311)
+    window = threading.Semaphore(100)
+    client.on_publish = lambda *a: window.release()
+    client.max_inflight_messages_set(100)
+    client.max_queued_messages_set(0)
+    client.connect(host, port, keepalive=60)
+    client.loop_start()
+    t0 = int(time.time() * 1000)
+    start = time.perf_counter()
+    for i in range(count):
+        window.acquire()
+        d = i % devices
+        payload = json.dumps({"ts": t0 + i, "seq": i // devices + 1, "temperature": 20 + (i % 50) / 10}).encode()
+        client.publish(f"devices/bench-{d:03d}/telemetry", payload, qos)
+    for _ in range(100):
+        window.acquire()
+    print(json.dumps({"published": count, "seconds": time.perf_counter() - start}), flush=True)
+    client.disconnect()
+    client.loop_stop()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))

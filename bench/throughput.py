@@ -1,0 +1,122 @@
+"""End-to-end readings/s through the gateway vs. the bare embedded amqtt broker, same run.
+
+    python bench/throughput.py [--count 30000] [--devices 50]
+
+Baseline: an embedded amqtt broker whose ingest hook only counts messages. Gateway: the full
+service (same broker and hook, plus decode, rules, batching, disk buffer and uplink to a second
+amqtt broker in this process standing in for the cloud). The publisher is a separate process.
+Rate = messages / (time from the first to the last message handled), one reading per message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gateway.broker import EmbeddedBroker  # noqa: E402
+from gateway.config import Secrets, parse_config  # noqa: E402
+from gateway.service import GatewayService  # noqa: E402
+
+
+async def publish(port: int, count: int, qos: int, devices: int) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "bench" / "_publisher.py"), "127.0.0.1", str(port), str(count), str(qos),
+        str(devices), stdout=subprocess.PIPE)
+    await proc.communicate()
+
+
+async def wait_for(pred: object, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark did not finish")
+        await asyncio.sleep(0.005)
+
+
+async def bare(count: int, qos: int, devices: int) -> float:
+    seen = {"n": 0, "first": 0.0, "last": 0.0}
+
+    def hook(_t: str, _p: bytes) -> None:
+        now = time.perf_counter()
+        if seen["n"] == 0:
+            seen["first"] = now
+        seen["n"] += 1
+        seen["last"] = now
+
+    broker = EmbeddedBroker("127.0.0.1", 0, on_message=hook)
+    await broker.start()
+    pub = asyncio.create_task(publish(broker.address.port, count, qos, devices))
+    await wait_for(lambda: seen["n"] >= count)
+    await pub
+    await broker.stop()
+    return count / (seen["last"] - seen["first"])
+
+
+async def gateway(count: int, qos: int, devices: int) -> tuple[float, dict[str, object]]:
+    cloud = EmbeddedBroker("127.0.0.1", 0)
+    await cloud.start()
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = parse_config({
+            "gateway": {"id": "bench", "data_dir": tmp},
+            "local_broker": {"listen": "127.0.0.1:0", "ingest_queue_max": count + 1},
+            "uplink": {"urls": [f"mqtt://127.0.0.1:{cloud.address.port}"], "protocol": "3.1.1"},
+            "batch": {"max_count": 1000, "max_age_s": 0.5},
+            "rules": [{"metrics": "temperature", "valid": {"min": -40, "max": 85}, "alert": {"max": 80}}],
+        }, "<bench>")
+        svc = GatewayService(cfg, Secrets())
+        stop = asyncio.Event()
+        task = asyncio.create_task(svc.run(stop))
+        await svc.started.wait()
+        assert svc.embedded is not None
+        acc = svc.accounting
+        marks = {"first": 0.0}
+
+        async def first_seen() -> None:
+            await wait_for(lambda: acc.readings_in > 0)
+            marks["first"] = time.perf_counter()
+
+        watcher = asyncio.create_task(first_seen())
+        pub = asyncio.create_task(publish(svc.embedded.address.port, count, qos, devices))
+        await wait_for(lambda: acc.readings_in >= count)
+        processed = time.perf_counter()
+        await watcher
+        await pub
+        await wait_for(lambda: acc.delivered + sum(acc.dropped.values()) >= count)
+        delivered = time.perf_counter()
+        stop.set()
+        await task
+        await cloud.stop()
+        snap = svc.snapshot()["accounting"]
+        return count / (processed - marks["first"]), {
+            "delivered_rate": round(count / (delivered - marks["first"])),
+            "balance": svc.accounting.balance(), "dropped": snap["dropped"],  # type: ignore[index]
+            "bytes_up": snap["bytes_up"],  # type: ignore[index]
+        }
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--count", type=int, default=30000)
+    ap.add_argument("--devices", type=int, default=50)
+    args = ap.parse_args()
+    results = []
+    for qos in (0, 1):
+        base = await bare(args.count, qos, args.devices)
+        gw, extra = await gateway(args.count, qos, args.devices)
+        results.append({"qos": qos, "bare_amqtt_msg_s": round(base), "gateway_readings_s": round(gw),
+                        "ratio": round(gw / base, 2), **extra})
+    for r in results:
+        print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

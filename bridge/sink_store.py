@@ -1,0 +1,470 @@
+"""SQLite storage of the cloud sink: batches, readings, control records, duplicates and status.
+
+Every uplink message a gateway sends carries ``(gateway, lane, seq)``: ``lane`` is ``telemetry``
+(msgpack batches) or ``control`` (alerts, events and responses share the gateway's control
+sequence). The ``batches`` table is the ledger of those keys for both lanes (a control record is a
+row with ``readings = 0``); its primary key is what makes the sink idempotent: a message whose key
+is already stored is dropped and counted in ``duplicates``. The ledger row and the message's data
+rows go in ONE transaction, so a crash never leaves half a batch.
+
+Gaps are not stored: they are computed when asked from the seqs in the ledger (a missing seq between
+the lowest and the highest seen for a gateway and lane), so a gap later filled by a late or replayed
+batch disappears by itself.
+
+One :class:`SinkStore` is used from one thread. Readers (the report) open their own connection
+with :meth:`SinkStore.open_readonly`; WAL mode lets them read while the sink writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from bridge.codec import Batch
+from bridge.errors import PermanentBridgeError
+from bridge.topics import valid_id
+
+__all__ = [
+    "ControlRecord",
+    "DeviceStats",
+    "GapSummary",
+    "GatewayStatus",
+    "InvalidRecord",
+    "LaneStats",
+    "SinkStore",
+    "parse_control",
+]
+
+Lane = Literal["telemetry", "control"]
+ControlKind = Literal["alert", "event", "response"]
+CONTROL_KINDS: tuple[ControlKind, ...] = ("alert", "event", "response")
+SCHEMA_VERSION = 1
+_INT64 = 2**63
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS batches (
+    gateway TEXT NOT NULL, lane TEXT NOT NULL, seq INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL, replay INTEGER NOT NULL, readings INTEGER NOT NULL,
+    created_ms INTEGER,
+    PRIMARY KEY (gateway, lane, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS readings (
+    gateway TEXT NOT NULL, device TEXT NOT NULL, metric TEXT NOT NULL, ts_ms INTEGER NOT NULL,
+    value REAL NOT NULL, seq INTEGER, batch_seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    gateway TEXT NOT NULL, seq INTEGER NOT NULL, device TEXT NOT NULL, metric TEXT NOT NULL,
+    level TEXT NOT NULL, state TEXT NOT NULL, value REAL NOT NULL, threshold REAL NOT NULL,
+    ts_ms INTEGER NOT NULL, rule TEXT NOT NULL, received_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    gateway TEXT NOT NULL, seq INTEGER NOT NULL, device TEXT NOT NULL, ts_ms INTEGER NOT NULL,
+    body_json TEXT NOT NULL, received_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS responses (
+    gateway TEXT NOT NULL, seq INTEGER NOT NULL, device TEXT NOT NULL, body_json TEXT NOT NULL,
+    received_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS duplicates (
+    gateway TEXT NOT NULL, lane TEXT NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (gateway, lane)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS invalid (
+    gateway TEXT NOT NULL, reason TEXT NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (gateway, reason)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS status (
+    gateway TEXT PRIMARY KEY, state TEXT NOT NULL, since_ms INTEGER NOT NULL,
+    received_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+class InvalidRecord(PermanentBridgeError):
+    """A decoded message cannot be stored as it is (missing field, wrong type, non-finite value).
+
+    ``reason`` is a short, low-cardinality key for counters; the message has the details.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+# ---------------------------------------------------------------- control records
+
+@dataclass(frozen=True)
+class ControlRecord:
+    """A validated control-lane record. ``fields`` holds the kind-specific columns."""
+
+    gateway: str
+    seq: int
+    kind: ControlKind
+    device: str
+    fields: dict[str, Any]
+
+
+def _int(record: Mapping[str, Any], key: str) -> int:
+    value = record.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not -_INT64 <= value < _INT64:
+        raise InvalidRecord("malformed record", f"{key!r} must be a 64-bit integer, got {value!r}")
+    return value
+
+
+def _float(record: Mapping[str, Any], key: str) -> float:
+    value = record.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidRecord("malformed record", f"{key!r} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _str(record: Mapping[str, Any], key: str) -> str:
+    value = record.get(key)
+    if not isinstance(value, str) or not value:
+        raise InvalidRecord("malformed record", f"{key!r} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _body(record: Mapping[str, Any], key: str) -> str:
+    value = record.get(key)
+    if not isinstance(value, dict):
+        raise InvalidRecord("malformed record", f"{key!r} must be an object, got {type(value).__name__}")
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def parse_control(record: Mapping[str, Any]) -> ControlRecord:
+    """Validate a decoded control record (shapes of ``gateway.pipeline``; ``gw``/``seq`` added by
+    the lane writer). Raise :class:`InvalidRecord` on anything missing or mistyped."""
+    gateway = _str(record, "gw")
+    if not valid_id(gateway):
+        raise InvalidRecord("bad gateway id", repr(gateway))
+    seq = _int(record, "seq")
+    if seq < 0:
+        raise InvalidRecord("malformed record", f"negative seq {seq}")
+    kind = record.get("kind")
+    device = _str(record, "device")
+    fields: dict[str, Any]
+    if kind == "alert":
+        state = _str(record, "state")
+        if state not in ("raised", "cleared"):
+            raise InvalidRecord("malformed record", f"alert state {state!r}")
+        fields = {
+            "metric": _str(record, "metric"), "level": _str(record, "level"), "state": state,
+            "value": _float(record, "value"), "threshold": _float(record, "threshold"),
+            "ts_ms": _int(record, "ts_ms"), "rule": _str(record, "rule"),
+        }
+    elif kind == "event":
+        fields = {"ts_ms": _int(record, "ts_ms"), "body_json": _body(record, "event")}
+    elif kind == "response":
+        fields = {"body_json": _body(record, "response")}
+    else:
+        raise InvalidRecord("unknown kind", repr(kind))
+    return ControlRecord(gateway, seq, kind, device, fields)
+
+
+def _check_batch(batch: Batch) -> None:
+    if not valid_id(batch.gateway):
+        raise InvalidRecord("bad gateway id", repr(batch.gateway))
+    if not 0 <= batch.seq < _INT64 or not -_INT64 <= batch.created_ms < _INT64:
+        raise InvalidRecord("malformed batch", f"seq {batch.seq}, created_ms {batch.created_ms} out of range")
+    for r in batch.readings:
+        if not math.isfinite(r.value):
+            raise InvalidRecord("non-finite value", f"{r.device}/{r.metric} = {r.value}")
+        if not -_INT64 <= r.ts_ms < _INT64 or (r.seq is not None and not -_INT64 <= r.seq < _INT64):
+            raise InvalidRecord("malformed batch", f"{r.device}/{r.metric}: ts_ms/seq out of range")
+
+
+# ---------------------------------------------------------------- query results
+
+@dataclass(frozen=True)
+class LaneStats:
+    """Ledger figures of one gateway's lane."""
+
+    records: int
+    readings: int
+    replayed: int
+    first_seq: int
+    last_seq: int
+    last_received_ms: int
+
+
+@dataclass(frozen=True)
+class GapSummary:
+    """Missing seqs of one gateway's lane: ``ranges`` is the number of holes, ``missing`` the number
+    of seqs in them, ``first`` the first holes as inclusive ``(from_seq, to_seq)`` pairs."""
+
+    ranges: int
+    missing: int
+    first: list[tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class DeviceStats:
+    """Stored data of one gateway's device."""
+
+    readings: int
+    metrics: int
+    first_ts_ms: int | None
+    last_ts_ms: int | None
+    alerts_raised: int
+    alerts_cleared: int
+    events: int
+    responses: int
+
+
+@dataclass(frozen=True)
+class GatewayStatus:
+    """Last retained status of a gateway: ``since_ms`` when this state was first seen."""
+
+    state: str
+    since_ms: int
+    received_ms: int
+
+
+# ---------------------------------------------------------------- the store
+
+class SinkStore:
+    """The sink's SQLite database (WAL mode). ``durable=True`` fsyncs every commit
+    (``synchronous=FULL``): a message acknowledged to the broker survives a power cut too."""
+
+    def __init__(self, path: Path | str, *, durable: bool = True, readonly: bool = False) -> None:
+        self.path = Path(path)
+        if readonly:
+            if not self.path.exists():
+                raise FileNotFoundError(f"no sink database at {self.path}")
+            self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                       isolation_level=None)
+        else:
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version not in ((SCHEMA_VERSION,) if readonly else (0, SCHEMA_VERSION)):
+            self._db.close()
+            raise PermanentBridgeError(
+                f"{self.path} is not a sink database (schema version {version}, expected {SCHEMA_VERSION})"
+            )
+        if not readonly:
+            self._create_schema()
+
+    @classmethod
+    def open_readonly(cls, path: Path | str) -> SinkStore:
+        """A read-only connection for reports; the sink may keep writing meanwhile."""
+        return cls(path, readonly=True)
+
+    def _create_schema(self) -> None:
+        self._db.executescript(f"BEGIN;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Cursor]:
+        cur = self._db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield cur
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> SinkStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ writes
+    def _claim(self, cur: sqlite3.Cursor, gateway: str, lane: Lane, seq: int, *, received_ms: int,
+               replay: bool, readings: int, created_ms: int | None) -> bool:
+        """Insert the ledger row; False (and the duplicate counted) if the key is already there."""
+        cur.execute(
+            "INSERT OR IGNORE INTO batches (gateway, lane, seq, received_ms, replay, readings, created_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (gateway, lane, seq, received_ms, int(replay), readings, created_ms),
+        )
+        if cur.rowcount == 1:
+            return True
+        cur.execute(
+            "INSERT INTO duplicates (gateway, lane, count) VALUES (?, ?, 1)"
+            " ON CONFLICT (gateway, lane) DO UPDATE SET count = count + 1",
+            (gateway, lane),
+        )
+        return False
+
+    def store_batch(self, batch: Batch, received_ms: int) -> bool:
+        """Store a telemetry batch and its readings in one transaction.
+
+        Returns False if ``(gateway, "telemetry", seq)`` was already stored (counted as duplicate).
+        Raises :class:`InvalidRecord` (nothing stored) for a batch that cannot be stored as is.
+        """
+        _check_batch(batch)
+        with self._tx() as cur:
+            claimed = self._claim(cur, batch.gateway, "telemetry", batch.seq, received_ms=received_ms,
+                                  replay=batch.replay, readings=len(batch.readings),
+                                  created_ms=batch.created_ms)
+            if not claimed:
+                return False
+            try:
+                cur.executemany(
+                    "INSERT INTO readings (gateway, device, metric, ts_ms, value, seq, batch_seq)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(batch.gateway, r.device, r.metric, r.ts_ms, r.value, r.seq, batch.seq)
+                     for r in batch.readings],
+                )
+            except (sqlite3.IntegrityError, OverflowError) as exc:
+                raise InvalidRecord("malformed batch", str(exc)) from exc
+        return True
+
+    def store_control(self, record: Mapping[str, Any] | ControlRecord, received_ms: int) -> bool:
+        """Store one control record (alert, event or response) in one transaction.
+
+        Returns False if ``(gateway, "control", seq)`` was already stored (counted as duplicate).
+        Raises :class:`InvalidRecord` for a malformed record (nothing stored).
+        """
+        rec = record if isinstance(record, ControlRecord) else parse_control(record)
+        f = rec.fields
+        with self._tx() as cur:
+            if not self._claim(cur, rec.gateway, "control", rec.seq, received_ms=received_ms,
+                               replay=False, readings=0, created_ms=None):
+                return False
+            if rec.kind == "alert":
+                cur.execute(
+                    "INSERT INTO alerts (gateway, seq, device, metric, level, state, value, threshold,"
+                    " ts_ms, rule, received_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (rec.gateway, rec.seq, rec.device, f["metric"], f["level"], f["state"], f["value"],
+                     f["threshold"], f["ts_ms"], f["rule"], received_ms),
+                )
+            elif rec.kind == "event":
+                cur.execute(
+                    "INSERT INTO events (gateway, seq, device, ts_ms, body_json, received_ms)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (rec.gateway, rec.seq, rec.device, f["ts_ms"], f["body_json"], received_ms),
+                )
+            else:
+                cur.execute(
+                    "INSERT INTO responses (gateway, seq, device, body_json, received_ms)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (rec.gateway, rec.seq, rec.device, f["body_json"], received_ms),
+                )
+        return True
+
+    def record_invalid(self, gateway: str, reason: str) -> None:
+        """Count a message from ``gateway`` that could not be decoded or stored, by short reason."""
+        with self._tx() as cur:
+            cur.execute(
+                "INSERT INTO invalid (gateway, reason, count) VALUES (?, ?, 1)"
+                " ON CONFLICT (gateway, reason) DO UPDATE SET count = count + 1",
+                (gateway, reason),
+            )
+
+    def record_status(self, gateway: str, state: str, received_ms: int) -> None:
+        """Remember the gateway's status (``online``/``offline``); ``since_ms`` changes only when the
+        state does, so a retained status redelivered on reconnect keeps its first-seen time."""
+        with self._tx() as cur:
+            cur.execute(
+                "INSERT INTO status (gateway, state, since_ms, received_ms) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (gateway) DO UPDATE SET"
+                " since_ms = CASE WHEN state = excluded.state THEN since_ms ELSE excluded.since_ms END,"
+                " state = excluded.state, received_ms = excluded.received_ms",
+                (gateway, state, received_ms, received_ms),
+            )
+
+    # ------------------------------------------------------------ queries
+    def gateways(self) -> list[str]:
+        """Every gateway the store has heard of, sorted."""
+        rows = self._db.execute(
+            "SELECT gateway FROM batches UNION SELECT gateway FROM status"
+            " UNION SELECT gateway FROM invalid UNION SELECT gateway FROM duplicates ORDER BY 1"
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def lane_stats(self) -> dict[tuple[str, str], LaneStats]:
+        """Ledger figures per ``(gateway, lane)``."""
+        rows = self._db.execute(
+            "SELECT gateway, lane, COUNT(*), SUM(readings), SUM(replay), MIN(seq), MAX(seq), MAX(received_ms)"
+            " FROM batches GROUP BY gateway, lane"
+        ).fetchall()
+        return {(gw, lane): LaneStats(n, int(readings), int(replayed), lo, hi, last)
+                for gw, lane, n, readings, replayed, lo, hi, last in rows}
+
+    def duplicate_counts(self) -> dict[tuple[str, str], int]:
+        """Duplicates dropped per ``(gateway, lane)``."""
+        rows = self._db.execute("SELECT gateway, lane, count FROM duplicates").fetchall()
+        return {(gw, lane): int(n) for gw, lane, n in rows}
+
+    def invalid_counts(self) -> dict[str, dict[str, int]]:
+        """Invalid messages per gateway and reason."""
+        out: dict[str, dict[str, int]] = {}
+        for gw, reason, n in self._db.execute("SELECT gateway, reason, count FROM invalid ORDER BY 1, 2"):
+            out.setdefault(gw, {})[reason] = int(n)
+        return out
+
+    def gaps(self, limit: int = 20) -> dict[tuple[str, str], GapSummary]:
+        """Holes in the seqs seen per ``(gateway, lane)`` (only pairs that have holes)."""
+        holes = (
+            "SELECT gateway, lane, seq + 1 AS lo, nxt - 1 AS hi FROM ("
+            " SELECT gateway, lane, seq, LEAD(seq) OVER (PARTITION BY gateway, lane ORDER BY seq) AS nxt"
+            " FROM batches) WHERE nxt > seq + 1"
+        )
+        out: dict[tuple[str, str], GapSummary] = {}
+        rows = self._db.execute(
+            f"SELECT gateway, lane, COUNT(*), SUM(hi - lo + 1) FROM ({holes}) GROUP BY gateway, lane"
+        ).fetchall()
+        for gw, lane, ranges, missing in rows:
+            first = self._db.execute(
+                f"SELECT lo, hi FROM ({holes}) WHERE gateway = ? AND lane = ? ORDER BY lo LIMIT ?",
+                (gw, lane, limit),
+            ).fetchall()
+            out[(gw, lane)] = GapSummary(int(ranges), int(missing), [(int(lo), int(hi)) for lo, hi in first])
+        return out
+
+    def device_stats(self) -> dict[tuple[str, str], DeviceStats]:
+        """Readings, alerts, events and responses per ``(gateway, device)``."""
+        acc: dict[tuple[str, str], dict[str, Any]] = {}
+
+        def row(gw: str, device: str) -> dict[str, Any]:
+            return acc.setdefault((gw, device), {
+                "readings": 0, "metrics": 0, "first_ts_ms": None, "last_ts_ms": None,
+                "alerts_raised": 0, "alerts_cleared": 0, "events": 0, "responses": 0,
+            })
+
+        for gw, device, n, metrics, lo, hi in self._db.execute(
+            "SELECT gateway, device, COUNT(*), COUNT(DISTINCT metric), MIN(ts_ms), MAX(ts_ms)"
+            " FROM readings GROUP BY gateway, device"
+        ):
+            row(gw, device).update(readings=n, metrics=metrics, first_ts_ms=lo, last_ts_ms=hi)
+        for gw, device, state, n in self._db.execute(
+            "SELECT gateway, device, state, COUNT(*) FROM alerts GROUP BY gateway, device, state"
+        ):
+            row(gw, device)[f"alerts_{state}"] = n
+        for table in ("events", "responses"):
+            for gw, device, n in self._db.execute(
+                f"SELECT gateway, device, COUNT(*) FROM {table} GROUP BY gateway, device"
+            ):
+                row(gw, device)[table] = n
+        return {key: DeviceStats(**values) for key, values in sorted(acc.items())}
+
+    def statuses(self) -> dict[str, GatewayStatus]:
+        """Last known status per gateway."""
+        rows = self._db.execute("SELECT gateway, state, since_ms, received_ms FROM status").fetchall()
+        return {gw: GatewayStatus(state, since, received) for gw, state, since, received in rows}
+
+    def seqs(self, gateway: str, lane: Lane = "telemetry") -> list[int]:
+        """Stored seqs of one gateway's lane, ascending."""
+        rows = self._db.execute(
+            "SELECT seq FROM batches WHERE gateway = ? AND lane = ? ORDER BY seq", (gateway, lane)
+        ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def count(self, table: Literal["readings", "alerts", "events", "responses", "batches"]) -> int:
+        """Row count of one data table."""
+        return int(self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
