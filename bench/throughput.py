@@ -99,7 +99,7 @@ async def gateway(count: int, qos: int, devices: int) -> tuple[float, dict[str, 
         return count / (processed - marks["first"]), {
             "delivered_rate": round(count / (delivered - marks["first"])),
             "balance": svc.accounting.balance(), "dropped": snap["dropped"],  # type: ignore[index]
-            "bytes_up": snap["bytes_up"],  # type: ignore[index]
+            "bytes_up_telemetry": snap["bytes_up_telemetry"],  # type: ignore[index]
         }
 
 

@@ -33,7 +33,8 @@ class Accounting:
     messages_in: int = 0
     batches_written: int = 0
     batches_delivered: int = 0
-    bytes_up: int = 0
+    bytes_up_telemetry: int = 0
+    bytes_up_control: int = 0
     alerts: int = 0
     events: int = 0
     responses: int = 0
@@ -74,7 +75,8 @@ class Accounting:
             "messages_in": self.messages_in,
             "batches_written": self.batches_written,
             "batches_delivered": self.batches_delivered,
-            "bytes_up": self.bytes_up,
+            "bytes_up_telemetry": self.bytes_up_telemetry,
+            "bytes_up_control": self.bytes_up_control,
             "alerts": self.alerts,
             "events": self.events,
             "responses": self.responses,

@@ -189,5 +189,9 @@ def lab(duration: float | None, devices: int, rate_hz: float, local_port: int, c
         raise SystemExit(1) from exc
     if as_json:
         click.echo(json.dumps(result, indent=2))
+    elif result:
+        from gateway.lab import render_result
+
+        render_result(result, Console())
     if not result.get("ok", False):
         raise SystemExit(1)

@@ -25,11 +25,15 @@ from gateway.broker import EmbeddedBroker
 from gateway.config import GatewayConfig, Secrets, parse_config
 from gateway.service import GatewayService
 
+# Rules for the simulator's "room" profile: CO2 random-walks around 600 ppm, so its threshold is
+# crossed within seconds and the lab shows alerts and clears; deadbands filter the flat signals.
 LAB_RULES: list[dict[str, Any]] = [
     {"name": "room temperature", "metrics": "temperature", "valid": {"min": -40, "max": 85},
-     "alert": {"max": 24.0, "min": 18.0, "hysteresis": 0.3}, "deadband": {"abs": 0.05, "max_silence_s": 60}},
+     "alert": {"max": 28.0, "min": 15.0, "hysteresis": 0.3}, "deadband": {"abs": 0.05, "max_silence_s": 60}},
     {"name": "humidity", "metrics": "humidity", "valid": {"min": 0, "max": 100},
      "deadband": {"abs": 0.5, "max_silence_s": 120}},
+    {"name": "co2", "metrics": "co2", "valid": {"min": 0, "max": 10000},
+     "alert": {"max": 605.0, "hysteresis": 5.0}, "deadband": {"abs": 5.0, "max_silence_s": 60}},
 ]
 
 
@@ -116,8 +120,7 @@ class Lab:
                      started: float, live: bool, local_port: int, cloud_port: int) -> None:
         done = asyncio.ensure_future(devices.wait())
         stopping = asyncio.ensure_future(stop.wait())
-        title = (f"edge-gateway lab: devices -> 127.0.0.1:{local_port} (gateway) -> "
-                 f"127.0.0.1:{cloud_port} (cloud) -> sink")
+        title = f"lab: devices -> :{local_port} gateway -> :{cloud_port} cloud -> sink"
         with Live(self._table(svc, started, title), console=self.console, refresh_per_second=2,
                   transient=False) if live else contextlib.nullcontext() as view:
             while not (done.done() or stopping.done()):
@@ -133,7 +136,7 @@ class Lab:
     def _table(svc: GatewayService, started: float, title: str) -> Table:
         s = svc.snapshot()
         acc = s["accounting"]
-        t = Table(title=title, show_header=False)
+        t = Table(title=title, show_header=False, title_justify="left")
         t.add_column("what")
         t.add_column("value", justify="right")
         rows = [
@@ -145,7 +148,7 @@ class Lab:
             ("alerts", acc["alerts"]),
             ("batches written / delivered", f"{acc['batches_written']} / {acc['batches_delivered']}"),
             ("readings delivered", acc["delivered"]),
-            ("bytes up", acc["bytes_up"]),
+            ("bytes up (telemetry / control)", f"{acc['bytes_up_telemetry']} / {acc['bytes_up_control']}"),
             ("buffer (telemetry records)", s["buffer"]["telemetry"]["records"]),
             ("uplink", "connected" if s["uplink"]["connected"] else "down"),
         ]
@@ -158,13 +161,38 @@ class Lab:
         gw = report.get("gateways", {}).get("lab-gw", {})
         sink_readings = int(gw.get("readings", 0))
         ok = svc.accounting.balance() == 0 and sink_readings == acc["delivered"]
-        bytes_per_reading = acc["bytes_up"] / acc["delivered"] if acc["delivered"] else 0.0
+        bytes_per_reading = acc["bytes_up_telemetry"] / acc["delivered"] if acc["delivered"] else 0.0
         result = {
             "ok": ok,
             "gateway": acc,
-            "sink": {"readings": sink_readings, "alerts": gw.get("alerts", 0),
-                     "duplicate_batches": gw.get("duplicates", 0), "gaps": gw.get("gaps", 0)},
+            "sink": {
+                "readings": sink_readings,
+                "alerts": sum(gw.get("alerts", {}).values()),
+                "duplicates_dropped": sum(gw.get("duplicates", {}).values()),
+                "missing_seqs": sum(g["missing"] for g in gw.get("gaps", {}).values()),
+            },
             "bytes_per_delivered_reading": round(bytes_per_reading, 2),
             "data_dir": str(kept) if kept else None,
+            "report": report,
         }
         return result
+
+
+def render_result(result: dict[str, Any], console: Console) -> None:
+    """The lab's final report: what the sink holds, then whether every reading is accounted for."""
+    from bridge.report import render_report
+
+    render_report(result["report"], console)
+    acc, sink = result["gateway"], result["sink"]
+    filtered, dropped = sum(acc["filtered"].values()), sum(acc["dropped"].values())
+    console.print(
+        f"readings in {acc['readings_in']} = delivered {acc['delivered']} + filtered {filtered} "
+        f"+ dropped {dropped} + buffered {acc['buffered']} + pending {acc['pending']}"
+    )
+    console.print(
+        f"sink stored {sink['readings']} readings, {sink['alerts']} alert changes, "
+        f"{sink['duplicates_dropped']} duplicates dropped, {sink['missing_seqs']} missing sequence numbers; "
+        f"{result['bytes_per_delivered_reading']} uplink bytes per delivered reading"
+    )
+    verdict = "[green]OK[/green]: every reading accounted for" if result["ok"] else "[red]MISMATCH[/red]"
+    console.print(verdict)

@@ -23,7 +23,8 @@ class SnapshotCollector(Collector):
         s = self._snapshot()
         acc = s["accounting"]
         for name in ("readings_in", "delivered", "messages_in", "batches_written", "batches_delivered",
-                     "bytes_up", "alerts", "events", "responses", "control_written", "control_delivered"):
+                     "bytes_up_telemetry", "bytes_up_control", "alerts", "events", "responses",
+                     "control_written", "control_delivered"):
             yield CounterMetricFamily(f"edge_{name}", f"gateway counter {name}", value=acc[name])
         for name in ("filtered", "dropped", "control_dropped"):
             fam = CounterMetricFamily(f"edge_readings_{name}" if name != "control_dropped" else "edge_control_dropped",

@@ -127,12 +127,13 @@ class GatewayService:
 
     def _delivered(self, rec: Record, size: int) -> None:
         acc = self.accounting
-        acc.bytes_up += size
         if rec.lane == "telemetry":
             acc.delivered += rec.readings
             acc.batches_delivered += 1
+            acc.bytes_up_telemetry += size
         else:
             acc.control_delivered += 1
+            acc.bytes_up_control += size
 
     def _rejected(self, rec: Record, why: str) -> None:
         log.error("record %s dropped: %s", rec.key, why)

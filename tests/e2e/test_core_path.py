@@ -5,11 +5,15 @@ The expected outcome is computed independently of the gateway's rule code, from 
 
 from __future__ import annotations
 
+import asyncio
 import math
+import sqlite3
 import time
 from pathlib import Path
 
 from bridge.model import Reading
+from bridge.report import build_report
+from bridge.sink import run_sink
 from tests.e2e.harness import CloudCollector, Devices, gateway_config, local_url, running_gateway, telemetry
 from tests.support import Mosquitto, eventually
 
@@ -54,6 +58,14 @@ def expected(t0: int) -> tuple[list[Reading], int, int]:
     return passed, alerts, invalid
 
 
+def stored(db: Path) -> int:
+    try:
+        with sqlite3.connect(db) as con:
+            return int(con.execute("SELECT count(*) FROM readings").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
 def messages(t0: int) -> list[tuple[str, bytes]]:
     return [
         telemetry(f"dev-{d:02d}", i, t0 + i * 1000, temperature=temperature(d, i), humidity=humidity(d, i))
@@ -66,6 +78,10 @@ async def test_rules_batches_alerts_and_accounting_end_to_end(tmp_path: Path, mo
     want, want_alerts, want_invalid = expected(t0)
     cloud = CloudCollector(mosquitto.url)
     await cloud.connect()
+    db = tmp_path / "sink.sqlite"
+    sink_stop = asyncio.Event()
+    sink = asyncio.create_task(run_sink(mosquitto.url, db, protocol="5", stop=sink_stop))
+    await eventually(db.exists)
     async with running_gateway(gateway_config(tmp_path, mosquitto.url, rules=RULES)) as gw:
         devices = await Devices.connect(local_url(gw))
         await devices.publish_all(messages(t0))
@@ -80,8 +96,19 @@ async def test_rules_batches_alerts_and_accounting_end_to_end(tmp_path: Path, mo
         assert acc.delivered == len(want)
         assert acc.delivered + sum(acc.filtered.values()) + sum(acc.dropped.values()) == acc.readings_in
     await cloud.close()
+    await eventually(lambda: stored(db) >= len(want))
+    sink_stop.set()
+    await sink
     got = cloud.data.readings()
     assert sorted(got) == sorted(want)
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT device, metric, ts_ms, value, seq FROM readings").fetchall()
+    assert sorted(Reading(*row) for row in rows) == sorted(want), "the sink stores exactly what the rules pass"
+    report = build_report(db)["gateways"]["gw-test"]
+    assert report["readings"] == len(want)
+    assert report["duplicates"] == {"telemetry": 0, "control": 0}
+    assert report["gaps"]["telemetry"]["missing"] == 0 and report["gaps"]["control"]["missing"] == 0
+    assert report["alerts"]["raised"] + report["alerts"]["cleared"] == want_alerts
     assert len(cloud.data.batches) == len(cloud.data.unique_batches()), "duplicate batches on a clean run"
     assert sorted(cloud.data.unique_batches()) == list(range(1, len(cloud.data.unique_batches()) + 1))
     alerts = list(cloud.data.unique_control().values())
