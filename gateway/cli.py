@@ -167,16 +167,18 @@ def report(db_path: Path, as_json: bool) -> None:
               help="Port of the stand-in cloud broker (0 = any free port).")
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Where the buffer and the sink database go (default: a temporary directory).")
+@click.option("--anomalies", is_flag=True,
+              help="Let the devices inject spikes, stuck values and garbage (NaN, strings) to see them counted.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
 def lab(duration: float | None, devices: int, rate_hz: float, local_port: int, cloud_port: int,
-        data_dir: Path | None, as_json: bool) -> None:
+        data_dir: Path | None, anomalies: bool, as_json: bool) -> None:
     """Everything on this machine in one command: local broker, gateway, stand-in cloud broker,
     cloud sink and simulated devices, with a live summary."""
     from gateway.lab import Lab, LabOptions
 
     setup_logging("warning")
     opts = LabOptions(duration_s=duration, devices=devices, rate_hz=rate_hz, local_port=local_port,
-                      cloud_port=cloud_port, data_dir=data_dir)
+                      cloud_port=cloud_port, data_dir=data_dir, anomalies=anomalies)
     result: dict[str, Any] = {}
 
     async def go(stop: asyncio.Event) -> None:

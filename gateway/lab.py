@@ -46,6 +46,7 @@ class LabOptions:
     cloud_port: int = 1884
     data_dir: Path | None = None
     profile: str = "room"
+    anomalies: bool = False
 
 
 def lab_config(data_dir: Path, local_port: int, cloud_url: str) -> GatewayConfig:
@@ -113,6 +114,8 @@ class Lab:
                 "--profile", self.opts.profile, "--seed", "1", "--id-prefix", "lab-", "--json"]
         if self.opts.duration_s is not None:
             args += ["--duration", str(self.opts.duration_s)]
+        if self.opts.anomalies:
+            args.append("--anomalies")
         return await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.DEVNULL,
                                                     stderr=asyncio.subprocess.PIPE)
 
