@@ -4,7 +4,8 @@ Records are whole encoded batches (telemetry) or single control records, one wri
 SQLite transaction together with the lane's sequence counter, so a sequence number is never
 reused even after kill -9. A record is deleted only by :meth:`DiskBuffer.ack`, after the cloud
 broker's PUBACK. Telemetry over its byte budget drops the oldest records that are not in flight
-(returned to the caller to be counted); the control lane is never dropped for capacity, only
+(each one reported to ``on_dropped`` the moment it leaves the disk, so it is counted even if the
+write that needed the room then fails); the control lane is never dropped for capacity, only
 flagged. This is the only module that imports diskcache.
 """
 
@@ -22,6 +23,7 @@ from typing import Literal
 import diskcache
 
 from bridge.store import LANES, Lane, Record
+from gateway.accounting import BUFFER_OVERFLOW, EXPIRED
 from gateway.errors import StorageError
 
 log = logging.getLogger(__name__)
@@ -68,11 +70,15 @@ class DiskBuffer:
         *,
         sync: Literal["normal", "full"] = "normal",
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        on_dropped: Callable[[Record, str], None] = lambda rec, reason: None,
     ) -> None:
+        """``on_dropped(record, reason)`` is called for every record removed without an ack
+        (reason ``overflow`` or ``expired``)."""
         self._dir = Path(directory)
         self._budgets = budgets
         self._sync = sync
         self._clock_ms = clock_ms
+        self.on_dropped = on_dropped
         self._cache: diskcache.Cache | None = None
         self._index: dict[Lane, OrderedDict[str, _Meta]] = {lane: OrderedDict() for lane in LANES}
         self._taken: set[str] = set()
@@ -146,18 +152,16 @@ class DiskBuffer:
     def next_seq(self, lane: Lane) -> int:
         return self._next_seq[lane]
 
-    def append(
-        self, lane: Lane, topic: str, build: Callable[[int], bytes], readings: int
-    ) -> tuple[Record, list[Record]]:
+    def append(self, lane: Lane, topic: str, build: Callable[[int], bytes], readings: int) -> Record:
         """Allocate the lane's next sequence number, build the payload with it and store it.
 
-        Returns the stored record and the records dropped to stay within the telemetry budget.
+        Telemetry records dropped to stay within the budget are reported to ``on_dropped``.
         """
         cache = self._require()
         seq = self._next_seq[lane]
         payload = build(seq)
         size = len(payload) + len(topic) + RECORD_OVERHEAD_BYTES
-        dropped = self._make_room(lane, size)
+        self._make_room(lane, size)
         created_ms = self._clock_ms()
         try:
             with cache.transact():
@@ -171,13 +175,12 @@ class DiskBuffer:
         self._add_index(lane, meta)
         if lane == "control":
             self._check_control_budget()
-        return self._record(lane, meta, payload), dropped
+        return self._record(lane, meta, payload)
 
-    def _make_room(self, lane: Lane, incoming: int) -> list[Record]:
+    def _make_room(self, lane: Lane, incoming: int) -> None:
         if lane != "telemetry":
-            return []
+            return
         budget = self._budgets[lane].max_bytes
-        dropped: list[Record] = []
         for key in list(self._index[lane]):
             if self._bytes[lane] + incoming <= budget:
                 break
@@ -185,8 +188,7 @@ class DiskBuffer:
                 continue
             rec = self._remove(lane, key)
             if rec is not None:
-                dropped.append(rec)
-        return dropped
+                self.on_dropped(rec, BUFFER_OVERFLOW)
 
     def _check_control_budget(self) -> None:
         over = self._bytes["control"] > self._budgets["control"].max_bytes
@@ -215,10 +217,11 @@ class DiskBuffer:
     def _record(lane: Lane, meta: _Meta, payload: bytes) -> Record:
         return Record(meta.key, lane, meta.seq, meta.topic, payload, meta.readings, meta.created_ms, meta.replay)
 
-    def expire(self) -> list[Record]:
-        """Remove records older than their lane's ``max_age_s`` (never records in flight)."""
+    def expire(self) -> int:
+        """Remove records older than their lane's ``max_age_s`` (never records in flight); each is
+        reported to ``on_dropped`` as ``expired``. Returns how many were removed."""
         now = self._clock_ms()
-        out: list[Record] = []
+        removed = 0
         for lane in LANES:
             max_age = self._budgets[lane].max_age_s
             if max_age <= 0:
@@ -228,8 +231,9 @@ class DiskBuffer:
                 if meta.created_ms > cutoff:
                     break
                 if key not in self._taken and (rec := self._remove(lane, key)) is not None:
-                    out.append(rec)
-        return out
+                    removed += 1
+                    self.on_dropped(rec, EXPIRED)
+        return removed
 
     # ------------------------------------------------------------------ RecordStore
 

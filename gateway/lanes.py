@@ -15,7 +15,7 @@ from bridge.codec import Compression, encode_batch, encode_control
 from bridge.model import Reading
 from bridge.store import Record
 from bridge.topics import CloudTopics
-from gateway.accounting import BUFFER_OVERFLOW, DISK_ERROR, EXPIRED, Accounting
+from gateway.accounting import DISK_ERROR, Accounting
 from gateway.buffer import DiskBuffer
 from gateway.errors import StorageError
 
@@ -41,6 +41,7 @@ class LaneWriter:
         self.compression: Compression = compression
         self.level = level
         self._on_written = on_written
+        buffer.on_dropped = self.count_dropped
 
     def write_batch(self, readings: list[Reading]) -> None:
         gw = self._topics.gateway_id
@@ -50,13 +51,12 @@ class LaneWriter:
                                 compression=self.compression, level=self.level)
 
         try:
-            _rec, dropped = self._buffer.append("telemetry", self._topics.telemetry, build, len(readings))
+            self._buffer.append("telemetry", self._topics.telemetry, build, len(readings))
         except StorageError as exc:
             log.error("telemetry batch of %d readings lost: %s", len(readings), exc)
             self._acc.drop(DISK_ERROR, len(readings))
             return
         self._acc.batches_written += 1
-        self._count_dropped(dropped, BUFFER_OVERFLOW)
         self._on_written()
 
     def write_control(self, kind: str, record: dict[str, Any]) -> None:
@@ -76,12 +76,12 @@ class LaneWriter:
         self._on_written()
 
     def expire(self) -> None:
-        self._count_dropped(self._buffer.expire(), EXPIRED)
+        self._buffer.expire()
 
-    def _count_dropped(self, records: list[Record], reason: str) -> None:
-        for rec in records:
-            if rec.lane == "telemetry":
-                self._acc.drop(reason, rec.readings)
-                log.warning("dropped telemetry batch seq=%d (%d readings): %s", rec.seq, rec.readings, reason)
-            else:
-                self._acc.control_dropped[reason] += 1
+    def count_dropped(self, rec: Record, reason: str) -> None:
+        """The buffer removed a record without an ack (``overflow`` or ``expired``): count it."""
+        if rec.lane == "telemetry":
+            self._acc.drop(reason, rec.readings)
+            log.warning("dropped telemetry batch seq=%d (%d readings): %s", rec.seq, rec.readings, reason)
+        else:
+            self._acc.control_dropped[reason] += 1

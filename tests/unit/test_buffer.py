@@ -15,18 +15,21 @@ class ClockMs:
         return self.now
 
 
-def make(tmp_path: Path, tele_bytes: int = 10**9, tele_age: float = 0, clock: ClockMs | None = None) -> DiskBuffer:
+def make(tmp_path: Path, tele_bytes: int = 10**9, tele_age: float = 0, clock: ClockMs | None = None,
+         dropped: list[tuple[int, str]] | None = None) -> DiskBuffer:
+    sink = dropped if dropped is not None else []
     buf = DiskBuffer(
         tmp_path / "buf",
         {"telemetry": Budget(tele_bytes, tele_age), "control": Budget(2000)},
         clock_ms=clock or ClockMs(),
+        on_dropped=lambda rec, reason: sink.append((rec.seq, reason)),
     )
     buf.open()
     return buf
 
 
 def put(buf: DiskBuffer, lane: str = "telemetry", size: int = 10, readings: int = 5) -> int:
-    rec, _ = buf.append(lane, f"t/{lane}", lambda seq: bytes([seq % 256]) * size, readings)  # type: ignore[arg-type]
+    rec = buf.append(lane, f"t/{lane}", lambda seq: bytes([seq % 256]) * size, readings)  # type: ignore[arg-type]
     return rec.seq
 
 
@@ -73,13 +76,13 @@ def test_sequence_survives_an_empty_buffer(tmp_path: Path) -> None:
 
 def test_budget_drops_oldest_not_in_flight(tmp_path: Path) -> None:
     per = 10 + len("t/telemetry") + RECORD_OVERHEAD_BYTES
-    buf = make(tmp_path, tele_bytes=3 * per)
+    dropped: list[tuple[int, str]] = []
+    buf = make(tmp_path, tele_bytes=3 * per, dropped=dropped)
     for _ in range(3):
         put(buf)
     inflight = buf.take("telemetry", 1)  # seq 1 is being sent: must not be dropped
-    _rec, dropped = buf.append("telemetry", "t/telemetry", lambda s: b"x" * 10, 5)
-    assert [d.seq for d in dropped] == [2]
-    assert [d.readings for d in dropped] == [5]
+    buf.append("telemetry", "t/telemetry", lambda s: b"x" * 10, 5)
+    assert dropped == [(2, "overflow")]
     assert buf.depth("telemetry") == 3 and buf.bytes_used("telemetry") <= 3 * per
     assert buf.ack(inflight[0].key) is not None
 
@@ -94,13 +97,14 @@ def test_control_lane_is_never_dropped_for_capacity(tmp_path: Path) -> None:
 
 def test_expire_by_age(tmp_path: Path) -> None:
     clock = ClockMs()
-    buf = make(tmp_path, tele_age=60, clock=clock)
+    dropped: list[tuple[int, str]] = []
+    buf = make(tmp_path, tele_age=60, clock=clock, dropped=dropped)
     put(buf)
     clock.now += 30_000
     put(buf)
     clock.now += 31_000
-    expired = buf.expire()
-    assert [r.seq for r in expired] == [1]
+    assert buf.expire() == 1
+    assert dropped == [(1, "expired")]
     assert buf.depth("telemetry") == 1
 
 
@@ -111,3 +115,22 @@ def test_closed_buffer_raises(tmp_path: Path) -> None:
     buf.close()
     with pytest.raises(StorageError):
         put(buf)
+
+
+def test_a_payload_that_cannot_be_built_consumes_no_seq_and_drops_nothing(tmp_path: Path) -> None:
+    from gateway.errors import StorageError
+
+    per = 10 + len("t/telemetry") + RECORD_OVERHEAD_BYTES
+    dropped: list[tuple[int, str]] = []
+    buf = make(tmp_path, tele_bytes=2 * per, dropped=dropped)
+    put(buf)
+    put(buf)
+
+    def failing(seq: int) -> bytes:
+        raise StorageError("simulated: payload could not be built")
+
+    with pytest.raises(StorageError):
+        buf.append("telemetry", "t/telemetry", failing, 5)
+    assert dropped == [] and buf.depth("telemetry") == 2
+    assert put(buf) == 3  # the failed attempt did not use up a sequence number
+    assert dropped == [(1, "overflow")]
