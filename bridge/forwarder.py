@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridge.codec import set_replay
-from bridge.errors import BridgeError, PublishRejected, UplinkBusy
-from bridge.store import LANES, Lane, Record, RecordStore
+from bridge.errors import BridgeError, ConnectionLost, PublishRejected, UplinkBusy
+from bridge.store import LANES, Lane, Record, RecordStore, StoreError
 from bridge.uplink import MqttConnection
 
 log = logging.getLogger(__name__)
@@ -92,8 +92,9 @@ class Forwarder:
         deadline = loop.time() + timeout_s
         while not conn.closed and loop.time() < deadline:
             self._wake.clear()
-            for lane in LANES:
-                self._fill(conn, lane)
+            if loop.time() >= self._paused_until:
+                for lane in LANES:
+                    self._fill(conn, lane)
             if not any(self._inflight.values()):
                 break
             try:
@@ -101,27 +102,53 @@ class Forwarder:
             except asyncio.TimeoutError:
                 break
 
+    def _free(self, conn: MqttConnection, lane: Lane) -> int:
+        """How many more records of ``lane`` may go out now. Telemetry never takes the connection
+        slots reserved for control, so a broker with a small Receive Maximum cannot be filled with
+        telemetry while an alert waits."""
+        free = min(self._policies[lane].window - len(self._inflight[lane]), conn.free_slots)
+        if lane == "telemetry":
+            window = conn.info.inflight_window
+            reserve = min(self._policies["control"].window, max(1, window // 3)) if window > 1 else 0
+            reserve_unused = max(0, reserve - len(self._inflight["control"]))
+            free = min(free, conn.free_slots - reserve_unused)
+        return free
+
     def _fill(self, conn: MqttConnection, lane: Lane) -> None:
-        policy = self._policies[lane]
-        free = policy.window - len(self._inflight[lane])
+        free = self._free(conn, lane)
         if free <= 0:
             return
-        for rec in self._store.take(lane, free):
-            payload = rec.payload
-            if lane == "telemetry" and rec.replay:
-                payload = set_replay(payload)
+        try:
+            records = self._store.take(lane, free)
+        except StoreError as exc:
+            log.warning("cannot read the %s backlog: %s", lane, exc)
+            return
+        qos = self._policies[lane].qos
+        for i, rec in enumerate(records):
+            payload = set_replay(rec.payload) if lane == "telemetry" and rec.replay else rec.payload
             try:
-                fut = conn.publish(rec.topic, payload, policy.qos)
-            except (UplinkBusy, BridgeError) as exc:
-                self._store.release(rec.key)
-                log.debug("publish of %s not sent: %s", rec.key, exc)
-                break
+                fut = conn.publish(rec.topic, payload, qos)
+            except BridgeError as exc:
+                for unsent in records[i:]:  # everything taken but not sent goes back, in order
+                    self._store.release(unsent.key)
+                level = logging.DEBUG if isinstance(exc, (UplinkBusy, ConnectionLost)) else logging.WARNING
+                log.log(level, "publish of %s not sent: %s", rec.key, exc)
+                return
             self._inflight[lane][rec.key] = rec
             fut.add_done_callback(functools.partial(self._done, rec, len(payload)))
 
     def _done(self, rec: Record, size: int, fut: asyncio.Future[None]) -> None:
         if self._inflight[rec.lane].pop(rec.key, None) is None:
             return  # already released (connection ended)
+        try:
+            self._settle(rec, size, fut)
+        except StoreError as exc:  # the delete failed (disk full): keep it, send again later
+            log.warning("could not settle %s: %s", rec.key, exc)
+            self._store.release(rec.key)
+        finally:
+            self._wake.set()
+
+    def _settle(self, rec: Record, size: int, fut: asyncio.Future[None]) -> None:
         exc = None if fut.cancelled() else fut.exception()
         if fut.cancelled() or exc is not None:
             if isinstance(exc, PublishRejected) and exc.reason_code in PERMANENT_PUBACK_CODES:
@@ -137,7 +164,6 @@ class Forwarder:
             acked = self._store.ack(rec.key)
             if acked is not None:
                 self._on_delivered(acked, size)
-        self._wake.set()
 
     def _release_all(self) -> None:
         for lane in LANES:

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 
 from bridge.backoff import DecorrelatedJitter
-from bridge.errors import BridgeError, UplinkStopped
+from bridge.errors import BridgeError, ConnectionLost, UplinkStopped
 from bridge.forwarder import Forwarder
 from bridge.uplink import ClientSettings, MessageHandler, MqttConnection, Will, connect_with_backoff
 from bridge.urls import BrokerUrl
 
 log = logging.getLogger(__name__)
 
+STABLE_SESSION_S = 10.0
 ONLINE = b"online"
 OFFLINE = b"offline"
 
@@ -68,6 +69,7 @@ class UplinkLink:
                 conn = await connect_with_backoff(
                     self._urls, self._settings, self._backoff,
                     on_message=self._on_message, on_attempt_failed=self._failed, stop=stop,
+                    reset_backoff=False,
                 )
             except UplinkStopped:
                 return
@@ -88,12 +90,37 @@ class UplinkLink:
                 self.disconnects += 1
                 self._on_state("disconnected", None)
 
+    async def _setup_step(self, conn: MqttConnection, step: Awaitable[object], what: str, stop: asyncio.Event) -> bool:
+        """Await one session set-up step; False if ``stop`` came first. A broker that accepted the
+        connection but does not answer within the keepalive is dropped (ConnectionLost)."""
+        work = asyncio.ensure_future(step)
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            done, _ = await asyncio.wait({work, stopping}, timeout=self._settings.keepalive_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if work in done:
+            work.result()
+            return True
+        work.cancel()
+        if stop.is_set():
+            return False
+        conn.abort()
+        raise ConnectionLost(f"{conn.url}: no answer to {what} within {self._settings.keepalive_s}s")
+
     async def _session(self, conn: MqttConnection, stop: asyncio.Event) -> None:
         self._forwarder.mark_backlog()
-        await conn.publish(self._status_topic, ONLINE, qos=1, retain=True)
-        if self._subscriptions:
-            await conn.subscribe(self._subscriptions)
+        if not await self._setup_step(conn, conn.publish(self._status_topic, ONLINE, qos=1, retain=True),
+                                      "the online status", stop):
+            return
+        if self._subscriptions and not await self._setup_step(conn, conn.subscribe(self._subscriptions),
+                                                              "the subscription", stop):
+            return
+        started = asyncio.get_running_loop().time()
         await self._forwarder.pump(conn, stop)
+        if asyncio.get_running_loop().time() - started >= STABLE_SESSION_S:
+            self._backoff.reset()  # only a session that lasted resets the reconnect delay
         if not stop.is_set():
             reason = await conn.wait_closed()
             self.last_error = reason

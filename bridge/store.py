@@ -5,8 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from bridge.errors import TransientBridgeError
+
 Lane = Literal["control", "telemetry"]
 LANES: tuple[Lane, Lane] = ("control", "telemetry")
+
+
+class StoreError(TransientBridgeError):
+    """The store could not read or delete a record (disk full, I/O error); retry later."""
 
 
 @dataclass(frozen=True)

@@ -484,6 +484,11 @@ class MqttConnection:
         self._pending[info.mid] = _Pending(fut, topic, qos)
         return fut
 
+    @property
+    def free_slots(self) -> int:
+        """QoS>0 publishes that may still be sent before :class:`UplinkBusy` (the inflight window)."""
+        return max(0, self.info.inflight_window - self._unacked())
+
     def _unacked(self) -> int:
         return sum(1 for entry in self._pending.values() if entry.qos > 0 and not entry.future.done())
 
@@ -576,13 +581,15 @@ async def connect_with_backoff(
     on_message: MessageHandler | None = None,
     on_attempt_failed: AttemptFailedHandler | None = None,
     stop: asyncio.Event | None = None,
+    reset_backoff: bool = True,
 ) -> MqttConnection:
     """Connect to the first broker that accepts, trying ``urls`` round robin until one does.
 
     After each failed attempt ``on_attempt_failed(url, error, delay)`` is called and the loop sleeps
     ``backoff.next_delay()`` seconds. Refusals (:class:`ConnectRefused`) are retried too: the
     server side may get fixed. Setting ``stop`` ends the loop (also mid-attempt) with
-    :class:`UplinkStopped`. The backoff is reset on success. Malformed URLs raise at once.
+    :class:`UplinkStopped`. The backoff is reset on success unless ``reset_backoff`` is false (a
+caller that resets it only once a session proved stable). Malformed URLs raise at once.
     """
     brokers = [u if isinstance(u, BrokerUrl) else parse_broker_url(u) for u in urls]
     if not brokers:
@@ -602,7 +609,8 @@ async def connect_with_backoff(
                 on_attempt_failed(url, err, delay)
             await _until_stopped(asyncio.sleep(delay), stop)
         else:
-            backoff.reset()
+            if reset_backoff:
+                backoff.reset()
             return conn
 
 

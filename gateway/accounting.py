@@ -2,10 +2,11 @@
 
 Every reading that enters is, at any moment, in exactly one state::
 
-    readings_in == delivered + filtered + dropped + buffered + pending
+    readings_in + restored == delivered + filtered + dropped + buffered + pending
 
-``filtered`` and ``dropped`` are broken down by reason. ``buffered`` is on disk waiting for the
-cloud's PUBACK, ``pending`` is in the open batch in memory. Counters are plain integers on the hot
+``restored`` is what an earlier run left on disk. ``filtered`` and ``dropped`` are broken down by
+reason. ``buffered`` is on disk waiting for the cloud's PUBACK, ``pending`` is in the open batch in
+memory. Counters are plain integers on the hot
 path; :mod:`gateway.metrics` exposes them to Prometheus at scrape time.
 """
 
@@ -22,6 +23,8 @@ BUFFER_OVERFLOW = "overflow"
 EXPIRED = "expired"
 REJECTED_BY_BROKER = "rejected_by_broker"
 DISK_ERROR = "disk_error"
+ENCODE_ERROR = "encode_error"
+INTERNAL_ERROR = "internal_error"
 
 
 @dataclass
@@ -43,12 +46,17 @@ class Accounting:
     control_dropped: Counter[str] = field(default_factory=Counter)
     buffered_fn: Callable[[], int] = lambda: 0
     pending_fn: Callable[[], int] = lambda: 0
+    restored_fn: Callable[[], int] = lambda: 0
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.dropped[reason] += n
 
     def filter(self, reason: str, n: int = 1) -> None:
         self.filtered[reason] += n
+
+    @property
+    def restored(self) -> int:
+        return self.restored_fn()
 
     @property
     def buffered(self) -> int:
@@ -60,13 +68,14 @@ class Accounting:
 
     def balance(self) -> int:
         """Zero when every reading is accounted for."""
-        return self.readings_in - (
+        return self.readings_in + self.restored - (
             self.delivered + sum(self.filtered.values()) + sum(self.dropped.values()) + self.buffered + self.pending
         )
 
     def snapshot(self) -> dict[str, Any]:
         return {
             "readings_in": self.readings_in,
+            "restored": self.restored,
             "delivered": self.delivered,
             "filtered": dict(self.filtered),
             "dropped": dict(self.dropped),

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 MessageCallback = Callable[[str, bytes], None]
 
 _HOOK_PATH = "gateway.broker.IngestHook"
+_HANDLER_STOP_S = 1.0
 _AUTH_PATH = "amqtt.plugins.authentication.AnonymousAuthPlugin"
 
 
@@ -128,15 +129,42 @@ class EmbeddedBroker:
         await self._broker.internal_message_broadcast(topic, payload, qos)
 
     async def stop(self) -> None:
+        """Shut down without losing a message a device was told was received.
+
+        amqtt acknowledges an incoming QoS 1 PUBLISH when it queues it, before our hook sees it,
+        and its shutdown clears those queues and closes its listeners last. So: stop accepting
+        connections, stop each client's reader (no more acknowledgements), hand what amqtt already
+        acknowledged to the callback, and only then let amqtt shut down.
+        """
         broker, self._broker = self._broker, None
         if broker is None:
             return
-        if self._hook is not None:
-            self._hook.deliver = None
+        for server in broker._servers.values():
+            instance = getattr(server, "instance", None)
+            if instance is not None:
+                instance.close()
+        for session, handler in list(broker._sessions.values()):
+            try:
+                # the reader is cancelled at once; amqtt may then wait forever for it to report back
+                await asyncio.wait_for(handler.stop(), _HANDLER_STOP_S)
+            except Exception as exc:  # noqa: BLE001 - amqtt internals; the shutdown below still runs
+                log.debug("stopping client handler: %r", exc)
+            self._hand_over_queued(session)
         try:
             await asyncio.wait_for(broker.shutdown(), timeout=10)
         except Exception as exc:  # noqa: BLE001 - amqtt may raise anything on shutdown; never mask the caller's
             log.warning("embedded broker shutdown: %s", exc)
+        finally:
+            if self._hook is not None:
+                self._hook.deliver = None
+
+    def _hand_over_queued(self, session: Any) -> None:
+        queue = getattr(session, "delivered_message_queue", None)
+        deliver = self._on_message
+        while queue is not None and not queue.empty():
+            message = queue.get_nowait()
+            if deliver is not None and message is not None and message.topic:
+                deliver(str(message.topic), bytes(message.data or b""))
 
     async def __aenter__(self) -> EmbeddedBroker:
         await self.start()

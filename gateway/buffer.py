@@ -23,7 +23,7 @@ from typing import Literal
 import diskcache
 
 from bridge.store import LANES, Lane, Record
-from gateway.accounting import BUFFER_OVERFLOW, EXPIRED
+from gateway.accounting import BUFFER_OVERFLOW, DISK_ERROR, EXPIRED
 from gateway.errors import StorageError
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class DiskBuffer:
         directory: Path,
         budgets: dict[Lane, Budget],
         *,
-        sync: Literal["normal", "full"] = "normal",
+        sync: Literal["normal", "full"] = "full",
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         on_dropped: Callable[[Record, str], None] = lambda rec, reason: None,
     ) -> None:
@@ -86,6 +86,7 @@ class DiskBuffer:
         self._readings: dict[Lane, int] = dict.fromkeys(LANES, 0)
         self._next_seq: dict[Lane, int] = dict.fromkeys(LANES, 1)
         self.control_over_budget = False
+        self.restored_readings = 0  # telemetry readings found on disk at open (from an earlier run)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -120,6 +121,7 @@ class DiskBuffer:
             topic, readings, created_ms, size = raw
             seq = int(key[3:])
             self._add_index(lane, _Meta(_vkey(lane, seq), seq, topic, readings, created_ms, size, True))
+        self.restored_readings = self._readings["telemetry"]
         restored = {lane: len(self._index[lane]) for lane in LANES}
         if any(restored.values()):
             log.info("buffer reopened with %s records waiting", restored)
@@ -240,17 +242,27 @@ class DiskBuffer:
     def take(self, lane: Lane, limit: int) -> list[Record]:
         cache = self._require()
         out: list[Record] = []
+        missing: list[_Meta] = []
         for key, meta in self._index[lane].items():
             if len(out) >= limit:
                 break
             if key in self._taken:
                 continue
-            payload = cache.get(key)
-            if payload is None:  # should not happen; keep the index honest
-                log.error("buffer record %s missing on disk", key)
+            try:
+                payload = cache.get(key)
+            except (OSError, sqlite3.Error) as exc:
+                if not out:
+                    raise StorageError(f"buffer read failed: {exc}") from exc
+                break  # send what was read; the rest is tried again next time
+            if payload is None:
+                missing.append(meta)
                 continue
             self._taken.add(key)
             out.append(self._record(lane, meta, payload))
+        for meta in missing:  # index says on disk, disk disagrees: count it, never keep a phantom
+            log.error("buffer record %s is missing on disk", meta.key)
+            self._drop_index(lane, meta.key)
+            self.on_dropped(self._record(lane, meta, b""), DISK_ERROR)
         return out
 
     def release(self, key: str) -> None:

@@ -197,6 +197,7 @@ class BufferSection(Strict):
     dir: Path | None = None  # default: {gateway.data_dir}/buffer
     telemetry: LaneBudget = LaneBudget(max_bytes=256 * 1024 * 1024, max_age_s=7 * 86400.0)
     control: LaneBudget = LaneBudget(max_bytes=16 * 1024 * 1024, max_age_s=0.0)
+    sync: Literal["full", "normal"] = "full"
 
 
 class TlsSection(Strict):

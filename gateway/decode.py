@@ -33,6 +33,7 @@ TOO_MANY_METRICS = "too_many_metrics"
 NO_METRICS = "no_metrics"
 
 _MS_THRESHOLD = 100_000_000_000  # a ts above this is milliseconds, below is seconds
+_MAX_SEQ = 2**63  # seq deltas must fit a signed 64-bit msgpack integer
 _NAME_CACHE_MAX = 100_000  # validated ids/metric names remembered (bounded: ids come from the network)
 _MSGPACK_MAP_FIRST_BYTES = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
 _RESERVED = frozenset({"ts", "seq"})
@@ -163,8 +164,8 @@ class Decoder:
         if isinstance(ts, Rejection):
             return ts
         seq = obj.get("seq")
-        if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or seq < 0):
-            return Rejection(BAD_SEQ, f"seq {str(seq)[:40]!r} is not a non-negative integer")
+        if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < _MAX_SEQ):
+            return Rejection(BAD_SEQ, f"seq {str(seq)[:40]!r} is not an integer in [0, 2**63)")
         metrics = [k for k in obj if k not in _RESERVED]
         if not metrics:
             return Rejection(NO_METRICS, "object has no metric fields")
@@ -223,14 +224,18 @@ def _json_safe(obj: dict[Any, Any]) -> dict[str, Any]:
     """Make a device object safe to re-encode as strict JSON (string keys, no NaN)."""
 
     def clean(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
+        if v is None or isinstance(v, (bool, str)):
+            return v
+        if isinstance(v, int):
+            return v if -(2**63) <= v < 2**64 else str(v)
+        if isinstance(v, float):
+            return v if math.isfinite(v) else None
         if isinstance(v, dict):
             return {str(k): clean(x) for k, x in v.items()}
         if isinstance(v, (list, tuple)):
             return [clean(x) for x in v]
         if isinstance(v, bytes):
             return v.hex()
-        return v
+        return str(v)  # anything else a msgpack payload can carry (ext types, timestamps)
 
     return {str(k): clean(v) for k, v in obj.items()}

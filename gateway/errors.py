@@ -7,6 +7,8 @@ message) will not. Only the CLI turns these into exit codes.
 
 from __future__ import annotations
 
+from bridge.store import StoreError
+
 
 class GatewayError(Exception):
     """Base of every error the gateway raises on purpose."""
@@ -37,5 +39,5 @@ class BrokerError(TransientError):
     """The local broker could not be started, reached or used."""
 
 
-class StorageError(TransientError):
+class StorageError(TransientError, StoreError):
     """The durable buffer could not be written or read (disk full, I/O error)."""

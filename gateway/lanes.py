@@ -11,11 +11,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bridge.codec import Compression, encode_batch, encode_control
+from bridge.codec import CodecError, Compression, encode_batch, encode_control
 from bridge.model import Reading
 from bridge.store import Record
 from bridge.topics import CloudTopics
-from gateway.accounting import DISK_ERROR, Accounting
+from gateway.accounting import DISK_ERROR, ENCODE_ERROR, Accounting
 from gateway.buffer import DiskBuffer
 from gateway.errors import StorageError
 
@@ -56,6 +56,10 @@ class LaneWriter:
             log.error("telemetry batch of %d readings lost: %s", len(readings), exc)
             self._acc.drop(DISK_ERROR, len(readings))
             return
+        except (CodecError, ValueError, TypeError, OverflowError) as exc:
+            log.error("telemetry batch of %d readings could not be encoded: %s", len(readings), exc)
+            self._acc.drop(ENCODE_ERROR, len(readings))
+            return
         self._acc.batches_written += 1
         self._on_written()
 
@@ -71,6 +75,10 @@ class LaneWriter:
         except StorageError as exc:
             log.error("control record (%s) lost: %s", kind, exc)
             self._acc.control_dropped[DISK_ERROR] += 1
+            return
+        except (CodecError, ValueError, TypeError, OverflowError) as exc:
+            log.error("control record (%s) could not be encoded: %s", kind, exc)
+            self._acc.control_dropped[ENCODE_ERROR] += 1
             return
         self._acc.control_written += 1
         self._on_written()

@@ -26,6 +26,8 @@ class SnapshotCollector(Collector):
                      "bytes_up_telemetry", "bytes_up_control", "alerts", "events", "responses",
                      "control_written", "control_delivered"):
             yield CounterMetricFamily(f"edge_{name}", f"gateway counter {name}", value=acc[name])
+        yield CounterMetricFamily("edge_readings_restored", "readings an earlier run left on disk",
+                                  value=acc["restored"])
         for name in ("filtered", "dropped", "control_dropped"):
             fam = CounterMetricFamily(f"edge_readings_{name}" if name != "control_dropped" else "edge_control_dropped",
                                       f"{name} by reason", labels=["reason"])
@@ -48,6 +50,8 @@ class SnapshotCollector(Collector):
         yield GaugeMetricFamily("edge_uplink_connected", "1 when the uplink is connected",
                                 value=1 if s["uplink"]["connected"] else 0)
         yield CounterMetricFamily("edge_uplink_connects", "uplink connections made", value=s["uplink"]["connects"])
+        yield CounterMetricFamily("edge_internal_errors", "unexpected errors in processing (a bug: see the log)",
+                                  value=s["internal_errors"])
 
 
 def serve(listen: str, snapshot: Callable[[], dict[str, Any]]) -> CollectorRegistry:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 from gateway.ingest import Ingest
 from gateway.lanes import LaneWriter
@@ -27,30 +29,35 @@ class Processor:
         self._ingest = ingest
         self._pipeline = pipeline
         self._lanes = lanes
-        self.loop_errors = 0
+        self.internal_errors = 0
+
+    def _guarded(self, step: Callable[..., None], *args: Any) -> None:
+        """Run one step (one message, a tick, an expiry pass, the final flush). The loop's single
+        guard: an unexpected error costs that step only, and is counted and logged."""
+        try:
+            step(*args)
+        except Exception:
+            self.internal_errors += 1
+            log.exception("internal error in %s", getattr(step, "__name__", step))
 
     def _drain_once(self) -> int:
         items = self._ingest.drain(CHUNK)
         handle = self._pipeline.handle
         for topic, payload, recv_ms in items:
-            handle(topic, payload, recv_ms)
+            self._guarded(handle, topic, payload, recv_ms)
         return len(items)
 
     async def run(self, stop: asyncio.Event) -> None:
         next_expire = time.monotonic() + EXPIRE_EVERY_S
         while not stop.is_set():
-            try:
-                await self._ingest.wait(TICK_S)
-                while self._drain_once():  # noqa: ASYNC110 - yield to the broker and uplink between chunks
-                    await asyncio.sleep(0)
-                self._pipeline.tick()
-                await asyncio.sleep(COALESCE_S)
-                if time.monotonic() >= next_expire:
-                    next_expire = time.monotonic() + EXPIRE_EVERY_S
-                    self._lanes.expire()
-            except Exception:  # the one guard of this loop: count, log, keep processing
-                self.loop_errors += 1
-                log.exception("processing loop error")
+            await self._ingest.wait(TICK_S)
+            while self._drain_once():  # noqa: ASYNC110 - yield to the broker and uplink between chunks
+                await asyncio.sleep(0)
+            self._guarded(self._pipeline.tick)
+            await asyncio.sleep(COALESCE_S)
+            if time.monotonic() >= next_expire:
+                next_expire = time.monotonic() + EXPIRE_EVERY_S
+                self._guarded(self._lanes.expire)
         while self._drain_once():
             pass
-        self._pipeline.flush()
+        self._guarded(self._pipeline.flush)

@@ -75,7 +75,7 @@ class GatewayService:
         self.buffer = DiskBuffer(cfg.buffer_dir, {
             "telemetry": Budget(cfg.buffer.telemetry.max_bytes, cfg.buffer.telemetry.max_age_s),
             "control": Budget(cfg.buffer.control.max_bytes, cfg.buffer.control.max_age_s),
-        })
+        }, sync=cfg.buffer.sync)
         self.forwarder = Forwarder(
             self.buffer,
             {"control": LanePolicy(cfg.uplink.control_qos, cfg.uplink.control_max_inflight),
@@ -114,6 +114,7 @@ class GatewayService:
             )
         acc.buffered_fn = lambda: self.buffer.readings("telemetry")
         acc.pending_fn = lambda: len(self.batcher)
+        acc.restored_fn = lambda: self.buffer.restored_readings
         self.started = asyncio.Event()
 
     # ------------------------------------------------------------------ callbacks
@@ -155,6 +156,7 @@ class GatewayService:
             "uplink": {"connected": self.link.connected, "endpoint": self.link.active_url,
                        "connects": self.link.connects, "last_error": self.link.last_error},
             "ingest_queue": len(self.ingest),
+            "internal_errors": self.processor.internal_errors,
         }
 
     # ------------------------------------------------------------------ lifecycle

@@ -98,6 +98,8 @@ async def test_sigterm_flushes_and_restart_drains_without_seq_reuse(tmp_path: Pa
     gw = GatewayProcess(config, local_port)
     gw.wait_listening()
     await eventually(lambda: len(cloud.data.readings()) == 500, timeout=30)
+    assert scrape(metrics_port, "edge_readings_restored") == 500  # accounted on the input side after restart
+    await eventually(lambda: scrape(metrics_port, "edge_delivered") == 500)  # the PUBACK may trail the collector
     devices = await Devices.connect(f"mqtt://127.0.0.1:{local_port}")
     await devices.publish_all(telemetry("d9", i, t0 + i, v=1.5) for i in range(1, 31))
     await devices.close()

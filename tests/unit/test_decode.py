@@ -65,6 +65,7 @@ def test_events_and_responses() -> None:
         ("devices/a/telemetry", b'{"ts": 4000000000000, "t": 1}', d.TS_OUT_OF_WINDOW),
         ("devices/a/telemetry", b'{"seq": -1, "t": 1}', d.BAD_SEQ),
         ("devices/a/telemetry", b'{"seq": 1.5, "t": 1}', d.BAD_SEQ),
+        ("devices/a/telemetry", b'{"seq": 9223372036854775808, "t": 1}', d.BAD_SEQ),
         ("devices/a/telemetry", b'{"ts": 1700000000000}', d.NO_METRICS),
         ("devices/a/telemetry/t", b"warm", d.NOT_NUMERIC),
         ("devices/a/telemetry/t", b"NaN", d.NAN),
@@ -118,3 +119,18 @@ def test_subscriptions_cover_the_contract() -> None:
     assert decoder().subscriptions() == [
         "devices/+/telemetry", "devices/+/telemetry/+", "devices/+/events", "devices/+/responses",
     ]
+
+
+def test_event_with_msgpack_extension_types_becomes_plain_json() -> None:
+    import datetime
+
+    from bridge.codec import encode_control
+
+    payload = msgpack.packb({"event": "x", "at": msgpack.Timestamp(1700000000), "big": 2**70, "raw": b"\x01",
+                             "nan": float("nan"), "nested": {"t": datetime.datetime(2024, 1, 1)}},
+                            datetime=False, default=str)
+    ev = decoder().decode("devices/a/events", payload, NOW)
+    assert isinstance(ev, d.DeviceEvent)
+    encode_control({"kind": "event", "event": ev.body})  # must not raise
+    assert ev.body["big"] == str(2**70) and ev.body["raw"] == "01" and ev.body["nan"] is None
+    assert isinstance(ev.body["at"], str)
