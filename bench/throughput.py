@@ -61,7 +61,7 @@ async def bare(count: int, qos: int, devices: int) -> float:
     return count / (seen["last"] - seen["first"])
 
 
-async def gateway(count: int, qos: int, devices: int) -> tuple[float, dict[str, object]]:
+async def gateway(count: int, qos: int, devices: int, sync: str = "full") -> tuple[float, dict[str, object]]:
     cloud = EmbeddedBroker("127.0.0.1", 0)
     await cloud.start()
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,6 +70,7 @@ async def gateway(count: int, qos: int, devices: int) -> tuple[float, dict[str, 
             "local_broker": {"listen": "127.0.0.1:0", "ingest_queue_max": count + 1},
             "uplink": {"urls": [f"mqtt://127.0.0.1:{cloud.address.port}"], "protocol": "3.1.1"},
             "batch": {"max_count": 1000, "max_age_s": 0.5},
+            "buffer": {"sync": sync},
             "rules": [{"metrics": "temperature", "valid": {"min": -40, "max": 85}, "alert": {"max": 80}}],
         }, "<bench>")
         svc = GatewayService(cfg, Secrets())

@@ -37,6 +37,7 @@ _MAX_SEQ = 2**63  # seq deltas must fit a signed 64-bit msgpack integer
 _NAME_CACHE_MAX = 100_000  # validated ids/metric names remembered (bounded: ids come from the network)
 _MSGPACK_MAP_FIRST_BYTES = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
 _RESERVED = frozenset({"ts", "seq"})
+_json_decode = json.JSONDecoder().decode
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ class Decoder:
             except CodecError as exc:
                 return Rejection(INVALID_MSGPACK, str(exc)[:200])
         try:
-            return json.loads(payload)
+            return _json_decode(payload.decode("utf-8"))  # UTF-8 per RFC 8259; skips loads()' sniffing
         except (ValueError, UnicodeDecodeError) as exc:
             return Rejection(INVALID_JSON, str(exc)[:200])
 
