@@ -28,7 +28,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bridge.uplink import ClientSettings, Message, MqttConnection  # noqa: E402
+from bridge.mqtt_types import ClientSettings, Message  # noqa: E402
+from bridge.uplink import MqttConnection  # noqa: E402
 from gateway.broker import EmbeddedBroker  # noqa: E402
 from gateway.config import Secrets, parse_config  # noqa: E402
 from gateway.lab import LAB_RULES  # noqa: E402

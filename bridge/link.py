@@ -13,9 +13,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 
 from bridge.backoff import DecorrelatedJitter
+from bridge.connect import connect_with_backoff
 from bridge.errors import BridgeError, ConnectionLost, UplinkStopped
 from bridge.forwarder import Forwarder
-from bridge.uplink import ClientSettings, MessageHandler, MqttConnection, Will, connect_with_backoff
+from bridge.mqtt_types import ClientSettings, MessageHandler, Will
+from bridge.uplink import MqttConnection
 from bridge.urls import BrokerUrl
 
 log = logging.getLogger(__name__)

@@ -38,10 +38,12 @@ from typing import Literal
 
 from bridge.backoff import DecorrelatedJitter
 from bridge.codec import CodecError, decode_batch, decode_control
+from bridge.connect import connect_with_backoff
 from bridge.errors import ConnectionLost, UplinkStopped
+from bridge.mqtt_types import ClientSettings, Message, TlsSettings
 from bridge.sink_store import InvalidRecord, SinkStore, parse_control
 from bridge.topics import TopicPattern, valid_id
-from bridge.uplink import ClientSettings, Message, MqttConnection, TlsSettings, connect_with_backoff
+from bridge.uplink import MqttConnection
 from bridge.urls import BrokerUrl
 
 __all__ = ["DEFAULT_PREFIX", "Sink", "SinkCounters", "default_client_id", "run_sink", "subscriptions"]

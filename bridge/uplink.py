@@ -26,9 +26,9 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -36,9 +36,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from bridge.backoff import DecorrelatedJitter
 from bridge.errors import (
-    BridgeError,
     ConnectFailed,
     ConnectionLost,
     ConnectRefused,
@@ -47,19 +45,11 @@ from bridge.errors import (
     SubscribeFailed,
     TransientBridgeError,
     UplinkBusy,
-    UplinkStopped,
 )
+from bridge.mqtt_types import ClientSettings, ConnectInfo, Message, MessageHandler, TlsSettings
 from bridge.urls import BrokerUrl, parse_broker_url
 
-__all__ = [
-    "ClientSettings",
-    "ConnectInfo",
-    "Message",
-    "MqttConnection",
-    "TlsSettings",
-    "Will",
-    "connect_with_backoff",
-]
+__all__ = ["MqttConnection"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -77,78 +67,6 @@ _PROPERTY_NAMES = {
     "correlation_data": "CorrelationData",
     "user_properties": "UserProperty",
 }
-
-
-@dataclass(frozen=True)
-class TlsSettings:
-    """TLS options. ``insecure`` skips certificate and hostname verification (labs only)."""
-
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    key_password: str | None = field(default=None, repr=False)
-    insecure: bool = False
-
-
-@dataclass(frozen=True)
-class Will:
-    """Last will, published by the broker when the session ends without a DISCONNECT."""
-
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = True
-
-
-@dataclass(frozen=True)
-class ClientSettings:
-    """How to connect. ``username``/``password`` override the URL's userinfo; ``tls`` enables TLS
-    even for an ``mqtt://`` URL, and an ``mqtts://`` URL without ``tls`` uses ``TlsSettings()``.
-    ``manual_ack``: incoming QoS 1/2 messages are acknowledged only by :meth:`MqttConnection.ack`.
-    """
-
-    client_id: str
-    protocol: Literal["5", "3.1.1"] = "5"
-    keepalive_s: int = 30
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    tls: TlsSettings | None = None
-    will: Will | None = None
-    clean_start: bool = True
-    max_inflight: int = 20
-    connect_timeout_s: float = 10.0
-    session_expiry_s: int = 0
-    manual_ack: bool = False
-
-
-@dataclass(frozen=True)
-class ConnectInfo:
-    """What the CONNACK told us. ``receive_maximum`` is the broker's MQTT 5 Receive Maximum, or
-    ``max_inflight`` when the broker did not say; ``inflight_window`` is the smaller of the two and
-    is the most unacknowledged QoS>0 publishes :meth:`MqttConnection.publish` allows."""
-
-    url: BrokerUrl
-    receive_maximum: int
-    session_present: bool
-    protocol: str
-    inflight_window: int
-
-
-@dataclass(frozen=True)
-class Message:
-    """An incoming PUBLISH. ``properties`` holds MQTT 5 properties by snake_case name
-    (``user_properties`` as a list of pairs, ``message_expiry_interval``, ``content_type``, ...)."""
-
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    properties: dict[str, Any] = field(default_factory=dict)
-    mid: int = 0
-
-
-MessageHandler = Callable[[Message], None]
-AttemptFailedHandler = Callable[[BrokerUrl, BaseException, float], None]
 
 
 @dataclass
@@ -571,66 +489,6 @@ class MqttConnection:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<MqttConnection {self.url} client_id={self.settings.client_id!r} {state}>"
-
-
-async def connect_with_backoff(
-    urls: Sequence[BrokerUrl | str],
-    settings: ClientSettings,
-    backoff: DecorrelatedJitter,
-    *,
-    on_message: MessageHandler | None = None,
-    on_attempt_failed: AttemptFailedHandler | None = None,
-    stop: asyncio.Event | None = None,
-    reset_backoff: bool = True,
-) -> MqttConnection:
-    """Connect to the first broker that accepts, trying ``urls`` round robin until one does.
-
-    After each failed attempt ``on_attempt_failed(url, error, delay)`` is called and the loop sleeps
-    ``backoff.next_delay()`` seconds. Refusals (:class:`ConnectRefused`) are retried too: the
-    server side may get fixed. Setting ``stop`` ends the loop (also mid-attempt) with
-    :class:`UplinkStopped`. The backoff is reset on success unless ``reset_backoff`` is false (a
-caller that resets it only once a session proved stable). Malformed URLs raise at once.
-    """
-    brokers = [u if isinstance(u, BrokerUrl) else parse_broker_url(u) for u in urls]
-    if not brokers:
-        raise ValueError("connect_with_backoff() needs at least one broker url")
-    attempt = 0
-    while True:
-        if stop is not None and stop.is_set():
-            raise UplinkStopped("stopped before connecting")
-        url = brokers[attempt % len(brokers)]
-        attempt += 1
-        try:
-            conn = await _until_stopped(MqttConnection.open(url, settings, on_message=on_message), stop)
-        except (TransientBridgeError, ConnectRefused) as err:
-            delay = backoff.next_delay()
-            log.info("connect to %s failed (%s); next attempt in %.1f s", url, err, delay)
-            if on_attempt_failed is not None:
-                on_attempt_failed(url, err, delay)
-            await _until_stopped(asyncio.sleep(delay), stop)
-        else:
-            if reset_backoff:
-                backoff.reset()
-            return conn
-
-
-async def _until_stopped(aw: Awaitable[T], stop: asyncio.Event | None) -> T:
-    """Await ``aw``; if ``stop`` is set first, cancel it and raise :class:`UplinkStopped`."""
-    if stop is None:
-        return await aw
-    task = asyncio.ensure_future(aw)
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopper.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, BridgeError):
-                await task
-    if not task.cancelled():
-        return task.result()
-    raise UplinkStopped("stopped before connecting")
 
 
 def _new_properties(packet_type: int) -> Properties:

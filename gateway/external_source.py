@@ -11,8 +11,10 @@ import logging
 from collections.abc import Callable
 
 from bridge.backoff import DecorrelatedJitter
+from bridge.connect import connect_with_backoff
 from bridge.errors import BridgeError, UplinkStopped
-from bridge.uplink import ClientSettings, Message, MqttConnection, connect_with_backoff
+from bridge.mqtt_types import ClientSettings, Message
+from bridge.uplink import MqttConnection
 
 log = logging.getLogger(__name__)
 

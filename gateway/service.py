@@ -16,9 +16,9 @@ from typing import Any
 from bridge.backoff import DecorrelatedJitter
 from bridge.forwarder import Forwarder, LanePolicy
 from bridge.link import UplinkLink
+from bridge.mqtt_types import ClientSettings, TlsSettings
 from bridge.store import Record
 from bridge.topics import CloudTopics
-from bridge.uplink import ClientSettings, TlsSettings
 from gateway.accounting import REJECTED_BY_BROKER, Accounting
 from gateway.batcher import Batcher
 from gateway.broker import EmbeddedBroker

@@ -61,6 +61,16 @@ def wait_until(predicate: Callable[[], bool], timeout: float = DEFAULT_TIMEOUT_S
         time.sleep(interval)
 
 
+def require_tool(name: str) -> str:
+    """Path of an external tool the test needs; under CI a missing tool fails instead of skipping."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} not found (CI must install it: see .ci/run)")
+        pytest.skip(f"{name} not installed")
+    return path
+
+
 def mosquitto_binary() -> str:
     """Path of the mosquitto binary; under CI a missing binary fails instead of skipping."""
     path = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)

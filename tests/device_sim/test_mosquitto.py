@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from device_sim.cli import main
-from tests.support import Mosquitto, free_port
+from tests.support import Mosquitto, free_port, require_tool
 
 
 def invoke(*args: str) -> Result:
@@ -24,8 +24,7 @@ def invoke(*args: str) -> Result:
 @pytest.fixture
 def certs() -> Iterator[Path]:
     """A CA and a server certificate for 127.0.0.1, readable by the mosquitto user."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed")
+    require_tool("openssl")
     folder = Path(tempfile.mkdtemp(prefix="devsim-tls-"))
     os.chmod(folder, 0o755)
 

@@ -13,8 +13,10 @@ from typing import Any
 
 from bridge.backoff import DecorrelatedJitter
 from bridge.codec import decode_batch, decode_control
+from bridge.connect import connect_with_backoff
 from bridge.errors import UplinkStopped
-from bridge.uplink import ClientSettings, Message, MqttConnection, connect_with_backoff
+from bridge.mqtt_types import ClientSettings, Message
+from bridge.uplink import MqttConnection
 from gateway.config import GatewayConfig, Secrets, parse_config
 from gateway.service import GatewayService
 

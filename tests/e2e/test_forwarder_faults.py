@@ -10,8 +10,9 @@ from pathlib import Path
 
 from bridge.errors import BridgeError
 from bridge.forwarder import Forwarder, LanePolicy
+from bridge.mqtt_types import ClientSettings
 from bridge.store import Lane, Record
-from bridge.uplink import ClientSettings, MqttConnection
+from bridge.uplink import MqttConnection
 from gateway.buffer import Budget, DiskBuffer
 from gateway.config import Secrets
 from gateway.errors import StorageError

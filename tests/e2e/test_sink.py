@@ -16,11 +16,12 @@ from bridge.backoff import DecorrelatedJitter
 from bridge.codec import Batch, encode_batch, encode_control
 from bridge.errors import PermanentBridgeError
 from bridge.model import Reading
+from bridge.mqtt_types import ClientSettings
 from bridge.report import build_report
 from bridge.sink import Protocol, Sink, run_sink
 from bridge.sink_store import SinkStore
 from bridge.topics import CloudTopics
-from bridge.uplink import ClientSettings, MqttConnection
+from bridge.uplink import MqttConnection
 from gateway.broker import EmbeddedBroker
 from tests.support import Mosquitto, eventually
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from bridge.backoff import DecorrelatedJitter
+from bridge.connect import connect_with_backoff
 from bridge.errors import (
     ConnectFailed,
     ConnectionLost,
@@ -27,18 +28,11 @@ from bridge.errors import (
     UplinkBusy,
     UplinkStopped,
 )
-from bridge.uplink import (
-    ClientSettings,
-    Message,
-    MessageHandler,
-    MqttConnection,
-    TlsSettings,
-    Will,
-    connect_with_backoff,
-)
+from bridge.mqtt_types import ClientSettings, Message, MessageHandler, TlsSettings, Will
+from bridge.uplink import MqttConnection
 from bridge.urls import BrokerUrl
 from gateway.broker import EmbeddedBroker
-from tests.support import Mosquitto, eventually, free_port
+from tests.support import Mosquitto, eventually, free_port, require_tool
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -309,8 +303,7 @@ async def test_credentials_from_the_url_are_used(conf_dir: Path) -> None:
     passwords = _readable_file(conf_dir / "passwd", "gw:secret\n")
     broker = Mosquitto(extra_conf=f"allow_anonymous false\npassword_file {passwords}")
     # mosquitto reads plain-text lines only after hashing; use its own tool when available.
-    if shutil.which("mosquitto_passwd") is None:
-        pytest.skip("mosquitto_passwd unavailable")
+    require_tool("mosquitto_passwd")
     proc = await asyncio.create_subprocess_exec("mosquitto_passwd", "-U", str(passwords))
     assert await proc.wait() == 0
     os.chmod(passwords, 0o644)
@@ -479,8 +472,7 @@ def _openssl(*args: str) -> None:
 @pytest.fixture
 def tls_mosquitto(conf_dir: Path) -> Iterator[tuple[Mosquitto, Path]]:
     """mosquitto with a TLS listener whose certificate (for IP 127.0.0.1) is signed by ``ca.crt``."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl unavailable")
+    require_tool("openssl")
     ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
     d = conf_dir
     _openssl("req", "-x509", *ec, "-keyout", f"{d}/ca.key", "-out", f"{d}/ca.crt", "-days", "2",
