@@ -21,25 +21,20 @@ import argparse
 import asyncio
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._gateway import bench_gateway  # noqa: E402
 from bridge.mqtt_types import ClientSettings, Message  # noqa: E402
 from bridge.uplink import MqttConnection  # noqa: E402
-from gateway.broker import EmbeddedBroker  # noqa: E402
-from gateway.config import Secrets, parse_config  # noqa: E402
 from gateway.lab import LAB_RULES  # noqa: E402
-from gateway.service import GatewayService  # noqa: E402
 
 
 async def run(args: argparse.Namespace, rules: list[dict[str, Any]], compression: str,
               max_age_s: float, max_count: int) -> dict[str, Any]:
-    cloud = EmbeddedBroker("127.0.0.1", 0)
-    await cloud.start()
     raw = {"messages": 0, "payload_bytes": 0, "topic_bytes": 0}
 
     def count(msg: Message) -> None:
@@ -47,18 +42,8 @@ async def run(args: argparse.Namespace, rules: list[dict[str, Any]], compression
         raw["payload_bytes"] += len(msg.payload)
         raw["topic_bytes"] += len(msg.topic)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = parse_config({
-            "gateway": {"id": "bench", "data_dir": tmp},
-            "local_broker": {"listen": "127.0.0.1:0"},
-            "uplink": {"urls": [f"mqtt://127.0.0.1:{cloud.address.port}"], "protocol": "3.1.1"},
-            "batch": {"max_count": max_count, "max_age_s": max_age_s, "compression": compression},
-            "rules": rules,
-        }, "<bench>")
-        svc = GatewayService(cfg, Secrets())
-        stop = asyncio.Event()
-        task = asyncio.create_task(svc.run(stop))
-        await svc.started.wait()
+    batch = {"max_count": max_count, "max_age_s": max_age_s, "compression": compression}
+    async with bench_gateway(batch=batch, rules=rules) as svc:  # leaving it flushes and drains to the cloud
         assert svc.embedded is not None
         port = svc.embedded.address.port
         tap = await MqttConnection.open(f"mqtt://127.0.0.1:{port}", ClientSettings("bench-tap", protocol="3.1.1"),
@@ -74,9 +59,6 @@ async def run(args: argparse.Namespace, rules: list[dict[str, Any]], compression
         while acc.messages_in < summary["sent"] or raw["messages"] < summary["sent"]:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         await tap.close()
-        stop.set()  # flushes the open batch and drains it to the cloud
-        await task
-        await cloud.stop()
     a = svc.accounting.snapshot()
     readings = a["readings_in"]
     return {

@@ -15,16 +15,14 @@ import asyncio
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._gateway import bench_gateway  # noqa: E402
 from gateway.broker import EmbeddedBroker  # noqa: E402
-from gateway.config import Secrets, parse_config  # noqa: E402
-from gateway.service import GatewayService  # noqa: E402
 
 
 async def publish(port: int, count: int, qos: int, devices: int) -> None:
@@ -62,21 +60,9 @@ async def bare(count: int, qos: int, devices: int) -> float:
 
 
 async def gateway(count: int, qos: int, devices: int, sync: str = "full") -> tuple[float, dict[str, object]]:
-    cloud = EmbeddedBroker("127.0.0.1", 0)
-    await cloud.start()
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = parse_config({
-            "gateway": {"id": "bench", "data_dir": tmp},
-            "local_broker": {"listen": "127.0.0.1:0", "ingest_queue_max": count + 1},
-            "uplink": {"urls": [f"mqtt://127.0.0.1:{cloud.address.port}"], "protocol": "3.1.1"},
-            "batch": {"max_count": 1000, "max_age_s": 0.5},
-            "buffer": {"sync": sync},
-            "rules": [{"metrics": "temperature", "valid": {"min": -40, "max": 85}, "alert": {"max": 80}}],
-        }, "<bench>")
-        svc = GatewayService(cfg, Secrets())
-        stop = asyncio.Event()
-        task = asyncio.create_task(svc.run(stop))
-        await svc.started.wait()
+    rules = [{"metrics": "temperature", "valid": {"min": -40, "max": 85}, "alert": {"max": 80}}]
+    async with bench_gateway(local_broker={"ingest_queue_max": count + 1}, buffer={"sync": sync}, rules=rules,
+                             batch={"max_count": 1000, "max_age_s": 0.5}) as svc:
         assert svc.embedded is not None
         acc = svc.accounting
         marks = {"first": 0.0}
@@ -93,15 +79,12 @@ async def gateway(count: int, qos: int, devices: int, sync: str = "full") -> tup
         await pub
         await wait_for(lambda: acc.delivered + sum(acc.dropped.values()) >= count)
         delivered = time.perf_counter()
-        stop.set()
-        await task
-        await cloud.stop()
-        snap = svc.snapshot()["accounting"]
-        return count / (processed - marks["first"]), {
-            "delivered_rate": round(count / (delivered - marks["first"])),
-            "balance": svc.accounting.balance(), "dropped": snap["dropped"],  # type: ignore[index]
-            "bytes_up_telemetry": snap["bytes_up_telemetry"],  # type: ignore[index]
-        }
+    snap = svc.snapshot()["accounting"]
+    return count / (processed - marks["first"]), {
+        "delivered_rate": round(count / (delivered - marks["first"])),
+        "balance": svc.accounting.balance(), "dropped": snap["dropped"],
+        "bytes_up_telemetry": snap["bytes_up_telemetry"],
+    }
 
 
 async def main() -> None:
