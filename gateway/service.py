@@ -19,7 +19,7 @@ from bridge.link import UplinkLink
 from bridge.mqtt_types import ClientSettings, TlsSettings
 from bridge.store import Record
 from bridge.topics import CloudTopics
-from gateway.accounting import REJECTED_BY_BROKER, Accounting
+from gateway.accounting import INGEST_OVERFLOW, REJECTED_BY_BROKER, Accounting
 from gateway.batcher import Batcher
 from gateway.broker import EmbeddedBroker
 from gateway.buffer import Budget, DiskBuffer
@@ -120,8 +120,6 @@ class GatewayService:
     # ------------------------------------------------------------------ callbacks
 
     def _ingest_overflow(self, topic: str) -> None:
-        from gateway.accounting import INGEST_OVERFLOW
-
         self.accounting.readings_in += 1
         self.accounting.drop(INGEST_OVERFLOW)
         self.rejects.add(topic, INGEST_OVERFLOW, "ingest queue full")
