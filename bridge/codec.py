@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -269,6 +268,3 @@ def decode_control(payload: bytes) -> dict[str, Any]:
         raise CodecError("control record is not a JSON object")
     return obj
 
-
-def is_finite(value: float) -> bool:
-    return math.isfinite(value)

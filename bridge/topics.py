@@ -111,7 +111,3 @@ class CloudTopics:
     def config_status(self) -> str:
         return f"{self.prefix}/config/status"
 
-
-def all_gateways(prefix_pattern: str = "edge/{gateway_id}") -> TopicPattern:
-    """Pattern of any gateway's prefix, for cloud consumers (``edge/+`` by default)."""
-    return TopicPattern(prefix_pattern)

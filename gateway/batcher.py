@@ -36,10 +36,6 @@ class Batcher:
     def __len__(self) -> int:
         return len(self._readings)
 
-    @property
-    def estimated_bytes(self) -> int:
-        return self._bytes
-
     def add(self, reading: Reading) -> list[Reading] | None:
         if not self._readings:
             self._opened_at = self._clock()

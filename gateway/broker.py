@@ -113,15 +113,6 @@ class EmbeddedBroker:
     def hook_errors(self) -> int:
         return self._hook.errors if self._hook else 0
 
-    def connected_clients(self) -> set[str]:
-        """Client ids with a live connection."""
-        if self._broker is None:
-            return set()
-        return {
-            cid for cid, (session, _h) in self._broker.sessions.items()
-            if getattr(session, "transitions", None) is not None and session.transitions.state == "connected"
-        }
-
     async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
         """Publish from inside the broker (no client connection needed)."""
         if self._broker is None:

@@ -154,7 +154,7 @@ class GatewayService:
             "uplink": {"connected": self.link.connected, "endpoint": self.link.active_url,
                        "connects": self.link.connects, "last_error": self.link.last_error},
             "ingest_queue": len(self.ingest),
-            "internal_errors": self.processor.internal_errors,
+            "internal_errors": self.processor.internal_errors + (self.embedded.hook_errors if self.embedded else 0),
         }
 
     # ------------------------------------------------------------------ lifecycle

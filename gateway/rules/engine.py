@@ -52,10 +52,6 @@ class RuleEngine:
         self._rules = rules
         self._state: dict[tuple[str, str], _SeriesState] = {}
 
-    @property
-    def series_count(self) -> int:
-        return len(self._state)
-
     def _series(self, device: str, metric: str) -> _SeriesState:
         key = (device, metric)
         st = self._state.get(key)
