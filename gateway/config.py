@@ -243,6 +243,25 @@ class MetricsSection(Strict):
         return None if v is None else _check_host_port(v)
 
 
+class DownlinkSection(Strict):
+    """Cloud -> gateway messages: commands for devices and pushed config."""
+
+    commands: bool = True  # subscribe to edge/{gw}/commands/# and forward to devices
+    allowed_commands: list[str] = Field(default_factory=lambda: ["ping", "set_rate", "set_setpoint", "reboot"])
+    max_command_bytes: Annotated[int, Field(ge=64, le=1024 * 1024)] = 4096
+    hold_offline_s: NonNegFloat = 30.0  # 0 = answer undeliverable at once
+    max_held: PositiveInt = 1000
+    track_responses_s: PositiveFloat = 300.0
+
+    @field_validator("allowed_commands")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name != "*" and not DEVICE_ID_RE.fullmatch(name):
+                raise ValueError(f"{name[:64]!r}: a command name must match [A-Za-z0-9_.-]{{1,64}} (or be '*')")
+        return v
+
+
 class LogSection(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -257,6 +276,7 @@ class GatewayConfig(Strict):
     buffer: BufferSection = BufferSection()
     uplink: UplinkSection = UplinkSection()
     metrics: MetricsSection = MetricsSection()
+    downlink: DownlinkSection = DownlinkSection()
     log: LogSection = LogSection()
 
     @property
