@@ -252,6 +252,8 @@ class DownlinkSection(Strict):
     hold_offline_s: NonNegFloat = 30.0  # 0 = answer undeliverable at once
     max_held: PositiveInt = 1000
     track_responses_s: PositiveFloat = 300.0
+    config_push: bool = True  # subscribe to edge/{gw}/config and apply pushed documents
+    config_file: Path | None = None  # last applied push; default {gateway.data_dir}/pushed-config.json
 
     @field_validator("allowed_commands")
     @classmethod
@@ -283,9 +285,30 @@ class GatewayConfig(Strict):
     def buffer_dir(self) -> Path:
         return self.buffer.dir or self.gateway.data_dir / "buffer"
 
+    @property
+    def pushed_config_file(self) -> Path:
+        return self.downlink.config_file or self.gateway.data_dir / "pushed-config.json"
+
     def redacted(self) -> dict[str, Any]:
         """The effective config as plain data; secret references are shown, values never."""
         return self.model_dump(mode="json")
+
+
+# Versions stay exact in JSON consumers that read numbers as doubles.
+MAX_CONFIG_VERSION = 2**53 - 1
+
+
+class PushedConfig(Strict):
+    """A config document pushed from the cloud on ``edge/{gw}/config``.
+
+    ``rules`` and ``batch`` use the same models as the file config. A section that is present
+    replaces the file config's section as a whole; a section that is left out means "as in the
+    file config". So a document with only ``version`` puts the file config back in force.
+    """
+
+    version: Annotated[int, Field(gt=0, le=MAX_CONFIG_VERSION, strict=True)]
+    rules: list[RuleSpec] | None = None
+    batch: BatchSection | None = None
 
 
 class Secrets(BaseModel):

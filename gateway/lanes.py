@@ -21,7 +21,7 @@ from gateway.errors import StorageError
 
 log = logging.getLogger(__name__)
 
-_CONTROL_TOPICS = {"alert": "alerts", "event": "events", "response": "responses"}
+_CONTROL_TOPICS = {"alert": "alerts", "event": "events", "response": "responses", "config_status": "config/status"}
 
 
 class LaneWriter:
