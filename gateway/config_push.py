@@ -35,6 +35,7 @@ from pydantic import ValidationError
 
 from bridge.codec import Compression
 from bridge.model import Reading
+from bridge.mqtt_types import Message
 from gateway.batcher import Batcher
 from gateway.config import BatchSection, PushedConfig, RuleSpec, problems_of
 from gateway.errors import ConfigError, StorageError
@@ -202,6 +203,10 @@ class ConfigPusher:
             log.info("pushed config version %d from %s is in force", doc.version, self.store.path)
 
     # ------------------------------------------------------------------ push
+
+    def on_config(self, msg: Message) -> None:
+        """The downlink router's callback for the config topic (runs on the event loop)."""
+        self.handle(msg.payload)
 
     def handle(self, payload: bytes) -> dict[str, Any] | None:
         """Handle one message from the config topic; returns the status record it sent

@@ -112,11 +112,14 @@ class CloudCollector:
         self._task: asyncio.Task[None] | None = None
 
     def _on(self, msg: Message) -> None:
-        if msg.topic.endswith("/telemetry"):
+        rel = msg.topic.removeprefix(self.prefix + "/")
+        if rel == "telemetry":
             self.data.batches.append(decode_batch(msg.payload))
-        elif msg.topic.endswith("/status"):
+        elif rel == "status":
             self.data.status.append(msg.payload)
-        elif not msg.topic.endswith("/stats"):
+        elif rel in {"stats", "config"} or rel.startswith("commands/"):
+            return  # periodic stats, and what the cloud sends down
+        else:
             self.data.control.append(decode_control(msg.payload))
 
     async def connect(self) -> None:
