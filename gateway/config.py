@@ -360,16 +360,23 @@ def resolve_secrets(cfg: GatewayConfig, source: str) -> Secrets:
     )
 
 
-def load_config(path: str | Path) -> tuple[GatewayConfig, Secrets]:
-    """Read, validate and resolve a TOML config file. Raises :class:`ConfigError`."""
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file into plain data. Raises :class:`ConfigError` naming ``(file)`` or ``(syntax)``."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(source, [("(file)", exc.strerror or str(exc))]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, [("(file)", f"not UTF-8 text: {exc}")]) from exc
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, [("(syntax)", str(exc))]) from exc
-    cfg = parse_config(data, source)
+
+
+def load_config(path: str | Path) -> tuple[GatewayConfig, Secrets]:
+    """Read, validate and resolve a TOML config file. Raises :class:`ConfigError`."""
+    source = str(path)
+    cfg = parse_config(read_toml(path), source)
     return cfg, resolve_secrets(cfg, source)

@@ -37,7 +37,7 @@ from bridge.codec import Compression
 from bridge.model import Reading
 from bridge.mqtt_types import Message
 from gateway.batcher import Batcher
-from gateway.config import BatchSection, PushedConfig, RuleSpec, problems_of
+from gateway.config import BatchSection, PushedConfig, RuleSpec, problems_of, read_toml
 from gateway.errors import ConfigError, StorageError
 from gateway.rules.engine import RuleEngine
 
@@ -102,6 +102,27 @@ def declared_version(data: object) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
+def document_bytes(doc: PushedConfig) -> bytes:
+    """The JSON form of a document: what is pushed, and what is persisted. Raises ValueError for
+    nan/inf (TOML has them, JSON does not)."""
+    return json.dumps(doc.model_dump(mode="json", exclude_unset=True), separators=(",", ":"),
+                      allow_nan=False).encode()
+
+
+def read_document(path: Path, version: int | None = None) -> PushedConfig:
+    """A document from a TOML file (``version`` overrides the file's). Raises :class:`ConfigError`."""
+    source = str(path)
+    data = read_toml(path)
+    if version is not None:
+        data["version"] = version
+    doc = validate_document(data, source)
+    try:
+        document_bytes(doc)
+    except ValueError as exc:
+        raise ConfigError(source, [("(value)", "nan and inf cannot be pushed (JSON has no such numbers)")]) from exc
+    return doc
+
+
 class PushedConfigFile:
     """The last applied document, on disk as JSON."""
 
@@ -122,7 +143,7 @@ class PushedConfigFile:
     def save(self, doc: PushedConfig) -> None:
         """Replace the file atomically: a crash leaves the old document or the new one, whole.
         Raises :class:`StorageError`."""
-        data = json.dumps(doc.model_dump(mode="json", exclude_unset=True), indent=1).encode()
+        data = document_bytes(doc)
         directory = self.path.parent
         tmp: str | None = None
         try:
