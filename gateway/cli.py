@@ -12,12 +12,15 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import click
 from rich.console import Console
 
-from gateway.config import GatewayConfig, Secrets, load_config
+from bridge.errors import BridgeError, InvalidUrl
+from bridge.topics import CloudTopics, valid_id
+from bridge.urls import parse_broker_url
+from gateway.config import MAX_CONFIG_VERSION, GatewayConfig, Secrets, load_config
 from gateway.errors import ConfigError, GatewayError
 
 err_console = Console(stderr=True, soft_wrap=True)
@@ -37,16 +40,21 @@ def setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def exit_invalid(exc: ConfigError) -> NoReturn:
+    """Print each bad key of a config file and exit 2."""
+    err_console.print(f"[red]invalid configuration[/red] in {exc.source}:", highlight=False)
+    for key, reason in exc.problems:
+        err_console.print(f"  {key}: {reason}", highlight=False, markup=False)
+    raise SystemExit(2) from exc
+
+
 def load_or_exit(path: Path | None) -> tuple[GatewayConfig, Secrets]:
     if path is None:
         return GatewayConfig(), Secrets()
     try:
         return load_config(path)
     except ConfigError as exc:
-        err_console.print(f"[red]invalid configuration[/red] in {exc.source}:", highlight=False)
-        for key, reason in exc.problems:
-            err_console.print(f"  {key}: {reason}", highlight=False, markup=False)
-        raise SystemExit(2) from exc
+        exit_invalid(exc)
 
 
 def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
@@ -197,3 +205,79 @@ def lab(duration: float | None, devices: int, rate_hz: float, local_port: int, c
         render_result(result, Console())
     if not result.get("ok", False):
         raise SystemExit(1)
+
+
+@main.command("push-config")
+@click.option("--url", required=True, help="Cloud broker, e.g. mqtt://127.0.0.1:1883 or mqtts://host.")
+@click.option("--gateway", "gateway_id", required=True, help="Id of the gateway to configure.")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--version", "version", type=click.IntRange(1, MAX_CONFIG_VERSION), default=None,
+              help="Version to push (overrides 'version' in the file); must be above the gateway's.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True, help="Seconds to wait for the gateway's answer.")
+@click.option("--no-retain", is_flag=True,
+              help="Do not retain the document on the broker (by default a gateway that is offline gets it "
+                   "when it connects).")
+@click.option("--prefix", default="edge/{gateway_id}", show_default=True, help="Cloud topic prefix pattern.")
+@click.option("--json", "as_json", is_flag=True, help="Print the gateway's answer as JSON.")
+def push_config(url: str, gateway_id: str, file: Path, version: int | None, timeout_s: float, no_retain: bool,
+                prefix: str, as_json: bool) -> None:
+    """Push a config document (rules, batch policy) from a TOML FILE to a gateway and print its answer.
+
+    Exits 0 when the gateway applied it, 1 when it rejected it, found it stale or did not answer in
+    time, 2 for bad arguments or an invalid file (each wrong key is named)."""
+    from bridge.operator import NoReply, request
+    from gateway.config_push import document_bytes, read_document
+
+    topics = operator_topics(url, gateway_id, prefix)
+    try:
+        doc = read_document(file, version)
+    except ConfigError as exc:
+        exit_invalid(exc)
+
+    def answers_this(record: dict[str, Any]) -> bool:
+        return record.get("kind") == "config_status" and record.get("version") == doc.version
+
+    try:
+        status = asyncio.run(request(url, topics.config, document_bytes(doc), topics.config_status, answers_this,
+                                     timeout_s, retain=not no_retain))
+    except NoReply as exc:
+        err_console.print(f"[red]no answer[/red] from gateway {gateway_id}: {exc}"
+                          + ("" if no_retain else " (the document is retained: the gateway applies it when it"
+                             " connects)"), highlight=False)
+        raise SystemExit(1) from exc
+    except BridgeError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise SystemExit(1) from exc
+    if as_json:
+        click.echo(json.dumps(status))
+    else:
+        render_config_status(status, gateway_id)
+    if status.get("status") != "applied":
+        raise SystemExit(1)
+
+
+def operator_topics(url: str, gateway_id: str, prefix: str) -> CloudTopics:
+    """Validate the operator commands' common arguments (exit 2 naming the bad one)."""
+    try:
+        parse_broker_url(url)
+    except InvalidUrl as exc:
+        raise click.BadParameter(str(exc), param_hint="--url") from exc
+    if not valid_id(gateway_id):
+        raise click.BadParameter(f"{gateway_id[:64]!r} is not a gateway id ([A-Za-z0-9_.-]{{1,64}})",
+                                 param_hint="--gateway")
+    try:
+        topics = CloudTopics(gateway_id, prefix)
+        _ = topics.prefix
+    except (ValueError, KeyError) as exc:
+        raise click.BadParameter(f"{prefix!r}: {exc}", param_hint="--prefix") from exc
+    return topics
+
+
+def render_config_status(status: dict[str, Any], gateway_id: str) -> None:
+    colour = {"applied": "green", "stale": "yellow"}.get(str(status.get("status")), "red")
+    out = Console(soft_wrap=True, highlight=False)
+    out.print(f"[{colour}]{status.get('status')}[/{colour}]: version {status.get('version')} "
+              f"(gateway {gateway_id} is at version {status.get('current_version')})")
+    for err in status.get("errors") or []:
+        out.print(f"  {err.get('key')}: {err.get('reason')}", markup=False)
