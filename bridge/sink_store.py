@@ -138,6 +138,17 @@ def _body(record: Mapping[str, Any], key: str) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
+_RESPONSE_FIELDS = ("command", "id", "status", "result", "source", "rtt_ms")
+
+
+def _response_device(record: Mapping[str, Any]) -> str:
+    """A response's device may be empty: the gateway answers commands whose topic had no device."""
+    value = record.get("device")
+    if not isinstance(value, str):
+        raise InvalidRecord("malformed record", f"'device' must be a string, got {value!r}")
+    return value
+
+
 def parse_control(record: Mapping[str, Any]) -> ControlRecord:
     """Validate a decoded control record (shapes of ``gateway.pipeline``; ``gw``/``seq`` added by
     the lane writer). Raise :class:`InvalidRecord` on anything missing or mistyped."""
@@ -148,7 +159,7 @@ def parse_control(record: Mapping[str, Any]) -> ControlRecord:
     if seq < 0:
         raise InvalidRecord("malformed record", f"negative seq {seq}")
     kind = record.get("kind")
-    device = _str(record, "device")
+    device = _response_device(record) if kind == "response" else _str(record, "device")
     fields: dict[str, Any]
     if kind == "alert":
         state = _str(record, "state")
@@ -162,7 +173,9 @@ def parse_control(record: Mapping[str, Any]) -> ControlRecord:
     elif kind == "event":
         fields = {"ts_ms": _int(record, "ts_ms"), "body_json": _body(record, "event")}
     elif kind == "response":
-        fields = {"body_json": _body(record, "response")}
+        _str(record, "status")
+        body = {key: record.get(key) for key in _RESPONSE_FIELDS}
+        fields = {"body_json": json.dumps(body, separators=(",", ":"), sort_keys=True)}
     else:
         raise InvalidRecord("unknown kind", repr(kind))
     return ControlRecord(gateway, seq, kind, device, fields)

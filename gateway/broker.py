@@ -24,6 +24,7 @@ from gateway.errors import BrokerError
 log = logging.getLogger(__name__)
 
 MessageCallback = Callable[[str, bytes], None]
+PresenceCallback = Callable[[], None]
 
 _HOOK_PATH = "gateway.broker.IngestHook"
 _HANDLER_STOP_S = 1.0
@@ -31,10 +32,28 @@ _AUTH_PATH = "amqtt.plugins.authentication.AnonymousAuthPlugin"
 
 
 class IngestHook(BasePlugin[Any]):  # type: ignore[misc]  # amqtt ships no type hints
-    """amqtt plugin that hands every accepted PUBLISH to a callback."""
+    """amqtt plugin that hands every accepted PUBLISH to a callback, and tells ``presence`` when a
+    client connects or subscribes (so held commands can be delivered at once)."""
 
     deliver: MessageCallback | None = None
+    presence: PresenceCallback | None = None
     errors: int = 0
+
+    def _presence_changed(self) -> None:
+        presence = self.presence
+        if presence is None:
+            return
+        try:
+            presence()
+        except Exception:  # an unobserved hook task: log and count
+            self.errors += 1
+            log.exception("presence callback failed")
+
+    async def on_broker_client_connected(self, *, client_id: str, **_: Any) -> None:
+        self._presence_changed()
+
+    async def on_broker_client_subscribed(self, *, client_id: str, topic: str, **_: Any) -> None:
+        self._presence_changed()
 
     async def on_broker_message_broadcast(self, *, client_id: str, message: Any) -> None:
         deliver = self.deliver
@@ -45,6 +64,20 @@ class IngestHook(BasePlugin[Any]):  # type: ignore[misc]  # amqtt ships no type 
         except Exception:  # the hook runs as an unobserved task: log and count, never lose silently
             self.errors += 1
             log.exception("ingest callback failed for topic %r", getattr(message, "topic", "?"))
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """MQTT filter matching (``+`` one level, ``#`` the rest); ``$`` topics never match a wildcard
+    in the first level."""
+    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
+        return False
+    want, got = topic_filter.split("/"), topic.split("/")
+    for i, level in enumerate(want):
+        if level == "#":
+            return i == len(want) - 1
+        if i >= len(got) or level not in ("+", got[i]):
+            return False
+    return len(want) == len(got)
 
 
 @dataclass(frozen=True)
@@ -72,6 +105,7 @@ class EmbeddedBroker:
         self._session_expiry_s = session_expiry_s
         self._broker: Broker | None = None
         self._hook: IngestHook | None = None
+        self.on_presence: PresenceCallback | None = None
 
     def _config(self) -> dict[str, Any]:
         listener: dict[str, Any] = {
@@ -92,6 +126,7 @@ class EmbeddedBroker:
             if not isinstance(hook, IngestHook):
                 raise BrokerError("amqtt did not load the ingest hook plugin")
             hook.deliver = self._on_message
+            hook.presence = self._presence
             await broker.start()
         except BrokerError:
             raise
@@ -112,6 +147,22 @@ class EmbeddedBroker:
     @property
     def hook_errors(self) -> int:
         return self._hook.errors if self._hook else 0
+
+    def _presence(self) -> None:
+        if self.on_presence is not None:
+            self.on_presence()
+
+    def has_subscriber(self, topic: str) -> bool:
+        """True when a connected client has a subscription matching ``topic``: a message published
+        there now reaches someone. (amqtt keeps disconnected persistent sessions' subscriptions.)"""
+        broker = self._broker
+        if broker is None:
+            return False
+        for topic_filter, subscribers in broker.subscriptions.items():
+            if topic_matches(topic_filter, topic) and any(
+                    session.transitions.state == "connected" for session, _qos in subscribers):
+                return True
+        return False
 
     async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
         """Publish from inside the broker (no client connection needed)."""
@@ -148,6 +199,7 @@ class EmbeddedBroker:
         finally:
             if self._hook is not None:
                 self._hook.deliver = None
+                self._hook.presence = None
 
     def _hand_over_queued(self, session: Any) -> None:
         queue = getattr(session, "delivered_message_queue", None)

@@ -47,11 +47,32 @@ class SnapshotCollector(Collector):
             size.add_metric([lane], info["bytes"])
         yield depth
         yield size
+        yield from _command_metrics(s["commands"])
         yield GaugeMetricFamily("edge_uplink_connected", "1 when the uplink is connected",
                                 value=1 if s["uplink"]["connected"] else 0)
         yield CounterMetricFamily("edge_uplink_connects", "uplink connections made", value=s["uplink"]["connects"])
         yield CounterMetricFamily("edge_internal_errors", "unexpected errors in processing (a bug: see the log)",
                                   value=s["internal_errors"])
+        yield GaugeMetricFamily("edge_config_version", "pushed config version in force (0 = file config only)",
+                                value=s["config_version"])
+        pushes = CounterMetricFamily("edge_config_pushes", "pushed config documents by outcome", labels=["status"])
+        for status in ("applied", "rejected", "stale"):
+            pushes.add_metric([status], s["config_push"][status])
+        yield pushes
+        yield CounterMetricFamily("edge_config_load_errors", "persisted pushed configs that could not be loaded",
+                                  value=s["config_push"]["load_errors"])
+
+
+def _command_metrics(c: dict[str, Any]) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    for name in ("received", "forwarded", "duplicates", "responses_matched", "responses_unmatched", "forgotten"):
+        yield CounterMetricFamily(f"edge_commands_{name}", f"cloud commands: {name}", value=c[name])
+    yield GaugeMetricFamily("edge_commands_held", "commands held for an offline device", value=c["held"])
+    for name, label, help_text in (("answered", "status", "commands the gateway answered itself, by status"),
+                                   ("rejected", "reason", "commands rejected, by reason")):
+        fam = CounterMetricFamily(f"edge_commands_{name}", help_text, labels=[label])
+        for value, n in sorted(c[name].items()):
+            fam.add_metric([value], n)
+        yield fam
 
 
 def serve(listen: str, snapshot: Callable[[], dict[str, Any]]) -> CollectorRegistry:

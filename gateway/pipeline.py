@@ -9,12 +9,14 @@ from typing import Any
 from bridge.model import Reading
 from gateway.accounting import Accounting
 from gateway.batcher import Batcher
+from gateway.commands import device_response
 from gateway.decode import Decoder, DeviceEvent, DeviceResponse, Rejection, Telemetry
 from gateway.rejects import RejectLog
 from gateway.rules.engine import Alert, RuleEngine
 
 ControlOut = Callable[[str, dict[str, Any]], None]  # (kind, record) -> control lane
 BatchOut = Callable[[list[Reading]], None]  # full batch -> telemetry lane
+ResponseRecord = Callable[[str, dict[str, Any]], dict[str, Any]]  # (device, body) -> response record
 
 
 def alert_record(alert: Alert) -> dict[str, Any]:
@@ -43,6 +45,7 @@ class Pipeline:
         *,
         on_batch: BatchOut,
         on_control: ControlOut,
+        on_response: ResponseRecord = device_response,
     ) -> None:
         self.decoder = decoder
         self.rules = rules
@@ -51,6 +54,7 @@ class Pipeline:
         self._rejects = rejects
         self._on_batch = on_batch
         self._on_control = on_control
+        self._on_response = on_response
 
     def handle(self, topic: str, payload: bytes, recv_ms: int) -> None:
         acc = self._acc
@@ -68,7 +72,7 @@ class Pipeline:
             self._on_control("event", {"kind": "event", "device": msg.device, "ts_ms": msg.ts_ms, "event": msg.body})
         elif isinstance(msg, DeviceResponse):
             acc.responses += 1
-            self._on_control("response", {"kind": "response", "device": msg.device, "response": msg.body})
+            self._on_control("response", self._on_response(msg.device, msg.body))
 
     def _reject(self, topic: str, rej: Rejection) -> None:
         self._acc.readings_in += 1

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from typing import Any
 
 from bridge.backoff import DecorrelatedJitter
+from bridge.downlink import CommandLimits, DownlinkRouter
 from bridge.forwarder import Forwarder, LanePolicy
 from bridge.link import UplinkLink
 from bridge.mqtt_types import ClientSettings, TlsSettings
@@ -23,7 +25,9 @@ from gateway.accounting import INGEST_OVERFLOW, REJECTED_BY_BROKER, Accounting
 from gateway.batcher import Batcher
 from gateway.broker import EmbeddedBroker
 from gateway.buffer import Budget, DiskBuffer
+from gateway.commands import CommandRouter
 from gateway.config import GatewayConfig, Secrets, split_host_port
+from gateway.config_push import ConfigPusher, PushedConfigFile
 from gateway.decode import Decoder
 from gateway.external_source import ExternalSource
 from gateway.ingest import Ingest
@@ -88,14 +92,30 @@ class GatewayService:
         self.batcher = Batcher(cfg.batch.max_count, cfg.batch.max_bytes, cfg.batch.max_age_s)
         self.decoder = Decoder(cfg.topics, cfg.decode)
         self.rules = RuleEngine(list(cfg.rules))
+        self.commands = CommandRouter(
+            cfg.downlink, cfg.topics.commands, deliver=self._deliver_local, answer=self.lanes.write_control,
+            has_subscriber=self._has_subscriber if cfg.local_broker.mode == "embedded" else None,
+        )
         self.pipeline = Pipeline(self.decoder, self.rules, self.batcher, acc, self.rejects,
-                                 on_batch=self.lanes.write_batch, on_control=self.lanes.write_control)
+                                 on_batch=self.lanes.write_batch, on_control=self.lanes.write_control,
+                                 on_response=self.commands.device_response)
         self.ingest = Ingest(cfg.local_broker.ingest_queue_max, self._ingest_overflow)
         self.processor = Processor(self.ingest, self.pipeline, self.lanes)
+        self.config_pusher = ConfigPusher(
+            PushedConfigFile(cfg.pushed_config_file), file_rules=list(cfg.rules), file_batch=cfg.batch,
+            rules=self.rules, batcher=self.batcher, encoding=self.lanes,
+            write_batch=self.lanes.write_batch, on_control=self.lanes.write_control,
+        )
+        self.downlink = DownlinkRouter(
+            self.topics, CommandLimits(cfg.downlink.max_command_bytes), clock=time.time,
+            on_command=self.commands.handle if cfg.downlink.commands else None,
+            on_config=self.config_pusher.on_config if cfg.downlink.config_push else None,
+        )
         self.link = UplinkLink(
             cfg.uplink.urls, uplink_settings(cfg, secrets),
             DecorrelatedJitter(cfg.uplink.backoff_base_s, cfg.uplink.backoff_cap_s),
             self.forwarder, self.topics.status,
+            subscriptions=self.downlink.subscriptions(), on_message=self.downlink,
         )
         self.embedded: EmbeddedBroker | None = None
         self.external: ExternalSource | None = None
@@ -104,6 +124,7 @@ class GatewayService:
             host, port = split_host_port(lb.listen)
             self.embedded = EmbeddedBroker(host, port, on_message=self.ingest.offer,
                                            max_connections=lb.max_connections)
+            self.embedded.on_presence = self.commands.presence_changed
         else:
             local_pw = secrets.local_password.get_secret_value() if secrets.local_password else None
             self.external = ExternalSource(
@@ -123,6 +144,16 @@ class GatewayService:
         self.accounting.readings_in += 1
         self.accounting.drop(INGEST_OVERFLOW)
         self.rejects.add(topic, INGEST_OVERFLOW, "ingest queue full")
+
+    async def _deliver_local(self, topic: str, payload: bytes) -> None:
+        if self.embedded is not None:
+            await self.embedded.publish(topic, payload, qos=1)
+        else:
+            assert self.external is not None
+            await self.external.publish(topic, payload, qos=1)
+
+    def _has_subscriber(self, topic: str) -> bool:
+        return self.embedded is not None and self.embedded.has_subscriber(topic)
 
     def _delivered(self, rec: Record, size: int) -> None:
         acc = self.accounting
@@ -154,13 +185,18 @@ class GatewayService:
             "uplink": {"connected": self.link.connected, "endpoint": self.link.active_url,
                        "connects": self.link.connects, "last_error": self.link.last_error},
             "ingest_queue": len(self.ingest),
+            "commands": self.commands.snapshot(),
             "internal_errors": self.processor.internal_errors + (self.embedded.hook_errors if self.embedded else 0),
+            "config_version": self.config_pusher.version,
+            "config_push": self.config_pusher.snapshot(),
         }
 
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self, stop: asyncio.Event) -> None:
         self.buffer.open()
+        if self.cfg.downlink.config_push:
+            self.config_pusher.load_persisted()  # before anything is processed
         uplink_stop, source_stop, proc_stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
         try:
             async with TaskGroup() as tg:
@@ -175,6 +211,7 @@ class GatewayService:
                     assert self.external is not None
                     source = tg.create_task(self.external.run(source_stop), name="local-source")
                 proc = tg.create_task(self.processor.run(proc_stop), name="processor")
+                commands = tg.create_task(self.commands.run(source_stop), name="commands")
                 self.started.set()
                 log.info("gateway %s running", self.cfg.gateway.id)
                 await stop.wait()
@@ -184,6 +221,7 @@ class GatewayService:
                 source_stop.set()
                 if source is not None:
                     await source
+                await commands
                 proc_stop.set()
                 await proc
                 uplink_stop.set()

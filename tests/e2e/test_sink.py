@@ -41,7 +41,8 @@ def control(gateway: str, seq: int, kind: str) -> bytes:
         "alert": {"device": "dev-0", "metric": "temp", "level": "max", "state": "raised", "value": 90.5,
                   "threshold": 80.0, "ts_ms": T0, "rule": "hot"},
         "event": {"device": "dev-1", "ts_ms": T0, "event": {"door": "open"}},
-        "response": {"device": "dev-1", "response": {"id": "c-1", "status": "ok"}},
+        "response": {"device": "dev-1", "command": "ping", "id": "c-1", "status": "ok", "result": None,
+                     "source": "device", "rtt_ms": 2.0},
     }
     return encode_control({"kind": kind, "gw": gateway, "seq": seq, **shapes[kind]})
 

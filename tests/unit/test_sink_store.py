@@ -39,8 +39,8 @@ def event(seq: int, gateway: str = "gw-1") -> dict[str, Any]:
 
 
 def response(seq: int, gateway: str = "gw-1") -> dict[str, Any]:
-    return {"kind": "response", "gw": gateway, "seq": seq, "device": "dev-2",
-            "response": {"id": "c1", "status": "ok"}}
+    return {"kind": "response", "gw": gateway, "seq": seq, "device": "dev-2", "command": "ping", "id": "c1",
+            "status": "ok", "result": {"ts": 1}, "source": "device", "rtt_ms": 1.5}
 
 
 @pytest.fixture
@@ -173,7 +173,16 @@ def test_malformed_control_records(store: SinkStore, change: dict[str, Any], rea
 def test_parse_control_event_needs_an_object_body() -> None:
     with pytest.raises(InvalidRecord, match="'event' must be an object"):
         parse_control({**event(1), "event": [1, 2]})
-    assert parse_control(response(3)).fields == {"body_json": '{"id":"c1","status":"ok"}'}
+
+
+
+def test_parse_control_response_keeps_the_flat_fields_and_allows_an_empty_device() -> None:
+    assert parse_control(response(3)).fields == {
+        "body_json": '{"command":"ping","id":"c1","result":{"ts":1},"rtt_ms":1.5,"source":"device","status":"ok"}'}
+    rejected = {**response(4), "device": "", "command": "", "id": None, "status": "rejected", "source": "gateway"}
+    assert parse_control(rejected).device == ""
+    with pytest.raises(InvalidRecord, match="'status'"):
+        parse_control({**response(5), "status": None})
 
 
 def test_status_keeps_since_while_state_unchanged(store: SinkStore) -> None:

@@ -1,0 +1,116 @@
+"""gateway.commands: allowlist, duplicates, holding, expiry, response matching (injected clocks)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from bridge.downlink import Command, CommandRejected
+from gateway.broker import topic_matches
+from gateway.commands import CommandRouter, device_response
+from gateway.config import DownlinkSection
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Rig:
+    def __init__(self, present: set[str] | None = None, **cfg: Any) -> None:
+        self.clock = Clock()
+        self.present = present if present is not None else set()
+        self.sent: list[tuple[str, bytes]] = []
+        self.answers: list[dict[str, Any]] = []
+        self.router = CommandRouter(
+            DownlinkSection(**cfg), "devices/{device_id}/commands/{name}", deliver=self.deliver,
+            answer=lambda kind, rec: self.answers.append(rec), has_subscriber=lambda t: t in self.present,
+            wall=self.clock, monotonic=self.clock,
+        )
+
+    async def deliver(self, topic: str, payload: bytes) -> None:
+        self.sent.append((topic, payload))
+
+    async def settle(self) -> None:
+        """One pass of the router's loop: release / expire held commands, deliver."""
+        self.router.tick()
+        await self.router.flush()
+
+
+async def test_allowlist_duplicates_and_delivery() -> None:
+    rig = Rig(present={"devices/d1/commands/ping"})
+    r = rig.router
+    r.handle(Command("d1", "ping", "a"))
+    r.handle(Command("d1", "ping", "a"))  # QoS 1 redelivery
+    r.handle(Command("d1", "self_destruct", "b"))
+    r.handle(CommandRejected("x", "y/z", None, "bad_topic", "levels"))
+    await rig.settle()
+    assert rig.sent == [("devices/d1/commands/ping", b'{"id":"a","args":{}}')]
+    assert [(a["id"], a["status"], a["result"]["reason"]) for a in rig.answers] == [
+        ("b", "rejected", "not_allowed"), (None, "rejected", "bad_topic")]
+    assert r.counters.duplicates == 1 and r.counters.forwarded == 1
+    rig.clock.t += 0.25
+    rec = r.device_response("d1", {"id": "a", "status": "ok", "result": {"ts": 1}})
+    assert (rec["command"], rec["rtt_ms"], rec["source"], rec["status"]) == ("ping", 250.0, "device", "ok")
+    again = r.device_response("d1", {"id": "a", "status": "ok"})  # no longer tracked
+    assert (again["command"], again["rtt_ms"]) == (None, None)
+    assert r.counters.responses_matched == 1 and r.counters.responses_unmatched == 1
+
+
+async def test_held_command_expires_or_gives_up_or_is_released() -> None:
+    rig = Rig(hold_offline_s=10)
+    r = rig.router
+    r.handle(Command("d1", "ping", "exp", expires=1005.0))
+    r.handle(Command("d2", "ping", "gone"))
+    r.handle(Command("d3", "ping", "later"))
+    assert r.held == 3
+    rig.clock.t = 1006.0
+    await rig.settle()
+    assert [(a["id"], a["status"]) for a in rig.answers] == [("exp", "expired")]
+    rig.present.add("devices/d3/commands/ping")
+    r.presence_changed()
+    await rig.settle()
+    assert rig.sent == [("devices/d3/commands/ping", b'{"id":"later","args":{}}')]
+    rig.clock.t = 1010.0
+    await rig.settle()
+    assert [(a["id"], a["status"]) for a in rig.answers][1:] == [("gone", "undeliverable")]
+    assert r.held == 0
+
+
+async def test_stopping_answers_every_held_command() -> None:
+    rig = Rig(hold_offline_s=60)
+    rig.router.handle(Command("d1", "ping", "h"))
+    stop = asyncio.Event()
+    stop.set()
+    await rig.router.run(stop)
+    assert [(a["id"], a["status"], a["result"]["reason"]) for a in rig.answers] == [
+        ("h", "undeliverable", "the gateway is stopping")]
+
+
+async def test_tracking_is_forgotten_after_track_responses_s() -> None:
+    rig = Rig(present={"devices/d1/commands/ping"}, track_responses_s=5)
+    rig.router.handle(Command("d1", "ping", 1))
+    await rig.settle()
+    rig.clock.t += 6
+    await rig.settle()
+    assert rig.router.counters.forgotten == 1
+    assert rig.router.device_response("d1", {"id": 1, "status": "ok"})["rtt_ms"] is None
+
+
+def test_device_response_with_a_bad_status_becomes_an_error() -> None:
+    rec = device_response("d1", {"id": "x", "status": "weird", "result": 5})
+    assert rec["status"] == "error" and rec["result"]["device_result"] == 5
+    assert device_response("d1", {"status": "ok"})["id"] is None
+
+
+def test_topic_matches() -> None:
+    assert topic_matches("devices/+/commands/+", "devices/d1/commands/ping")
+    assert topic_matches("devices/#", "devices/d1/commands/ping")
+    assert topic_matches("#", "devices/d1")
+    assert not topic_matches("devices/+/commands/+", "devices/d1/commands")
+    assert not topic_matches("devices/d2/commands/+", "devices/d1/commands/ping")
+    assert not topic_matches("#", "$SYS/x")
+    assert topic_matches("devices/d1/commands/ping", "devices/d1/commands/ping")
