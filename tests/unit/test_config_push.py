@@ -12,7 +12,7 @@ from bridge.codec import Compression
 from bridge.model import Reading
 from gateway.batcher import Batcher
 from gateway.config import BatchSection, RuleSpec
-from gateway.config_push import MAX_DOCUMENT_BYTES, ConfigPusher, PushedConfigFile
+from gateway.config_push import MAX_DOCUMENT_BYTES, ConfigPusher, PushedConfigFile, read_document
 from gateway.rules.engine import RuleEngine
 
 FILE_RULES = [RuleSpec.model_validate({"name": "file", "metrics": "temp", "alert": {"max": 30}})]
@@ -197,3 +197,17 @@ def test_corrupt_persisted_file_is_set_aside(rig: Rig, content: bytes) -> None:
     assert not rig.path.exists()
     assert (rig.path.parent / "pushed-config.json.bad").read_bytes() == content
     assert p.handle(doc(version=1, rules=[]))["status"] == "applied"  # type: ignore[index]
+
+
+def test_example_document_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "conf" / "pushed-config.example.toml"
+    d = read_document(example)
+    assert d.version == 2 and d.rules and d.batch is not None
+    assert read_document(example, version=7).version == 7
+
+
+def test_alert_raised_under_the_old_threshold_clears_under_the_new_one(rig: Rig) -> None:
+    assert rig.alerts(40) == 1  # raised: above the file's max 30
+    rig.pusher().handle(doc(version=1, rules=RULES_50))
+    outcome = rig.rules.process(Reading("dev", "temp", 1, 40.0, None))
+    assert [a.change.state for a in outcome.alerts] == ["cleared"]
