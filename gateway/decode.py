@@ -97,6 +97,10 @@ class Decoder:
         self._good_names.add(name)
         return True
 
+    def is_control(self, topic: str) -> bool:
+        """True for device events and command responses (they take the control lane), by topic only."""
+        return self._events.match(topic) is not None or self._responses.match(topic) is not None
+
     def subscriptions(self) -> list[str]:
         """MQTT filters covering every topic this decoder understands."""
         return [p.subscription() for p in (self._telemetry, self._metric, self._events, self._responses)]

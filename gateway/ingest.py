@@ -3,6 +3,10 @@
 The broker side calls :meth:`Ingest.offer` without ever blocking (it runs inside amqtt's hook or
 paho's callback); the pipeline drains in chunks. A full queue drops the new message and counts
 it as ``ingest_overflow``: memory stays bounded and nothing is lost silently.
+
+Control messages (device events and command responses, told apart by ``is_control(topic)``) go to
+a second queue with its own bound, which :meth:`Ingest.drain` empties first: they never wait behind
+queued telemetry, and a telemetry flood cannot make them overflow.
 """
 
 from __future__ import annotations
@@ -14,29 +18,33 @@ from collections.abc import Callable
 
 
 class Ingest:
-    def __init__(self, max_messages: int, on_overflow: Callable[[str], None]) -> None:
+    def __init__(self, max_messages: int, on_overflow: Callable[[str], None],
+                 is_control: Callable[[str], bool] | None = None) -> None:
         self._queue: deque[tuple[str, bytes, int]] = deque()
+        self._control: deque[tuple[str, bytes, int]] = deque()
+        self._is_control = is_control
         self._max = max_messages
         self._on_overflow = on_overflow
         self._waiter: asyncio.Future[None] | None = None
         self.high_water = 0
 
     def offer(self, topic: str, payload: bytes) -> None:
-        if len(self._queue) >= self._max:
+        queue = self._control if self._is_control is not None and self._is_control(topic) else self._queue
+        if len(queue) >= self._max:
             self._on_overflow(topic)
             return
-        self._queue.append((topic, payload, int(time.time() * 1000)))
-        self.high_water = max(self.high_water, len(self._queue))
+        queue.append((topic, payload, int(time.time() * 1000)))
+        self.high_water = max(self.high_water, len(queue))
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + len(self._control)
 
     async def wait(self, timeout: float | None) -> None:
         """Wait until messages are queued (or the timeout passes)."""
-        if self._queue:
+        if self._queue or self._control:
             return
         loop = asyncio.get_running_loop()
         self._waiter = waiter = loop.create_future()
@@ -49,10 +57,11 @@ class Ingest:
                 timer.cancel()
 
     def drain(self, limit: int) -> list[tuple[str, bytes, int]]:
+        """Up to ``limit`` messages, control messages first."""
         out: list[tuple[str, bytes, int]] = []
-        q = self._queue
-        while q and len(out) < limit:
-            out.append(q.popleft())
+        for q in (self._control, self._queue):
+            while q and len(out) < limit:
+                out.append(q.popleft())
         return out
 
 

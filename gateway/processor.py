@@ -1,6 +1,10 @@
 """The processing loop: drain the ingest queue through the pipeline, close batches on age, expire
 old buffer records. One long-lived task; on stop it drains what was queued and flushes the open
-batch to disk before returning (SIGTERM loses nothing)."""
+batch to disk before returning (SIGTERM loses nothing).
+
+Each chunk starts with the queued control messages (events, command responses; see
+:class:`gateway.ingest.Ingest`), so a telemetry backlog in the queue does not delay them. Messages
+are offered on this same event loop, so none arrive while a chunk is being processed."""
 
 from __future__ import annotations
 

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 
+from gateway.config import DecodeSection, TopicsSection
+from gateway.decode import Decoder
 from gateway.ingest import Ingest
 
 
@@ -26,3 +28,24 @@ async def test_wait_returns_when_a_message_arrives_or_on_timeout() -> None:
     await asyncio.wait_for(waiter, 5)
     ingest.drain(10)
     await asyncio.wait_for(ingest.wait(0.01), 5)  # times out quietly
+
+
+async def test_control_messages_are_drained_before_queued_telemetry() -> None:
+    overflow: list[str] = []
+    ingest = Ingest(3, overflow.append, is_control=lambda t: t.endswith("/responses"))
+    for i in range(4):
+        ingest.offer(f"devices/d{i}/telemetry", b"x")
+    ingest.offer("devices/d1/responses", b"r")  # the telemetry queue is full: control has its own bound
+    assert overflow == ["devices/d3/telemetry"]
+    assert len(ingest) == 4
+    assert [t for t, _p, _ts in ingest.drain(2)] == ["devices/d1/responses", "devices/d0/telemetry"]
+    ingest.offer("devices/d2/responses", b"r")
+    assert [t for t, _p, _ts in ingest.drain(10)] == [
+        "devices/d2/responses", "devices/d1/telemetry", "devices/d2/telemetry"]
+
+
+def test_decoder_classifies_control_topics() -> None:
+    decoder = Decoder(TopicsSection(), DecodeSection())
+    assert decoder.is_control("devices/d1/events") and decoder.is_control("devices/d1/responses")
+    assert not decoder.is_control("devices/d1/telemetry") and not decoder.is_control("devices/d1/telemetry/t")
+    assert not decoder.is_control("devices/d1/commands/ping")
