@@ -10,6 +10,7 @@ import json
 import logging
 import signal
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal, NoReturn
@@ -255,6 +256,87 @@ def push_config(url: str, gateway_id: str, file: Path, version: int | None, time
         render_config_status(status, gateway_id)
     if status.get("status") != "applied":
         raise SystemExit(1)
+
+
+@main.command("command")
+@click.option("--url", required=True, help="Cloud broker, e.g. mqtt://127.0.0.1:1883 or mqtts://host.")
+@click.option("--gateway", "gateway_id", required=True, help="Id of the gateway the device is behind.")
+@click.argument("device")
+@click.argument("name")
+@click.option("--args", "args_json", default=None, help='Arguments as a JSON object, e.g. \'{"rate_hz": 5}\'.')
+@click.option("--ttl", "ttl_s", type=click.FloatRange(min=0), default=None,
+              help="Seconds the command stays valid; after that it is answered 'expired' instead of run.")
+@click.option("--id", "command_id", default=None, help="Command id (1-64 characters); default: a random one.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True, help="Seconds to wait for the answer.")
+@click.option("--prefix", default="edge/{gateway_id}", show_default=True, help="Cloud topic prefix pattern.")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+def command(url: str, gateway_id: str, device: str, name: str, args_json: str | None, ttl_s: float | None,
+            command_id: str | None, timeout_s: float, prefix: str, as_json: bool) -> None:
+    """Send command NAME to DEVICE through a gateway and print the answer.
+
+    Exits 0 when the answer's status is ok, 1 for any other status (error, unknown_command,
+    expired, undeliverable, rejected) or when no answer came in time, 2 for bad arguments."""
+    from bridge.operator import NoReply, request
+
+    topics = operator_topics(url, gateway_id, prefix)
+    payload = command_payload(device, name, args_json, ttl_s, command_id)
+    cid = payload["id"]
+
+    def answers_this(record: dict[str, Any]) -> bool:
+        return record.get("kind") == "response" and record.get("id") == cid and record.get("device") == device
+
+    try:
+        answer = asyncio.run(request(url, f"{topics.prefix}/commands/{device}/{name}",
+                                     json.dumps(payload).encode(), topics.responses, answers_this, timeout_s))
+    except NoReply as exc:
+        err_console.print(f"[red]no answer[/red] to command {cid}: {exc}", highlight=False)
+        raise SystemExit(1) from exc
+    except BridgeError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise SystemExit(1) from exc
+    if as_json:
+        click.echo(json.dumps(answer))
+    else:
+        render_response(answer)
+    if answer.get("status") != "ok":
+        raise SystemExit(1)
+
+
+def command_payload(device: str, name: str, args_json: str | None, ttl_s: float | None,
+                    command_id: str | None) -> dict[str, Any]:
+    """Check the command's arguments locally (exit 2 naming the bad one) and build its payload."""
+    for value, hint in ((device, "DEVICE"), (name, "NAME")):
+        if not valid_id(value):
+            raise click.BadParameter(f"{value[:64]!r} must match [A-Za-z0-9_.-]{{1,64}} (it becomes a topic level)",
+                                     param_hint=hint)
+    args: Any = {}
+    if args_json is not None:
+        try:
+            args = json.loads(args_json)
+        except ValueError as exc:
+            raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--args") from exc
+        if not isinstance(args, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="--args")
+    cid = command_id if command_id is not None else f"cli-{uuid.uuid4().hex[:12]}"
+    if not 0 < len(cid) <= 64:
+        raise click.BadParameter("must be 1 to 64 characters", param_hint="--id")
+    payload: dict[str, Any] = {"id": cid, "args": args}
+    if ttl_s is not None:
+        payload["ttl_s"] = ttl_s
+    return payload
+
+
+def render_response(answer: dict[str, Any]) -> None:
+    status = str(answer.get("status"))
+    colour = "green" if status == "ok" else "red"
+    rtt = answer.get("rtt_ms")
+    out = Console(soft_wrap=True, highlight=False)
+    took = f" (round trip {rtt:.1f} ms)" if isinstance(rtt, (int, float)) else ""
+    out.print(f"[{colour}]{status}[/{colour}] from {answer.get('source')}: {answer.get('device')} "
+              f"{answer.get('command')} id={answer.get('id')}{took}")
+    if answer.get("result") is not None:
+        out.print(f"  result: {json.dumps(answer['result'])}", markup=False)
 
 
 def operator_topics(url: str, gateway_id: str, prefix: str) -> CloudTopics:
