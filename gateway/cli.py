@@ -227,7 +227,6 @@ def push_config(url: str, gateway_id: str, file: Path, version: int | None, time
 
     Exits 0 when the gateway applied it, 1 when it rejected it, found it stale or did not answer in
     time, 2 for bad arguments or an invalid file (each wrong key is named)."""
-    from bridge.operator import NoReply, request
     from gateway.config_push import document_bytes, read_document
 
     topics = operator_topics(url, gateway_id, prefix)
@@ -239,23 +238,11 @@ def push_config(url: str, gateway_id: str, file: Path, version: int | None, time
     def answers_this(record: dict[str, Any]) -> bool:
         return record.get("kind") == "config_status" and record.get("version") == doc.version
 
-    try:
-        status = asyncio.run(request(url, topics.config, document_bytes(doc), topics.config_status, answers_this,
-                                     timeout_s, retain=not no_retain))
-    except NoReply as exc:
-        err_console.print(f"[red]no answer[/red] from gateway {gateway_id}: {exc}"
-                          + ("" if no_retain else " (the document is retained: the gateway applies it when it"
-                             " connects)"), highlight=False)
-        raise SystemExit(1) from exc
-    except BridgeError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise SystemExit(1) from exc
-    if as_json:
-        click.echo(json.dumps(status))
-    else:
-        render_config_status(status, gateway_id)
-    if status.get("status") != "applied":
-        raise SystemExit(1)
+    status = ask_gateway(
+        url, topics.config, document_bytes(doc), topics.config_status, answers_this, timeout_s, retain=not no_retain,
+        no_answer=f"from gateway {gateway_id}" + ("" if no_retain else " (the document is retained: the gateway "
+                                                  "applies it when it connects)"))
+    show_answer(status, as_json, lambda: render_config_status(status, gateway_id), ok="applied")
 
 
 @main.command("command")
@@ -277,8 +264,6 @@ def command(url: str, gateway_id: str, device: str, name: str, args_json: str | 
 
     Exits 0 when the answer's status is ok, 1 for any other status (error, unknown_command,
     expired, undeliverable, rejected) or when no answer came in time, 2 for bad arguments."""
-    from bridge.operator import NoReply, request
-
     topics = operator_topics(url, gateway_id, prefix)
     payload = command_payload(device, name, args_json, ttl_s, command_id)
     cid = payload["id"]
@@ -286,21 +271,9 @@ def command(url: str, gateway_id: str, device: str, name: str, args_json: str | 
     def answers_this(record: dict[str, Any]) -> bool:
         return record.get("kind") == "response" and record.get("id") == cid and record.get("device") == device
 
-    try:
-        answer = asyncio.run(request(url, f"{topics.prefix}/commands/{device}/{name}",
-                                     json.dumps(payload).encode(), topics.responses, answers_this, timeout_s))
-    except NoReply as exc:
-        err_console.print(f"[red]no answer[/red] to command {cid}: {exc}", highlight=False)
-        raise SystemExit(1) from exc
-    except BridgeError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise SystemExit(1) from exc
-    if as_json:
-        click.echo(json.dumps(answer))
-    else:
-        render_response(answer)
-    if answer.get("status") != "ok":
-        raise SystemExit(1)
+    answer = ask_gateway(url, f"{topics.prefix}/commands/{device}/{name}", json.dumps(payload).encode(),
+                         topics.responses, answers_this, timeout_s, no_answer=f"to command {cid}")
+    show_answer(answer, as_json, lambda: render_response(answer), ok="ok")
 
 
 def command_payload(device: str, name: str, args_json: str | None, ttl_s: float | None,
@@ -337,6 +310,32 @@ def render_response(answer: dict[str, Any]) -> None:
               f"{answer.get('command')} id={answer.get('id')}{took}")
     if answer.get("result") is not None:
         out.print(f"  result: {json.dumps(answer['result'])}", markup=False)
+
+
+def ask_gateway(url: str, topic: str, payload: bytes, reply_topic: str, match: Callable[[dict[str, Any]], bool],
+                timeout_s: float, *, no_answer: str, retain: bool = False) -> dict[str, Any]:
+    """One operator request through the cloud broker; exits 1 when there is no answer in time or the
+    broker cannot be used."""
+    from bridge.operator import NoReply, request
+
+    try:
+        return asyncio.run(request(url, topic, payload, reply_topic, match, timeout_s, retain=retain))
+    except NoReply as exc:
+        err_console.print(f"[red]no answer[/red] {no_answer}: {exc}", highlight=False)
+        raise SystemExit(1) from exc
+    except BridgeError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise SystemExit(1) from exc
+
+
+def show_answer(answer: dict[str, Any], as_json: bool, render: Callable[[], None], *, ok: str) -> None:
+    """Print the gateway's answer (raw JSON or rendered); exit 1 unless its status is ``ok``."""
+    if as_json:
+        click.echo(json.dumps(answer))
+    else:
+        render()
+    if answer.get("status") != ok:
+        raise SystemExit(1)
 
 
 def operator_topics(url: str, gateway_id: str, prefix: str) -> CloudTopics:
