@@ -1,5 +1,6 @@
 """Load generator for the benchmarks: a separate process publishing N one-reading JSON messages
-as fast as the broker takes them (QoS 0, or QoS 1 with a window of unacknowledged messages)."""
+as fast as the broker takes them (QoS 0, or QoS 1 with a window of unacknowledged messages), or
+at a steady rate when a sixth argument (messages/s) is given."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 import paho.mqtt.client as mqtt
 
 
-def main(host: str, port: int, count: int, qos: int, devices: int) -> None:
+def main(host: str, port: int, count: int, qos: int, devices: int, rate: float = 0.0) -> None:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{time.time_ns()}",
                          protocol=mqtt.MQTTv311)
     window = threading.Semaphore(100)
@@ -23,6 +24,11 @@ def main(host: str, port: int, count: int, qos: int, devices: int) -> None:
     t0 = int(time.time() * 1000)
     start = time.perf_counter()
     for i in range(count):
+        if rate > 0:
+            due = start + i / rate
+            ahead = due - time.perf_counter()
+            if ahead > 0:
+                time.sleep(ahead)
         window.acquire()
         d = i % devices
         payload = json.dumps({"ts": t0 + i, "seq": i // devices + 1, "temperature": 20 + (i % 50) / 10}).encode()
@@ -35,4 +41,5 @@ def main(host: str, port: int, count: int, qos: int, devices: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]),
+         float(sys.argv[6]) if len(sys.argv) > 6 else 0.0)
