@@ -91,7 +91,6 @@ class Forwarder:
 
     async def pump(self, conn: MqttConnection, stop: asyncio.Event, drain_timeout_s: float = 5.0) -> None:
         """Send over ``conn`` until it closes or ``stop`` is set (then wait for in-flight acks)."""
-        loop = asyncio.get_running_loop()
         closed = asyncio.ensure_future(conn.wait_closed())
         stopping = asyncio.ensure_future(stop.wait())
         try:

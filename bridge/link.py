@@ -5,10 +5,10 @@ The connection's last will is a retained ``offline`` on the status topic, so con
 gateway that vanished; a clean stop publishes ``offline`` itself before disconnecting.
 
 A progress watchdog runs beside the forwarder: a link on which nothing has arrived from the
-broker for 1.5 keepalive periods (paho sends PINGREQ after one quiet period, so a live broker
-always answers in time), or on which records are in flight but no PUBACK has come for
+broker for 1.5 keepalive periods plus a second (paho sends PINGREQ after one quiet period, within
+a second, so a live broker always answers in time), or on which records are in flight but no PUBACK has come for
 ``ack_timeout_s``, is torn down and rebuilt. A half-open TCP link is so detected within twice
-the keepalive.
+the keepalive (for keepalives of 2 s and more).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 STABLE_SESSION_S = 10.0
 WATCHDOG_EVERY_S = 0.25
 SILENCE_KEEPALIVES = 1.5
+PAHO_TICK_S = 1.0  # paho checks its keepalive once a second, so its PINGREQ may be this late
 ONLINE = b"online"
 OFFLINE = b"offline"
 
@@ -148,7 +149,7 @@ class UplinkLink:
         """Why ``conn`` looks dead, or None."""
         keepalive = self._settings.keepalive_s
         silent = time.monotonic() - conn.last_activity
-        if silent > SILENCE_KEEPALIVES * keepalive:
+        if silent > SILENCE_KEEPALIVES * keepalive + PAHO_TICK_S:
             return f"watchdog: nothing from the broker for {silent:.1f} s (keepalive {keepalive} s)"
         stalled = self._forwarder.stalled_for()
         if stalled > self._ack_timeout_s:
