@@ -1,5 +1,9 @@
 """Load generator for the benchmarks: a separate process publishing N one-reading JSON messages
-as fast as the broker takes them (QoS 0, or QoS 1 with a window of unacknowledged messages)."""
+as fast as the broker takes them (QoS 0, or QoS 1 with a window of unacknowledged messages), or
+at ``rate`` messages per second. Each message carries its send time as ``ts`` (epoch ms).
+
+    python bench/_publisher.py HOST PORT COUNT QOS DEVICES [RATE]
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import time
 import paho.mqtt.client as mqtt
 
 
-def main(host: str, port: int, count: int, qos: int, devices: int) -> None:
+def main(host: str, port: int, count: int, qos: int, devices: int, rate: float = 0.0) -> None:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{time.time_ns()}",
                          protocol=mqtt.MQTTv311)
     window = threading.Semaphore(100)
@@ -25,7 +29,12 @@ def main(host: str, port: int, count: int, qos: int, devices: int) -> None:
     for i in range(count):
         window.acquire()
         d = i % devices
-        payload = json.dumps({"ts": t0 + i, "seq": i // devices + 1, "temperature": 20 + (i % 50) / 10}).encode()
+        if rate > 0:
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        ts = int(time.time() * 1000) if rate > 0 else t0 + i
+        payload = json.dumps({"ts": ts, "seq": i // devices + 1, "temperature": 20 + (i % 50) / 10}).encode()
         client.publish(f"devices/bench-{d:03d}/telemetry", payload, qos)
     for _ in range(100):
         window.acquire()
@@ -35,4 +44,5 @@ def main(host: str, port: int, count: int, qos: int, devices: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]),
+         float(sys.argv[6]) if len(sys.argv) > 6 else 0.0)

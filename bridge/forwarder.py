@@ -67,6 +67,7 @@ class Forwarder:
         self._inflight: dict[Lane, dict[str, Record]] = {lane: {} for lane in LANES}
         self._paused_until = 0.0
         self._backlog_credit = 0
+        self._acked: list[tuple[Record, int]] = []  # PUBACKed, to be deleted in the next flush
         self._last_progress = 0.0  # loop time of the last ack, or of the first send after an idle spell
         self.backlog_rate = RateMeter()  # backlog (replay) readings acknowledged per second
         self.live_sent = 0
@@ -105,6 +106,7 @@ class Forwarder:
         finally:
             closed.cancel()
             stopping.cancel()
+            self._flush_acks()
             self._release_all()
 
     async def _drain(self, conn: MqttConnection, timeout_s: float) -> None:
@@ -232,12 +234,33 @@ class Forwarder:
                     self._paused_until = asyncio.get_running_loop().time() + _RETRY_PAUSE_S
                     log.warning("broker asked us to retry %s later: %s", rec.key, exc)
                 self._store.release(rec.key)
-        else:
-            acked = self._store.ack(rec.key)
-            if acked is not None:
+        else:  # deleted together with the other acks of this loop iteration: one transaction
+            if not self._acked:
+                asyncio.get_running_loop().call_soon(self._flush_acks)
+            self._acked.append((rec, size))
+
+    def _flush_acks(self) -> None:
+        """Delete the acknowledged records from disk in one transaction (one fsync for a burst of
+        PUBACKs, not one each), then count them as delivered. If the delete fails they stay on
+        disk and are sent again (the sink drops the duplicates)."""
+        acked, self._acked = self._acked, []
+        if not acked:
+            return
+        try:
+            removed = self._store.ack_many([rec.key for rec, _ in acked])
+        except StoreError as exc:
+            log.warning("could not delete %d acknowledged records: %s", len(acked), exc)
+            for rec, _ in acked:
+                self._store.release(rec.key)
+            self._wake.set()
+            return
+        for rec, size in acked:
+            stored = removed.get(rec.key)
+            if stored is not None:
                 if rec.replay and rec.lane == "telemetry":
                     self.backlog_rate.add(rec.readings)
-                self._on_delivered(acked, size)
+                self._on_delivered(stored, size)
+        self._wake.set()
 
     def _release_all(self) -> None:
         for lane in LANES:

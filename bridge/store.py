@@ -52,6 +52,10 @@ class RecordStore(Protocol):
         """The cloud broker acknowledged the record: delete it from disk and return it."""
         ...
 
+    def ack_many(self, keys: list[str]) -> dict[str, Record]:
+        """:meth:`ack` for several records in one write; returns those that were deleted."""
+        ...
+
     def depth(self, lane: Lane) -> int:
         """Records of ``lane`` on disk, taken or not."""
         ...

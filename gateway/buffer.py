@@ -359,6 +359,31 @@ class DiskBuffer:
             meta.replay = True
         self._taken.discard(key)
 
+    def ack_many(self, keys: list[str]) -> dict[str, Record]:
+        """Delete several acknowledged records in one transaction (one fsync). The returned
+        records carry no payload (it is not read back)."""
+        cache = self._require()
+        found: list[tuple[Lane, _Meta]] = []
+        for key in keys:
+            lane = _LANE_OF.get(key[:1])
+            meta = self._index[lane].get(key) if lane else None
+            if lane and meta is not None:
+                found.append((lane, meta))
+        try:
+            with cache.transact():
+                for lane, meta in found:
+                    cache.delete(meta.key)
+                    cache.delete(_mkey(lane, meta.seq))
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"buffer delete failed: {exc}") from exc
+        out: dict[str, Record] = {}
+        for lane, meta in found:  # the index changes only once the disk has
+            self._drop_index(lane, meta.key)
+            out[meta.key] = self._record(lane, meta, b"")
+        if any(lane == "control" for lane, _ in found):
+            self._check_control_budget()
+        return out
+
     def ack(self, key: str) -> Record | None:
         lane = _LANE_OF.get(key[:1])
         if lane is None:
