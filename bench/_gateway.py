@@ -5,19 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from gateway.broker import EmbeddedBroker
-from gateway.config import Secrets, parse_config
+from gateway.config import GatewayConfig, Secrets, parse_config
 from gateway.service import GatewayService
 
 
 @asynccontextmanager
-async def bench_gateway(**sections: Any) -> AsyncIterator[GatewayService]:
-    """Yield a started gateway; ``sections`` override config sections. Stopping flushes and drains."""
-    cloud = EmbeddedBroker("127.0.0.1", 0)
+async def bench_gateway(
+    *, on_cloud_message: Callable[[str, bytes], None] | None = None,
+    before_start: Callable[[GatewayConfig], None] | None = None, **sections: Any,
+) -> AsyncIterator[GatewayService]:
+    """Yield a started gateway; ``sections`` override config sections. Stopping flushes and drains.
+
+    ``on_cloud_message(topic, payload)`` sees every message the cloud broker receives;
+    ``before_start(cfg)`` runs before the service opens its buffer (to pre-fill a backlog)."""
+    cloud = EmbeddedBroker("127.0.0.1", 0, on_message=on_cloud_message)
     await cloud.start()
     with tempfile.TemporaryDirectory() as tmp:
         data: dict[str, Any] = {
@@ -27,7 +33,10 @@ async def bench_gateway(**sections: Any) -> AsyncIterator[GatewayService]:
         }
         for key, value in sections.items():
             data[key] = {**data[key], **value} if isinstance(value, dict) and key in data else value
-        svc = GatewayService(parse_config(data, "<bench>"), Secrets())
+        cfg = parse_config(data, "<bench>")
+        if before_start is not None:
+            before_start(cfg)
+        svc = GatewayService(cfg, Secrets())
         stop = asyncio.Event()
         task = asyncio.create_task(svc.run(stop))
         await svc.started.wait()

@@ -1,6 +1,9 @@
 """Load generator for the benchmarks: a separate process publishing N one-reading JSON messages
 as fast as the broker takes them (QoS 0, or QoS 1 with a window of unacknowledged messages), or
-at a steady rate when a sixth argument (messages/s) is given."""
+at ``rate`` messages per second. Each message carries its send time as ``ts`` (epoch ms).
+
+    python bench/_publisher.py HOST PORT COUNT QOS DEVICES [RATE]
+"""
 
 from __future__ import annotations
 
@@ -24,14 +27,14 @@ def main(host: str, port: int, count: int, qos: int, devices: int, rate: float =
     t0 = int(time.time() * 1000)
     start = time.perf_counter()
     for i in range(count):
-        if rate > 0:
-            due = start + i / rate
-            ahead = due - time.perf_counter()
-            if ahead > 0:
-                time.sleep(ahead)
         window.acquire()
         d = i % devices
-        payload = json.dumps({"ts": t0 + i, "seq": i // devices + 1, "temperature": 20 + (i % 50) / 10}).encode()
+        if rate > 0:
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        ts = int(time.time() * 1000) if rate > 0 else t0 + i
+        payload = json.dumps({"ts": ts, "seq": i // devices + 1, "temperature": 20 + (i % 50) / 10}).encode()
         client.publish(f"devices/bench-{d:03d}/telemetry", payload, qos)
     for _ in range(100):
         window.acquire()

@@ -1,7 +1,9 @@
 """The forwarder: take records from the durable store, publish, and delete only after PUBACK.
 
 Over one connection it keeps up to ``window`` records in flight per lane, always filling the
-control lane first, so alerts and responses never wait behind a telemetry backlog. A failed or
+control lane first, so alerts and responses never wait behind a telemetry backlog. Telemetry
+interleaves live batches with the backlog (``backlog_per_live`` backlog batches per live batch
+while both wait), optionally under a byte-rate cap. A failed or
 unacknowledged record is released back to the store and keeps its place in the order; it is sent
 again on the next connection with the replay flag set. A record the broker refuses for good
 (MQTT 5 reason codes such as "not authorized" or "packet too large") is removed and reported, so
@@ -18,7 +20,8 @@ from dataclasses import dataclass
 
 from bridge.codec import set_replay
 from bridge.errors import BridgeError, ConnectionLost, PublishRejected, UplinkBusy
-from bridge.store import LANES, Lane, Record, RecordStore, StoreError
+from bridge.pacing import RateMeter, TokenBucket
+from bridge.store import LANES, Lane, Record, RecordStore, Source, StoreError
 from bridge.uplink import MqttConnection
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,15 @@ class LanePolicy:
     window: int
 
 
+@dataclass(frozen=True)
+class DrainPolicy:
+    """How the telemetry backlog shares the link with live batches."""
+
+    backlog_per_live: int = 4  # backlog batches sent per live batch while both are waiting
+    max_bytes_per_s: float = 0.0  # byte-rate cap for the whole uplink; 0 = none
+    burst_bytes: int = 65536
+
+
 class Forwarder:
     def __init__(
         self,
@@ -42,14 +54,24 @@ class Forwarder:
         *,
         on_delivered: Callable[[Record, int], None],
         on_rejected: Callable[[Record, str], None],
+        drain: DrainPolicy = DrainPolicy(),
     ) -> None:
         self._store = store
         self._policies = policies
         self._on_delivered = on_delivered
         self._on_rejected = on_rejected
+        self._drain_policy = drain
+        self._bucket = TokenBucket(drain.max_bytes_per_s, max(drain.burst_bytes, drain.max_bytes_per_s)) \
+            if drain.max_bytes_per_s > 0 else None
         self._wake = asyncio.Event()
         self._inflight: dict[Lane, dict[str, Record]] = {lane: {} for lane in LANES}
         self._paused_until = 0.0
+        self._backlog_credit = 0
+        self._acked: list[tuple[Record, int]] = []  # PUBACKed, to be deleted in the next flush
+        self._last_progress = 0.0  # loop time of the last ack, or of the first send after an idle spell
+        self.backlog_rate = RateMeter()  # backlog (replay) readings acknowledged per second
+        self.live_sent = 0
+        self.backlog_sent = 0
 
     def wake(self) -> None:
         """Something new is in the store."""
@@ -62,20 +84,21 @@ class Forwarder:
     def inflight(self, lane: Lane) -> int:
         return len(self._inflight[lane])
 
+    def stalled_for(self) -> float:
+        """Seconds since the last PUBACK while records are in flight (0 when nothing is)."""
+        if not any(self._inflight.values()):
+            return 0.0
+        return asyncio.get_running_loop().time() - self._last_progress
 
     async def pump(self, conn: MqttConnection, stop: asyncio.Event, drain_timeout_s: float = 5.0) -> None:
         """Send over ``conn`` until it closes or ``stop`` is set (then wait for in-flight acks)."""
-        loop = asyncio.get_running_loop()
         closed = asyncio.ensure_future(conn.wait_closed())
         stopping = asyncio.ensure_future(stop.wait())
         try:
             while not conn.closed and not stop.is_set():
                 self._wake.clear()
-                if loop.time() >= self._paused_until:
-                    for lane in LANES:  # control first
-                        self._fill(conn, lane)
+                timeout = self._fill_all(conn)
                 wake = asyncio.ensure_future(self._wake.wait())
-                timeout = max(0.0, self._paused_until - loop.time()) or None
                 await asyncio.wait({wake, closed, stopping}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 wake.cancel()
             if stop.is_set() and not conn.closed:
@@ -83,6 +106,7 @@ class Forwarder:
         finally:
             closed.cancel()
             stopping.cancel()
+            self._flush_acks()
             self._release_all()
 
     async def _drain(self, conn: MqttConnection, timeout_s: float) -> None:
@@ -92,15 +116,13 @@ class Forwarder:
         deadline = loop.time() + timeout_s
         while not conn.closed and loop.time() < deadline:
             self._wake.clear()
-            if loop.time() >= self._paused_until:
-                for lane in LANES:
-                    self._fill(conn, lane)
-            if not any(self._inflight.values()):
+            hint = self._fill_all(conn)
+            if not any(self._inflight.values()) and hint is None:
                 break
             try:
-                await asyncio.wait_for(self._wake.wait(), deadline - loop.time())
+                await asyncio.wait_for(self._wake.wait(), min(hint or 1e9, deadline - loop.time()))
             except asyncio.TimeoutError:
-                break
+                continue
 
     def _free(self, conn: MqttConnection, lane: Lane) -> int:
         """How many more records of ``lane`` may go out now. Telemetry never takes the connection
@@ -114,15 +136,56 @@ class Forwarder:
             free = min(free, conn.free_slots - reserve_unused)
         return free
 
-    def _fill(self, conn: MqttConnection, lane: Lane) -> None:
-        free = self._free(conn, lane)
-        if free <= 0:
-            return
+    def _fill_all(self, conn: MqttConnection) -> float | None:
+        """Send what the windows allow, control first. Returns when to look again if a pause or
+        the rate cap holds records back (None: wait for an ack or a new record)."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._paused_until:
+            return self._paused_until - loop.time()
+        self._fill_control(conn)
+        return self._fill_telemetry(conn)
+
+    def _fill_control(self, conn: MqttConnection) -> None:
+        free = self._free(conn, "control")
+        if free > 0:
+            self._send(conn, "control", self._take("control", free, "any"))
+
+    def _fill_telemetry(self, conn: MqttConnection) -> float | None:
+        free = self._free(conn, "telemetry")
+        while free > 0:
+            if self._bucket is not None and (wait := self._bucket.wait_s()) > 0:
+                return wait
+            source = self._next_source()
+            if source is None:
+                return None
+            records = self._take("telemetry", 1, source)
+            if not records or not self._send(conn, "telemetry", records):
+                return None
+            free -= 1
+        return None
+
+    def _next_source(self) -> Source | None:
+        """Live and backlog interleaved: after each live batch up to ``backlog_per_live`` backlog
+        batches, so live data keeps its latency while the backlog drains at link speed."""
+        live = self._store.available("telemetry", "live")
+        if live and self._backlog_credit <= 0:
+            self._backlog_credit = self._drain_policy.backlog_per_live
+            return "live"
+        if self._store.available("telemetry", "backlog"):
+            self._backlog_credit -= 1
+            return "backlog"
+        return "live" if live else None
+
+    def _take(self, lane: Lane, limit: int, source: Source) -> list[Record]:
         try:
-            records = self._store.take(lane, free)
+            return self._store.take(lane, limit, source)
         except StoreError as exc:
             log.warning("cannot read the %s backlog: %s", lane, exc)
-            return
+            return []
+
+    def _send(self, conn: MqttConnection, lane: Lane, records: list[Record]) -> bool:
+        """Publish ``records``; False (and everything unsent released, in order) if the
+        connection would not take one."""
         qos = self._policies[lane].qos
         for i, rec in enumerate(records):
             payload = set_replay(rec.payload) if lane == "telemetry" and rec.replay else rec.payload
@@ -133,13 +196,24 @@ class Forwarder:
                     self._store.release(unsent.key)
                 level = logging.DEBUG if isinstance(exc, (UplinkBusy, ConnectionLost)) else logging.WARNING
                 log.log(level, "publish of %s not sent: %s", rec.key, exc)
-                return
+                return False
+            if not any(self._inflight.values()):
+                self._last_progress = asyncio.get_running_loop().time()
             self._inflight[lane][rec.key] = rec
+            if self._bucket is not None:
+                self._bucket.spend(len(payload) + len(rec.topic))
+            if lane == "telemetry":
+                if rec.replay:
+                    self.backlog_sent += 1
+                else:
+                    self.live_sent += 1
             fut.add_done_callback(functools.partial(self._done, rec, len(payload)))
+        return True
 
     def _done(self, rec: Record, size: int, fut: asyncio.Future[None]) -> None:
         if self._inflight[rec.lane].pop(rec.key, None) is None:
             return  # already released (connection ended)
+        self._last_progress = asyncio.get_running_loop().time()
         try:
             self._settle(rec, size, fut)
         except StoreError as exc:  # the delete failed (disk full): keep it, send again later
@@ -160,10 +234,33 @@ class Forwarder:
                     self._paused_until = asyncio.get_running_loop().time() + _RETRY_PAUSE_S
                     log.warning("broker asked us to retry %s later: %s", rec.key, exc)
                 self._store.release(rec.key)
-        else:
-            acked = self._store.ack(rec.key)
-            if acked is not None:
-                self._on_delivered(acked, size)
+        else:  # deleted together with the other acks of this loop iteration: one transaction
+            if not self._acked:
+                asyncio.get_running_loop().call_soon(self._flush_acks)
+            self._acked.append((rec, size))
+
+    def _flush_acks(self) -> None:
+        """Delete the acknowledged records from disk in one transaction (one fsync for a burst of
+        PUBACKs, not one each), then count them as delivered. If the delete fails they stay on
+        disk and are sent again (the sink drops the duplicates)."""
+        acked, self._acked = self._acked, []
+        if not acked:
+            return
+        try:
+            removed = self._store.ack_many([rec.key for rec, _ in acked])
+        except StoreError as exc:
+            log.warning("could not delete %d acknowledged records: %s", len(acked), exc)
+            for rec, _ in acked:
+                self._store.release(rec.key)
+            self._wake.set()
+            return
+        for rec, size in acked:
+            stored = removed.get(rec.key)
+            if stored is not None:
+                if rec.replay and rec.lane == "telemetry":
+                    self.backlog_rate.add(rec.readings)
+                self._on_delivered(stored, size)
+        self._wake.set()
 
     def _release_all(self) -> None:
         for lane in LANES:

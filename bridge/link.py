@@ -3,12 +3,19 @@
 
 The connection's last will is a retained ``offline`` on the status topic, so consumers see a
 gateway that vanished; a clean stop publishes ``offline`` itself before disconnecting.
+
+A progress watchdog runs beside the forwarder: a link on which nothing has arrived from the
+broker for 1.5 keepalive periods plus a second (paho sends PINGREQ after one quiet period, within
+a second, so a live broker always answers in time), or on which records are in flight but no PUBACK has come for
+``ack_timeout_s``, is torn down and rebuilt. A half-open TCP link is so detected within twice
+the keepalive (for keepalives of 2 s and more).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 
@@ -23,6 +30,9 @@ from bridge.urls import BrokerUrl
 log = logging.getLogger(__name__)
 
 STABLE_SESSION_S = 10.0
+WATCHDOG_EVERY_S = 0.25
+SILENCE_KEEPALIVES = 1.5
+PAHO_TICK_S = 1.0  # paho checks its keepalive once a second, so its PINGREQ may be this late
 ONLINE = b"online"
 OFFLINE = b"offline"
 
@@ -39,6 +49,7 @@ class UplinkLink:
         subscriptions: Sequence[tuple[str, int]] = (),
         on_message: MessageHandler | None = None,
         on_state: Callable[[str, str | None], None] | None = None,
+        ack_timeout_s: float = 60.0,
     ) -> None:
         self._urls = list(urls)
         self._settings = replace(settings, will=Will(status_topic, OFFLINE, qos=1, retain=True))
@@ -49,8 +60,10 @@ class UplinkLink:
         self._on_message = on_message
         self._on_state = on_state or (lambda state, url: None)
         self.connection: MqttConnection | None = None
+        self._ack_timeout_s = ack_timeout_s
         self.connects = 0
         self.disconnects = 0
+        self.watchdog_trips = 0
         self.last_error = ""
 
     @property
@@ -120,13 +133,38 @@ class UplinkLink:
                                                               "the subscription", stop):
             return
         started = asyncio.get_running_loop().time()
-        await self._forwarder.pump(conn, stop)
+        watchdog = asyncio.ensure_future(self._watch(conn))
+        try:
+            await self._forwarder.pump(conn, stop)
+        finally:
+            watchdog.cancel()
         if asyncio.get_running_loop().time() - started >= STABLE_SESSION_S:
             self._backoff.reset()  # only a session that lasted resets the reconnect delay
         if not stop.is_set():
             reason = await conn.wait_closed()
             self.last_error = reason
             log.warning("uplink to %s lost: %s", conn.url, reason)
+
+    def _dead_link(self, conn: MqttConnection) -> str | None:
+        """Why ``conn`` looks dead, or None."""
+        keepalive = self._settings.keepalive_s
+        silent = time.monotonic() - conn.last_activity
+        if silent > SILENCE_KEEPALIVES * keepalive + PAHO_TICK_S:
+            return f"watchdog: nothing from the broker for {silent:.1f} s (keepalive {keepalive} s)"
+        stalled = self._forwarder.stalled_for()
+        if stalled > self._ack_timeout_s:
+            return f"watchdog: no PUBACK for {stalled:.1f} s with records in flight"
+        return None
+
+    async def _watch(self, conn: MqttConnection) -> None:
+        while not conn.closed:
+            await asyncio.sleep(WATCHDOG_EVERY_S)
+            reason = self._dead_link(conn)
+            if reason is not None:
+                self.watchdog_trips += 1
+                log.warning("uplink to %s: %s; reconnecting", conn.url, reason)
+                conn.abort(reason)
+                return
 
     async def _say_offline(self, conn: MqttConnection) -> None:
         try:

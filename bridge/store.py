@@ -9,6 +9,7 @@ from bridge.errors import TransientBridgeError
 
 Lane = Literal["control", "telemetry"]
 LANES: tuple[Lane, Lane] = ("control", "telemetry")
+Source = Literal["any", "live", "backlog"]
 
 
 class StoreError(TransientBridgeError):
@@ -32,8 +33,11 @@ class Record:
 class RecordStore(Protocol):
     """Records leave the store only through :meth:`ack`; :meth:`take` lends them out in order."""
 
-    def take(self, lane: Lane, limit: int) -> list[Record]:
-        """Up to ``limit`` oldest records of ``lane`` not already taken; marks them taken."""
+    def take(self, lane: Lane, limit: int, source: Source = "any") -> list[Record]:
+        """Up to ``limit`` oldest records of ``lane`` not already taken; marks them taken.
+
+        ``source`` narrows it to ``live`` records (written since the connection came up and never
+        sent) or ``backlog`` records (everything else, sent with the replay flag)."""
         ...
 
     def release(self, key: str) -> None:
@@ -48,10 +52,14 @@ class RecordStore(Protocol):
         """The cloud broker acknowledged the record: delete it from disk and return it."""
         ...
 
+    def ack_many(self, keys: list[str]) -> dict[str, Record]:
+        """:meth:`ack` for several records in one write; returns those that were deleted."""
+        ...
+
     def depth(self, lane: Lane) -> int:
         """Records of ``lane`` on disk, taken or not."""
         ...
 
-    def available(self, lane: Lane) -> int:
+    def available(self, lane: Lane, source: Source = "any") -> int:
         """Records of ``lane`` that :meth:`take` could return now."""
         ...

@@ -203,6 +203,12 @@ class MqttConnection:
                                  clean_start=s.clean_start, properties=props)
         else:
             self._client.connect(self.url.host, self.url.port, s.keepalive_s)
+        sock = self._client.socket()
+        if isinstance(sock, socket.socket):
+            # MQTT packets are small and latency matters more than packet count: without this a
+            # response sent right after an incoming PUBACK waits for the peer's delayed ACK (~40 ms).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with self._lock:
             if self._abandoned:  # open() was cancelled or timed out meanwhile
                 sock = self._client.socket()
@@ -468,16 +474,17 @@ class MqttConnection:
             await asyncio.wait_for(asyncio.to_thread(self._client.loop_stop), _CLOSE_GRACE_S)
         self._handle_closed("closed by client")
 
-    def abort(self) -> None:
+    def abort(self, reason: str = "aborted by client") -> None:
         """Drop the connection without DISCONNECT (the broker then publishes the will).
 
-        For watchdogs: returns at once; :attr:`closed` turns true shortly after.
+        For watchdogs: returns at once; :attr:`closed` turns true shortly after and
+        :meth:`wait_closed` returns ``reason``.
         """
         if self._closed:
             return
         self._closing = True
         if self._our_reason is None:
-            self._our_reason = "aborted by client"
+            self._our_reason = reason
         sock = self._client.socket()
         if isinstance(sock, socket.socket):
             # shutdown() (not close()) is safe while paho's thread selects on the socket: the thread

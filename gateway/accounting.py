@@ -20,6 +20,7 @@ from typing import Any
 # Drop reasons that are not decode rejections (those are named in gateway.decode).
 INGEST_OVERFLOW = "ingest_overflow"
 BUFFER_OVERFLOW = "overflow"
+DISK_FULL = "disk_full"
 EXPIRED = "expired"
 REJECTED_BY_BROKER = "rejected_by_broker"
 DISK_ERROR = "disk_error"

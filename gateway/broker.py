@@ -11,6 +11,7 @@ overflow.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ PresenceCallback = Callable[[], None]
 
 _HOOK_PATH = "gateway.broker.IngestHook"
 _HANDLER_STOP_S = 1.0
+_DRAIN_S = 1.0
 _AUTH_PATH = "amqtt.plugins.authentication.AnonymousAuthPlugin"
 
 
@@ -185,6 +187,7 @@ class EmbeddedBroker:
             instance = getattr(server, "instance", None)
             if instance is not None:
                 instance.close()
+        await self._drain_sessions(broker)
         for session, handler in list(broker._sessions.values()):
             try:
                 # the reader is cancelled at once; amqtt may then wait forever for it to report back
@@ -200,6 +203,26 @@ class EmbeddedBroker:
             if self._hook is not None:
                 self._hook.deliver = None
                 self._hook.presence = None
+
+    async def _drain_sessions(self, broker: Broker) -> None:
+        """Stop reading from every client socket (no new PUBLISH, so no new acknowledgement) and
+        let amqtt's own client loops pass what is already queued to the hook, the normal way.
+        Whatever is still queued after ``_DRAIN_S`` is handed over by :meth:`_hand_over_queued`."""
+        sessions = list(broker._sessions.values())
+        for _session, handler in sessions:
+            stream = getattr(getattr(handler, "reader", None), "_reader", None)
+            transport = getattr(stream, "_transport", None)
+            if transport is not None:
+                with contextlib.suppress(OSError, RuntimeError):  # the socket may already be gone
+                    transport.pause_reading()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _DRAIN_S
+        quiet = 0
+        while quiet < 3 and loop.time() < deadline:  # empty three polls in a row: the loops caught up
+            busy = any(getattr(s, "delivered_message_queue", None) is not None and not s.delivered_message_queue.empty()
+                       for s, _ in sessions)
+            quiet = 0 if busy else quiet + 1
+            await asyncio.sleep(0.005)
 
     def _hand_over_queued(self, session: Any) -> None:
         queue = getattr(session, "delivered_message_queue", None)

@@ -12,6 +12,7 @@ flagged. This is the only module that imports diskcache.
 from __future__ import annotations
 
 import logging
+import shutil
 import sqlite3
 import time
 from collections import OrderedDict
@@ -22,13 +23,16 @@ from typing import Literal
 
 import diskcache
 
-from bridge.store import LANES, Lane, Record
-from gateway.accounting import BUFFER_OVERFLOW, DISK_ERROR, EXPIRED
+from bridge.store import LANES, Lane, Record, Source
+from gateway.accounting import BUFFER_OVERFLOW, DISK_ERROR, DISK_FULL, EXPIRED
 from gateway.errors import StorageError
 
 log = logging.getLogger(__name__)
 
 RECORD_OVERHEAD_BYTES = 160  # SQLite row, index entry and meta row per record (measured roughly)
+WAL_LIMIT_BYTES = 4 * 1024 * 1024  # the write-ahead log is truncated back to this after a checkpoint
+_WRITE_ATTEMPTS = 4  # a full disk: drop the oldest telemetry and try again, this many times in all
+_FREE_CHECK_S = 1.0
 _PREFIX: dict[Lane, str] = {"control": "c", "telemetry": "t"}
 _LANE_OF = {v: k for k, v in _PREFIX.items()}
 
@@ -50,6 +54,12 @@ class _Meta:
     replay: bool
 
 
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno == 28  # ENOSPC
+    return "full" in str(exc).lower()  # sqlite3: "database or disk is full"
+
+
 def _vkey(lane: Lane, seq: int) -> str:
     return f"{_PREFIX[lane]}:{seq:020d}"
 
@@ -69,18 +79,35 @@ class DiskBuffer:
         budgets: dict[Lane, Budget],
         *,
         sync: Literal["normal", "full"] = "full",
+        min_free_bytes: int = 0,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         on_dropped: Callable[[Record, str], None] = lambda rec, reason: None,
+        sqlite_pragmas: dict[str, int] | None = None,
     ) -> None:
         """``on_dropped(record, reason)`` is called for every record removed without an ack
-        (reason ``overflow`` or ``expired``)."""
+        (reason ``overflow``, ``disk_full``, ``expired`` or ``disk_error``).
+
+        ``min_free_bytes``: telemetry stops growing while the file system has less free space
+        than this (the oldest batches make room instead), so SQLite never runs into a full disk
+        on its own; control records may use the headroom. ``sqlite_pragmas`` (e.g.
+        ``{"max_page_count": n}``) are applied to the database connection; tests use it to make
+        SQLite hit a full disk.
+        """
         self._dir = Path(directory)
         self._budgets = budgets
         self._sync = sync
+        self._min_free = min_free_bytes
+        self._pragmas = dict(sqlite_pragmas or {})
+        self._free_checked = 0.0
+        self._disk_tight = False
+        self.disk_full_events = 0  # writes refused by the disk (SQLITE_FULL / ENOSPC)
         self._clock_ms = clock_ms
         self.on_dropped = on_dropped
         self._cache: diskcache.Cache | None = None
         self._index: dict[Lane, OrderedDict[str, _Meta]] = {lane: OrderedDict() for lane in LANES}
+        # Live records: written during the current connection and not yet sent or released. All
+        # other records are backlog (replay). Both are in ``_index`` in sequence order.
+        self._live: dict[Lane, OrderedDict[str, None]] = {lane: OrderedDict() for lane in LANES}
         self._taken: set[str] = set()
         self._bytes: dict[Lane, int] = dict.fromkeys(LANES, 0)
         self._readings: dict[Lane, int] = dict.fromkeys(LANES, 0)
@@ -100,7 +127,9 @@ class DiskBuffer:
                 cull_limit=0,
                 sqlite_synchronous=2 if self._sync == "full" else 1,
                 sqlite_wal_autocheckpoint=256,
+                sqlite_journal_size_limit=WAL_LIMIT_BYTES,
                 disk_min_file_size=2**22,
+                **{f"sqlite_{name}": value for name, value in self._pragmas.items()},
             )
             self._load()
         except (OSError, sqlite3.Error) as exc:
@@ -111,6 +140,7 @@ class DiskBuffer:
         for lane in LANES:
             self._next_seq[lane] = int(cache.get(_seqkey(lane), 0)) + 1
         meta_prefixes = {f"{p}m:": lane for lane, p in _PREFIX.items()}
+        found: list[tuple[Lane, _Meta]] = []
         for key in cache.iterkeys():
             if not isinstance(key, str) or key[:3] not in meta_prefixes:
                 continue
@@ -120,7 +150,9 @@ class DiskBuffer:
                 continue
             topic, readings, created_ms, size = raw
             seq = int(key[3:])
-            self._add_index(lane, _Meta(_vkey(lane, seq), seq, topic, readings, created_ms, size, True))
+            found.append((lane, _Meta(_vkey(lane, seq), seq, topic, readings, created_ms, size, True)))
+        for lane, meta in sorted(found, key=lambda item: item[1].seq):  # send order = sequence order
+            self._add_index(lane, meta)
         self.restored_readings = self._readings["telemetry"]
         restored = {lane: len(self._index[lane]) for lane in LANES}
         if any(restored.values()):
@@ -147,6 +179,7 @@ class DiskBuffer:
             self._bytes[lane] -= meta.size
             self._readings[lane] -= meta.readings
         self._taken.discard(key)
+        self._live[lane].pop(key, None)
         return meta
 
     # ------------------------------------------------------------------ writing
@@ -157,7 +190,9 @@ class DiskBuffer:
     def append(self, lane: Lane, topic: str, build: Callable[[int], bytes], readings: int) -> Record:
         """Allocate the lane's next sequence number, build the payload with it and store it.
 
-        Telemetry records dropped to stay within the budget are reported to ``on_dropped``.
+        Telemetry records dropped to stay within the budget (or to make room on a full disk)
+        are reported to ``on_dropped``. Raises :class:`StorageError` if the write fails anyway;
+        the sequence number is then not used.
         """
         cache = self._require()
         seq = self._next_seq[lane]
@@ -165,16 +200,23 @@ class DiskBuffer:
         size = len(payload) + len(topic) + RECORD_OVERHEAD_BYTES
         self._make_room(lane, size)
         created_ms = self._clock_ms()
-        try:
-            with cache.transact():
-                cache.set(_vkey(lane, seq), payload)
-                cache.set(_mkey(lane, seq), (topic, readings, created_ms, size))
-                cache.set(_seqkey(lane), seq)
-        except (OSError, sqlite3.Error) as exc:
-            raise StorageError(f"buffer write failed: {exc}") from exc
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            try:
+                with cache.transact():
+                    cache.set(_vkey(lane, seq), payload)
+                    cache.set(_mkey(lane, seq), (topic, readings, created_ms, size))
+                    cache.set(_seqkey(lane), seq)
+                break
+            except (OSError, sqlite3.Error) as exc:
+                full = _is_disk_full(exc)
+                self.disk_full_events += full
+                if not full or attempt == _WRITE_ATTEMPTS or not self._drop_oldest_telemetry(DISK_FULL):
+                    raise StorageError(f"buffer write failed: {exc}") from exc
+                log.warning("disk full: dropped the oldest telemetry batch to make room")
         self._next_seq[lane] = seq + 1
         meta = _Meta(_vkey(lane, seq), seq, topic, readings, created_ms, size, False)
         self._add_index(lane, meta)
+        self._live[lane][meta.key] = None
         if lane == "control":
             self._check_control_budget()
         return self._record(lane, meta, payload)
@@ -182,15 +224,52 @@ class DiskBuffer:
     def _make_room(self, lane: Lane, incoming: int) -> None:
         if lane != "telemetry":
             return
-        budget = self._budgets[lane].max_bytes
-        for key in list(self._index[lane]):
-            if self._bytes[lane] + incoming <= budget:
+        limit, reason = self._budgets[lane].max_bytes, BUFFER_OVERFLOW
+        if self._disk_is_tight(incoming):  # the disk is nearly full: telemetry may not grow
+            limit, reason = min(limit, self._bytes[lane]), DISK_FULL
+        while self._bytes[lane] + incoming > limit:
+            if not self._drop_oldest_telemetry(reason):
                 break
-            if key in self._taken:
-                continue
-            rec = self._remove(lane, key)
-            if rec is not None:
-                self.on_dropped(rec, BUFFER_OVERFLOW)
+
+    def _drop_oldest_telemetry(self, reason: str) -> bool:
+        """Remove the oldest telemetry record not in flight; False if there is none (or the
+        delete itself fails)."""
+        key = next((k for k in self._index["telemetry"] if k not in self._taken), None)
+        if key is None:
+            return False
+        try:
+            rec = self._remove("telemetry", key)
+        except StorageError as exc:
+            log.error("cannot drop %s to make room: %s", key, exc)
+            return False
+        if rec is not None:
+            self.on_dropped(rec, reason)
+        return rec is not None
+
+    def _disk_is_tight(self, incoming: int) -> bool:
+        """True while free space minus ``incoming`` is below ``min_free_bytes`` (checked at most
+        once a second; statvfs is cheap but not free)."""
+        if self._min_free <= 0:
+            return False
+        now = time.monotonic()
+        if now - self._free_checked >= _FREE_CHECK_S:
+            self._free_checked = now
+            tight = self.free_disk_bytes() - incoming < self._min_free
+            if tight != self._disk_tight:
+                log.warning("disk %s: %d bytes free, headroom %d", "nearly full" if tight else "has room again",
+                            self.free_disk_bytes(), self._min_free)
+            self._disk_tight = tight
+        return self._disk_tight
+
+    def free_disk_bytes(self) -> int:
+        try:
+            return shutil.disk_usage(self._dir).free
+        except OSError:
+            return 0
+
+    def disk_usage_bytes(self) -> int:
+        """What the buffer occupies on disk: the database, its write-ahead log and value files."""
+        return sum(p.stat().st_size for p in self._dir.rglob("*") if p.is_file())
 
     def _check_control_budget(self) -> None:
         over = self._bytes["control"] > self._budgets["control"].max_bytes
@@ -239,15 +318,21 @@ class DiskBuffer:
 
     # ------------------------------------------------------------------ RecordStore
 
-    def take(self, lane: Lane, limit: int) -> list[Record]:
+    def take(self, lane: Lane, limit: int, source: Source = "any") -> list[Record]:
+        """Up to ``limit`` oldest records not in flight: of any kind, only ``live`` ones (written
+        since the connection came up) or only ``backlog`` ones (replay)."""
         cache = self._require()
         out: list[Record] = []
         missing: list[_Meta] = []
-        for key, meta in self._index[lane].items():
+        index = self._index[lane]
+        live = self._live[lane]
+        keys = iter(live) if source == "live" else iter(index)
+        for key in keys:
             if len(out) >= limit:
                 break
-            if key in self._taken:
+            if key in self._taken or (source == "backlog" and key in live):
                 continue
+            meta = index[key]
             try:
                 payload = cache.get(key)
             except (OSError, sqlite3.Error) as exc:
@@ -263,6 +348,8 @@ class DiskBuffer:
             log.error("buffer record %s is missing on disk", meta.key)
             self._drop_index(lane, meta.key)
             self.on_dropped(self._record(lane, meta, b""), DISK_ERROR)
+        for rec in out:
+            live.pop(rec.key, None)  # once sent, a record is no longer live: a resend is a replay
         return out
 
     def release(self, key: str) -> None:
@@ -271,6 +358,31 @@ class DiskBuffer:
         if meta is not None:
             meta.replay = True
         self._taken.discard(key)
+
+    def ack_many(self, keys: list[str]) -> dict[str, Record]:
+        """Delete several acknowledged records in one transaction (one fsync). The returned
+        records carry no payload (it is not read back)."""
+        cache = self._require()
+        found: list[tuple[Lane, _Meta]] = []
+        for key in keys:
+            lane = _LANE_OF.get(key[:1])
+            meta = self._index[lane].get(key) if lane else None
+            if lane and meta is not None:
+                found.append((lane, meta))
+        try:
+            with cache.transact():
+                for lane, meta in found:
+                    cache.delete(meta.key)
+                    cache.delete(_mkey(lane, meta.seq))
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"buffer delete failed: {exc}") from exc
+        out: dict[str, Record] = {}
+        for lane, meta in found:  # the index changes only once the disk has
+            self._drop_index(lane, meta.key)
+            out[meta.key] = self._record(lane, meta, b"")
+        if any(lane == "control" for lane, _ in found):
+            self._check_control_budget()
+        return out
 
     def ack(self, key: str) -> Record | None:
         lane = _LANE_OF.get(key[:1])
@@ -284,8 +396,12 @@ class DiskBuffer:
     def depth(self, lane: Lane) -> int:
         return len(self._index[lane])
 
-    def available(self, lane: Lane) -> int:
-        return len(self._index[lane]) - sum(1 for k in self._taken if k[:1] == _PREFIX[lane])
+    def available(self, lane: Lane, source: Source = "any") -> int:
+        live = len(self._live[lane])  # live records are never in flight (taking one ends it)
+        if source == "live":
+            return live
+        waiting = len(self._index[lane]) - sum(1 for k in self._taken if k[:1] == _PREFIX[lane])
+        return waiting - live if source == "backlog" else waiting
 
     def readings(self, lane: Lane) -> int:
         return self._readings[lane]
@@ -298,3 +414,4 @@ class DiskBuffer:
         for lane in LANES:
             for meta in self._index[lane].values():
                 meta.replay = True
+            self._live[lane].clear()

@@ -198,6 +198,7 @@ class BufferSection(Strict):
     telemetry: LaneBudget = LaneBudget(max_bytes=256 * 1024 * 1024, max_age_s=7 * 86400.0)
     control: LaneBudget = LaneBudget(max_bytes=16 * 1024 * 1024, max_age_s=0.0)
     sync: Literal["full", "normal"] = "full"
+    min_free_bytes: Annotated[int, Field(ge=0)] = 64 * 1024 * 1024
 
 
 class TlsSection(Strict):
@@ -212,7 +213,7 @@ class UplinkSection(Strict):
     urls: list[str] = Field(default_factory=lambda: ["mqtt://127.0.0.1:1884"], min_length=1)
     client_id: str | None = None
     protocol: Literal["5", "3.1.1"] = "5"
-    keepalive_s: Annotated[int, Field(ge=5, le=65535)] = 30
+    keepalive_s: Annotated[int, Field(ge=2, le=65535)] = 30
     connect_timeout_s: PositiveFloat = 10.0
     username: str | None = None
     password: SecretRef = SecretRef()
@@ -221,6 +222,9 @@ class UplinkSection(Strict):
     control_qos: Qos = 1
     max_inflight: Annotated[int, Field(ge=1, le=1000)] = 20
     control_max_inflight: Annotated[int, Field(ge=1, le=100)] = 10
+    ack_timeout_s: PositiveFloat = 60.0
+    backlog_per_live: Annotated[int, Field(ge=1, le=1000)] = 4
+    max_bytes_per_s: NonNegFloat = 0.0
     backoff_base_s: PositiveFloat = 0.5
     backoff_cap_s: PositiveFloat = 30.0
     stats_interval_s: PositiveFloat = 60.0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from gateway.errors import StorageError
 
 log = logging.getLogger(__name__)
 
+MAX_HELD_CONTROL = 10_000  # control records kept in memory while the disk refuses writes
 _CONTROL_TOPICS = {"alert": "alerts", "event": "events", "response": "responses", "config_status": "config/status"}
 
 
@@ -41,6 +43,7 @@ class LaneWriter:
         self.compression: Compression = compression
         self.level = level
         self._on_written = on_written
+        self._held: deque[tuple[str, str, Callable[[int], bytes]]] = deque()
         buffer.on_dropped = self.count_dropped
 
     def write_batch(self, readings: list[Reading]) -> None:
@@ -70,21 +73,52 @@ class LaneWriter:
         def build(seq: int) -> bytes:
             return encode_control({**record, "gw": gw, "seq": seq})
 
+        if self._held:  # keep control records in order behind those waiting for the disk
+            self._hold(kind, topic, build)
+            return
+        self._write_control(kind, topic, build)
+
+    def _write_control(self, kind: str, topic: str, build: Callable[[int], bytes]) -> bool:
+        """Write one control record; a disk that refuses it gets it held in memory and written
+        later (:meth:`retry_held`). False if it could not be written now."""
         try:
             self._buffer.append("control", topic, build, 0)
         except StorageError as exc:
-            log.error("control record (%s) lost: %s", kind, exc)
-            self._acc.control_dropped[DISK_ERROR] += 1
-            return
+            log.error("control record (%s) cannot be written yet, held in memory: %s", kind, exc)
+            self._hold(kind, topic, build)
+            return False
         except (CodecError, ValueError, TypeError, OverflowError) as exc:
             log.error("control record (%s) could not be encoded: %s", kind, exc)
             self._acc.control_dropped[ENCODE_ERROR] += 1
-            return
+            return True
         self._acc.control_written += 1
         self._on_written()
+        return True
 
-    def expire(self) -> None:
+    def _hold(self, kind: str, topic: str, build: Callable[[int], bytes]) -> None:
+        if len(self._held) >= MAX_HELD_CONTROL:
+            log.error("control record (%s) lost: %d records already wait for the disk", kind, len(self._held))
+            self._acc.control_dropped[DISK_ERROR] += 1
+            return
+        self._held.append((kind, topic, build))
+
+    def retry_held(self) -> None:
+        """Write control records held while the disk refused them, oldest first."""
+        while self._held:
+            kind, topic, build = self._held.popleft()
+            if not self._write_control(kind, topic, build):
+                # _write_control put it at the back: move it back to the front, keep the order
+                self._held.appendleft(self._held.pop())
+                return
+
+    @property
+    def held_control(self) -> int:
+        return len(self._held)
+
+    def housekeeping(self) -> None:
+        """Periodic: expire old records, then write control records held for the disk."""
         self._buffer.expire()
+        self.retry_held()
 
     def count_dropped(self, rec: Record, reason: str) -> None:
         """The buffer removed a record without an ack (``overflow`` or ``expired``): count it."""

@@ -47,10 +47,27 @@ class SnapshotCollector(Collector):
             size.add_metric([lane], info["bytes"])
         yield depth
         yield size
+        yield CounterMetricFamily("edge_disk_full_events", "buffer writes the disk refused (full)",
+                                  value=s["disk"]["full_events"])
+        yield GaugeMetricFamily("edge_control_held_in_memory", "control records waiting for the disk to take them",
+                                value=s["disk"]["control_held_in_memory"])
         yield from _command_metrics(s["commands"])
         yield GaugeMetricFamily("edge_uplink_connected", "1 when the uplink is connected",
                                 value=1 if s["uplink"]["connected"] else 0)
         yield CounterMetricFamily("edge_uplink_connects", "uplink connections made", value=s["uplink"]["connects"])
+        up = s["uplink"]
+        yield CounterMetricFamily("edge_uplink_watchdog_trips", "links torn down as dead by the progress watchdog",
+                                  value=up["watchdog_trips"])
+        endpoint = GaugeMetricFamily("edge_uplink_endpoint", "1 for the cloud endpoint in use", labels=["url"])
+        if up["endpoint"]:
+            endpoint.add_metric([up["endpoint"]], 1)
+        yield endpoint
+        drain = up["drain"]
+        yield GaugeMetricFamily("edge_backlog_drain_rate", "backlog readings acknowledged per second (last 10 s)",
+                                value=drain["rate_readings_s"])
+        yield GaugeMetricFamily("edge_backlog_drain_eta_seconds", "estimated seconds to empty the telemetry buffer "
+                                "(NaN while it does not drain)",
+                                value=drain["eta_s"] if drain["eta_s"] is not None else float("nan"))
         yield CounterMetricFamily("edge_internal_errors", "unexpected errors in processing (a bug: see the log)",
                                   value=s["internal_errors"])
         yield GaugeMetricFamily("edge_config_version", "pushed config version in force (0 = file config only)",

@@ -25,7 +25,7 @@ TICK_S = 0.05
 # After a wake-up, let messages gather for this long before the next one: one loop wake-up per
 # message would cost more than processing the message (telemetry is batched anyway).
 COALESCE_S = 0.002
-EXPIRE_EVERY_S = 10.0
+HOUSEKEEPING_EVERY_S = 1.0
 
 
 class Processor:
@@ -52,16 +52,17 @@ class Processor:
         return len(items)
 
     async def run(self, stop: asyncio.Event) -> None:
-        next_expire = time.monotonic() + EXPIRE_EVERY_S
+        next_housekeeping = time.monotonic() + HOUSEKEEPING_EVERY_S
         while not stop.is_set():
             await self._ingest.wait(TICK_S)
             while self._drain_once():  # noqa: ASYNC110 - yield to the broker and uplink between chunks
                 await asyncio.sleep(0)
             self._guarded(self._pipeline.tick)
             await asyncio.sleep(COALESCE_S)
-            if time.monotonic() >= next_expire:
-                next_expire = time.monotonic() + EXPIRE_EVERY_S
-                self._guarded(self._lanes.expire)
+            if time.monotonic() >= next_housekeeping:
+                next_housekeeping = time.monotonic() + HOUSEKEEPING_EVERY_S
+                self._guarded(self._lanes.housekeeping)
         while self._drain_once():
             pass
         self._guarded(self._pipeline.flush)
+        self._guarded(self._lanes.retry_held)

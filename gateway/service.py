@@ -16,7 +16,7 @@ from typing import Any
 
 from bridge.backoff import DecorrelatedJitter
 from bridge.downlink import CommandLimits, DownlinkRouter
-from bridge.forwarder import Forwarder, LanePolicy
+from bridge.forwarder import DrainPolicy, Forwarder, LanePolicy
 from bridge.link import UplinkLink
 from bridge.mqtt_types import ClientSettings, TlsSettings
 from bridge.store import Record
@@ -79,13 +79,15 @@ class GatewayService:
         self.buffer = DiskBuffer(cfg.buffer_dir, {
             "telemetry": Budget(cfg.buffer.telemetry.max_bytes, cfg.buffer.telemetry.max_age_s),
             "control": Budget(cfg.buffer.control.max_bytes, cfg.buffer.control.max_age_s),
-        }, sync=cfg.buffer.sync)
+        }, sync=cfg.buffer.sync, min_free_bytes=cfg.buffer.min_free_bytes)
         self.forwarder = Forwarder(
             self.buffer,
             {"control": LanePolicy(cfg.uplink.control_qos, cfg.uplink.control_max_inflight),
              "telemetry": LanePolicy(cfg.uplink.telemetry_qos, cfg.uplink.max_inflight)},
             on_delivered=self._delivered,
             on_rejected=self._rejected,
+            drain=DrainPolicy(cfg.uplink.backlog_per_live, cfg.uplink.max_bytes_per_s,
+                              burst_bytes=max(65536, cfg.batch.max_bytes)),
         )
         self.lanes = LaneWriter(self.buffer, self.topics, acc, compression=cfg.batch.compression,
                                 level=cfg.batch.level, on_written=self.forwarder.wake)
@@ -114,7 +116,7 @@ class GatewayService:
         self.link = UplinkLink(
             cfg.uplink.urls, uplink_settings(cfg, secrets),
             DecorrelatedJitter(cfg.uplink.backoff_base_s, cfg.uplink.backoff_cap_s),
-            self.forwarder, self.topics.status,
+            self.forwarder, self.topics.status, ack_timeout_s=cfg.uplink.ack_timeout_s,
             subscriptions=self.downlink.subscriptions(), on_message=self.downlink,
         )
         self.embedded: EmbeddedBroker | None = None
@@ -182,14 +184,24 @@ class GatewayService:
             "rejects": dict(self.rejects.counts),
             "buffer": {lane: {"records": buf.depth(lane), "bytes": buf.bytes_used(lane),
                               "readings": buf.readings(lane)} for lane in ("control", "telemetry")},
+            "disk": {"full_events": buf.disk_full_events, "control_held_in_memory": self.lanes.held_control},
             "uplink": {"connected": self.link.connected, "endpoint": self.link.active_url,
-                       "connects": self.link.connects, "last_error": self.link.last_error},
+                       "connects": self.link.connects, "watchdog_trips": self.link.watchdog_trips,
+                       "last_error": self.link.last_error, "drain": self._drain_state()},
             "ingest_queue": len(self.ingest),
             "commands": self.commands.snapshot(),
             "internal_errors": self.processor.internal_errors + (self.embedded.hook_errors if self.embedded else 0),
             "config_version": self.config_pusher.version,
             "config_push": self.config_pusher.snapshot(),
         }
+
+    def _drain_state(self) -> dict[str, Any]:
+        """The backlog and how fast it drains: ``eta_s`` is the time to empty the telemetry
+        lane at the backlog rate of the last 10 s (None while nothing drains)."""
+        backlog = self.buffer.readings("telemetry")
+        rate = self.forwarder.backlog_rate.rate()
+        return {"backlog_readings": backlog, "rate_readings_s": round(rate, 1),
+                "eta_s": round(backlog / rate, 1) if rate > 0 and backlog else None}
 
     # ------------------------------------------------------------------ lifecycle
 

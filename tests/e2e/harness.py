@@ -151,3 +151,121 @@ class CloudCollector:
         self._stop.set()
         if self._task:
             await self._task
+
+
+class PacedDevices:
+    """``devices`` device ids publishing one JSON reading each, ``rate_hz`` times a second, over one
+    real MQTT 3.1.1 client that reconnects whenever the broker goes away (a gateway killed and
+    restarted, say).
+
+    A device's seq advances only when a PUBLISH was actually handed to the socket, so each device's
+    published seqs are 1..n. A reading counts as accepted when its PUBACK arrives: ``acked`` maps
+    device -> seq -> ``time.monotonic()`` when the PUBACK was handled on the event loop, and
+    ``acked_on`` device -> seq -> the number (1-based) of the connection it went over, whose
+    ``time.monotonic()`` start is ``connected_at[number - 1]``. Nothing is ever resent, so a reading the
+    broker accepted and then lost is a gap in what reaches the cloud, never a duplicate. The pace is
+    never caught up after a stall, so no device ever exceeds ``rate_hz``.
+    """
+
+    def __init__(self, url: str, devices: int, rate_hz: float, *, name: str = "dev",
+                 client_id: str = "paced-devices", window: int = 200) -> None:
+        self.url = url
+        self.ids = [f"{name}-{d:03d}" for d in range(devices)]
+        self.period_s = 1.0 / rate_hz
+        self.client_id = client_id
+        self.window = window
+        self.published: dict[str, int] = dict.fromkeys(self.ids, 0)  # last seq handed to the socket
+        self.acked: dict[str, dict[int, float]] = {d: {} for d in self.ids}
+        self.acked_on: dict[str, dict[int, int]] = {d: {} for d in self.ids}
+        self.connected_at: list[float] = []
+        self.unacked = 0  # publishes that failed or lost their connection before the PUBACK
+        self.skipped_ticks = 0  # ticks with no connection (nothing published, seqs not advanced)
+        self.connects = 0
+        self._pending: set[asyncio.Future[None]] = set()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._t0_ms = 0
+
+    @property
+    def acked_total(self) -> int:
+        return sum(len(a) for a in self.acked.values())
+
+    @property
+    def published_total(self) -> int:
+        return sum(self.published.values())
+
+    def start(self) -> None:
+        import time
+
+        self._t0_ms = int(time.time() * 1000)
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop publishing, wait (at most 20 s) for the PUBACKs still outstanding, disconnect."""
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+
+    def _settled(self, device: str, seq: int, connection: int, fut: asyncio.Future[None]) -> None:
+        import time
+
+        self._pending.discard(fut)
+        if fut.cancelled() or fut.exception() is not None:
+            self.unacked += 1
+        else:
+            self.acked[device][seq] = time.monotonic()
+            self.acked_on[device][seq] = connection
+
+    async def _connect(self) -> MqttConnection | None:
+        from bridge.errors import BridgeError
+
+        try:
+            conn = await MqttConnection.open(self.url, ClientSettings(
+                client_id=self.client_id, protocol="3.1.1", max_inflight=self.window, connect_timeout_s=2.0))
+        except BridgeError:
+            return None
+        import time
+
+        self.connects += 1
+        self.connected_at.append(time.monotonic())
+        return conn
+
+    async def _run(self) -> None:
+        import contextlib
+        import functools
+
+        from bridge.errors import BridgeError
+
+        loop = asyncio.get_running_loop()
+        conn: MqttConnection | None = None
+        next_tick = loop.time()
+        try:
+            while not self._stop.is_set():
+                if conn is None or conn.closed:
+                    if conn is not None:
+                        await conn.close()
+                    conn = await self._connect()
+                if conn is None:
+                    self.skipped_ticks += 1
+                else:
+                    for device in self.ids:
+                        seq = self.published[device] + 1
+                        topic, payload = telemetry(device, seq, self._t0_ms + seq, v=float(seq % 1000))
+                        try:
+                            fut = conn.publish(topic, payload, 1)
+                        except BridgeError:
+                            break  # connection gone or window full: this device and the rest skip the tick
+                        self.published[device] = seq
+                        self._pending.add(fut)
+                        fut.add_done_callback(functools.partial(self._settled, device, seq, self.connects))
+                next_tick += self.period_s
+                delay = next_tick - loop.time()
+                if delay < 0:  # behind: never burst to catch up
+                    next_tick, delay = loop.time(), 0.0
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+        finally:
+            if conn is not None:
+                if self._pending and not conn.closed:
+                    await asyncio.wait(set(self._pending), timeout=20.0)
+                await conn.close()

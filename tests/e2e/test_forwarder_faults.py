@@ -47,11 +47,11 @@ class FlakyDeleteBuffer(DiskBuffer):
 
     failures = 1
 
-    def ack(self, key: str) -> Record | None:
+    def ack_many(self, keys: list[str]) -> dict[str, Record]:
         if self.failures:
             self.failures -= 1
             raise StorageError("buffer delete failed: database or disk is full")
-        return super().ack(key)
+        return super().ack_many(keys)
 
 
 async def test_a_failed_delete_keeps_the_record_and_the_lane_moving(tmp_path: Path, mosquitto: Mosquitto) -> None:
