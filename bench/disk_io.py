@@ -11,7 +11,9 @@ and starts on the same port. Uplink bytes are the gateway's own counters (``byte
 ``bytes_up_control`` from its metrics endpoint): payload bytes the cloud broker acknowledged, without
 MQTT framing.
 
-Phases, one gateway run per ``buffer.sync`` setting ("full", the default, then "normal"):
+Phases, one gateway run per mode: ``full`` (the default: ``buffer.sync = "full"``, every batch written
+before it is sent), ``normal`` (``buffer.sync = "normal"``) and ``write-behind`` (``sync = "full"``
+with ``buffer.write_behind_s = 1``: batches acknowledged within a second never reach the disk):
 
   steady          cloud up, live traffic
   outage          cloud down for --outage-s: every batch piles up on disk, nothing goes up
@@ -111,7 +113,7 @@ class Cloud:
 
 
 class Gateway:
-    def __init__(self, workdir: Path, cloud_url: str, sync: str, max_age_s: float) -> None:
+    def __init__(self, workdir: Path, cloud_url: str, sync: str, max_age_s: float, write_behind_s: float = 0.0) -> None:
         self.local_port, self.metrics_port = free_port(), free_port()
         config = workdir / "gateway.toml"
         config.write_text(f"""
@@ -128,6 +130,7 @@ backoff_cap_s = 1.0
 max_age_s = {max_age_s}
 [buffer]
 sync = "{sync}"
+write_behind_s = {write_behind_s}
 [metrics]
 listen = "127.0.0.1:{self.metrics_port}"
 [log]
@@ -201,17 +204,26 @@ class Row:
                 f"{self.b.cancelled - self.a.cancelled:,}"]
 
 
-HEADER = ["sync", "phase", "seconds", "disk write_bytes", "uplink bytes", "disk/uplink",
+HEADER = ["mode", "phase", "seconds", "disk write_bytes", "uplink bytes", "disk/uplink",
           "readings sent", "disk B/reading", "batches stored", "disk B/batch stored", "write() bytes",
           "cancelled"]
 
 
-def run_one(args: argparse.Namespace, sync: str, base: Path) -> list[Row]:
+MODES = {  # name -> (buffer.sync, buffer.write_behind_s)
+    "full": ("full", 0.0),
+    "normal": ("normal", 0.0),
+    "write-behind": ("full", 1.0),
+}
+
+
+def run_one(args: argparse.Namespace, mode: str, base: Path) -> list[Row]:
+    sync_setting, write_behind_s = MODES[mode]
+    sync = mode
     workdir = Path(tempfile.mkdtemp(prefix=f"disk-io-{sync}-", dir=base))
     os.chmod(workdir, 0o755)
     cloud = Cloud(workdir)
     cloud.start()
-    gw = Gateway(workdir, cloud.url, sync, args.max_age_s)
+    gw = Gateway(workdir, cloud.url, sync_setting, args.max_age_s, write_behind_s)
     devices = subprocess.Popen(
         [sys.executable, "-m", "device_sim", "run", "--port", str(gw.local_port), "--devices", str(args.devices),
          "--rate-hz", str(args.rate_hz), "--profile", "room", "--seed", "1", "--json"],
@@ -258,7 +270,9 @@ def main() -> None:
     ap.add_argument("--outage-s", type=float, default=40.0)
     ap.add_argument("--max-age-s", type=float, default=5.0, help="batch.max_age_s (the gateway's default is 5)")
     ap.add_argument("--dir", type=Path, default=Path("/var/tmp"), help="where the data directories go")
-    ap.add_argument("--sync", choices=["full", "normal", "both"], default="both")
+    ap.add_argument("--modes", default="full,normal,write-behind",
+                    help="comma-separated: full (buffer.sync full), normal (sync normal), "
+                         "write-behind (sync full, buffer.write_behind_s = 1)")
     ap.add_argument("--keep", action="store_true", help="keep the data directories")
     args = ap.parse_args()
 
@@ -269,8 +283,8 @@ def main() -> None:
     print(f"data dir under {args.dir} (filesystem {fstype} mounted on {mount}); {args.devices} devices x "
           f"{args.rate_hz} Hz, profile room (3 readings per message), batch.max_age_s {args.max_age_s}")
     rows: list[Row] = []
-    for sync in (["full", "normal"] if args.sync == "both" else [args.sync]):
-        rows += run_one(args, sync, args.dir)
+    for mode in args.modes.split(","):
+        rows += run_one(args, mode, args.dir)
 
     table = [HEADER] + [r.cells() for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(HEADER))]

@@ -1,12 +1,18 @@
 """diskcache adapter: the durable, per-lane record buffer.
 
-Records are whole encoded batches (telemetry) or single control records, one write each, in one
-SQLite transaction together with the lane's sequence counter, so a sequence number is never
-reused even after kill -9. A record is deleted only by :meth:`DiskBuffer.ack`, after the cloud
-broker's PUBACK. Telemetry over its byte budget drops the oldest records that are not in flight
-(each one reported to ``on_dropped`` the moment it leaves the disk, so it is counted even if the
-write that needed the room then fails); the control lane is never dropped for capacity, only
-flagged. This is the only module that imports diskcache.
+Records are whole encoded batches (telemetry) or single control records, one row each: the
+record's metadata is part of its key (``t:{seq:020d}:{readings}:{created_ms}:{size}:{topic}``), so
+an append writes one row and reopening reads only keys. The lane's sequence counter is written
+with every delete (and, with write-behind, reserved in blocks), and on open the next number is one
+past the larger of the counter and the highest key, so a sequence number is never reused even
+after kill -9. With ``write_behind_s`` > 0, telemetry batches written while the uplink is up are
+kept in memory first and reach the disk only if they are not acknowledged within that time (or
+the link drops, or the gateway stops): on a healthy link the disk is hardly written at all.
+
+A record is deleted only by :meth:`DiskBuffer.ack`, after the cloud broker's PUBACK. Telemetry
+over its byte budget drops the oldest records that are not in flight (each one reported to
+``on_dropped`` the moment it leaves the disk, so it is counted even if the write that needed the
+room then fails); the control lane is never dropped for capacity, only flagged. This is the only module that imports diskcache.
 """
 
 from __future__ import annotations
@@ -30,7 +36,10 @@ from gateway.errors import StorageError
 log = logging.getLogger(__name__)
 
 RECORD_OVERHEAD_BYTES = 160  # SQLite row, index entry and meta row per record (measured roughly)
-WAL_LIMIT_BYTES = 4 * 1024 * 1024  # the write-ahead log is truncated back to this after a checkpoint
+WAL_LIMIT_BYTES = 8 * 1024 * 1024  # the write-ahead log is truncated back to this after a checkpoint
+WAL_CHECKPOINT_PAGES = 1000  # checkpoint every ~4 MB of log: hot pages reach the database once per checkpoint
+SEQ_RESERVE = 64  # with write-behind, sequence numbers are reserved on disk this many at a time
+RUNNING_MARKER = "running"  # present while the buffer is open: found at open = the last run crashed
 _WRITE_ATTEMPTS = 4  # a full disk: drop the oldest telemetry and try again, this many times in all
 _FREE_CHECK_S = 1.0
 _PREFIX: dict[Lane, str] = {"control": "c", "telemetry": "t"}
@@ -52,6 +61,7 @@ class _Meta:
     created_ms: int
     size: int
     replay: bool
+    staged_at: float = 0.0  # write-behind: monotonic time it was staged in memory; 0 = on disk
 
 
 def _is_disk_full(exc: BaseException) -> bool:
@@ -60,12 +70,19 @@ def _is_disk_full(exc: BaseException) -> bool:
     return "full" in str(exc).lower()  # sqlite3: "database or disk is full"
 
 
-def _vkey(lane: Lane, seq: int) -> str:
-    return f"{_PREFIX[lane]}:{seq:020d}"
+def _key(lane: Lane, seq: int, readings: int, created_ms: int, size: int, topic: str) -> str:
+    return f"{_PREFIX[lane]}:{seq:020d}:{readings}:{created_ms}:{size}:{topic}"
 
 
-def _mkey(lane: Lane, seq: int) -> str:
-    return f"{_PREFIX[lane]}m:{seq:020d}"
+def _parse_key(key: object) -> tuple[Lane, _Meta] | None:
+    if not isinstance(key, str) or key[:2] not in ("t:", "c:"):
+        return None
+    try:
+        seq, readings, created_ms, size, topic = key[2:].split(":", 4)
+        meta = _Meta(key, int(seq), topic, int(readings), int(created_ms), int(size), True)
+    except ValueError:
+        return None
+    return _LANE_OF[key[0]], meta
 
 
 def _seqkey(lane: Lane) -> str:
@@ -83,6 +100,7 @@ class DiskBuffer:
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         on_dropped: Callable[[Record, str], None] = lambda rec, reason: None,
         sqlite_pragmas: dict[str, int] | None = None,
+        write_behind_s: float = 0.0,
     ) -> None:
         """``on_dropped(record, reason)`` is called for every record removed without an ack
         (reason ``overflow``, ``disk_full``, ``expired`` or ``disk_error``).
@@ -91,7 +109,8 @@ class DiskBuffer:
         than this (the oldest batches make room instead), so SQLite never runs into a full disk
         on its own; control records may use the headroom. ``sqlite_pragmas`` (e.g.
         ``{"max_page_count": n}``) are applied to the database connection; tests use it to make
-        SQLite hit a full disk.
+        SQLite hit a full disk. ``write_behind_s``: see the module docstring (0 = every record is
+        written before it is sent).
         """
         self._dir = Path(directory)
         self._budgets = budgets
@@ -114,6 +133,13 @@ class DiskBuffer:
         self._next_seq: dict[Lane, int] = dict.fromkeys(LANES, 1)
         self.control_over_budget = False
         self.restored_readings = 0  # telemetry readings found on disk at open (from an earlier run)
+        self._write_behind_s = write_behind_s
+        self._link_up = False
+        self._staged: dict[str, bytes] = {}  # write-behind payloads not on disk yet
+        self._reserved: dict[Lane, int] = dict.fromkeys(LANES, 0)  # highest seq reserved on disk
+        self.unclean_start = False  # the previous run did not close the buffer (kill -9, crash, power)
+        self.unclean_starts = 0  # how often that happened, over the life of this buffer
+        self.skipped_seqs: dict[Lane, tuple[int, int]] = {}  # reserved by a crashed run, maybe unused
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -126,41 +152,62 @@ class DiskBuffer:
                 size_limit=2**62,
                 cull_limit=0,
                 sqlite_synchronous=2 if self._sync == "full" else 1,
-                sqlite_wal_autocheckpoint=256,
+                sqlite_wal_autocheckpoint=WAL_CHECKPOINT_PAGES,
                 sqlite_journal_size_limit=WAL_LIMIT_BYTES,
                 disk_min_file_size=2**22,
                 **{f"sqlite_{name}": value for name, value in self._pragmas.items()},
             )
             self._load()
+            self._mark_running()
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"cannot open buffer in {self._dir}: {exc}") from exc
 
     def _load(self) -> None:
         cache = self._require()
-        for lane in LANES:
-            self._next_seq[lane] = int(cache.get(_seqkey(lane), 0)) + 1
-        meta_prefixes = {f"{p}m:": lane for lane, p in _PREFIX.items()}
-        found: list[tuple[Lane, _Meta]] = []
-        for key in cache.iterkeys():
-            if not isinstance(key, str) or key[:3] not in meta_prefixes:
-                continue
-            lane = meta_prefixes[key[:3]]
-            raw = cache.get(key)
-            if raw is None:
-                continue
-            topic, readings, created_ms, size = raw
-            seq = int(key[3:])
-            found.append((lane, _Meta(_vkey(lane, seq), seq, topic, readings, created_ms, size, True)))
+        counters = {lane: int(cache.get(_seqkey(lane), 0)) for lane in LANES}
+        found = [parsed for key in cache.iterkeys() if (parsed := _parse_key(key)) is not None]
+        highest = dict.fromkeys(LANES, 0)
         for lane, meta in sorted(found, key=lambda item: item[1].seq):  # send order = sequence order
             self._add_index(lane, meta)
+            highest[lane] = meta.seq
+        for lane in LANES:
+            self._next_seq[lane] = max(counters[lane], highest[lane]) + 1
+            self._reserved[lane] = self._next_seq[lane] - 1
         self.restored_readings = self._readings["telemetry"]
         restored = {lane: len(self._index[lane]) for lane in LANES}
         if any(restored.values()):
             log.info("buffer reopened with %s records waiting", restored)
+        self.unclean_starts = int(cache.get("unclean_starts", 0))
+        if (self._dir / RUNNING_MARKER).exists():
+            self.unclean_start = True
+            self.unclean_starts += 1
+            cache.set("unclean_starts", self.unclean_starts)
+            for lane in LANES:
+                if counters[lane] > highest[lane]:
+                    self.skipped_seqs[lane] = (highest[lane] + 1, counters[lane])
+            log.warning("the previous run ended without closing the buffer (kill -9, crash or power loss): "
+                        "readings it had not written to disk are lost; sequence numbers skipped: %s",
+                        self.skipped_seqs or "none")
+
+    def _mark_running(self) -> None:
+        (self._dir / RUNNING_MARKER).write_text("the gateway has this buffer open\n")
 
     def close(self) -> None:
-        cache, self._cache = self._cache, None
-        if cache is not None:
+        """Write what is still only in memory, record the exact sequence counters (a clean stop
+        leaves no gap), and close."""
+        cache = self._cache
+        if cache is None:
+            return
+        try:
+            self.persist_due(force=True)
+            with cache.transact():
+                for lane in LANES:
+                    cache.set(_seqkey(lane), self._next_seq[lane] - 1)
+            (self._dir / RUNNING_MARKER).unlink(missing_ok=True)
+        except (OSError, sqlite3.Error, StorageError) as exc:
+            log.error("buffer could not be closed cleanly: %s", exc)
+        finally:
+            self._cache = None
             cache.close()
 
     def _require(self) -> diskcache.Cache:
@@ -194,32 +241,78 @@ class DiskBuffer:
         are reported to ``on_dropped``. Raises :class:`StorageError` if the write fails anyway;
         the sequence number is then not used.
         """
-        cache = self._require()
+        self._require()
         seq = self._next_seq[lane]
         payload = build(seq)
         size = len(payload) + len(topic) + RECORD_OVERHEAD_BYTES
         self._make_room(lane, size)
         created_ms = self._clock_ms()
+        key = _key(lane, seq, readings, created_ms, size, topic)
+        meta = _Meta(key, seq, topic, readings, created_ms, size, False)
+        if lane == "telemetry" and self._write_behind_s > 0 and self._link_up:
+            if seq > self._reserved[lane]:  # keep sequence numbers unique across a crash
+                self._write({_seqkey(lane): seq + SEQ_RESERVE - 1})
+                self._reserved[lane] = seq + SEQ_RESERVE - 1
+            meta.staged_at = time.monotonic()
+            self._staged[key] = payload
+        else:
+            self._write({key: payload})
+        self._next_seq[lane] = seq + 1
+        self._add_index(lane, meta)
+        self._live[lane][meta.key] = None
+        if lane == "control":
+            self._check_control_budget()
+        return self._record(lane, meta, payload)
+
+    def _write(self, rows: dict[str, object]) -> None:
+        """Write ``rows`` in one transaction. A full disk makes the oldest telemetry batch that is
+        on disk and not in flight give way (counted as ``disk_full``), up to three times."""
+        cache = self._require()
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
                 with cache.transact():
-                    cache.set(_vkey(lane, seq), payload)
-                    cache.set(_mkey(lane, seq), (topic, readings, created_ms, size))
-                    cache.set(_seqkey(lane), seq)
-                break
+                    for key, value in rows.items():
+                        cache.set(key, value)
+                return
             except (OSError, sqlite3.Error) as exc:
                 full = _is_disk_full(exc)
                 self.disk_full_events += full
                 if not full or attempt == _WRITE_ATTEMPTS or not self._drop_oldest_telemetry(DISK_FULL):
                     raise StorageError(f"buffer write failed: {exc}") from exc
                 log.warning("disk full: dropped the oldest telemetry batch to make room")
-        self._next_seq[lane] = seq + 1
-        meta = _Meta(_vkey(lane, seq), seq, topic, readings, created_ms, size, False)
-        self._add_index(lane, meta)
-        self._live[lane][meta.key] = None
-        if lane == "control":
-            self._check_control_budget()
-        return self._record(lane, meta, payload)
+
+    def _counter(self, lane: Lane) -> int:
+        """The sequence counter to store: never below a reservation still in force."""
+        return max(self._next_seq[lane] - 1, self._reserved[lane])
+
+    def set_link_up(self, up: bool) -> None:
+        """Write-behind applies only while the uplink is up; when it drops, everything staged
+        goes to disk at once."""
+        self._link_up = up
+        if not up:
+            try:
+                self.persist_due(force=True)
+            except StorageError as exc:  # they stay in memory; housekeeping tries again
+                log.error("could not write the batches kept in memory: %s", exc)
+
+    def persist_due(self, force: bool = False) -> int:
+        """Write staged records older than ``write_behind_s`` (all with ``force``) to disk in one
+        transaction; returns how many. On failure they stay staged and are tried again later."""
+        if not self._staged:
+            return 0
+        cutoff = time.monotonic() - self._write_behind_s
+        due: list[_Meta] = []
+        for key in self._staged:
+            meta = self._index["telemetry"].get(key)
+            if meta is not None and (force or meta.staged_at <= cutoff):
+                due.append(meta)
+        if not due:
+            return 0
+        self._write({meta.key: self._staged[meta.key] for meta in due})
+        for meta in due:
+            del self._staged[meta.key]
+            meta.staged_at = 0.0
+        return len(due)
 
     def _make_room(self, lane: Lane, incoming: int) -> None:
         if lane != "telemetry":
@@ -281,14 +374,18 @@ class DiskBuffer:
         self.control_over_budget = over
 
     def _remove(self, lane: Lane, key: str) -> Record | None:
-        cache = self._require()
         meta = self._index[lane].get(key)
         if meta is None:
             return None
+        staged = self._staged.pop(key, None)
+        if staged is not None:  # never reached the disk: nothing to delete there
+            self._drop_index(lane, key)
+            return self._record(lane, meta, staged)
+        cache = self._require()
         try:
             with cache.transact():
                 payload = cache.pop(key, b"")
-                cache.delete(_mkey(lane, meta.seq))
+                cache.set(_seqkey(lane), self._counter(lane))
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"buffer delete failed: {exc}") from exc
         self._drop_index(lane, key)
@@ -334,7 +431,7 @@ class DiskBuffer:
                 continue
             meta = index[key]
             try:
-                payload = cache.get(key)
+                payload = self._staged.get(key) or cache.get(key)
             except (OSError, sqlite3.Error) as exc:
                 if not out:
                     raise StorageError(f"buffer read failed: {exc}") from exc
@@ -360,8 +457,8 @@ class DiskBuffer:
         self._taken.discard(key)
 
     def ack_many(self, keys: list[str]) -> dict[str, Record]:
-        """Delete several acknowledged records in one transaction (one fsync). The returned
-        records carry no payload (it is not read back)."""
+        """Delete several acknowledged records in one transaction (one fsync; none at all for
+        records that never left memory). The returned records carry no payload."""
         cache = self._require()
         found: list[tuple[Lane, _Meta]] = []
         for key in keys:
@@ -369,15 +466,19 @@ class DiskBuffer:
             meta = self._index[lane].get(key) if lane else None
             if lane and meta is not None:
                 found.append((lane, meta))
-        try:
-            with cache.transact():
-                for lane, meta in found:
-                    cache.delete(meta.key)
-                    cache.delete(_mkey(lane, meta.seq))
-        except (OSError, sqlite3.Error) as exc:
-            raise StorageError(f"buffer delete failed: {exc}") from exc
+        on_disk = [(lane, meta) for lane, meta in found if meta.key not in self._staged]
+        if on_disk:
+            try:
+                with cache.transact():
+                    for _lane, meta in on_disk:
+                        cache.delete(meta.key)
+                    for lane in {lane for lane, _ in on_disk}:
+                        cache.set(_seqkey(lane), self._counter(lane))
+            except (OSError, sqlite3.Error) as exc:
+                raise StorageError(f"buffer delete failed: {exc}") from exc
         out: dict[str, Record] = {}
         for lane, meta in found:  # the index changes only once the disk has
+            self._staged.pop(meta.key, None)
             self._drop_index(lane, meta.key)
             out[meta.key] = self._record(lane, meta, b"")
         if any(lane == "control" for lane, _ in found):

@@ -199,6 +199,7 @@ class BufferSection(Strict):
     control: LaneBudget = LaneBudget(max_bytes=16 * 1024 * 1024, max_age_s=0.0)
     sync: Literal["full", "normal"] = "full"
     min_free_bytes: Annotated[int, Field(ge=0)] = 64 * 1024 * 1024
+    write_behind_s: Annotated[float, Field(ge=0, le=60)] = 0.0
 
 
 class TlsSection(Strict):

@@ -116,9 +116,14 @@ class LaneWriter:
         return len(self._held)
 
     def housekeeping(self) -> None:
-        """Periodic: expire old records, then write control records held for the disk."""
+        """Periodic: expire old records, write control records held for the disk, and move
+        write-behind batches that are still unacknowledged to disk."""
         self._buffer.expire()
         self.retry_held()
+        try:
+            self._buffer.persist_due()
+        except StorageError as exc:  # they stay in memory and are tried again next time
+            log.warning("write-behind batches not written yet: %s", exc)
 
     def count_dropped(self, rec: Record, reason: str) -> None:
         """The buffer removed a record without an ack (``overflow`` or ``expired``): count it."""

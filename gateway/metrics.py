@@ -51,6 +51,9 @@ class SnapshotCollector(Collector):
                                   value=s["disk"]["full_events"])
         yield GaugeMetricFamily("edge_control_held_in_memory", "control records waiting for the disk to take them",
                                 value=s["disk"]["control_held_in_memory"])
+        yield CounterMetricFamily("edge_buffer_unclean_starts", "starts that found the buffer not closed "
+                                  "(kill -9, crash, power loss), over the life of the buffer",
+                                  value=s["disk"]["unclean_starts"])
         yield from _command_metrics(s["commands"])
         yield GaugeMetricFamily("edge_uplink_connected", "1 when the uplink is connected",
                                 value=1 if s["uplink"]["connected"] else 0)

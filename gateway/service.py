@@ -79,7 +79,8 @@ class GatewayService:
         self.buffer = DiskBuffer(cfg.buffer_dir, {
             "telemetry": Budget(cfg.buffer.telemetry.max_bytes, cfg.buffer.telemetry.max_age_s),
             "control": Budget(cfg.buffer.control.max_bytes, cfg.buffer.control.max_age_s),
-        }, sync=cfg.buffer.sync, min_free_bytes=cfg.buffer.min_free_bytes)
+        }, sync=cfg.buffer.sync, min_free_bytes=cfg.buffer.min_free_bytes,
+            write_behind_s=cfg.buffer.write_behind_s)
         self.forwarder = Forwarder(
             self.buffer,
             {"control": LanePolicy(cfg.uplink.control_qos, cfg.uplink.control_max_inflight),
@@ -118,6 +119,7 @@ class GatewayService:
             DecorrelatedJitter(cfg.uplink.backoff_base_s, cfg.uplink.backoff_cap_s),
             self.forwarder, self.topics.status, ack_timeout_s=cfg.uplink.ack_timeout_s,
             subscriptions=self.downlink.subscriptions(), on_message=self.downlink,
+            on_state=lambda state, _url: self.buffer.set_link_up(state == "connected"),
         )
         self.embedded: EmbeddedBroker | None = None
         self.external: ExternalSource | None = None
@@ -184,7 +186,9 @@ class GatewayService:
             "rejects": dict(self.rejects.counts),
             "buffer": {lane: {"records": buf.depth(lane), "bytes": buf.bytes_used(lane),
                               "readings": buf.readings(lane)} for lane in ("control", "telemetry")},
-            "disk": {"full_events": buf.disk_full_events, "control_held_in_memory": self.lanes.held_control},
+            "disk": {"full_events": buf.disk_full_events, "control_held_in_memory": self.lanes.held_control,
+                     "unclean_start": buf.unclean_start, "unclean_starts": buf.unclean_starts,
+                     "skipped_seqs": {lane: list(r) for lane, r in buf.skipped_seqs.items()}},
             "uplink": {"connected": self.link.connected, "endpoint": self.link.active_url,
                        "connects": self.link.connects, "watchdog_trips": self.link.watchdog_trips,
                        "last_error": self.link.last_error, "drain": self._drain_state()},
