@@ -12,7 +12,8 @@ the link drops, or the gateway stops): on a healthy link the disk is hardly writ
 A record is deleted only by :meth:`DiskBuffer.ack`, after the cloud broker's PUBACK. Telemetry
 over its byte budget drops the oldest records that are not in flight (each one reported to
 ``on_dropped`` the moment it leaves the disk, so it is counted even if the write that needed the
-room then fails); the control lane is never dropped for capacity, only flagged. This is the only module that imports diskcache.
+room then fails); the control lane is never dropped for capacity, only flagged. This is the only
+module that imports diskcache.
 """
 
 from __future__ import annotations
