@@ -278,7 +278,7 @@ class DiskBuffer:
             except (OSError, sqlite3.Error) as exc:
                 full = _is_disk_full(exc)
                 self.disk_full_events += full
-                if not full or attempt == _WRITE_ATTEMPTS or not self._drop_oldest_telemetry(DISK_FULL):
+                if not full or attempt == _WRITE_ATTEMPTS or not self._drop_oldest_telemetry(DISK_FULL, on_disk=True):
                     raise StorageError(f"buffer write failed: {exc}") from exc
                 log.warning("disk full: dropped the oldest telemetry batch to make room")
 
@@ -325,10 +325,11 @@ class DiskBuffer:
             if not self._drop_oldest_telemetry(reason):
                 break
 
-    def _drop_oldest_telemetry(self, reason: str) -> bool:
-        """Remove the oldest telemetry record not in flight; False if there is none (or the
-        delete itself fails)."""
-        key = next((k for k in self._index["telemetry"] if k not in self._taken), None)
+    def _drop_oldest_telemetry(self, reason: str, on_disk: bool = False) -> bool:
+        """Remove the oldest telemetry record not in flight (``on_disk``: only one that frees
+        disk space); False if there is none (or the delete itself fails)."""
+        key = next((k for k in self._index["telemetry"]
+                    if k not in self._taken and not (on_disk and k in self._staged)), None)
         if key is None:
             return False
         try:
