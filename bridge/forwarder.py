@@ -65,7 +65,7 @@ class Forwarder:
             if drain.max_bytes_per_s > 0 else None
         self._wake = asyncio.Event()
         self._inflight: dict[Lane, dict[str, Record]] = {lane: {} for lane in LANES}
-        self._paused_until = 0.0
+        self._paused_until: dict[Lane, float] = dict.fromkeys(LANES, 0.0)  # after a "retry later" PUBACK
         self._backlog_credit = 0
         self._acked: list[tuple[Record, int]] = []  # PUBACKed, to be deleted in the next flush
         self._last_progress = 0.0  # loop time of the last ack, or of the first send after an idle spell
@@ -139,11 +139,15 @@ class Forwarder:
     def _fill_all(self, conn: MqttConnection) -> float | None:
         """Send what the windows allow, control first. Returns when to look again if a pause or
         the rate cap holds records back (None: wait for an ack or a new record)."""
-        loop = asyncio.get_running_loop()
-        if loop.time() < self._paused_until:
-            return self._paused_until - loop.time()
-        self._fill_control(conn)
-        return self._fill_telemetry(conn)
+        now = asyncio.get_running_loop().time()
+        waits = [until - now for until in self._paused_until.values() if until > now]
+        if self._paused_until["control"] <= now:
+            self._fill_control(conn)
+        if self._paused_until["telemetry"] <= now:
+            hint = self._fill_telemetry(conn)
+            if hint is not None:
+                waits.append(hint)
+        return min(waits) if waits else None
 
     def _fill_control(self, conn: MqttConnection) -> None:
         free = self._free(conn, "control")
@@ -231,7 +235,7 @@ class Forwarder:
                     self._on_rejected(acked, f"broker refused it: {exc}")
             else:
                 if isinstance(exc, PublishRejected):
-                    self._paused_until = asyncio.get_running_loop().time() + _RETRY_PAUSE_S
+                    self._paused_until[rec.lane] = asyncio.get_running_loop().time() + _RETRY_PAUSE_S
                     log.warning("broker asked us to retry %s later: %s", rec.key, exc)
                 self._store.release(rec.key)
         else:  # deleted together with the other acks of this loop iteration: one transaction

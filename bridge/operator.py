@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from bridge.codec import CodecError, decode_control
 from bridge.errors import TransientBridgeError
@@ -29,6 +29,7 @@ async def request(
     match: Callable[[dict[str, Any]], bool],
     timeout_s: float,
     retain: bool = False,
+    protocol: Literal["5", "3.1.1"] = "5",
 ) -> dict[str, Any]:
     """Publish ``payload`` (QoS 1) and return the first JSON object on ``reply_topic`` for which
     ``match`` is true. Raises :class:`NoReply` after ``timeout_s`` (counted from the start, connect
@@ -47,7 +48,7 @@ async def request(
         if match(record):
             reply.set_result(record)
 
-    settings = ClientSettings(client_id=f"edge-operator-{uuid.uuid4().hex[:12]}", protocol="5",
+    settings = ClientSettings(client_id=f"edge-operator-{uuid.uuid4().hex[:12]}", protocol=protocol,
                               connect_timeout_s=max(min(timeout_s, 10.0), 0.1))
     conn = await MqttConnection.open(url, settings, on_message=on_message)
     try:

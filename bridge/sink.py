@@ -52,8 +52,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "edge/{gateway_id}"
 Protocol = Literal["5", "3.1.1"]
-_CONTROL_KINDS = {"alerts": "alert", "events": "event", "responses": "response"}
-_TOPIC_KINDS = ("telemetry", "alerts", "events", "responses", "status")
+_CONTROL_KINDS = {"alerts": "alert", "events": "event", "responses": "response", "config/status": "config_status"}
+_TOPIC_KINDS = ("telemetry", "alerts", "events", "responses", "config/status", "status")
 _MAX_STATUS_CHARS = 32
 _MAX_BODY_BYTES = 16 * 1024 * 1024
 
@@ -69,6 +69,7 @@ class SinkCounters:
     alerts: int = 0
     events: int = 0
     responses: int = 0
+    config_acks: int = 0
     status: int = 0
     handled: int = 0
     store_errors: int = 0
@@ -331,8 +332,10 @@ class Sink:
             self.counters.alerts += 1
         elif kind == "event":
             self.counters.events += 1
-        else:
+        elif kind == "response":
             self.counters.responses += 1
+        else:
+            self.counters.config_acks += 1
 
     def _status(self, gateway: str, message: Message, now: int) -> None:
         if not message.payload:  # a retained status being cleared

@@ -42,8 +42,8 @@ __all__ = [
 ]
 
 Lane = Literal["telemetry", "control"]
-ControlKind = Literal["alert", "event", "response"]
-CONTROL_KINDS: tuple[ControlKind, ...] = ("alert", "event", "response")
+ControlKind = Literal["alert", "event", "response", "config_status"]
+CONTROL_KINDS: tuple[ControlKind, ...] = ("alert", "event", "response", "config_status")
 SCHEMA_VERSION = 1
 _INT64 = 2**63
 
@@ -70,6 +70,9 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS responses (
     gateway TEXT NOT NULL, seq INTEGER NOT NULL, device TEXT NOT NULL, body_json TEXT NOT NULL,
     received_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS config_acks (
+    gateway TEXT NOT NULL, seq INTEGER NOT NULL, body_json TEXT NOT NULL, received_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS duplicates (
     gateway TEXT NOT NULL, lane TEXT NOT NULL, count INTEGER NOT NULL,
@@ -159,6 +162,10 @@ def parse_control(record: Mapping[str, Any]) -> ControlRecord:
     if seq < 0:
         raise InvalidRecord("malformed record", f"negative seq {seq}")
     kind = record.get("kind")
+    if kind == "config_status":  # the gateway's answer to a config push: no device
+        _str(record, "status")
+        body = {key: record.get(key) for key in ("version", "status", "errors", "current_version")}
+        return ControlRecord(gateway, seq, kind, "", {"body_json": json.dumps(body, separators=(",", ":"))})
     device = _response_device(record) if kind == "response" else _str(record, "device")
     fields: dict[str, Any]
     if kind == "alert":
@@ -362,6 +369,9 @@ class SinkStore:
                     " VALUES (?, ?, ?, ?, ?, ?)",
                     (rec.gateway, rec.seq, rec.device, f["ts_ms"], f["body_json"], received_ms),
                 )
+            elif rec.kind == "config_status":
+                cur.execute("INSERT INTO config_acks (gateway, seq, body_json, received_ms) VALUES (?, ?, ?, ?)",
+                            (rec.gateway, rec.seq, f["body_json"], received_ms))
             else:
                 cur.execute(
                     "INSERT INTO responses (gateway, seq, device, body_json, received_ms)"

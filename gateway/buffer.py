@@ -86,6 +86,10 @@ def _parse_key(key: object) -> tuple[Lane, _Meta] | None:
     return _LANE_OF[key[0]], meta
 
 
+def _reservekey(lane: Lane) -> str:
+    return f"reserve:{lane}"
+
+
 def _seqkey(lane: Lane) -> str:
     return f"seq:{lane}"
 
@@ -165,14 +169,15 @@ class DiskBuffer:
 
     def _load(self) -> None:
         cache = self._require()
-        counters = {lane: int(cache.get(_seqkey(lane), 0)) for lane in LANES}
+        used = {lane: int(cache.get(_seqkey(lane), 0)) for lane in LANES}  # highest seq known used
+        reserved = {lane: int(cache.get(_reservekey(lane), 0)) for lane in LANES}  # write-behind
         found = [parsed for key in cache.iterkeys() if (parsed := _parse_key(key)) is not None]
         highest = dict.fromkeys(LANES, 0)
         for lane, meta in sorted(found, key=lambda item: item[1].seq):  # send order = sequence order
             self._add_index(lane, meta)
             highest[lane] = meta.seq
         for lane in LANES:
-            self._next_seq[lane] = max(counters[lane], highest[lane]) + 1
+            self._next_seq[lane] = max(used[lane], reserved[lane], highest[lane]) + 1
             self._reserved[lane] = self._next_seq[lane] - 1
         self.restored_readings = self._readings["telemetry"]
         restored = {lane: len(self._index[lane]) for lane in LANES}
@@ -184,8 +189,9 @@ class DiskBuffer:
             self.unclean_starts += 1
             cache.set("unclean_starts", self.unclean_starts)
             for lane in LANES:
-                if counters[lane] > highest[lane]:
-                    self.skipped_seqs[lane] = (highest[lane] + 1, counters[lane])
+                known = max(used[lane], highest[lane])
+                if reserved[lane] > known:  # reserved by write-behind; some may never have been used
+                    self.skipped_seqs[lane] = (known + 1, reserved[lane])
             log.warning("the previous run ended without closing the buffer (kill -9, crash or power loss): "
                         "readings it had not written to disk are lost; sequence numbers skipped: %s",
                         self.skipped_seqs or "none")
@@ -200,10 +206,11 @@ class DiskBuffer:
         if cache is None:
             return
         try:
-            self.persist_due(force=True)
+            self.persist_due(force=True, closing=True)
             with cache.transact():
                 for lane in LANES:
                     cache.set(_seqkey(lane), self._next_seq[lane] - 1)
+                    cache.set(_reservekey(lane), 0)  # a clean stop releases the reservation: no gap
             (self._dir / RUNNING_MARKER).unlink(missing_ok=True)
         except (OSError, sqlite3.Error, StorageError) as exc:
             log.error("buffer could not be closed cleanly: %s", exc)
@@ -252,7 +259,7 @@ class DiskBuffer:
         meta = _Meta(key, seq, topic, readings, created_ms, size, False)
         if lane == "telemetry" and self._write_behind_s > 0 and self._link_up:
             if seq > self._reserved[lane]:  # keep sequence numbers unique across a crash
-                self._write({_seqkey(lane): seq + SEQ_RESERVE - 1})
+                self._write({_reservekey(lane): seq + SEQ_RESERVE - 1})
                 self._reserved[lane] = seq + SEQ_RESERVE - 1
             meta.staged_at = time.monotonic()
             self._staged[key] = payload
@@ -283,8 +290,8 @@ class DiskBuffer:
                 log.warning("disk full: dropped the oldest telemetry batch to make room")
 
     def _counter(self, lane: Lane) -> int:
-        """The sequence counter to store: never below a reservation still in force."""
-        return max(self._next_seq[lane] - 1, self._reserved[lane])
+        """The highest sequence number used so far (stored with every delete)."""
+        return self._next_seq[lane] - 1
 
     def set_link_up(self, up: bool) -> None:
         """Write-behind applies only while the uplink is up; when it drops, everything staged
@@ -296,9 +303,10 @@ class DiskBuffer:
             except StorageError as exc:  # they stay in memory; housekeeping tries again
                 log.error("could not write the batches kept in memory: %s", exc)
 
-    def persist_due(self, force: bool = False) -> int:
+    def persist_due(self, force: bool = False, closing: bool = False) -> int:
         """Write staged records older than ``write_behind_s`` (all with ``force``) to disk in one
-        transaction; returns how many. On failure they stay staged and are tried again later."""
+        transaction; returns how many. On failure they stay staged and are tried again later,
+        except when ``closing``: then each one that cannot be written is dropped and counted."""
         if not self._staged:
             return 0
         cutoff = time.monotonic() - self._write_behind_s
@@ -309,11 +317,35 @@ class DiskBuffer:
                 due.append(meta)
         if not due:
             return 0
-        self._write({meta.key: self._staged[meta.key] for meta in due})
+        try:
+            self._write({meta.key: self._staged[meta.key] for meta in due})
+        except StorageError:
+            if not closing:
+                raise
+            return self._persist_one_by_one(due)
         for meta in due:
             del self._staged[meta.key]
             meta.staged_at = 0.0
         return len(due)
+
+    def _persist_one_by_one(self, due: list[_Meta]) -> int:
+        """Closing on a (nearly) full disk: write what fits; what does not is counted as dropped
+        (``disk_full``) instead of vanishing with the process."""
+        written = 0
+        for meta in due:
+            try:
+                self._write({meta.key: self._staged[meta.key]})
+            except StorageError as exc:
+                rec = self._remove("telemetry", meta.key)
+                if rec is not None:
+                    log.error("batch seq=%d (%d readings) could not be written at stop: %s", meta.seq,
+                              meta.readings, exc)
+                    self.on_dropped(rec, DISK_FULL)
+                continue
+            del self._staged[meta.key]
+            meta.staged_at = 0.0
+            written += 1
+        return written
 
     def _make_room(self, lane: Lane, incoming: int) -> None:
         if lane != "telemetry":

@@ -220,9 +220,11 @@ def lab(duration: float | None, devices: int, rate_hz: float, local_port: int, c
               help="Do not retain the document on the broker (by default a gateway that is offline gets it "
                    "when it connects).")
 @click.option("--prefix", default="edge/{gateway_id}", show_default=True, help="Cloud topic prefix pattern.")
+@click.option("--protocol", type=click.Choice(["5", "3.1.1"]), default="5", show_default=True,
+              help="MQTT version to speak to the cloud broker.")
 @click.option("--json", "as_json", is_flag=True, help="Print the gateway's answer as JSON.")
 def push_config(url: str, gateway_id: str, file: Path, version: int | None, timeout_s: float, no_retain: bool,
-                prefix: str, as_json: bool) -> None:
+                prefix: str, protocol: Literal["5", "3.1.1"], as_json: bool) -> None:
     """Push a config document (rules, batch policy) from a TOML FILE to a gateway and print its answer.
 
     Exits 0 when the gateway applied it, 1 when it rejected it, found it stale or did not answer in
@@ -240,6 +242,7 @@ def push_config(url: str, gateway_id: str, file: Path, version: int | None, time
 
     status = ask_gateway(
         url, topics.config, document_bytes(doc), topics.config_status, answers_this, timeout_s, retain=not no_retain,
+        protocol=protocol,
         no_answer=f"from gateway {gateway_id}" + ("" if no_retain else " (the document is retained: the gateway "
                                                   "applies it when it connects)"))
     show_answer(status, as_json, lambda: render_config_status(status, gateway_id), ok="applied")
@@ -257,9 +260,12 @@ def push_config(url: str, gateway_id: str, file: Path, version: int | None, time
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=10.0,
               show_default=True, help="Seconds to wait for the answer.")
 @click.option("--prefix", default="edge/{gateway_id}", show_default=True, help="Cloud topic prefix pattern.")
+@click.option("--protocol", type=click.Choice(["5", "3.1.1"]), default="5", show_default=True,
+              help="MQTT version to speak to the cloud broker.")
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
 def command(url: str, gateway_id: str, device: str, name: str, args_json: str | None, ttl_s: float | None,
-            command_id: str | None, timeout_s: float, prefix: str, as_json: bool) -> None:
+            command_id: str | None, timeout_s: float, prefix: str, protocol: Literal["5", "3.1.1"],
+            as_json: bool) -> None:
     """Send command NAME to DEVICE through a gateway and print the answer.
 
     Exits 0 when the answer's status is ok, 1 for any other status (error, unknown_command,
@@ -272,7 +278,7 @@ def command(url: str, gateway_id: str, device: str, name: str, args_json: str | 
         return record.get("kind") == "response" and record.get("id") == cid and record.get("device") == device
 
     answer = ask_gateway(url, f"{topics.prefix}/commands/{device}/{name}", json.dumps(payload).encode(),
-                         topics.responses, answers_this, timeout_s, no_answer=f"to command {cid}")
+                         topics.responses, answers_this, timeout_s, no_answer=f"to command {cid}", protocol=protocol)
     show_answer(answer, as_json, lambda: render_response(answer), ok="ok")
 
 
@@ -313,13 +319,15 @@ def render_response(answer: dict[str, Any]) -> None:
 
 
 def ask_gateway(url: str, topic: str, payload: bytes, reply_topic: str, match: Callable[[dict[str, Any]], bool],
-                timeout_s: float, *, no_answer: str, retain: bool = False) -> dict[str, Any]:
+                timeout_s: float, *, no_answer: str, retain: bool = False,
+                protocol: Literal["5", "3.1.1"] = "5") -> dict[str, Any]:
     """One operator request through the cloud broker; exits 1 when there is no answer in time or the
     broker cannot be used."""
     from bridge.operator import NoReply, request
 
     try:
-        return asyncio.run(request(url, topic, payload, reply_topic, match, timeout_s, retain=retain))
+        return asyncio.run(request(url, topic, payload, reply_topic, match, timeout_s, retain=retain,
+                                   protocol=protocol))
     except NoReply as exc:
         err_console.print(f"[red]no answer[/red] {no_answer}: {exc}", highlight=False)
         raise SystemExit(1) from exc

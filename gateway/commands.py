@@ -116,6 +116,7 @@ class CommandRouter:
         self._outbox: list[_Held] = []
         self._tracked: OrderedDict[tuple[str, CommandId], _Tracked] = OrderedDict()
         self._wake = asyncio.Event()
+        self._stopped = False
         self.counters = CommandCounters()
 
     # ------------------------------------------------------------------ arrival (sync, on the loop)
@@ -139,6 +140,9 @@ class CommandRouter:
             return
         if cmd.expired(self._wall()):
             self._gateway_answer(cmd, "expired", "the command expired before it could be delivered")
+            return
+        if self._stopped:  # the uplink outlives the router by a few seconds during a stop
+            self._gateway_answer(cmd, "undeliverable", "the gateway is stopping")
             return
         now = self._mono()
         held = _Held(cmd, self._pattern.format(device_id=cmd.device, name=cmd.name), now,
@@ -215,6 +219,7 @@ class CommandRouter:
                 waking.cancel()
         finally:
             stopping.cancel()
+            self._stopped = True
             for held in [*self._outbox, *self._held.values()]:
                 self._gateway_answer(held.cmd, "undeliverable", "the gateway is stopping")
             self._outbox.clear()

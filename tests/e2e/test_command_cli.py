@@ -76,3 +76,21 @@ def test_bad_url_and_gateway_exit_2() -> None:
     assert res.exit_code == 2 and "--url" in res.output
     res = CliRunner().invoke(main, ["command", "--url", "mqtt://127.0.0.1:1", "--gateway", "g/w", "d", "ping"])
     assert res.exit_code == 2 and "--gateway" in res.output
+
+
+async def test_the_operator_cli_speaks_mqtt_3_1_1_to_a_3_1_1_only_cloud(tmp_path: Path) -> None:
+    from gateway.broker import EmbeddedBroker
+
+    cloud = EmbeddedBroker("127.0.0.1", 0)  # amqtt: MQTT 3.1.1 only
+    await cloud.start()
+    url = f"mqtt://127.0.0.1:{cloud.address.port}"
+    try:
+        cfg = gateway_config(tmp_path, url, protocol="3.1.1", downlink={"hold_offline_s": 0})
+        async with running_gateway(cfg):
+            for _ in range(10):  # the first tries may come before the gateway has subscribed
+                res = await cli(url, "dev-0009", "ping", "--protocol", "3.1.1", "--timeout", "2")
+                if "no answer" not in res.output:
+                    break
+            assert res.exit_code == 1 and "undeliverable from gateway" in res.output, res.output  # answered
+    finally:
+        await cloud.stop()

@@ -129,3 +129,62 @@ async def test_everything_acknowledged_to_devices_is_counted_across_a_stop(tmp_p
     await asyncio.gather(*devices, return_exceptions=True)
     assert svc.accounting.readings_in == acked["n"]  # every PUBACK the devices got is accounted for
     assert svc.accounting.balance() == 0
+
+
+async def _broker_with_no_quota_for_telemetry(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """MQTT 5 broker stand-in: PUBACK 0x97 (quota exceeded: retry later) for telemetry, success for
+    everything else."""
+    try:
+        while True:
+            head = await reader.readexactly(1)
+            length, shift = 0, 0
+            while True:
+                byte = (await reader.readexactly(1))[0]
+                length |= (byte & 0x7F) << shift
+                shift += 7
+                if not byte & 0x80:
+                    break
+            body = await reader.readexactly(length)
+            if head[0] >> 4 == 1:  # CONNECT
+                writer.write(b"\x20\x03\x00\x00\x00")
+            elif head[0] >> 4 == 12:  # PINGREQ
+                writer.write(b"\xd0\x00")
+            elif head[0] >> 4 == 3 and (head[0] >> 1) & 3:
+                n = int.from_bytes(body[:2], "big")
+                topic, packet_id = body[2:2 + n].decode(), body[2 + n:4 + n]
+                code = 0x97 if topic.endswith("/telemetry") else 0x00
+                writer.write(b"\x40\x03" + packet_id + bytes([code]))
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+
+
+async def test_a_telemetry_batch_told_to_retry_later_does_not_hold_control_back(tmp_path: Path) -> None:
+    server = await asyncio.start_server(_broker_with_no_quota_for_telemetry, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    buf = DiskBuffer(tmp_path / "buf", {"telemetry": Budget(10**9), "control": Budget(10**9)})
+    buf.open()
+    buf.append("telemetry", "edge/gw/telemetry", lambda s: b"\x01\x00" + bytes(10), 1)
+    delivered: list[tuple[str, bool]] = []
+    policies: dict[Lane, LanePolicy] = {"control": LanePolicy(1, 10), "telemetry": LanePolicy(1, 5)}
+    fw = Forwarder(buf, policies, on_rejected=lambda r, w: None,
+                   on_delivered=lambda r, n: delivered.append((r.lane, fw._paused_until["telemetry"]
+                                                               > asyncio.get_running_loop().time())))
+    conn = await MqttConnection.open(f"mqtt://127.0.0.1:{port}", ClientSettings(client_id="gw", protocol="5"))
+    stop = asyncio.Event()
+    pump = asyncio.create_task(fw.pump(conn, stop))
+    try:
+        await eventually(lambda: fw._paused_until["telemetry"] > 0)
+        buf.append("control", "edge/gw/alerts", lambda s: b'{"kind":"alert"}', 0)
+        fw.wake()
+        await eventually(lambda: len(delivered) > 0)
+        # the alert went out while the telemetry lane was still paused, not after the pause
+        assert delivered == [("control", True)]
+        assert buf.depth("telemetry") == 1  # the refused batch is kept for later
+    finally:
+        stop.set()
+        await asyncio.wait_for(pump, 10)
+        await conn.close()
+        buf.close()
+        server.close()
+        await server.wait_closed()

@@ -88,3 +88,31 @@ def test_deletes_never_lower_a_reservation(tmp_path: Path) -> None:
     assert crashed.next_seq("telemetry") > 6
     crashed.close()
     del buf
+
+
+def test_without_write_behind_a_crash_skips_no_numbers(tmp_path: Path) -> None:
+    buf = make(tmp_path / "b")
+    for _ in range(10):
+        put(buf)
+    buf.ack_many([r.key for r in buf.take("telemetry", 10)])
+    crashed = make(tmp_path / "b")  # kill -9 after everything was delivered
+    assert crashed.unclean_start and crashed.skipped_seqs == {} and crashed.next_seq("telemetry") == 11
+    crashed.close()
+    del buf
+
+
+def test_batches_that_cannot_be_written_at_stop_are_counted_not_lost(tmp_path: Path) -> None:
+    dropped: list[tuple[int, str]] = []
+    buf = DiskBuffer(tmp_path / "b", {"telemetry": Budget(10**9), "control": Budget(10**9)}, sync="normal",
+                     write_behind_s=60, sqlite_pragmas={"max_page_count": 25},
+                     on_dropped=lambda rec, reason: dropped.append((rec.readings, reason)))
+    buf.open()
+    buf.set_link_up(True)
+    for _ in range(40):
+        buf.append("telemetry", "t", lambda seq: bytes(3000), 100)
+    buf.close()  # the disk holds only part of what is in memory
+    again = make(tmp_path / "b")
+    kept = again.readings("telemetry")
+    again.close()
+    assert dropped and {reason for _, reason in dropped} == {"disk_full"}
+    assert kept + sum(n for n, _ in dropped) == 4000  # every reading either on disk or counted

@@ -88,6 +88,11 @@ async def test_stopping_answers_every_held_command() -> None:
     await rig.router.run(stop)
     assert [(a["id"], a["status"], a["result"]["reason"]) for a in rig.answers] == [
         ("h", "undeliverable", "the gateway is stopping")]
+    # the uplink stays up a little longer than the router: a late command still gets its answer
+    rig.present.add("devices/d1/commands/ping")
+    rig.router.handle(Command("d1", "ping", "late"))
+    assert [(a["id"], a["status"]) for a in rig.answers[1:]] == [("late", "undeliverable")]
+    assert rig.sent == [] and rig.router.held == 0
 
 
 async def test_tracking_is_forgotten_after_track_responses_s() -> None:

@@ -142,11 +142,14 @@ def test_control_records_stored_and_deduplicated(store: SinkStore) -> None:
     assert store.store_control(alert(2, state="cleared"), 11)
     assert store.store_control(event(3), 12)
     assert store.store_control(response(4), 13)
+    assert store.store_control({"kind": "config_status", "gw": "gw-1", "seq": 5, "version": 3,
+                                "status": "applied", "errors": [], "current_version": 3}, 13)
     assert not store.store_control(alert(1), 14)
     assert not store.store_control(event(3), 15)
     assert store.duplicate_counts() == {("gw-1", "control"): 2}
     assert (store.count("alerts"), store.count("events"), store.count("responses")) == (2, 1, 1)
-    assert store.gaps() == {}
+    assert store.count("config_acks") == 1
+    assert store.gaps() == {}  # config acks share the control sequence: no phantom gap
     row = rows(store, "SELECT device, metric, level, state, value, threshold, ts_ms, rule FROM alerts"
                       " WHERE seq = 1")
     assert row[0] == ("dev-1", "temp", "max", "raised", 81.5, 80.0, 1_700_000_000_123, "temp-high")
