@@ -4,12 +4,16 @@ paho's ``loop_start`` thread uses ``select()``, which fails once file descriptor
 340 clients in one process). Instead each client's socket is registered with the event loop
 (``add_reader``/``add_writer``, epoll on Linux) and ``loop_misc`` runs on a 1 s tick for keepalive.
 Sockets are opened by ``connect()``/``reconnect()`` in a worker thread; :meth:`SocketDriver.sync`
-registers the new socket on the loop thread once that call has returned.
+registers the new socket on the loop thread once that call has returned, with Nagle's algorithm
+off (TCP_NODELAY): a device answers a command with its PUBACK and then its response, two small
+writes in a row, and with Nagle on the second waits for the broker's delayed ACK (~40 ms on Linux).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import threading
 from typing import Any, Protocol
 
@@ -51,6 +55,9 @@ class SocketDriver:
         self._unregister()
         if sock is None:
             return
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock, self._fd = sock, sock.fileno()
         self._loop.add_reader(self._fd, self._read)
         if self._client.want_write():

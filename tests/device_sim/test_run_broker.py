@@ -221,3 +221,19 @@ async def test_backlog_overflow_is_counted_and_seq_stays_contiguous() -> None:
     assert device["last_seq"] == 40 - summary["overflow"]
     delivered = sorted(json.loads(p)["seq"] for t, p in received if t.endswith("/telemetry"))
     assert delivered == list(range(1, len(delivered) + 1))
+
+
+async def test_device_sockets_have_nagle_off(amqtt_broker: EmbeddedBroker) -> None:
+    """A command answer (PUBACK, then the response) must not wait for the broker's delayed ACK."""
+    import socket
+
+    from device_sim.publisher import Publisher
+
+    pub = Publisher(_broker(amqtt_broker), "nodelay-dev", subscriptions=["devices/nodelay-dev/commands/+"])
+    await pub.connect()
+    try:
+        sock = pub._client.socket()
+        assert isinstance(sock, socket.socket)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        await pub.disconnect()
