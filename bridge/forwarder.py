@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 # PUBACK reason codes that retrying will not fix.
 PERMANENT_PUBACK_CODES = frozenset({0x87, 0x90, 0x95, 0x99})
 _RETRY_PAUSE_S = 1.0
+_LAG_PROBE_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class DrainPolicy:
     backlog_per_live: int = 4  # backlog batches sent per live batch while both are waiting
     max_bytes_per_s: float = 0.0  # byte-rate cap for the whole uplink; 0 = none
     burst_bytes: int = 65536
+    max_loop_lag_s: float = 0.001  # shrink the backlog's window while the event loop lags more; 0 = off
 
 
 class Forwarder:
@@ -67,6 +69,12 @@ class Forwarder:
         self._inflight: dict[Lane, dict[str, Record]] = {lane: {} for lane in LANES}
         self._paused_until: dict[Lane, float] = dict.fromkeys(LANES, 0.0)  # after a "retry later" PUBACK
         self._backlog_credit = 0
+        # The backlog's share of the telemetry window. A drain on a fast link would otherwise keep
+        # the one event loop busy (reads, publishes, deletes) and delay devices and control messages:
+        # it halves while the loop lags more than max_loop_lag_s and grows back by one when it does not.
+        self._backlog_window = policies["telemetry"].window
+        self._backlog_inflight = 0
+        self._loop_lag = 0.0
         self._acked: list[tuple[Record, int]] = []  # PUBACKed, to be deleted in the next flush
         self._last_progress = 0.0  # loop time of the last ack, or of the first send after an idle spell
         self.backlog_rate = RateMeter()  # backlog (replay) readings acknowledged per second
@@ -94,6 +102,7 @@ class Forwarder:
         """Send over ``conn`` until it closes or ``stop`` is set (then wait for in-flight acks)."""
         closed = asyncio.ensure_future(conn.wait_closed())
         stopping = asyncio.ensure_future(stop.wait())
+        lag_probe = asyncio.ensure_future(self._probe_loop_lag()) if self._drain_policy.max_loop_lag_s > 0 else None
         try:
             while not conn.closed and not stop.is_set():
                 self._wake.clear()
@@ -106,6 +115,8 @@ class Forwarder:
         finally:
             closed.cancel()
             stopping.cancel()
+            if lag_probe is not None:
+                lag_probe.cancel()
             self._flush_acks()
             self._release_all()
 
@@ -135,6 +146,22 @@ class Forwarder:
             reserve_unused = max(0, reserve - len(self._inflight["control"]))
             free = min(free, conn.free_slots - reserve_unused)
         return free
+
+    async def _probe_loop_lag(self) -> None:
+        """Measure how late the event loop runs a 10 ms timer and size the backlog's window."""
+        loop = asyncio.get_running_loop()
+        window = self._policies["telemetry"].window
+        target = self._drain_policy.max_loop_lag_s
+        while True:
+            start = loop.time()
+            await asyncio.sleep(_LAG_PROBE_S)
+            lag = loop.time() - start - _LAG_PROBE_S
+            self._loop_lag = max(lag, self._loop_lag * 0.7)  # quick to rise, slow to fall
+            if self._loop_lag > target:
+                self._backlog_window = max(1, self._backlog_window // 2)
+            elif self._loop_lag < target / 2 and self._backlog_window < window:
+                self._backlog_window += 1
+                self._wake.set()
 
     def _fill_all(self, conn: MqttConnection) -> float | None:
         """Send what the windows allow, control first. Returns when to look again if a pause or
@@ -175,7 +202,8 @@ class Forwarder:
         if live and self._backlog_credit <= 0:
             self._backlog_credit = self._drain_policy.backlog_per_live
             return "live"
-        if self._store.available("telemetry", "backlog"):
+        # while the loop is busy the backlog waits for an ack (live batches still go)
+        if self._backlog_inflight < self._backlog_window and self._store.available("telemetry", "backlog"):
             self._backlog_credit -= 1
             return "backlog"
         return "live" if live else None
@@ -204,6 +232,8 @@ class Forwarder:
             if not any(self._inflight.values()):
                 self._last_progress = asyncio.get_running_loop().time()
             self._inflight[lane][rec.key] = rec
+            if lane == "telemetry" and rec.replay:
+                self._backlog_inflight += 1
             if self._bucket is not None:
                 self._bucket.spend(len(payload) + len(rec.topic))
             if lane == "telemetry":
@@ -217,6 +247,8 @@ class Forwarder:
     def _done(self, rec: Record, size: int, fut: asyncio.Future[None]) -> None:
         if self._inflight[rec.lane].pop(rec.key, None) is None:
             return  # already released (connection ended)
+        if rec.lane == "telemetry" and rec.replay:
+            self._backlog_inflight -= 1
         self._last_progress = asyncio.get_running_loop().time()
         try:
             self._settle(rec, size, fut)
@@ -267,6 +299,7 @@ class Forwarder:
         self._wake.set()
 
     def _release_all(self) -> None:
+        self._backlog_inflight = 0
         for lane in LANES:
             for key in list(self._inflight[lane]):
                 self._store.release(key)

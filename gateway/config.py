@@ -225,6 +225,7 @@ class UplinkSection(Strict):
     control_max_inflight: Annotated[int, Field(ge=1, le=100)] = 10
     ack_timeout_s: PositiveFloat = 60.0
     backlog_per_live: Annotated[int, Field(ge=1, le=1000)] = 4
+    drain_max_loop_lag_ms: NonNegFloat = 1.0
     max_bytes_per_s: NonNegFloat = 0.0
     backoff_base_s: PositiveFloat = 0.5
     backoff_cap_s: PositiveFloat = 30.0

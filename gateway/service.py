@@ -88,7 +88,8 @@ class GatewayService:
             on_delivered=self._delivered,
             on_rejected=self._rejected,
             drain=DrainPolicy(cfg.uplink.backlog_per_live, cfg.uplink.max_bytes_per_s,
-                              burst_bytes=max(65536, cfg.batch.max_bytes)),
+                              burst_bytes=max(65536, cfg.batch.max_bytes),
+                              max_loop_lag_s=cfg.uplink.drain_max_loop_lag_ms / 1000),
         )
         self.lanes = LaneWriter(self.buffer, self.topics, acc, compression=cfg.batch.compression,
                                 level=cfg.batch.level, on_written=self.forwarder.wake)
