@@ -161,6 +161,7 @@ class UplinkLink:
             await asyncio.sleep(WATCHDOG_EVERY_S)
             reason = self._dead_link(conn)
             if reason is not None:
+                self.last_error = reason
                 self.watchdog_trips += 1
                 log.warning("uplink to %s: %s; reconnecting", conn.url, reason)
                 conn.abort(reason)
