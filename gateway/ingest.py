@@ -26,6 +26,7 @@ class Ingest:
         self._max = max_messages
         self._on_overflow = on_overflow
         self._waiter: asyncio.Future[None] | None = None
+        self._pause: asyncio.Future[None] | None = None
         self.high_water = 0
 
     def offer(self, topic: str, payload: bytes) -> None:
@@ -35,9 +36,9 @@ class Ingest:
             return
         queue.append((topic, payload, int(time.time() * 1000)))
         self.high_water = max(self.high_water, len(queue))
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        for waiter in (self._waiter, self._pause if queue is self._control else None):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     def __len__(self) -> int:
         return len(self._queue) + len(self._control)
@@ -55,6 +56,20 @@ class Ingest:
             self._waiter = None
             if timer is not None:
                 timer.cancel()
+
+    async def pause(self, seconds: float) -> None:
+        """Let telemetry gather for ``seconds`` (fewer wake-ups), but end at once when a control
+        message (event, command response) arrives: those must not wait."""
+        if self._control:
+            return
+        loop = asyncio.get_running_loop()
+        self._pause = pause = loop.create_future()
+        timer = loop.call_later(seconds, _wake, pause)
+        try:
+            await pause
+        finally:
+            self._pause = None
+            timer.cancel()
 
     def drain(self, limit: int) -> list[tuple[str, bytes, int]]:
         """Up to ``limit`` messages, control messages first."""

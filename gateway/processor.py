@@ -58,7 +58,7 @@ class Processor:
             while self._drain_once():  # noqa: ASYNC110 - yield to the broker and uplink between chunks
                 await asyncio.sleep(0)
             self._guarded(self._pipeline.tick)
-            await asyncio.sleep(COALESCE_S)
+            await self._ingest.pause(COALESCE_S)
             if time.monotonic() >= next_housekeeping:
                 next_housekeeping = time.monotonic() + HOUSEKEEPING_EVERY_S
                 self._guarded(self._lanes.housekeeping)

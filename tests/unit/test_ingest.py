@@ -49,3 +49,15 @@ def test_decoder_classifies_control_topics() -> None:
     assert decoder.is_control("devices/d1/events") and decoder.is_control("devices/d1/responses")
     assert not decoder.is_control("devices/d1/telemetry") and not decoder.is_control("devices/d1/telemetry/t")
     assert not decoder.is_control("devices/d1/commands/ping")
+
+
+async def test_a_control_message_ends_the_coalescing_pause_telemetry_does_not() -> None:
+    ingest = Ingest(100, lambda t: None, is_control=lambda t: t.endswith("/responses"))
+    pause = asyncio.ensure_future(ingest.pause(30))
+    await asyncio.sleep(0)
+    ingest.offer("devices/d/telemetry", b"1")
+    await asyncio.sleep(0)
+    assert not pause.done()  # telemetry keeps gathering
+    ingest.offer("devices/d/responses", b"{}")
+    await asyncio.wait_for(pause, 1)  # a response ends it at once (not after 30 s)
+    assert [t for t, _, _ in ingest.drain(10)] == ["devices/d/responses", "devices/d/telemetry"]
