@@ -41,15 +41,17 @@ class IngestHook(BasePlugin[Any]):  # type: ignore[misc]  # amqtt ships no type 
     presence: PresenceCallback | None = None
     errors: int = 0
 
+    def _guarded(self, what: str, call: Callable[..., None], *args: Any) -> None:
+        try:
+            call(*args)
+        except Exception:  # hooks run as unobserved tasks: log and count, never lose silently
+            self.errors += 1
+            log.exception("%s failed (topic %r)", what, getattr(args[-1], "topic", None) if args else None)
+
     def _presence_changed(self) -> None:
         presence = self.presence
-        if presence is None:
-            return
-        try:
-            presence()
-        except Exception:  # an unobserved hook task: log and count
-            self.errors += 1
-            log.exception("presence callback failed")
+        if presence is not None:
+            self._guarded("presence callback", presence)
 
     async def on_broker_client_connected(self, *, client_id: str, **_: Any) -> None:
         self._presence_changed()
@@ -59,13 +61,12 @@ class IngestHook(BasePlugin[Any]):  # type: ignore[misc]  # amqtt ships no type 
 
     async def on_broker_message_broadcast(self, *, client_id: str, message: Any) -> None:
         deliver = self.deliver
-        if deliver is None:
-            return
-        try:
-            deliver(str(message.topic), bytes(message.data or b""))
-        except Exception:  # the hook runs as an unobserved task: log and count, never lose silently
-            self.errors += 1
-            log.exception("ingest callback failed for topic %r", getattr(message, "topic", "?"))
+        if deliver is not None:
+            self._guarded("ingest callback", _hand_over, deliver, message)
+
+
+def _hand_over(deliver: MessageCallback, message: Any) -> None:
+    deliver(str(message.topic), bytes(message.data or b""))
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:

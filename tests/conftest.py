@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from gateway.broker import BrokerAddress, EmbeddedBroker
-from tests.support import Mosquitto
+from tests.support import Mosquitto, running_mosquitto
 
 
 @pytest.fixture
@@ -27,20 +27,12 @@ def amqtt_address(amqtt_broker: EmbeddedBroker) -> BrokerAddress:
 @pytest.fixture
 def mosquitto() -> Iterator[Mosquitto]:
     """A real mosquitto process on a free port; tests may stop/kill/restart it on the same port."""
-    broker = Mosquitto()
-    broker.start()
-    try:
+    with running_mosquitto() as broker:
         yield broker
-    finally:
-        broker.cleanup()
 
 
 @pytest.fixture
 def persistent_mosquitto() -> Iterator[Mosquitto]:
     """mosquitto that keeps sessions and queued messages across stop/start on the same port."""
-    broker = Mosquitto(persistent=True)
-    broker.start()
-    try:
+    with running_mosquitto(persistent=True) as broker:
         yield broker
-    finally:
-        broker.cleanup()

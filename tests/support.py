@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -149,3 +151,14 @@ class Mosquitto:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_mosquitto(**kwargs: Any) -> Iterator[Mosquitto]:
+    """A started :class:`Mosquitto` (arguments as for the class), cleaned up afterwards."""
+    broker = Mosquitto(**kwargs)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.cleanup()

@@ -7,24 +7,12 @@ other than the command topic of a valid, allowed, unexpired command.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.e2e.downlink_support import CloudOperator, LocalSpy, sim_devices
 from tests.e2e.harness import gateway_config, local_url, running_gateway
 from tests.support import Mosquitto, eventually
-
-
-@pytest.fixture
-async def operator(mosquitto: Mosquitto) -> AsyncIterator[CloudOperator]:
-    op = await CloudOperator.connect(mosquitto.url)
-    try:
-        yield op
-    finally:
-        await op.close()
 
 
 def gw_config(tmp_path: Path, mosquitto: Mosquitto, **downlink: Any) -> Any:

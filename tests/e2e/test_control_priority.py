@@ -13,12 +13,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from bridge.codec import decode_batch, decode_control
 from bridge.mqtt_types import Message
@@ -81,15 +78,6 @@ class OrderedCollector(CloudCollector):
 
     def replays(self) -> list[int]:
         return [i for i, a in enumerate(self.log) if a.kind == "replay"]
-
-
-@pytest.fixture
-async def operator(mosquitto: Mosquitto) -> AsyncIterator[CloudOperator]:
-    op = await CloudOperator.connect(mosquitto.url)
-    try:
-        yield op
-    finally:
-        await op.close()
 
 
 async def test_alert_and_command_overtake_a_draining_backlog(tmp_path: Path, mosquitto: Mosquitto,

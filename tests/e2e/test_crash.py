@@ -27,7 +27,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,52 +39,13 @@ from bridge.codec import decode_batch
 from bridge.sink import Sink
 from bridge.sink_store import SinkStore
 from gateway.buffer import Budget, DiskBuffer
+from tests.e2e.gateway_process import metrics_text, scrape, write_config
 from tests.e2e.harness import CloudCollector, PacedDevices
 from tests.support import Mosquitto, eventually, free_port
 
 SEED = 7
 MAX_AGE_S = 0.5  # batch.max_age_s: the documented kill -9 window
 MARGIN_S = 1.0  # scheduling slack on a busy 2-core machine (processor tick, fsync, ingest queue)
-
-
-def metrics_text(port: int) -> str:
-    """The gateway's /metrics page, or "" while the endpoint is not up."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-            return str(resp.read().decode())
-    except OSError:
-        return ""
-
-
-def scrape(port: int, name: str) -> float | None:
-    """One unlabelled value from the gateway's /metrics, or None when absent."""
-    for line in metrics_text(port).splitlines():
-        if line.startswith((name + " ", name + "_total ")):
-            return float(line.split()[-1])
-    return None
-
-
-def write_config(tmp: Path, local_port: int, metrics_port: int, cloud_url: str) -> Path:
-    path = tmp / "gw.toml"
-    path.write_text(f"""
-[gateway]
-id = "gw-test"
-data_dir = "{tmp / 'data'}"
-[local_broker]
-listen = "127.0.0.1:{local_port}"
-[uplink]
-urls = ["{cloud_url}"]
-backoff_base_s = 0.05
-backoff_cap_s = 0.5
-[batch]
-max_count = 1000
-max_age_s = {MAX_AGE_S}
-[metrics]
-listen = "127.0.0.1:{metrics_port}"
-[log]
-level = "info"
-""")
-    return path
 
 
 class GatewayRun:
@@ -187,7 +147,8 @@ async def crash_cycle(tmp: Path, cloud: Mosquitto, *, kills: int, devices: int, 
                       seed: int) -> None:
     rng = random.Random(seed)
     local_port, metrics_port = free_port(), free_port()
-    config = write_config(tmp, local_port, metrics_port, cloud.url)
+    config = write_config(tmp, local_port, metrics_port, cloud.url, max_count=1000, max_age_s=MAX_AGE_S,
+                          log_level="info")
     pub = PacedDevices(f"mqtt://127.0.0.1:{local_port}", devices, rate_hz)
     disk = DiskState()
     history: list[Kill] = []

@@ -17,6 +17,7 @@ from gateway.buffer import Budget, DiskBuffer
 from gateway.config import Secrets
 from gateway.errors import StorageError
 from gateway.service import GatewayService
+from tests.e2e.fake_broker import publish_topic_and_id, read_packet
 from tests.e2e.harness import Devices, gateway_config, local_url, running_gateway, telemetry
 from tests.support import Mosquitto, eventually
 
@@ -136,22 +137,13 @@ async def _broker_with_no_quota_for_telemetry(reader: asyncio.StreamReader, writ
     everything else."""
     try:
         while True:
-            head = await reader.readexactly(1)
-            length, shift = 0, 0
-            while True:
-                byte = (await reader.readexactly(1))[0]
-                length |= (byte & 0x7F) << shift
-                shift += 7
-                if not byte & 0x80:
-                    break
-            body = await reader.readexactly(length)
-            if head[0] >> 4 == 1:  # CONNECT
+            head, body = await read_packet(reader)
+            if head >> 4 == 1:  # CONNECT
                 writer.write(b"\x20\x03\x00\x00\x00")
-            elif head[0] >> 4 == 12:  # PINGREQ
+            elif head >> 4 == 12:  # PINGREQ
                 writer.write(b"\xd0\x00")
-            elif head[0] >> 4 == 3 and (head[0] >> 1) & 3:
-                n = int.from_bytes(body[:2], "big")
-                topic, packet_id = body[2:2 + n].decode(), body[2 + n:4 + n]
+            elif head >> 4 == 3 and (head >> 1) & 3:
+                topic, packet_id = publish_topic_and_id(body)
                 code = 0x97 if topic.endswith("/telemetry") else 0x00
                 writer.write(b"\x40\x03" + packet_id + bytes([code]))
             await writer.drain()

@@ -7,46 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from gateway.buffer import Budget, DiskBuffer
+from tests.e2e.gateway_process import scrape, write_config
 from tests.e2e.harness import CloudCollector, Devices, telemetry
 from tests.support import Mosquitto, eventually, free_port, wait_until
-
-
-def scrape(port: int, name: str) -> float:
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-    except OSError:
-        return -1.0
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "_total "):
-            return float(line.split()[-1])
-    return -1.0
-
-
-def write_config(tmp: Path, local_port: int, metrics_port: int, cloud_url: str) -> Path:
-    path = tmp / "gw.toml"
-    path.write_text(f"""
-[gateway]
-id = "gw-test"
-data_dir = "{tmp / 'data'}"
-[local_broker]
-listen = "127.0.0.1:{local_port}"
-[uplink]
-urls = ["{cloud_url}"]
-backoff_base_s = 0.05
-backoff_cap_s = 0.5
-[batch]
-max_count = 100
-max_age_s = 30.0
-[metrics]
-listen = "127.0.0.1:{metrics_port}"
-[log]
-level = "warning"
-""")
-    return path
 
 
 class GatewayProcess:
@@ -76,7 +42,7 @@ class GatewayProcess:
 async def test_sigterm_flushes_and_restart_drains_without_seq_reuse(tmp_path: Path, mosquitto: Mosquitto) -> None:
     mosquitto.stop()  # cloud down: everything stays in the buffer
     local_port, metrics_port = free_port(), free_port()
-    config = write_config(tmp_path, local_port, metrics_port, mosquitto.url)
+    config = write_config(tmp_path, local_port, metrics_port, mosquitto.url, max_count=100, max_age_s=30.0)
     t0 = int(time.time() * 1000) - 10_000
 
     gw = GatewayProcess(config, local_port)

@@ -19,7 +19,7 @@ from tests.e2e.harness import (
     telemetry,
 )
 from tests.e2e.store_helpers import prefill_backlog
-from tests.support import Mosquitto, eventually
+from tests.support import Mosquitto, eventually, running_mosquitto
 
 
 async def test_a_100k_backlog_drains_interleaved_with_live_data(tmp_path: Path, mosquitto: Mosquitto) -> None:
@@ -113,12 +113,8 @@ async def test_the_budget_during_an_outage_drops_oldest_telemetry_and_keeps_ever
 
 @pytest.fixture
 def secondary() -> Iterator[Mosquitto]:
-    broker = Mosquitto()
-    broker.start()
-    try:
+    with running_mosquitto() as broker:
         yield broker
-    finally:
-        broker.cleanup()
 
 
 async def test_failover_moves_traffic_to_the_next_endpoint_without_loss(

@@ -14,6 +14,7 @@ import pytest
 from gateway.config import Secrets
 from gateway.service import GatewayService
 from tests.chaos import ChaosProxy
+from tests.e2e.fake_broker import publish_topic_and_id, read_packet
 from tests.e2e.harness import CloudCollector, PacedDevices, gateway_config, local_url, running_gateway
 from tests.support import Mosquitto, eventually
 
@@ -62,16 +63,8 @@ async def _broker_that_never_acks_telemetry(reader: asyncio.StreamReader, writer
     telemetry PUBLISH: alive for the keepalive, stuck for the data."""
     try:
         while True:
-            head = await reader.readexactly(1)
-            length, shift = 0, 0
-            while True:
-                byte = (await reader.readexactly(1))[0]
-                length |= (byte & 0x7F) << shift
-                shift += 7
-                if not byte & 0x80:
-                    break
-            body = await reader.readexactly(length)
-            kind = head[0] >> 4
+            head, body = await read_packet(reader)
+            kind = head >> 4
             if kind == 1:  # CONNECT -> CONNACK success, no properties
                 writer.write(b"\x20\x03\x00\x00\x00")
             elif kind == 12:  # PINGREQ -> PINGRESP
@@ -83,10 +76,8 @@ async def _broker_that_never_acks_telemetry(reader: asyncio.StreamReader, writer
                     pos += 2 + int.from_bytes(body[pos:pos + 2], "big") + 1
                     granted += 1
                 writer.write(bytes([0x90, 3 + granted]) + body[:2] + b"\x00" + b"\x01" * granted)
-            elif kind == 3 and (head[0] >> 1) & 3:  # PUBLISH QoS>0
-                topic_len = int.from_bytes(body[:2], "big")
-                topic = body[2:2 + topic_len].decode()
-                packet_id = body[2 + topic_len:4 + topic_len]
+            elif kind == 3 and (head >> 1) & 3:  # PUBLISH QoS>0
+                topic, packet_id = publish_topic_and_id(body)
                 if topic.endswith("/status"):
                     writer.write(b"\x40\x02" + packet_id)
             await writer.drain()
