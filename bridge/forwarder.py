@@ -76,7 +76,8 @@ class Forwarder:
         self._backlog_inflight = 0
         self._loop_lag = 0.0
         self._acked: list[tuple[Record, int]] = []  # PUBACKed, to be deleted in the next flush
-        self._last_progress = 0.0  # loop time of the last ack, or of the first send after an idle spell
+        # loop time each in-flight record was sent, in send order (the first entry is the oldest)
+        self._sent_at: dict[str, float] = {}
         self.backlog_rate = RateMeter()  # backlog (replay) readings acknowledged per second
         self.live_sent = 0
         self.backlog_sent = 0
@@ -92,11 +93,11 @@ class Forwarder:
     def inflight(self, lane: Lane) -> int:
         return len(self._inflight[lane])
 
-    def stalled_for(self) -> float:
-        """Seconds since the last PUBACK while records are in flight (0 when nothing is)."""
-        if not any(self._inflight.values()):
-            return 0.0
-        return asyncio.get_running_loop().time() - self._last_progress
+    def oldest_unacked_s(self) -> float:
+        """How long the oldest record in flight has waited for its PUBACK (0 when none is in flight).
+        PUBACKs of other records do not reset it: one lost publish is noticed while the rest flow."""
+        oldest = next(iter(self._sent_at.values()), None)
+        return 0.0 if oldest is None else asyncio.get_running_loop().time() - oldest
 
     async def pump(self, conn: MqttConnection, stop: asyncio.Event, drain_timeout_s: float = 5.0) -> None:
         """Send over ``conn`` until it closes or ``stop`` is set (then wait for in-flight acks)."""
@@ -229,9 +230,8 @@ class Forwarder:
                 level = logging.DEBUG if isinstance(exc, (UplinkBusy, ConnectionLost)) else logging.WARNING
                 log.log(level, "publish of %s not sent: %s", rec.key, exc)
                 return False
-            if not any(self._inflight.values()):
-                self._last_progress = asyncio.get_running_loop().time()
             self._inflight[lane][rec.key] = rec
+            self._sent_at[rec.key] = asyncio.get_running_loop().time()
             if lane == "telemetry" and rec.replay:
                 self._backlog_inflight += 1
             if self._bucket is not None:
@@ -247,9 +247,9 @@ class Forwarder:
     def _done(self, rec: Record, size: int, fut: asyncio.Future[None]) -> None:
         if self._inflight[rec.lane].pop(rec.key, None) is None:
             return  # already released (connection ended)
+        self._sent_at.pop(rec.key, None)
         if rec.lane == "telemetry" and rec.replay:
             self._backlog_inflight -= 1
-        self._last_progress = asyncio.get_running_loop().time()
         try:
             self._settle(rec, size, fut)
         except StoreError as exc:  # the delete failed (disk full): keep it, send again later
@@ -300,6 +300,7 @@ class Forwarder:
 
     def _release_all(self) -> None:
         self._backlog_inflight = 0
+        self._sent_at.clear()
         for lane in LANES:
             for key in list(self._inflight[lane]):
                 self._store.release(key)

@@ -6,9 +6,10 @@ gateway that vanished; a clean stop publishes ``offline`` itself before disconne
 
 A progress watchdog runs beside the forwarder: a link on which nothing has arrived from the
 broker for 1.5 keepalive periods plus a second (paho sends PINGREQ after one quiet period, within
-a second, so a live broker always answers in time), or on which records are in flight but no PUBACK has come for
-``ack_timeout_s``, is torn down and rebuilt. A half-open TCP link is so detected within twice
-the keepalive (for keepalives of 2 s and more).
+a second, so a live broker always answers in time), or on which one record has waited longer than
+``ack_timeout_s`` for its PUBACK (even while other records are being acknowledged), is torn down
+and rebuilt; the records still in flight are released and sent again on the next link. A half-open
+TCP link is so detected within twice the keepalive (for keepalives of 2 s and more).
 """
 
 from __future__ import annotations
@@ -151,9 +152,10 @@ class UplinkLink:
         silent = time.monotonic() - conn.last_activity
         if silent > SILENCE_KEEPALIVES * keepalive + PAHO_TICK_S:
             return f"watchdog: nothing from the broker for {silent:.1f} s (keepalive {keepalive} s)"
-        stalled = self._forwarder.stalled_for()
-        if stalled > self._ack_timeout_s:
-            return f"watchdog: no PUBACK for {stalled:.1f} s with records in flight"
+        waited = self._forwarder.oldest_unacked_s()
+        if waited > self._ack_timeout_s:
+            return (f"watchdog: no PUBACK for {waited:.1f} s for the oldest record in flight "
+                    f"(ack_timeout_s {self._ack_timeout_s:g})")
         return None
 
     async def _watch(self, conn: MqttConnection) -> None:

@@ -18,6 +18,11 @@ Besides: ``refuse()`` resets new connections right after accepting them (open on
 ``cut()`` is an action, not a mode: it resets both sides of every open connection and changes no
 mode. ``latency()`` and ``bandwidth()`` shape what is forwarded in any data mode, and
 ``passthrough()`` keeps them; ``latency(0)`` and ``bandwidth(None)`` remove them.
+``drop_publish(topic)`` silently drops one chosen PUBLISH on its way from a client to the server,
+on an open or a new connection, while everything else keeps flowing: the server never sees it, so
+a QoS 1 publish never gets its PUBACK. For that the proxy reads the client->server direction of
+each connection that starts with an MQTT CONNECT packet by packet (each packet is forwarded whole;
+other connections are forwarded as bytes). ``dropped`` lists ``(topic, payload)`` of what it dropped.
 """
 
 from __future__ import annotations
@@ -33,6 +38,64 @@ _CHUNK = 65536
 _PACE_S = 0.05  # with a bandwidth limit, chunks are cut into slices of this many seconds' worth
 
 
+class _MqttPackets:
+    """Cuts the client->server direction of an MQTT connection into whole control packets."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self.mqtt5 = False  # learnt from the CONNECT packet: MQTT 5 PUBLISH packets carry properties
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buf += data
+        packets = []
+        while (size := _packet_size(self._buf)) is not None and size <= len(self._buf):
+            packet = bytes(self._buf[:size])
+            del self._buf[:size]
+            if packet[0] >> 4 == 1:  # CONNECT: protocol name, then the protocol level
+                body = packet[_header_size(packet):]
+                name_len = int.from_bytes(body[:2], "big")
+                self.mqtt5 = body[2 + name_len] == 5
+            packets.append(packet)
+        return packets
+
+    def publish(self, packet: bytes) -> tuple[str, bytes] | None:
+        """``(topic, payload)`` of a PUBLISH packet, None for any other packet."""
+        if packet[0] >> 4 != 3:
+            return None
+        pos = _header_size(packet)
+        topic_len = int.from_bytes(packet[pos:pos + 2], "big")
+        topic = packet[pos + 2:pos + 2 + topic_len].decode("utf-8", errors="replace")
+        pos += 2 + topic_len + (2 if (packet[0] >> 1) & 3 else 0)  # the packet id of QoS 1 and 2
+        if self.mqtt5:
+            props, used = _varint(packet, pos)
+            pos += used + props
+        return topic, packet[pos:]
+
+
+def _varint(data: bytes | bytearray, pos: int) -> tuple[int, int]:
+    """An MQTT variable byte integer at ``pos``: (value, bytes used); bytes used is 0 if incomplete."""
+    value = 0
+    for i in range(4):
+        if pos + i >= len(data):
+            return 0, 0
+        value |= (data[pos + i] & 0x7F) << (7 * i)
+        if not data[pos + i] & 0x80:
+            return value, i + 1
+    raise ValueError("malformed MQTT remaining length")
+
+
+def _header_size(packet: bytes | bytearray) -> int:
+    return 1 + _varint(packet, 1)[1]
+
+
+def _packet_size(buf: bytearray) -> int | None:
+    """Size of the packet at the start of ``buf``, None while its fixed header is incomplete."""
+    if len(buf) < 2:
+        return None
+    length, used = _varint(buf, 1)
+    return None if used == 0 else 1 + used + length
+
+
 class _Link:
     """One proxied connection: the client side, the upstream side once connected, its budget."""
 
@@ -40,6 +103,8 @@ class _Link:
         self.writers = [client]
         self.budget = budget  # bytes still allowed through; None means no blackhole
         self.task: asyncio.Task[None] | None = None
+        self.mqtt: _MqttPackets | None = None  # client->server packets, when the client speaks MQTT
+        self.first_chunk = True
 
     def spend(self, data: bytes) -> bytes:
         if self.budget is None:
@@ -78,6 +143,8 @@ class ChaosProxy:
         self._blackhole: int | None = None
         self._latency = 0.0
         self._bandwidth: float | None = None
+        self._drop: tuple[str, int] | None = None  # (topic, PUBLISHes to it still to let through)
+        self.dropped: list[tuple[str, bytes]] = []  # (topic, payload) of the PUBLISH packets dropped
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -157,6 +224,34 @@ class ChaosProxy:
             raise ValueError("bandwidth must be > 0 or None")
         self._bandwidth = bytes_per_s
 
+    def drop_publish(self, topic: str, *, after: int = 0) -> None:
+        """Let ``after`` more PUBLISH packets to ``topic`` through (client -> server), then silently
+        drop the next one, once; everything else keeps flowing both ways."""
+        if after < 0:
+            raise ValueError("after must be >= 0")
+        self._drop = (topic, after)
+
+    def _client_bytes(self, link: _Link, chunk: bytes) -> bytes:
+        """What of ``chunk`` (read from the client) goes on to the server: all of it, or for an MQTT
+        client the whole packets read so far, minus a PUBLISH chosen by :meth:`drop_publish`."""
+        if link.first_chunk:
+            link.first_chunk = False
+            link.mqtt = _MqttPackets() if chunk[:1] == b"\x10" else None
+        if link.mqtt is None:
+            return chunk
+        kept = []
+        for packet in link.mqtt.feed(chunk):
+            publish = link.mqtt.publish(packet)
+            if publish is not None and self._drop is not None and publish[0] == self._drop[0]:
+                topic, after = self._drop
+                if after == 0:
+                    self._drop = None
+                    self.dropped.append(publish)
+                    continue
+                self._drop = (topic, after - 1)
+            kept.append(packet)
+        return b"".join(kept)
+
     def _set_blackhole(self, n_bytes: int | None) -> None:
         self._blackhole = n_bytes
         for link in self._links:
@@ -227,6 +322,8 @@ class ChaosProxy:
                     if (link.budget is None or link.budget > 0) and dst.can_write_eof():
                         dst.write_eof()
                     return
+                if up and not (chunk := self._client_bytes(link, chunk)):
+                    continue  # half a packet so far, or the dropped PUBLISH
                 rate = self._bandwidth
                 step = max(1, int(rate * _PACE_S)) if rate else len(chunk)
                 for i in range(0, len(chunk), step):

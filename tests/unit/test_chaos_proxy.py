@@ -338,3 +338,32 @@ async def test_mqtt_blackhole_leaves_publishes_unanswered_on_an_open_link(mosqui
         assert chaos.resets == 0
     with pytest.raises(ConnectionLost):  # closing the session fails what is still pending
         await future
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_mqtt_drop_publish_drops_one_chosen_publish_on_a_live_link(mosquitto: Mosquitto, protocol: str) -> None:
+    received: list[Message] = []
+    observer = await MqttConnection.open(mosquitto.url, ClientSettings(client_id="obs", connect_timeout_s=5.0),
+                                         on_message=received.append)
+    try:
+        await observer.subscribe([("chaos/#", 1)])
+        async with ChaosProxy(mosquitto.host, mosquitto.port) as chaos:
+            conn = await MqttConnection.open(f"mqtt://127.0.0.1:{chaos.port}", ClientSettings(
+                client_id="via-chaos", protocol=protocol, connect_timeout_s=5.0))  # type: ignore[arg-type]
+            try:
+                await asyncio.wait_for(conn.publish("chaos/other", b"first", qos=1), 10)
+                chaos.drop_publish("chaos/t", after=1)  # armed on the open connection
+                sent = [conn.publish("chaos/t", b"one", qos=1), conn.publish("chaos/t", b"two", qos=1),
+                        conn.publish("chaos/other", b"three", qos=1), conn.publish("chaos/t", b"four", qos=1)]
+                await asyncio.wait_for(asyncio.gather(sent[0], sent[2], sent[3]), 10)
+                await eventually(lambda: len(received) == 4)
+                assert [m.payload for m in received] == [b"first", b"one", b"three", b"four"]
+                assert chaos.dropped == [("chaos/t", b"two")]
+                assert not sent[1].done()  # never reached the broker: no PUBACK
+                assert not conn.closed
+            finally:
+                await conn.close()
+            with pytest.raises(ConnectionLost):  # closing the session fails what is still pending
+                await sent[1]
+    finally:
+        await observer.close()
