@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import os
 import shutil
 import socket
@@ -83,43 +85,59 @@ def mosquitto_binary() -> str:
     return path
 
 
+def mosquitto_password_line(username: str, password: str, iterations: int = 101) -> str:
+    """A password file line in mosquitto_passwd's format: ``name:$7$iterations$salt$hash``
+    (PBKDF2-HMAC-SHA512, 12-byte salt, 64-byte hash, standard base64)."""
+    salt = os.urandom(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, 64)
+    b64 = base64.b64encode
+    return f"{username}:$7${iterations}${b64(salt).decode()}${b64(digest).decode()}"
+
+
 class Mosquitto:
     """A mosquitto broker process on a fixed free port that tests can stop, kill and restart."""
 
-    def __init__(self, port: int | None = None, extra_conf: str = "", persistent: bool = False) -> None:
+    def __init__(self, port: int | None = None, extra_conf: str = "", persistent: bool = False,
+                 config: str | None = None) -> None:
+        """``config``: a whole configuration to use instead of the generated one (it must listen on
+        ``port`` on 127.0.0.1); ``{dir}`` in it stands for :attr:`dir`, a folder the broker may write."""
         self.binary = mosquitto_binary()
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self._dir = Path(tempfile.mkdtemp(prefix="mosq-"))
         os.chmod(self._dir, 0o777)
+        self.dir = self._dir
+        self.log = self._dir / "mosquitto.log"
         self._conf = self._dir / "mosquitto.conf"
         persistence = (
             f"persistence true\npersistence_location {self._dir}/\nautosave_interval 1\n"
             if persistent else "persistence false\n"
         )
-        self._conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            f"{persistence}"
-            "max_queued_messages 0\n"
-            "max_inflight_messages 0\n"
-            "log_dest stderr\n"
-            "log_type error\n"
-            "log_type warning\n"
-            f"{extra_conf}\n"
-        )
+        if config is not None:
+            self._conf.write_text(config.replace("{dir}", str(self._dir)))
+        else:
+            self._conf.write_text(
+                f"listener {self.port} 127.0.0.1\n"
+                "allow_anonymous true\n"
+                f"{persistence}"
+                "max_queued_messages 0\n"
+                "max_inflight_messages 0\n"
+                "log_dest stderr\n"
+                "log_type error\n"
+                "log_type warning\n"
+                f"{extra_conf}\n"
+            )
+        os.chmod(self._conf, 0o644)
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"mqtt://{self.host}:{self.port}"
 
     def start(self, timeout: float = 10.0) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "-c", str(self._conf)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
+        with self.log.open("ab") as log:  # a file, not a pipe: a chatty broker can never block on it
+            self.proc = subprocess.Popen([self.binary, "-c", str(self._conf)], stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                err = self.log.read_text(errors="replace")
                 raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {err}")
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2):
