@@ -26,6 +26,7 @@ from device_sim.cli_options import (
 from device_sim.errors import SimConfigError, SimConnectError
 from device_sim.publisher import Publisher
 from device_sim.replay import ReplayOptions, group_rows, load_csv, parse_value, replay
+from device_sim.runner import close_all, connect_all
 from device_sim.settings import BrokerSettings
 
 ACK_TIMEOUT_S = 10.0
@@ -45,7 +46,8 @@ ACK_TIMEOUT_S = 10.0
 @click.option("--ts", type=click.IntRange(0), default=None, help="Timestamp, epoch ms.  [default: now]")
 @template_option
 @format_option
-@click.option("--client-id", default=None, help="MQTT client id.  [default: device-sim-pub-<pid>]")
+@click.option("--client-id", default=None,
+              help="MQTT client id.  [default: the device id when it authenticates, else device-sim-pub-<pid>]")
 @verbose_option
 def publish_command(**opts: Any) -> None:
     """Publish one reading or one event for a device, then exit.
@@ -82,8 +84,9 @@ def publish_command(**opts: Any) -> None:
     else:
         readings = {m: parse_value(v) for m, v in zip(metrics, values, strict=True)}
         messages, qos = _reading_messages(device, readings, ts, opts), opts["qos"]
-    client_id = opts["client_id"] or f"device-sim-pub-{os.getpid()}"
-    ok = run_async(lambda: _publish_all(broker, client_id, messages, qos))
+    default_id = device if broker.credentials.given else f"device-sim-pub-{os.getpid()}"
+    client_id = opts["client_id"] or default_id
+    ok = run_async(lambda: _publish_all(broker, client_id, device, messages, qos))
     for topic, payload in messages:
         click.echo(f"{topic} {_show(payload, opts['fmt'] if event is None else 'json')}")
     if not ok:
@@ -113,8 +116,9 @@ def _show(payload: bytes, fmt: str) -> str:
     return payload.hex() if fmt == "msgpack" else payload.decode("utf-8", errors="replace")
 
 
-async def _publish_all(broker: BrokerSettings, client_id: str, messages: list[tuple[str, bytes]], qos: int) -> bool:
-    publisher = Publisher(broker, client_id)
+async def _publish_all(broker: BrokerSettings, client_id: str, device: str, messages: list[tuple[str, bytes]],
+                       qos: int) -> bool:
+    publisher = Publisher(broker, client_id, identity=device)
     await publisher.connect()
     try:
         futures = []
@@ -142,7 +146,9 @@ async def _publish_all(broker: BrokerSettings, client_id: str, messages: list[tu
 @click.option("--restamp", is_flag=True, help="Send the current time as ts instead of the recorded one.")
 @template_option
 @format_option
-@click.option("--client-id", default=None, help="MQTT client id.  [default: device-sim-replay-<pid>]")
+@click.option("--client-id", default=None,
+              help="MQTT client id of the one connection.  [default: device-sim-replay-<pid>; with per-device "
+                   "credentials each device connects on its own, client id = device id]")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @verbose_option
 def replay_command(**opts: Any) -> None:
@@ -168,15 +174,24 @@ def replay_command(**opts: Any) -> None:
         raise click.BadParameter("the file has no data rows", param_hint="FILE.csv")
     options = ReplayOptions(fmt=opts["fmt"], qos=opts["qos"], topic_template=opts["topic_template"],
                             speed=opts["speed"], fast=opts["fast"], restamp=opts["restamp"])
-    client_id = opts["client_id"] or f"device-sim-replay-{os.getpid()}"
+    devices = sorted({g.device for g in groups})
+    per_device = broker.credentials.per_device
+    if per_device and opts["client_id"] is not None:
+        raise click.UsageError("--client-id: with per-device credentials each device connects with its own id")
 
     async def go() -> dict[str, Any]:
-        publisher = Publisher(broker, client_id)
-        await publisher.connect()
+        if per_device:
+            broker.credentials.check(devices)
+            publishers = {d: Publisher(broker, d) for d in devices}
+        else:
+            shared = Publisher(broker, opts["client_id"] or f"device-sim-replay-{os.getpid()}")
+            publishers = dict.fromkeys(devices, shared)
+        connections = list(dict.fromkeys(publishers.values()))
+        await connect_all(connections, broker)
         try:
-            return await replay(groups, publisher, options)
+            return await replay(groups, publishers, options)
         finally:
-            await publisher.close()
+            await close_all(connections)
 
     summary = run_async(go)
     if opts["as_json"]:

@@ -12,7 +12,12 @@ class SimError(Exception):
 
 
 class SimConfigError(SimError):
-    """An invalid option, profile, template or input file (a permanent, user-side error)."""
+    """An invalid option, profile, template or input file (a permanent, user-side error).
+    ``option`` names the command-line option at fault, when there is one."""
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 class SimConnectError(SimError):

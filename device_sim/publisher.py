@@ -42,12 +42,15 @@ class Publisher:
         settings: BrokerSettings,
         client_id: str,
         *,
+        identity: str | None = None,
         subscriptions: Sequence[str] = (),
         on_message: MessageHandler | None = None,
         max_inflight: int = 20,
     ) -> None:
+        """``identity``: the device id whose credentials the connection uses (default: ``client_id``)."""
         self.settings = settings
         self.client_id = client_id
+        self.auth = settings.credentials.for_device(identity or client_id)
         self.reconnects = 0
         self._subscriptions = list(subscriptions)
         self._on_message_cb = on_message
@@ -65,6 +68,7 @@ class Publisher:
         self._closed = False
         self._driver: SocketDriver | None = None
         self._reconnector: asyncio.Task[None] | None = None
+        self._socket_error: str | None = None
         self._client = self._make_client(max_inflight)
 
     def _make_client(self, max_inflight: int) -> mqtt.Client:
@@ -76,14 +80,16 @@ class Publisher:
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
             clean_session=None if v5 else True,
         )
-        if s.username is not None:
-            client.username_pw_set(s.username, s.password)
+        auth = self.auth
+        if auth.username is not None:
+            client.username_pw_set(auth.username, auth.password)
         if s.tls:
             try:
-                client.tls_set(ca_certs=s.cafile, certfile=s.certfile, keyfile=s.keyfile,
+                client.tls_set(ca_certs=s.cafile, certfile=auth.certfile, keyfile=auth.keyfile,
                                cert_reqs=ssl.CERT_NONE if s.insecure else ssl.CERT_REQUIRED)
             except (OSError, ValueError) as exc:
-                raise SimConfigError(f"TLS setup failed: {exc}") from exc
+                option = "--cert" if auth.certfile is not None else "--cafile"
+                raise SimConfigError(f"TLS setup for {self.client_id} failed: {exc}", option) from exc
             if s.insecure:
                 client.tls_insecure_set(True)
         client.connect_timeout = s.connect_timeout_s
@@ -127,25 +133,31 @@ class Publisher:
                 error = "no SUBACK from the broker within the connect timeout"
         if error is not None:
             await self.close()
-            raise SimConnectError(f"cannot connect to {s.address}: {error}")
+            who = f" as {self.auth.username!r}" if self.auth.username is not None else ""
+            raise SimConnectError(f"cannot connect to {s.address}: {error} (client id {self.client_id!r}{who})")
 
     async def _attempt_connect(self, opener: Callable[..., Any], *args: Any) -> str | None:
         """One connection attempt: None when the broker accepted it, else the reason."""
         driver = self._require_driver()
         self._attempt = self._require_loop().create_future()
+        self._socket_error = None
+        self._client.on_log = self._on_log  # only while connecting: why a TLS handshake was refused
         driver.opening = True
         try:
-            await asyncio.wait_for(asyncio.to_thread(opener, *args), self.settings.connect_timeout_s + 1)
-        except (OSError, ValueError, asyncio.TimeoutError) as exc:
-            return _reason(exc)
+            try:
+                await asyncio.wait_for(asyncio.to_thread(opener, *args), self.settings.connect_timeout_s + 1)
+            except (OSError, ValueError, asyncio.TimeoutError) as exc:
+                return _reason(exc)
+            finally:
+                driver.opening = False
+                driver.sync()
+            try:
+                return await asyncio.wait_for(self._attempt, self.settings.connect_timeout_s)
+            except asyncio.TimeoutError:
+                self._client.disconnect()
+                return "no CONNACK from the broker within the connect timeout"
         finally:
-            driver.opening = False
-            driver.sync()
-        try:
-            return await asyncio.wait_for(self._attempt, self.settings.connect_timeout_s)
-        except asyncio.TimeoutError:
-            self._client.disconnect()
-            return "no CONNACK from the broker within the connect timeout"
+            self._client.on_log = None
 
     async def _reconnect_loop(self, first_delay_s: float) -> None:
         s = self.settings
@@ -267,6 +279,10 @@ class Publisher:
                       _p: Properties | None) -> None:
         self._call(self._subscribed.set)
 
+    def _on_log(self, _c: mqtt.Client, _u: Any, level: int, text: str) -> None:
+        if level == mqtt.MQTT_LOG_ERR:
+            self._socket_error = text  # e.g. "failed to receive on socket: [SSL: ...] certificate unknown"
+
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         if self._on_message_cb is not None:
             self._call(self._on_message_cb, message.topic, bytes(message.payload))
@@ -292,7 +308,7 @@ class Publisher:
         self._offline.set()
         self._subscribed.clear()
         if self._attempt is not None and not self._attempt.done():
-            self._attempt.set_result(f"connection closed before CONNACK ({reason})")
+            self._attempt.set_result(f"connection closed before CONNACK ({self._socket_error or reason})")
         if self._closed or self._expect_reconnect:
             return
         if self._ever_connected:

@@ -12,7 +12,7 @@ import csv
 import functools
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,8 +114,9 @@ class ReplayOptions:
     drain_timeout_s: float = 10.0
 
 
-async def replay(groups: list[Group], publisher: Publisher, opts: ReplayOptions) -> dict[str, Any]:
-    """Publish the groups at the recorded pace (scaled by ``speed``) or as fast as possible."""
+async def replay(groups: list[Group], publishers: Mapping[str, Publisher], opts: ReplayOptions) -> dict[str, Any]:
+    """Publish the groups at the recorded pace (scaled by ``speed``) or as fast as possible, each
+    device's over ``publishers[device]`` (one connection may serve several devices)."""
     loop = asyncio.get_running_loop()
     start = loop.time()
     t0 = groups[0].ts_ms if groups else 0
@@ -138,6 +139,7 @@ async def replay(groups: list[Group], publisher: Publisher, opts: ReplayOptions)
             if delay > 0:
                 await asyncio.sleep(delay)
         ts = int(time.time() * 1000) if opts.restamp else group.ts_ms
+        publisher = publishers[group.device]
         for topic, payload in _messages(group, ts, seqs, opts):
             while len(pending) >= opts.window:
                 await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -154,7 +156,7 @@ async def replay(groups: list[Group], publisher: Publisher, opts: ReplayOptions)
     return {
         "groups": len(groups), "sent": total, "failed": failed + len(pending), "elapsed_s": round(elapsed, 3),
         "achieved_msg_per_s": round(total / elapsed, 3) if elapsed > 0 else 0.0,
-        "reconnects": publisher.reconnects, "per_device": dict(sorted(sent.items())),
+        "reconnects": sum(p.reconnects for p in set(publishers.values())), "per_device": dict(sorted(sent.items())),
     }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from device_sim import topics
@@ -34,6 +35,11 @@ class Runner:
         self._stop = asyncio.Event()
         self._started_at: float | None = None
         ids = topics.device_ids(settings.id_prefix, settings.devices)
+        if settings.shared_connection and broker.credentials.per_device:
+            raise SimConfigError("one shared connection cannot use per-device credentials (a password file, "
+                                 "{device_id} in a template, or a password without --username)",
+                                 "--shared-connection")
+        broker.credentials.check(ids)
         cfg = settings.device
         self.publishers: list[Publisher] = []
         if settings.shared_connection:
@@ -109,34 +115,10 @@ class Runner:
         return result
 
     async def _connect_all(self) -> None:
-        limit = asyncio.Semaphore(self.settings.connect_concurrency)
-
-        async def connect(publisher: Publisher) -> None:
-            async with limit:
-                await publisher.connect()
-
-        loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(connect(p)) for p in self.publishers]
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for task in pending:  # one failure is enough: do not wait for 1,000 timeouts
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        errors = [t.exception() for t in done if not t.cancelled() and t.exception() is not None]
-        if errors:
-            await self._close_all()
-            first = errors[0]
-            if isinstance(first, SimConnectError | SimConfigError):
-                raise first
-            raise SimConnectError(f"cannot connect to {self.broker.address}: {first}") from first
+        await connect_all(self.publishers, self.broker, self.settings.connect_concurrency)
 
     async def _close_all(self) -> None:
-        limit = asyncio.Semaphore(self.settings.connect_concurrency)
-
-        async def close(publisher: Publisher) -> None:
-            async with limit:
-                await publisher.close()
-
-        await asyncio.gather(*(close(p) for p in self.publishers))
+        await close_all(self.publishers, self.settings.connect_concurrency)
 
     def _dispatch(self, topic: str, payload: bytes) -> None:
         """Route an incoming command to its device (runs in the event loop)."""
@@ -151,3 +133,37 @@ class Runner:
         except Exception:  # the one catch-all of the command path: log, count, keep serving
             self.dispatch_errors += 1
             log.exception("command %s failed", topic)
+
+
+async def connect_all(publishers: Sequence[Publisher], broker: BrokerSettings, concurrency: int = 32) -> None:
+    """Connect every publisher, ``concurrency`` at a time; on the first failure close them all and
+    raise it (:class:`SimConnectError` or :class:`SimConfigError`)."""
+    limit = asyncio.Semaphore(concurrency)
+
+    async def connect(publisher: Publisher) -> None:
+        async with limit:
+            await publisher.connect()
+
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(connect(p)) for p in publishers]
+    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    for task in pending:  # one failure is enough: do not wait for 1,000 timeouts
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    errors = [t.exception() for t in done if not t.cancelled() and t.exception() is not None]
+    if errors:
+        await close_all(publishers, concurrency)
+        first = errors[0]
+        if isinstance(first, SimConnectError | SimConfigError):
+            raise first
+        raise SimConnectError(f"cannot connect to {broker.address}: {first}") from first
+
+
+async def close_all(publishers: Sequence[Publisher], concurrency: int = 32) -> None:
+    limit = asyncio.Semaphore(concurrency)
+
+    async def close(publisher: Publisher) -> None:
+        async with limit:
+            await publisher.close()
+
+    await asyncio.gather(*(close(p) for p in publishers))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from device_sim.credentials import Credentials
 from device_sim.payloads import Format
 from device_sim.profiles import Profile
 from device_sim.topics import DEFAULT_TEMPLATE
@@ -16,12 +17,9 @@ MqttVersion = Literal["3.1.1", "5"]
 class BrokerSettings:
     host: str = "127.0.0.1"
     port: int = 1883
-    username: str | None = None
-    password: str | None = None
+    credentials: Credentials = field(default_factory=Credentials)
     tls: bool = False
     cafile: str | None = None
-    certfile: str | None = None
-    keyfile: str | None = None
     insecure: bool = False
     mqtt_version: MqttVersion = "3.1.1"
     keepalive_s: int = 30

@@ -23,13 +23,16 @@ class Collector:
     wait for ``ready`` with ``eventually``.
     """
 
-    def __init__(self, host: str, port: int, topic: str = "devices/#") -> None:
+    def __init__(self, host: str, port: int, topic: str = "devices/#", *, username: str | None = None,
+                 password: str | None = None) -> None:
         self.host, self.port, self.topic = host, port, topic
         self.messages: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"collector-{uuid.uuid4().hex[:8]}",
                                   protocol=mqtt.MQTTv311)
+        if username is not None:
+            self.client.username_pw_set(username, password)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(self.topic, qos=1)
         self.client.on_subscribe = lambda c, u, mid, rcs, p: self._subscribed.set()
         self.client.on_message = self._on_message
