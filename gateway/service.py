@@ -36,7 +36,7 @@ from gateway.pipeline import Pipeline
 from gateway.processor import Processor
 from gateway.rejects import RejectLog
 from gateway.rules.engine import RuleEngine
-from gateway.stats import publish_periodically
+from gateway.stats import SnapshotBoard, publish_periodically, refresh_periodically
 
 if sys.version_info >= (3, 11):
     from asyncio import TaskGroup
@@ -141,6 +141,7 @@ class GatewayService:
         acc.buffered_fn = lambda: self.buffer.readings("telemetry")
         acc.pending_fn = lambda: len(self.batcher)
         acc.restored_fn = lambda: self.buffer.restored_readings
+        self.board = SnapshotBoard()  # the snapshot other threads (the metrics endpoint) may read
         self.started = asyncio.Event()
 
     # ------------------------------------------------------------------ callbacks
@@ -192,7 +193,8 @@ class GatewayService:
                      "skipped_seqs": {lane: list(r) for lane, r in buf.skipped_seqs.items()}},
             "uplink": {"connected": self.link.connected, "endpoint": self.link.active_url,
                        "connects": self.link.connects, "watchdog_trips": self.link.watchdog_trips,
-                       "last_error": self.link.last_error, "drain": self._drain_state()},
+                       "last_error": self.link.last_error, "previous_error": self.link.previous_error,
+                       "drain": self._drain_state()},
             "ingest_queue": len(self.ingest),
             "commands": self.commands.snapshot(),
             "internal_errors": self.processor.internal_errors + (self.embedded.hook_errors if self.embedded else 0),
@@ -229,6 +231,8 @@ class GatewayService:
                     source = tg.create_task(self.external.run(source_stop), name="local-source")
                 proc = tg.create_task(self.processor.run(proc_stop), name="processor")
                 commands = tg.create_task(self.commands.run(source_stop), name="commands")
+                tg.create_task(refresh_periodically(self.board, self.snapshot, self.cfg.metrics.refresh_s,
+                                                    uplink_stop), name="snapshot")
                 self.started.set()
                 log.info("gateway %s running", self.cfg.gateway.id)
                 await stop.wait()
