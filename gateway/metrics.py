@@ -94,14 +94,18 @@ class SnapshotCollector(Collector):
         yield pushes
         yield CounterMetricFamily("edge_config_load_errors", "persisted pushed configs that could not be loaded",
                                   value=s["config_push"]["load_errors"])
+        yield CounterMetricFamily("edge_config_cleared", "empty messages on the config topic (a retained "
+                                  "document cleared), ignored", value=s["config_push"]["cleared"])
 
 
 def _command_metrics(c: FrozenSnapshot) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-    for name in ("received", "forwarded", "duplicates", "responses_matched", "responses_unmatched", "forgotten"):
+    for name in ("received", "forwarded", "duplicates", "responses_matched", "responses_unmatched", "forgotten",
+                 "cleared"):
         yield CounterMetricFamily(f"edge_commands_{name}", f"cloud commands: {name}", value=c[name])
     yield GaugeMetricFamily("edge_commands_held", "commands held for an offline device", value=c["held"])
     for name, label, help_text in (("answered", "status", "commands the gateway answered itself, by status"),
-                                   ("rejected", "reason", "commands rejected, by reason")):
+                                   ("rejected", "reason", "commands rejected, by reason"),
+                                   ("ignored", "reason", "command messages not answered at all, by reason")):
         fam = CounterMetricFamily(f"edge_commands_{name}", help_text, labels=[label])
         for value, n in sorted(c[name].items()):
             fam.add_metric([value], n)

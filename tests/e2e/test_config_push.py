@@ -165,7 +165,8 @@ async def test_stale_version_is_ignored(tmp_path: Path, mosquitto: Mosquitto) ->
         await temps.send(40, 55)
         await eventually(lambda: len(alert_values(cloud)) == 1)
         assert alert_values(cloud) == [(55, "raised")]
-        assert svc.snapshot()["config_push"] == {"applied": 1, "rejected": 0, "stale": 2, "load_errors": 0}
+        assert svc.snapshot()["config_push"] == {"applied": 1, "rejected": 0, "stale": 2, "load_errors": 0,
+                                                 "cleared": 0}
 
 
 async def test_pushed_config_survives_a_restart(tmp_path: Path, mosquitto: Mosquitto) -> None:
