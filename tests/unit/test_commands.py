@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.downlink import RETAINED, Command, CommandRejected
@@ -195,3 +196,51 @@ async def test_settled_commands_are_not_answered_again_after_a_restart(tmp_path:
     second.router.handle(Command("d2", "ping", 8))  # a new id is a new command
     assert [a["id"] for a in second.answers] == [8]
     answered.close()
+
+
+events = st.lists(st.tuples(st.sampled_from(["d1", "d2"]), st.integers(0, 3), st.booleans(), st.booleans()),
+                  max_size=30)
+
+
+@settings(max_examples=150, deadline=None)
+@given(events)
+def test_every_command_gets_exactly_one_answer_and_a_retained_one_never_runs(
+        tmp_path_factory: pytest.TempPathFactory, seq: list[tuple[str, int, bool, bool]]) -> None:
+    """Any interleaving of live and retained copies of commands, with restarts in between: each
+    ``(device, id)`` is settled once (answered by the gateway, or forwarded for the device to answer),
+    and one whose first copy was retained never reaches the device."""
+    path = tmp_path_factory.mktemp("answered") / "answered.jsonl"
+
+    async def scenario() -> None:
+        rig = Rig(present={"devices/d1/commands/ping"})
+        answered: AnsweredCommands | None = None
+
+        def restart() -> None:
+            nonlocal answered
+            if answered is not None:
+                answered.close()
+            answered = AnsweredCommands(path)
+            answered.open()
+            rig.router = CommandRouter(
+                DownlinkSection(hold_offline_s=0), "devices/{device_id}/commands/{name}", deliver=rig.deliver,
+                answer=lambda kind, rec: rig.answers.append(rec), has_subscriber=lambda t, _l: t in rig.present,
+                answered=answered, wall=rig.clock, monotonic=rig.clock)
+
+        restart()
+        first_retained: dict[tuple[str, int], bool] = {}
+        for device, cid, retained, restart_before in seq:
+            if restart_before:
+                restart()
+            first_retained.setdefault((device, cid), retained)
+            rig.router.handle(rejected(device, cid) if retained else Command(device, "ping", cid))
+            await rig.settle()
+        assert answered is not None
+        answered.close()
+        settled = [(a["device"], a["id"]) for a in rig.answers]
+        for topic, payload in rig.sent:
+            settled.append((topic.split("/")[1], json.loads(payload)["id"]))
+        assert sorted(settled) == sorted(first_retained)  # each exactly once
+        for topic, payload in rig.sent:
+            assert not first_retained[(topic.split("/")[1], json.loads(payload)["id"])]
+
+    asyncio.run(scenario())
