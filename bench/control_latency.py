@@ -1,6 +1,7 @@
 """Control latency through the gateway: alerts device -> cloud, commands cloud -> device -> cloud.
 
     python bench/control_latency.py [--samples 200] [--fill-readings 10000000] [--fill-batch 1000]
+                                    [--uplink-protocol 5|3.1.1] [--idle-only]
 
 The gateway runs as its own process (``python -m gateway run``, default ``buffer.sync = "full"``)
 with mosquitto (``set_tcp_nodelay true``) as the cloud broker. This process holds one test device on
@@ -35,6 +36,10 @@ under three conditions, each its own row:
   bound by the gateway's event loop, so 10 million readings (~2.8 h of 1,000 readings/s) last
   only ~2.5 s and give ~100 samples; writing them first takes ~20 s. The cloud client also
   receives the telemetry (as a sink would), to see the last backlog batch arrive.
+
+``--uplink-protocol 3.1.1`` shows what the retain check costs a command on an MQTT 3.1.1 uplink
+(one SUBSCRIBE/UNSUBSCRIBE round trip to the cloud broker before the command is handed on; MQTT 5
+uplinks need none). ``--idle-only`` stops after the idle row.
 
 Each row is a JSON line with n, p50, p99 and max per kind, and p99 / idle p99 (``p99_vs_idle``).
 The issue's goal: p99 <= 20 ms on loopback and <= 2 x the idle p99. Latencies are wall-clock
@@ -87,7 +92,7 @@ ingest_queue_max = 200000
 
 [uplink]
 urls = ["{cloud}"]
-protocol = "5"
+protocol = "{protocol}"
 backoff_base_s = 0.05
 backoff_cap_s = 0.5
 stats_interval_s = 3600
@@ -108,6 +113,10 @@ name = "hot"
 metrics = "temperature"
 alert = {{ max = 80.0, hysteresis = 1.0 }}
 """
+
+
+class _Done(Exception):
+    """``--idle-only``: the idle row is all that was asked for."""
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -220,11 +229,12 @@ class Probe:
 
 
 class GatewayProcess:
-    def __init__(self, tmp: Path, cloud_url: str, cap: float = 0.0) -> None:
+    def __init__(self, tmp: Path, cloud_url: str, cap: float = 0.0, protocol: str = "5") -> None:
         self.port = free_port()
         self.data = tmp / "data"
         self.cfg = tmp / "gateway.toml"
-        self.cfg.write_text(CONFIG.format(gw=GW, data=self.data, port=self.port, cloud=cloud_url, cap=cap))
+        self.cfg.write_text(CONFIG.format(gw=GW, data=self.data, port=self.port, cloud=cloud_url, cap=cap,
+                                          protocol=protocol))
         self.proc: subprocess.Popen[bytes] | None = None
 
     def prefill(self, readings: int, per_batch: int, devices: int = 50) -> tuple[int, int]:
@@ -296,6 +306,8 @@ async def main() -> None:
     ap.add_argument("--drain-max-bytes-per-s", type=float, default=0.0,
                     help="uplink byte-rate cap during the drain (0 = none: full loopback speed)")
     ap.add_argument("--rate-count", type=int, default=20000, help="messages for the max-rate measurement")
+    ap.add_argument("--uplink-protocol", choices=["5", "3.1.1"], default="5", help="the gateway's uplink protocol")
+    ap.add_argument("--idle-only", action="store_true", help="only the idle row")
     args = ap.parse_args()
     mosq = Mosquitto(extra_conf="set_tcp_nodelay true")
     mosq.start()
@@ -304,12 +316,14 @@ async def main() -> None:
     try:
         await probe.connect_cloud()
         with tempfile.TemporaryDirectory() as tmp:
-            gw = GatewayProcess(Path(tmp), mosq.url)
+            gw = GatewayProcess(Path(tmp), mosq.url, protocol=args.uplink_protocol)
             gw.start()
             try:
                 await probe.connect_device(gw.port)
                 await probe.ready()
-                rows.append(summary("idle", await probe.sample(args.samples)))
+                rows.append(summary("idle", await probe.sample(args.samples), uplink_protocol=args.uplink_protocol))
+                if args.idle_only:
+                    raise _Done
 
                 full = await publisher(gw.port, args.rate_count)
                 out, _ = await full.communicate()
@@ -328,7 +342,7 @@ async def main() -> None:
             finally:
                 gw.stop()
         with tempfile.TemporaryDirectory() as tmp:
-            gw = GatewayProcess(Path(tmp), mosq.url, args.drain_max_bytes_per_s)
+            gw = GatewayProcess(Path(tmp), mosq.url, args.drain_max_bytes_per_s, args.uplink_protocol)
             batches, size = gw.prefill(args.fill_readings, args.fill_batch)
             probe.replays = 0
             probe.first_replay = probe.last_replay = 0.0
@@ -362,6 +376,8 @@ async def main() -> None:
                                              for name in cpu0 if name in cpu1}))
             finally:
                 gw.stop()
+    except _Done:
+        pass
     finally:
         await probe.close()
         mosq.cleanup()

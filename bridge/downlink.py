@@ -130,14 +130,14 @@ def parse_command(suffix: str, payload: bytes, now_s: float, limits: CommandLimi
     def rejected(reason: str, detail: str) -> CommandRejected:
         return CommandRejected(_shown(device), _shown(name), cid, reason, detail)
 
+    if retained:  # first: whatever else is wrong with it, it must never run
+        return rejected(RETAINED, "commands must not be published retained")
     if topic_problem:
         return rejected(BAD_TOPIC, topic_problem)
     if not valid_id(device):
         return rejected(BAD_DEVICE, "device id must match [A-Za-z0-9_.-]{1,64}")
     if not valid_id(name):
         return rejected(BAD_NAME, "command name must match [A-Za-z0-9_.-]{1,64}")
-    if retained:
-        return rejected(RETAINED, "commands must not be published retained")
     if len(payload) > limits.max_bytes:
         return rejected(TOO_LARGE, f"payload is {len(payload)} bytes, the limit is {limits.max_bytes}")
     if json_problem:
@@ -173,8 +173,10 @@ MessageCallback = Callable[[Message], None]
 
 class DownlinkRouter:
     """Dispatches messages from the cloud subscription by topic: commands are parsed and handed to
-    ``on_command``; the config topic goes to ``on_config`` as the raw message. Anything else is
-    counted in ``ignored``. Used as the uplink's ``on_message``; runs on the event loop."""
+    ``on_command``; the config topic goes to ``on_config`` as the raw message. An empty message on
+    a command topic is how an operator clears a retained one: it is counted in ``cleared`` and
+    goes nowhere (it has no id, so there is nobody to answer). Anything else is counted in
+    ``ignored``. Used as the uplink's ``on_message``; runs on the event loop."""
 
     def __init__(self, topics: CloudTopics, limits: CommandLimits, *, clock: Callable[[], float],
                  on_command: CommandHandler | None = None, on_config: MessageCallback | None = None) -> None:
@@ -185,6 +187,7 @@ class DownlinkRouter:
         self.on_command = on_command
         self.on_config = on_config
         self.ignored = 0
+        self.cleared = 0
 
     def subscriptions(self) -> list[tuple[str, int]]:
         """The cloud filters to subscribe to (QoS 1) for the handlers that are set."""
@@ -199,6 +202,9 @@ class DownlinkRouter:
         topic = msg.topic
         if self.on_command is not None and (topic.startswith(self._commands_prefix)
                                             or topic == self._commands_prefix[:-1]):
+            if not msg.payload:
+                self.cleared += 1
+                return
             suffix = topic[len(self._commands_prefix):]
             self.on_command(parse_command(suffix, msg.payload, self._clock(), self._limits, retained=msg.retain))
         elif topic == self._config and self.on_config is not None:

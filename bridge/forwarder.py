@@ -245,8 +245,10 @@ class Forwarder:
         return True
 
     def _done(self, rec: Record, size: int, fut: asyncio.Future[None]) -> None:
+        if not fut.cancelled():
+            fut.exception()  # retrieved here, whatever follows: a record released at a stop fails later
         if self._inflight[rec.lane].pop(rec.key, None) is None:
-            return  # already released (connection ended)
+            return  # already released (connection ended): it stays on disk for the next connection
         self._sent_at.pop(rec.key, None)
         if rec.lane == "telemetry" and rec.replay:
             self._backlog_inflight -= 1
@@ -301,6 +303,9 @@ class Forwarder:
     def _release_all(self) -> None:
         self._backlog_inflight = 0
         self._sent_at.clear()
+        unacked = sum(len(records) for records in self._inflight.values())
+        if unacked:
+            log.info("%d record(s) sent without a PUBACK stay on disk and go again on the next connection", unacked)
         for lane in LANES:
             for key in list(self._inflight[lane]):
                 self._store.release(key)

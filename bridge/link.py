@@ -65,7 +65,8 @@ class UplinkLink:
         self.connects = 0
         self.disconnects = 0
         self.watchdog_trips = 0
-        self.last_error = ""
+        self.last_error = ""  # why the last attempt or session failed; cleared by a successful connect
+        self.previous_error = ""  # the error a successful connect cleared
 
     @property
     def connected(self) -> bool:
@@ -91,6 +92,7 @@ class UplinkLink:
                 return
             self.connection = conn
             self.connects += 1
+            self.previous_error, self.last_error = self.last_error or self.previous_error, ""  # now history
             self._on_state("connected", str(conn.url))
             log.info("uplink connected to %s", conn.url)
             try:

@@ -35,6 +35,13 @@ class ClientSettings:
     """How to connect. ``username``/``password`` override the URL's userinfo; ``tls`` enables TLS
     even for an ``mqtt://`` URL, and an ``mqtts://`` URL without ``tls`` uses ``TlsSettings()``.
     ``manual_ack``: incoming QoS 1/2 messages are acknowledged only by :meth:`MqttConnection.ack`.
+    ``retain_as_published`` (MQTT 5 only): subscriptions ask the broker to keep the retain flag on
+    live delivery, so a message published retained is recognisable as such even while the client
+    is connected (MQTT 3.1.1 brokers clear the flag on live delivery).
+    ``retain_check_prefixes`` (MQTT 3.1.1 only, where the flag is lost): a message under one of
+    these topic prefixes that arrives without the retain flag is handed on only after a subscribe /
+    unsubscribe round trip on its exact topic, during which the broker sends its retained message
+    there, if any, flagged (see :meth:`MqttConnection.subscribe`).
     """
 
     client_id: str
@@ -49,6 +56,8 @@ class ClientSettings:
     connect_timeout_s: float = 10.0
     session_expiry_s: int = 0
     manual_ack: bool = False
+    retain_as_published: bool = False
+    retain_check_prefixes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,17 @@ Delivery semantics of :meth:`MqttConnection.publish`: the returned future resolv
 acknowledged (PUBACK/PUBCOMP; an MQTT 5 failure reason code fails it with
 :class:`~bridge.errors.PublishRejected`) or, for QoS 0, when the packet was written to the socket.
 When the link drops every pending future fails with :class:`~bridge.errors.ConnectionLost`.
+
+Retained messages on MQTT 3.1.1: a broker delivers a message that was published retained to
+clients already subscribed *without* the retain flag, so it looks live. For topics listed in
+``ClientSettings.retain_check_prefixes`` such a message waits for a retain check: SUBSCRIBE to its
+exact topic, then UNSUBSCRIBE. The broker sends the topic's retained message, flagged, between the
+SUBACK and the UNSUBACK (brokers handle one client's packets in order), and it reaches
+``on_message`` first; the unflagged copy follows. The consumer (e.g. the command router) thus sees
+the retained copy before the live one and can refuse both. A copy identical to one being checked
+(the check's own subscription overlaps) is dropped. If the link drops before the check completes
+the message is handed on flagged as retained (it could not be shown not to be). With MQTT 5,
+``retain_as_published`` keeps the flag and no check is needed.
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
@@ -35,8 +46,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.errors import (
+    BridgeError,
     ConnectFailed,
     ConnectionLost,
     ConnectRefused,
@@ -100,7 +113,9 @@ class MqttConnection:
         self._loop = loop
         self._on_message = on_message
         self._pending: dict[int, _Pending] = {}
-        self._subscriptions: dict[int, asyncio.Future[list[int]]] = {}
+        self._subscriptions: dict[int, asyncio.Future[list[int]]] = {}  # SUBACK and UNSUBACK by mid
+        self._checking: set[tuple[str, bytes]] = set()  # messages waiting for their retain check
+        self._checks: set[asyncio.Task[None]] = set()
         self._connack: asyncio.Future[None] = loop.create_future()
         self._closed_event = asyncio.Event()
         self._closed = False
@@ -172,6 +187,7 @@ class MqttConnection:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
         client.on_message = self._on_message_paho
         client.on_log = self._on_log
         return client
@@ -276,6 +292,12 @@ class MqttConnection:
     ) -> None:
         self._call(self._handle_suback, mid, [rc.value for rc in reason_codes])
 
+    def _on_unsubscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        self._call(self._handle_suback, mid, [rc.value for rc in reason_codes])
+
     def _on_message_paho(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
             topic = msg.topic
@@ -354,6 +376,34 @@ class MqttConnection:
     def _deliver(self, message: Message) -> None:
         if self._on_message is None:
             return
+        if self._needs_retain_check(message):
+            key = (message.topic, message.payload)
+            if key in self._checking:
+                return  # the same message again, through the check's own subscription
+            self._checking.add(key)
+            task = self._loop.create_task(self._deliver_checked(message, key))
+            self._checks.add(task)
+            task.add_done_callback(self._checks.discard)
+            return
+        self._hand_on(message)
+
+    def _needs_retain_check(self, message: Message) -> bool:
+        return (not message.retain and bool(message.payload) and self.settings.protocol != "5"
+                and message.topic.startswith(self.settings.retain_check_prefixes))
+
+    async def _deliver_checked(self, message: Message, key: tuple[str, bytes]) -> None:
+        try:
+            await self.subscribe([(message.topic, 0)])  # the broker sends its retained copy, flagged
+            await self.unsubscribe([message.topic])  # ... before this is acknowledged
+        except BridgeError as exc:
+            log.warning("retain check of a message on %s failed (%s): handed on as retained", message.topic, exc)
+            message = replace(message, retain=True)
+        finally:
+            self._checking.discard(key)
+        self._hand_on(message)
+
+    def _hand_on(self, message: Message) -> None:
+        assert self._on_message is not None
         try:
             self._on_message(message)
         except Exception:  # a consumer bug must not break delivery of the following messages
@@ -436,7 +486,7 @@ class MqttConnection:
             raise ValueError("subscribe() needs at least one (filter, qos) pair")
         if self._closed or self._closing:
             raise ConnectionLost(f"{self.url}: connection is closed ({self._close_reason or 'closing'})")
-        rc, mid = self._client.subscribe(filters)
+        rc, mid = self._client.subscribe(self._subscribe_options(filters))
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
             raise ConnectionLost(f"{self.url}: subscribe failed: {mqtt.error_string(rc)}")
         fut: asyncio.Future[list[int]] = self._loop.create_future()
@@ -446,6 +496,22 @@ class MqttConnection:
         if refused:
             raise SubscribeFailed(f"{self.url} refused subscription(s) {refused}: codes {codes}", codes)
         return codes
+
+    def _subscribe_options(self, filters: list[tuple[str, int]]) -> list[tuple[str, Any]]:
+        if self.settings.protocol != "5" or not self.settings.retain_as_published:
+            return list(filters)
+        return [(topic, SubscribeOptions(qos=qos, retainAsPublished=True)) for topic, qos in filters]
+
+    async def unsubscribe(self, topics: list[str]) -> None:
+        """Unsubscribe and wait for UNSUBACK."""
+        if self._closed or self._closing:
+            raise ConnectionLost(f"{self.url}: connection is closed ({self._close_reason or 'closing'})")
+        rc, mid = self._client.unsubscribe(topics)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            raise ConnectionLost(f"{self.url}: unsubscribe failed: {mqtt.error_string(rc)}")
+        fut: asyncio.Future[list[int]] = self._loop.create_future()
+        self._subscriptions[mid] = fut
+        await fut
 
     def ack(self, message: Message) -> None:
         """Acknowledge an incoming QoS 1/2 message (only with ``ClientSettings.manual_ack``)."""

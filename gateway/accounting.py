@@ -7,7 +7,7 @@ Every reading that enters is, at any moment, in exactly one state::
 ``restored`` is what an earlier run left on disk. ``filtered`` and ``dropped`` are broken down by
 reason. ``buffered`` is on disk waiting for the cloud's PUBACK, ``pending`` is in the open batch in
 memory. Counters are plain integers on the hot
-path; :mod:`gateway.metrics` exposes them to Prometheus at scrape time.
+path; the loop publishes a frozen snapshot of them that :mod:`gateway.metrics` serves to Prometheus.
 """
 
 from __future__ import annotations

@@ -69,12 +69,16 @@ def _hand_over(deliver: MessageCallback, message: Any) -> None:
     deliver(str(message.topic), bytes(message.data or b""))
 
 
-def topic_matches(topic_filter: str, topic: str) -> bool:
+def topic_matches(topic_filter: str, topic: str, literal_level: int | None = None) -> bool:
     """MQTT filter matching (``+`` one level, ``#`` the rest); ``$`` topics never match a wildcard
-    in the first level."""
+    in the first level. With ``literal_level`` (0-based) the filter must also spell that level
+    out, not cover it with ``+`` or ``#``."""
     if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
         return False
     want, got = topic_filter.split("/"), topic.split("/")
+    if literal_level is not None and (literal_level >= len(want) or want[literal_level] in ("+", "#")
+                                      or (literal_level > 0 and "#" in want[:literal_level])):
+        return False
     for i, level in enumerate(want):
         if level == "#":
             return i == len(want) - 1
@@ -155,14 +159,17 @@ class EmbeddedBroker:
         if self.on_presence is not None:
             self.on_presence()
 
-    def has_subscriber(self, topic: str) -> bool:
+    def has_subscriber(self, topic: str, literal_level: int | None = None) -> bool:
         """True when a connected client has a subscription matching ``topic``: a message published
-        there now reaches someone. (amqtt keeps disconnected persistent sessions' subscriptions.)"""
+        there now reaches someone. (amqtt keeps disconnected persistent sessions' subscriptions.)
+        With ``literal_level`` only filters that name that level of ``topic`` literally count (the
+        device id level of a command topic: ``devices/d1/commands/+`` is d1 itself listening,
+        ``devices/#`` or ``devices/+/commands/+`` is someone else)."""
         broker = self._broker
         if broker is None:
             return False
         for topic_filter, subscribers in broker.subscriptions.items():
-            if topic_matches(topic_filter, topic) and any(
+            if topic_matches(topic_filter, topic, literal_level) and any(
                     session.transitions.state == "connected" for session, _qos in subscribers):
                 return True
         return False

@@ -96,7 +96,7 @@ def run(config_path: Path | None) -> None:
     if cfg.metrics.listen:
         from gateway.metrics import serve
 
-        serve(cfg.metrics.listen, service.snapshot)
+        serve(cfg.metrics.listen, service.board)
     try:
         run_until_signal(service.run)
     except GatewayError as exc:

@@ -5,14 +5,21 @@ answer on the control lane, or forwards it to the device (whose own response the
 
 - rejected by the parser, or a name not in ``downlink.allowed_commands`` -> ``rejected``;
 - ``expires`` already past (on arrival, or while held) -> ``expired``;
-- no connected local subscriber for the command topic -> held up to ``hold_offline_s``, delivered
+- the device is not listening (no connected local client subscribed to the command topic with the
+  device id spelled out: a wildcard such as ``devices/#`` is somebody else) -> held up to ``hold_offline_s``, delivered
   as soon as the device subscribes, else ``undeliverable`` (also at once when the hold queue is full
   or ``hold_offline_s`` is 0);
 - forwarded -> remembered by ``(device, id)`` for ``track_responses_s`` so the device's response
   carries the command name and the round-trip time.
 
-A command whose ``(device, id)`` is still held or awaiting its response is a duplicate (QoS 1
-redelivery): it is counted and not delivered twice. Everything runs on the event loop.
+A command whose ``(device, id)`` is still held, or was already settled (answered by the gateway or
+forwarded), is a duplicate: it is counted and neither delivered nor answered again. Settled
+commands are remembered on disk (:mod:`gateway.answered`), so this holds across restarts: a QoS 1
+redelivery or a retained command handed out again on the next subscribe gets no second answer.
+
+A retained command is never executed. Arriving with the retain flag, it is answered ``rejected``
+(reason ``retained``) once; without a readable id it cannot be answered and is counted in
+``ignored`` (``retained_without_id``). Everything runs on the event loop.
 """
 
 from __future__ import annotations
@@ -25,9 +32,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.downlink import NOT_ALLOWED, Command, CommandId, CommandRejected
+from bridge.downlink import NOT_ALLOWED, RETAINED, Command, CommandId, CommandRejected
 from bridge.errors import BridgeError
 from bridge.topics import TopicPattern
+from gateway.answered import AnsweredCommands
 from gateway.config import DownlinkSection
 from gateway.errors import GatewayError
 
@@ -69,12 +77,13 @@ class CommandCounters:
     responses_matched: int = 0
     responses_unmatched: int = 0
     forgotten: int = 0  # forwarded, but no response within track_responses_s
+    ignored: Counter[str] = field(default_factory=Counter)  # not answered at all, by reason
 
     def snapshot(self, held: int) -> dict[str, Any]:
         return {"received": self.received, "forwarded": self.forwarded, "held": held,
                 "duplicates": self.duplicates, "answered": dict(self.answered), "rejected": dict(self.rejected),
                 "responses_matched": self.responses_matched, "responses_unmatched": self.responses_unmatched,
-                "forgotten": self.forgotten}
+                "forgotten": self.forgotten, "ignored": dict(self.ignored)}
 
 
 @dataclass
@@ -100,16 +109,20 @@ class CommandRouter:
         *,
         deliver: Deliver,
         answer: ControlOut,
-        has_subscriber: Callable[[str], bool] | None,
+        has_subscriber: Callable[[str, int | None], bool] | None,
+        answered: AnsweredCommands | None = None,
         wall: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._cfg = cfg
         self._allowed = None if "*" in cfg.allowed_commands else frozenset(cfg.allowed_commands)
         self._pattern = TopicPattern(local_pattern)
+        levels = local_pattern.split("/")
+        self._device_level = levels.index("{device_id}") if "{device_id}" in levels else None
         self._deliver = deliver
         self._answer = answer
         self._has_subscriber = has_subscriber
+        self._settled = answered if answered is not None else AnsweredCommands(None)
         self._wall = wall
         self._mono = monotonic
         self._held: OrderedDict[tuple[str, CommandId], _Held] = OrderedDict()
@@ -125,19 +138,21 @@ class CommandRouter:
         c = self.counters
         c.received += 1
         if isinstance(item, CommandRejected):
-            self._reject(item.device, item.name, item.id, item.reason, item.detail)
+            if item.id is None and item.reason == RETAINED:
+                c.ignored["retained_without_id"] += 1
+                log.warning("retained message on the command topic %s/%s ignored (no readable id to answer)",
+                            item.device, item.name)
+            elif item.id is None or not self._duplicate(item.device, item.name, item.id):
+                self._reject(item.device, item.name, item.id, item.reason, item.detail)
             return
         cmd = item
+        if self._duplicate(cmd.device, cmd.name, cmd.id):
+            return
         if self._allowed is not None and cmd.name not in self._allowed:
             self._reject(cmd.device, cmd.name, cmd.id, NOT_ALLOWED,
                          f"command {cmd.name!r} is not in downlink.allowed_commands")
             return
         key = (cmd.device, cmd.id)
-        if key in self._held or key in self._tracked or any(h.cmd.device == cmd.device and h.cmd.id == cmd.id
-                                                             for h in self._outbox):
-            c.duplicates += 1
-            log.info("duplicate command %s/%s id=%r ignored", cmd.device, cmd.name, cmd.id)
-            return
         if cmd.expired(self._wall()):
             self._gateway_answer(cmd, "expired", "the command expired before it could be delivered")
             return
@@ -159,17 +174,29 @@ class CommandRouter:
             self._held[key] = held
         self._wake.set()
 
+    def _duplicate(self, device: str, name: str, cid: CommandId) -> bool:
+        """Already held, on its way, or settled (also before a restart): count it and say so."""
+        key = (device, cid)
+        if key in self._held or key in self._settled or any(
+                h.cmd.device == device and h.cmd.id == cid for h in self._outbox):
+            self.counters.duplicates += 1
+            log.info("duplicate command %s/%s id=%r ignored (already answered or on its way)", device, name, cid)
+            return True
+        return False
+
     def presence_changed(self) -> None:
         """A local client connected or subscribed: held commands may be deliverable now."""
         if self._held:
             self._wake.set()
 
     def _present(self, topic: str) -> bool:
-        return self._has_subscriber is None or self._has_subscriber(topic)
+        return self._has_subscriber is None or self._has_subscriber(topic, self._device_level)
 
     # ------------------------------------------------------------------ answers
 
     def _reject(self, device: str, name: str, cid: CommandId | None, reason: str, detail: str) -> None:
+        if cid is not None:
+            self._settled.add((device, cid))
         self.counters.rejected[reason] += 1
         self.counters.answered["rejected"] += 1
         log.info("command %r/%r id=%r rejected: %s (%s)", device, name, cid, reason, detail)
@@ -177,6 +204,7 @@ class CommandRouter:
                                                  source="gateway", rtt_ms=None))
 
     def _gateway_answer(self, cmd: Command, status: str, detail: str) -> None:
+        self._settled.add((cmd.device, cmd.id))
         self.counters.answered[status] += 1
         log.info("command %s/%s id=%r: %s (%s)", cmd.device, cmd.name, cmd.id, status, detail)
         self._answer("response", response_record(cmd.device, cmd.name, cmd.id, status, {"reason": detail},
@@ -264,6 +292,7 @@ class CommandRouter:
                 continue
             key = (cmd.device, cmd.id)
             self._tracked[key] = _Tracked(cmd.name, held.arrived, self._mono() + self._cfg.track_responses_s)
+            self._settled.add(key)  # before it leaves: the device answers it, we never do again
             try:
                 await asyncio.wait_for(self._deliver(held.topic, cmd.local_payload()), DELIVER_TIMEOUT_S)
             except (BridgeError, GatewayError, asyncio.TimeoutError) as exc:

@@ -242,6 +242,7 @@ class UplinkSection(Strict):
 
 class MetricsSection(Strict):
     listen: str | None = None  # e.g. "127.0.0.1:9464"; unset = no HTTP endpoint
+    refresh_s: float = Field(1.0, gt=0, le=60)  # how often the loop rebuilds the snapshot the endpoint serves
 
     @field_validator("listen")
     @classmethod

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 MAX_DOCUMENT_BYTES = 1024 * 1024
 
 APPLIED, REJECTED, STALE, LOAD_ERRORS = "applied", "rejected", "stale", "load_errors"
+CLEARED = "cleared"  # empty messages (an operator clearing the retained document): no answer
 
 Problem = tuple[str, str]
 ControlOut = Callable[[str, dict[str, Any]], None]  # (kind, record) -> control lane
@@ -205,7 +206,7 @@ class ConfigPusher:
         self.counts: Counter[str] = Counter()
 
     def snapshot(self) -> dict[str, int]:
-        return {name: self.counts[name] for name in (APPLIED, REJECTED, STALE, LOAD_ERRORS)}
+        return {name: self.counts[name] for name in (APPLIED, REJECTED, STALE, LOAD_ERRORS, CLEARED)}
 
     # ------------------------------------------------------------------ start
 
@@ -233,6 +234,7 @@ class ConfigPusher:
         """Handle one message from the config topic; returns the status record it sent
         (None for an empty payload: that only clears a retained document on the broker)."""
         if not payload:
+            self.counts[CLEARED] += 1
             log.info("empty message on the config topic ignored (a retained document was cleared)")
             return None
         source = "pushed config"

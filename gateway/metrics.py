@@ -1,26 +1,39 @@
-"""prometheus-client exposition of the gateway's counters, read at scrape time (no per-reading
-metric calls on the hot path)."""
+"""prometheus-client exposition of the gateway's counters.
+
+The HTTP endpoint runs in prometheus-client's own thread. It never touches the gateway's objects:
+it reads the frozen snapshot the event loop last published on a :class:`~gateway.stats.SnapshotBoard`
+(no per-reading metric calls on the hot path either)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.config import split_host_port
+from gateway.stats import FrozenSnapshot, SnapshotBoard
+
+Latest = Callable[[], tuple[float, FrozenSnapshot] | None]
 
 
 class SnapshotCollector(Collector):
-    """Turns a stats snapshot (see gateway.stats) into Prometheus metric families."""
+    """Turns the latest published snapshot (see gateway.stats) into Prometheus metric families.
+    Nothing is served before the gateway published its first snapshot."""
 
-    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
-        self._snapshot = snapshot
+    def __init__(self, latest: Latest) -> None:
+        self._latest = latest
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        s = self._snapshot()
+        latest = self._latest()
+        if latest is None:
+            return
+        built, s = latest
+        yield GaugeMetricFamily("edge_snapshot_age_seconds", "age of the snapshot these figures come from",
+                                value=max(0.0, time.time() - built))
         acc = s["accounting"]
         for name in ("readings_in", "delivered", "messages_in", "batches_written", "batches_delivered",
                      "bytes_up_telemetry", "bytes_up_control", "alerts", "events", "responses",
@@ -81,23 +94,29 @@ class SnapshotCollector(Collector):
         yield pushes
         yield CounterMetricFamily("edge_config_load_errors", "persisted pushed configs that could not be loaded",
                                   value=s["config_push"]["load_errors"])
+        yield CounterMetricFamily("edge_config_cleared", "empty messages on the config topic (a retained "
+                                  "document cleared), ignored", value=s["config_push"]["cleared"])
 
 
-def _command_metrics(c: dict[str, Any]) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-    for name in ("received", "forwarded", "duplicates", "responses_matched", "responses_unmatched", "forgotten"):
+def _command_metrics(c: FrozenSnapshot) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    for name in ("received", "forwarded", "duplicates", "responses_matched", "responses_unmatched", "forgotten",
+                 "cleared"):
         yield CounterMetricFamily(f"edge_commands_{name}", f"cloud commands: {name}", value=c[name])
     yield GaugeMetricFamily("edge_commands_held", "commands held for an offline device", value=c["held"])
     for name, label, help_text in (("answered", "status", "commands the gateway answered itself, by status"),
-                                   ("rejected", "reason", "commands rejected, by reason")):
+                                   ("rejected", "reason", "commands rejected, by reason"),
+                                   ("ignored", "reason", "command messages not answered at all, by reason")):
         fam = CounterMetricFamily(f"edge_commands_{name}", help_text, labels=[label])
         for value, n in sorted(c[name].items()):
             fam.add_metric([value], n)
         yield fam
 
 
-def serve(listen: str, snapshot: Callable[[], dict[str, Any]]) -> CollectorRegistry:
+def serve(listen: str, board: SnapshotBoard) -> WSGIServer:
+    """Serve ``board``'s latest snapshot on ``listen`` from prometheus-client's HTTP thread; the
+    returned server's ``shutdown()`` stops it."""
     registry = CollectorRegistry()
-    registry.register(SnapshotCollector(snapshot))
+    registry.register(SnapshotCollector(board.latest))
     host, port = split_host_port(listen)
-    start_http_server(port, addr=host, registry=registry)
-    return registry
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server

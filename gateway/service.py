@@ -22,6 +22,7 @@ from bridge.mqtt_types import ClientSettings, TlsSettings
 from bridge.store import Record
 from bridge.topics import CloudTopics
 from gateway.accounting import INGEST_OVERFLOW, REJECTED_BY_BROKER, Accounting
+from gateway.answered import AnsweredCommands
 from gateway.batcher import Batcher
 from gateway.broker import EmbeddedBroker
 from gateway.buffer import Budget, DiskBuffer
@@ -36,7 +37,7 @@ from gateway.pipeline import Pipeline
 from gateway.processor import Processor
 from gateway.rejects import RejectLog
 from gateway.rules.engine import RuleEngine
-from gateway.stats import publish_periodically
+from gateway.stats import SnapshotBoard, publish_periodically, refresh_periodically
 
 if sys.version_info >= (3, 11):
     from asyncio import TaskGroup
@@ -67,6 +68,10 @@ def uplink_settings(cfg: GatewayConfig, secrets: Secrets) -> ClientSettings:
         tls=tls,
         max_inflight=up.max_inflight + up.control_max_inflight,
         connect_timeout_s=up.connect_timeout_s,
+        # a command published retained is recognised and never executed: MQTT 5 keeps the flag on
+        # live delivery when asked to; on MQTT 3.1.1 each live command waits for a retain check
+        retain_as_published=True,
+        retain_check_prefixes=(f"{CloudTopics(cfg.gateway.id, cfg.topics.cloud_prefix).prefix}/commands/",),
     )
 
 
@@ -96,9 +101,11 @@ class GatewayService:
         self.batcher = Batcher(cfg.batch.max_count, cfg.batch.max_bytes, cfg.batch.max_age_s)
         self.decoder = Decoder(cfg.topics, cfg.decode)
         self.rules = RuleEngine(list(cfg.rules))
+        self.answered = AnsweredCommands(cfg.gateway.data_dir / "commands-answered.jsonl")
         self.commands = CommandRouter(
             cfg.downlink, cfg.topics.commands, deliver=self._deliver_local, answer=self.lanes.write_control,
             has_subscriber=self._has_subscriber if cfg.local_broker.mode == "embedded" else None,
+            answered=self.answered,
         )
         self.pipeline = Pipeline(self.decoder, self.rules, self.batcher, acc, self.rejects,
                                  on_batch=self.lanes.write_batch, on_control=self.lanes.write_control,
@@ -141,6 +148,7 @@ class GatewayService:
         acc.buffered_fn = lambda: self.buffer.readings("telemetry")
         acc.pending_fn = lambda: len(self.batcher)
         acc.restored_fn = lambda: self.buffer.restored_readings
+        self.board = SnapshotBoard()  # the snapshot other threads (the metrics endpoint) may read
         self.started = asyncio.Event()
 
     # ------------------------------------------------------------------ callbacks
@@ -157,8 +165,8 @@ class GatewayService:
             assert self.external is not None
             await self.external.publish(topic, payload, qos=1)
 
-    def _has_subscriber(self, topic: str) -> bool:
-        return self.embedded is not None and self.embedded.has_subscriber(topic)
+    def _has_subscriber(self, topic: str, device_level: int | None) -> bool:
+        return self.embedded is not None and self.embedded.has_subscriber(topic, device_level)
 
     def _delivered(self, rec: Record, size: int) -> None:
         acc = self.accounting
@@ -192,9 +200,10 @@ class GatewayService:
                      "skipped_seqs": {lane: list(r) for lane, r in buf.skipped_seqs.items()}},
             "uplink": {"connected": self.link.connected, "endpoint": self.link.active_url,
                        "connects": self.link.connects, "watchdog_trips": self.link.watchdog_trips,
-                       "last_error": self.link.last_error, "drain": self._drain_state()},
+                       "last_error": self.link.last_error, "previous_error": self.link.previous_error,
+                       "drain": self._drain_state()},
             "ingest_queue": len(self.ingest),
-            "commands": self.commands.snapshot(),
+            "commands": {**self.commands.snapshot(), "cleared": self.downlink.cleared},
             "internal_errors": self.processor.internal_errors + (self.embedded.hook_errors if self.embedded else 0),
             "config_version": self.config_pusher.version,
             "config_push": self.config_pusher.snapshot(),
@@ -212,6 +221,7 @@ class GatewayService:
 
     async def run(self, stop: asyncio.Event) -> None:
         self.buffer.open()
+        self.answered.open()
         if self.cfg.downlink.config_push:
             self.config_pusher.load_persisted()  # before anything is processed
         uplink_stop, source_stop, proc_stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
@@ -229,6 +239,8 @@ class GatewayService:
                     source = tg.create_task(self.external.run(source_stop), name="local-source")
                 proc = tg.create_task(self.processor.run(proc_stop), name="processor")
                 commands = tg.create_task(self.commands.run(source_stop), name="commands")
+                tg.create_task(refresh_periodically(self.board, self.snapshot, self.cfg.metrics.refresh_s,
+                                                    uplink_stop), name="snapshot")
                 self.started.set()
                 log.info("gateway %s running", self.cfg.gateway.id)
                 await stop.wait()
@@ -243,4 +255,5 @@ class GatewayService:
                 await proc
                 uplink_stop.set()
         finally:
+            self.answered.close()
             self.buffer.close()

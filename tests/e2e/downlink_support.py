@@ -7,7 +7,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 from bridge.codec import decode_control
 from bridge.mqtt_types import ClientSettings, Message
@@ -20,7 +20,7 @@ from tests.support import eventually
 
 
 class CloudOperator:
-    """A real MQTT 5 client on the cloud broker: publishes commands, collects ``responses``."""
+    """A real MQTT client (5 unless told) on the cloud broker: publishes commands, collects ``responses``."""
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -28,9 +28,10 @@ class CloudOperator:
         self.conn: MqttConnection
 
     @classmethod
-    async def connect(cls, url: str, prefix: str = "edge/gw-test") -> CloudOperator:
+    async def connect(cls, url: str, prefix: str = "edge/gw-test", protocol: Literal["5", "3.1.1"] = "5",
+                      ) -> CloudOperator:
         op = cls(prefix)
-        op.conn = await MqttConnection.open(url, ClientSettings(client_id="test-operator", protocol="5"),
+        op.conn = await MqttConnection.open(url, ClientSettings(client_id="test-operator", protocol=protocol),
                                             on_message=op._on)
         await op.conn.subscribe([(f"{prefix}/responses", 1)])
         return op
@@ -69,26 +70,33 @@ class CloudOperator:
 
 class LocalSpy:
     """A real MQTT 3.1.1 client on the gateway's local broker recording everything on ``devices/#``.
-    Note: its subscription also makes every device's command topic look deliverable."""
+    Its wildcard subscription makes no device look connected; ``present`` device ids each get a
+    second client subscribed to their own command topic (``devices/{id}/commands/+``), as the
+    device itself would be."""
 
     def __init__(self) -> None:
         self.messages: list[tuple[str, bytes]] = []
         self.conn: MqttConnection | None = None
+        self.devices: list[MqttConnection] = []
 
     @classmethod
-    async def connect(cls, url: str, filters: str = "devices/#") -> LocalSpy:
+    async def connect(cls, url: str, filters: str = "devices/#", present: tuple[str, ...] = ()) -> LocalSpy:
         spy = cls()
         spy.conn = await MqttConnection.open(url, ClientSettings(client_id="test-spy", protocol="3.1.1"),
                                              on_message=lambda m: spy.messages.append((m.topic, m.payload)))
         await spy.conn.subscribe([(filters, 1)])
+        for device in present:
+            conn = await MqttConnection.open(url, ClientSettings(client_id=f"test-{device}", protocol="3.1.1"))
+            await conn.subscribe([(f"devices/{device}/commands/+", 1)])
+            spy.devices.append(conn)
         return spy
 
     def topics(self, contains: str = "/commands") -> list[str]:
         return [t for t, _ in self.messages if contains in t]
 
     async def close(self) -> None:
-        if self.conn is not None:
-            await self.conn.close()
+        for conn in [*self.devices, *([self.conn] if self.conn is not None else [])]:
+            await conn.close()
 
 
 def local_broker_settings(svc: GatewayService) -> BrokerSettings:

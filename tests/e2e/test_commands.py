@@ -59,7 +59,7 @@ async def test_unknown_and_not_allowed_commands(tmp_path: Path, mosquitto: Mosqu
 async def test_expired_commands_are_answered_and_not_delivered(tmp_path: Path, mosquitto: Mosquitto,
                                                                operator: CloudOperator) -> None:
     async with running_gateway(gw_config(tmp_path, mosquitto)) as gw:
-        spy = await LocalSpy.connect(local_url(gw))  # makes dev-1 look connected
+        spy = await LocalSpy.connect(local_url(gw), present=("dev-1",))
         await operator.until_subscribed()
         await operator.send("dev-1/ping", {"id": "e-1", "expires": time.time() - 1})
         await operator.send("dev-1/ping", {"id": "e-2", "ttl_s": 0})
@@ -120,7 +120,7 @@ async def test_hold_queue_overflow_and_shutdown_answer_every_held_command(
 async def test_injection_attempts_are_rejected_and_nothing_reaches_a_wrong_topic(
         tmp_path: Path, mosquitto: Mosquitto, operator: CloudOperator) -> None:
     async with running_gateway(gw_config(tmp_path, mosquitto, max_command_bytes=1024)) as gw:
-        spy = await LocalSpy.connect(local_url(gw))
+        spy = await LocalSpy.connect(local_url(gw), present=("dev-1",))
         await operator.until_subscribed()
         attempts: list[tuple[str, Any, str, str, str]] = [
             # topic suffix, payload, reason, device and command echoed back

@@ -16,6 +16,7 @@ from bridge.uplink import MqttConnection
 from gateway.config import GatewayConfig, Secrets
 from gateway.metrics import SnapshotCollector
 from gateway.service import GatewayService
+from gateway.stats import SnapshotBoard
 from tests.e2e.harness import CloudCollector, Devices, gateway_config, local_url, running_gateway, telemetry
 from tests.support import Mosquitto, eventually
 
@@ -107,7 +108,9 @@ async def test_valid_push_is_applied_and_changes_which_readings_alert(tmp_path: 
         assert alert_values(cloud) == [(40, "raised"), (20, "cleared"), (55, "raised"), (20, "cleared")]
         snap = svc.snapshot()
         assert snap["config_version"] == 1 and snap["config_push"]["applied"] == 1
-        metrics = {m.name: m for m in SnapshotCollector(svc.snapshot).collect()}
+        board = SnapshotBoard()
+        board.refresh(svc.snapshot)
+        metrics = {m.name: m for m in SnapshotCollector(board.latest).collect()}
         assert metrics["edge_config_version"].samples[0].value == 1
         assert {s.labels["status"]: s.value for s in metrics["edge_config_pushes"].samples
                 if s.name.endswith("_total")} == {"applied": 1, "rejected": 0, "stale": 0}
@@ -162,7 +165,8 @@ async def test_stale_version_is_ignored(tmp_path: Path, mosquitto: Mosquitto) ->
         await temps.send(40, 55)
         await eventually(lambda: len(alert_values(cloud)) == 1)
         assert alert_values(cloud) == [(55, "raised")]
-        assert svc.snapshot()["config_push"] == {"applied": 1, "rejected": 0, "stale": 2, "load_errors": 0}
+        assert svc.snapshot()["config_push"] == {"applied": 1, "rejected": 0, "stale": 2, "load_errors": 0,
+                                                 "cleared": 0}
 
 
 async def test_pushed_config_survives_a_restart(tmp_path: Path, mosquitto: Mosquitto) -> None:

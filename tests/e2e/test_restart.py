@@ -3,40 +3,13 @@ restart everything drains and batch sequence numbers continue without reuse."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from gateway.buffer import Budget, DiskBuffer
-from tests.e2e.gateway_process import scrape, write_config
+from tests.e2e.gateway_process import GatewayProcess, scrape, write_config
 from tests.e2e.harness import CloudCollector, Devices, telemetry
-from tests.support import Mosquitto, eventually, free_port, wait_until
-
-
-class GatewayProcess:
-    def __init__(self, config: Path, local_port: int) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(config)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.local_port = local_port
-
-    def wait_listening(self) -> None:
-        import socket
-
-        def up() -> bool:
-            assert self.proc.poll() is None, self.proc.stderr.read() if self.proc.stderr else ""
-            try:
-                socket.create_connection(("127.0.0.1", self.local_port), 0.2).close()
-                return True
-            except OSError:
-                return False
-
-        wait_until(up, message="gateway did not start listening")
-
-    def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
+from tests.support import Mosquitto, eventually, free_port
 
 
 async def test_sigterm_flushes_and_restart_drains_without_seq_reuse(tmp_path: Path, mosquitto: Mosquitto) -> None:

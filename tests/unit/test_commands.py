@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 from typing import Any
 
-from bridge.downlink import Command, CommandRejected
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridge.downlink import RETAINED, Command, CommandRejected
+from gateway.answered import AnsweredCommands
 from gateway.broker import topic_matches
 from gateway.commands import CommandRouter, device_response
 from gateway.config import DownlinkSection
@@ -27,7 +34,7 @@ class Rig:
         self.answers: list[dict[str, Any]] = []
         self.router = CommandRouter(
             DownlinkSection(**cfg), "devices/{device_id}/commands/{name}", deliver=self.deliver,
-            answer=lambda kind, rec: self.answers.append(rec), has_subscriber=lambda t: t in self.present,
+            answer=lambda kind, rec: self.answers.append(rec), has_subscriber=lambda t, _level: t in self.present,
             wall=self.clock, monotonic=self.clock,
         )
 
@@ -119,3 +126,121 @@ def test_topic_matches() -> None:
     assert not topic_matches("devices/d2/commands/+", "devices/d1/commands/ping")
     assert not topic_matches("#", "$SYS/x")
     assert topic_matches("devices/d1/commands/ping", "devices/d1/commands/ping")
+
+
+@pytest.mark.parametrize(("topic_filter", "counts"), [
+    ("devices/d1/commands/+", True), ("devices/d1/commands/#", True), ("devices/d1/#", True),
+    ("devices/d1/commands/ping", True), ("+/d1/commands/+", True),
+    ("devices/+/commands/ping", False), ("devices/+/commands/+", False), ("devices/#", False), ("#", False),
+    ("+/+/commands/ping", False), ("devices/d2/commands/+", False),
+])
+def test_presence_counts_only_filters_that_name_the_device(topic_filter: str, counts: bool) -> None:
+    topic = "devices/d1/commands/ping"
+    assert topic_matches(topic_filter, topic) is (topic_filter != "devices/d2/commands/+")
+    assert topic_matches(topic_filter, topic, literal_level=1) is counts
+
+
+@given(st.lists(st.sampled_from(["a", "d1", "+", "#"]), min_size=1, max_size=5),
+       st.lists(st.sampled_from(["a", "d1"]), min_size=1, max_size=5), st.integers(0, 5))
+def test_a_literal_level_only_narrows_matching(want: list[str], got: list[str], level: int) -> None:
+    topic_filter, topic = "/".join(want), "/".join(got)
+    narrowed = topic_matches(topic_filter, topic, literal_level=level)
+    assert narrowed <= topic_matches(topic_filter, topic)
+    if narrowed:
+        assert want[level] == got[level]
+
+
+def rejected(device: str, cid: Any, reason: str = RETAINED) -> CommandRejected:
+    return CommandRejected(device, "ping", cid, reason, "detail")
+
+
+async def test_a_retained_command_is_answered_once_and_one_without_id_never() -> None:
+    rig = Rig(present={"devices/d1/commands/ping"})
+    r = rig.router
+    r.handle(rejected("d1", "r1"))
+    r.handle(rejected("d1", "r1"))  # handed out again on the next subscribe
+    r.handle(Command("d1", "ping", "r1"))  # the same command live (a 3.1.1 broker cleared the flag)
+    r.handle(rejected("d1", None))  # no id: nobody to answer
+    await rig.settle()
+    assert [(a["id"], a["status"], a["result"]["reason"]) for a in rig.answers] == [("r1", "rejected", "retained")]
+    assert rig.sent == []
+    assert r.counters.duplicates == 2 and r.counters.ignored == {"retained_without_id": 1}
+
+
+async def test_settled_commands_are_not_answered_again_after_a_restart(tmp_path: Path) -> None:
+    def router(rig: Rig) -> AnsweredCommands:
+        answered = AnsweredCommands(tmp_path / "answered.jsonl")
+        answered.open()
+        rig.router = CommandRouter(
+            DownlinkSection(hold_offline_s=0), "devices/{device_id}/commands/{name}", deliver=rig.deliver,
+            answer=lambda kind, rec: rig.answers.append(rec), has_subscriber=lambda t, _l: t in rig.present,
+            answered=answered, wall=rig.clock, monotonic=rig.clock)
+        return answered
+
+    first = Rig(present={"devices/d1/commands/ping"})
+    answered = router(first)
+    first.router.handle(Command("d1", "ping", "fwd"))  # forwarded: the device answers it
+    first.router.handle(Command("d2", "ping", 7))  # d2 is offline: undeliverable
+    first.router.handle(Command("d1", "dance", "no"))  # not allowed
+    await first.settle()
+    assert len(first.sent) == 1 and len(first.answers) == 2
+    answered.close()
+
+    second = Rig(present={"devices/d1/commands/ping"})
+    answered = router(second)
+    for cmd in (Command("d1", "ping", "fwd"), Command("d2", "ping", 7), Command("d1", "dance", "no")):
+        second.router.handle(cmd)  # redelivered after the restart
+    second.router.handle(rejected("d2", 7))  # or retained
+    await second.settle()
+    assert second.sent == [] and second.answers == [] and second.router.counters.duplicates == 4
+    second.router.handle(Command("d2", "ping", 8))  # a new id is a new command
+    assert [a["id"] for a in second.answers] == [8]
+    answered.close()
+
+
+events = st.lists(st.tuples(st.sampled_from(["d1", "d2"]), st.integers(0, 3), st.booleans(), st.booleans()),
+                  max_size=30)
+
+
+@settings(max_examples=150, deadline=None)
+@given(events)
+def test_every_command_gets_exactly_one_answer_and_a_retained_one_never_runs(
+        tmp_path_factory: pytest.TempPathFactory, seq: list[tuple[str, int, bool, bool]]) -> None:
+    """Any interleaving of live and retained copies of commands, with restarts in between: each
+    ``(device, id)`` is settled once (answered by the gateway, or forwarded for the device to answer),
+    and one whose first copy was retained never reaches the device."""
+    path = tmp_path_factory.mktemp("answered") / "answered.jsonl"
+
+    async def scenario() -> None:
+        rig = Rig(present={"devices/d1/commands/ping"})
+        answered: AnsweredCommands | None = None
+
+        def restart() -> None:
+            nonlocal answered
+            if answered is not None:
+                answered.close()
+            answered = AnsweredCommands(path)
+            answered.open()
+            rig.router = CommandRouter(
+                DownlinkSection(hold_offline_s=0), "devices/{device_id}/commands/{name}", deliver=rig.deliver,
+                answer=lambda kind, rec: rig.answers.append(rec), has_subscriber=lambda t, _l: t in rig.present,
+                answered=answered, wall=rig.clock, monotonic=rig.clock)
+
+        restart()
+        first_retained: dict[tuple[str, int], bool] = {}
+        for device, cid, retained, restart_before in seq:
+            if restart_before:
+                restart()
+            first_retained.setdefault((device, cid), retained)
+            rig.router.handle(rejected(device, cid) if retained else Command(device, "ping", cid))
+            await rig.settle()
+        assert answered is not None
+        answered.close()
+        settled = [(a["device"], a["id"]) for a in rig.answers]
+        for topic, payload in rig.sent:
+            settled.append((topic.split("/")[1], json.loads(payload)["id"]))
+        assert sorted(settled) == sorted(first_retained)  # each exactly once
+        for topic, payload in rig.sent:
+            assert not first_retained[(topic.split("/")[1], json.loads(payload)["id"])]
+
+    asyncio.run(scenario())

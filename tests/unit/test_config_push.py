@@ -62,7 +62,7 @@ def test_valid_push_is_persisted_applied_and_acked(rig: Rig) -> None:
     ack = p.handle(doc(version=3, rules=RULES_50, batch={"max_count": 10, "compression": "none"}))
     assert ack == {"kind": "config_status", "version": 3, "status": "applied", "errors": [], "current_version": 3}
     assert rig.acks == [("config_status", ack)]
-    assert p.version == 3 and p.snapshot() == {"applied": 1, "rejected": 0, "stale": 0, "load_errors": 0}
+    assert p.version == 3 and p.snapshot() == {"applied": 1, "rejected": 0, "stale": 0, "load_errors": 0, "cleared": 0}
     assert rig.alerts(40) == 0 and rig.alerts(51) == 1  # threshold moved from 30 to 50
     assert rig.batcher.max_count == 10 and rig.encoding.compression == "none" and rig.encoding.level == 6
     saved = json.loads(rig.path.read_text())
@@ -138,6 +138,7 @@ def test_version_not_newer_is_stale(rig: Rig) -> None:
 def test_empty_payload_clears_nothing_and_is_not_answered(rig: Rig) -> None:
     p = rig.pusher()
     assert p.handle(b"") is None and rig.acks == [] and p.version == 0
+    assert p.snapshot()["cleared"] == 1
 
 
 def test_failed_persist_rejects_and_applies_nothing(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:

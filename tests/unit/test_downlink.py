@@ -158,3 +158,21 @@ def test_router_subscribes_only_for_handlers_that_are_set() -> None:
     assert router.ignored == 1
     router.on_config = lambda m: None
     assert router.subscriptions() == [("edge/gw-1/config", 1)]
+
+
+def test_a_retained_message_is_refused_as_retained_whatever_else_is_wrong() -> None:
+    assert rejected(parse("a/b/c", {"id": "x"}, retained=True)).reason == RETAINED
+    assert rejected(parse("../ping", b"garbage", retained=True)).reason == RETAINED
+
+
+def test_empty_messages_on_command_topics_are_cleared_not_answered() -> None:
+    commands: list[Command | CommandRejected] = []
+    configs: list[Message] = []
+    router = DownlinkRouter(CloudTopics("gw-1"), LIMITS, clock=lambda: NOW,
+                            on_command=commands.append, on_config=configs.append)
+    router(msg("edge/gw-1/commands/dev-1/ping", b"", retain=True))  # an operator clearing a retained command
+    router(msg("edge/gw-1/commands/dev-1/ping", b""))  # the same, live on MQTT 3.1.1 (flag cleared)
+    router(msg("edge/gw-1/commands/a/b/c", b""))
+    router(msg("edge/gw-1/config", b"", retain=True))  # the config pusher ignores and counts these itself
+    assert commands == [] and router.cleared == 3
+    assert [m.payload for m in configs] == [b""]
