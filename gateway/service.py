@@ -104,7 +104,7 @@ class GatewayService:
                                  on_batch=self.lanes.write_batch, on_control=self.lanes.write_control,
                                  on_response=self.commands.device_response)
         self.ingest = Ingest(cfg.local_broker.ingest_queue_max, self._ingest_overflow, self.decoder.is_control)
-        self.processor = Processor(self.ingest, self.pipeline, self.lanes)
+        self.processor = Processor(self.ingest, self.pipeline, self.lanes, self.accounting)
         self.config_pusher = ConfigPusher(
             PushedConfigFile(cfg.pushed_config_file), file_rules=list(cfg.rules), file_batch=cfg.batch,
             rules=self.rules, batcher=self.batcher, encoding=self.lanes,
