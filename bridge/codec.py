@@ -33,6 +33,7 @@ import msgpack
 
 from bridge.errors import PermanentBridgeError
 from bridge.model import Reading, Value
+from bridge.topics import valid_id
 
 FORMAT_VERSION = 2
 DECODABLE_VERSIONS = (1, 2)
@@ -305,6 +306,8 @@ def _batch_from_body(body: Any, version: int, compression: str, replay: bool) ->
     if not 0 <= seq <= _INT64_MAX or not INT_MIN <= created_ms <= _INT64_MAX:
         raise CodecError("malformed batch body: seq or created_ms out of range")
     stream = _field(body, "stream", str) if version >= 2 else ""
+    if version >= 2 and not valid_id(stream):
+        raise CodecError(f"malformed batch body: stream {stream!r:.80} is not an id")
     known = {"gw", "stream", "seq", "created_ms", "n", "series"}
     return Batch(
         gateway=_field(body, "gw", str),

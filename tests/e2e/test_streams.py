@@ -14,7 +14,7 @@ from tests.e2e.test_sink import running_sink
 from tests.support import Mosquitto, eventually
 
 
-async def _one_run(cfg_tmp: Path, url: str, run: int) -> str:
+async def _one_run(cfg_tmp: Path, url: str, run: int) -> tuple[str, str]:
     """Start the gateway, send 20 readings (2 batches of 10) and one device event, stop it."""
     cfg = gateway_config(cfg_tmp, url, batch={"max_count": 10, "max_age_s": 30.0})
     t0 = int(time.time() * 1000) - 5_000
@@ -26,7 +26,8 @@ async def _one_run(cfg_tmp: Path, url: str, run: int) -> str:
         acc = svc.accounting
         await eventually(lambda: acc.delivered == 20 and acc.control_delivered == 1, timeout=30,
                          message=lambda: f"delivered={acc.delivered} control={acc.control_delivered}")
-        return svc.buffer.stream
+        disk = svc.snapshot()["disk"]
+        return disk["stream"], disk["new_stream_reason"]
 
 
 async def test_wiped_and_restored_data_dirs_start_new_streams_and_nothing_is_a_duplicate(
@@ -34,13 +35,17 @@ async def test_wiped_and_restored_data_dirs_start_new_streams_and_nothing_is_a_d
     store = SinkStore(tmp_path / "sink.sqlite", durable=False)
     data = tmp_path / "data"
     async with running_sink(mosquitto.url, store) as sink:
-        first = await _one_run(tmp_path, mosquitto.url, 1)  # telemetry seqs 1-2, control seq 1
+        first, why = await _one_run(tmp_path, mosquitto.url, 1)  # telemetry seqs 1-2, control seq 1
+        assert why == "new buffer"
         shutil.copytree(data, tmp_path / "backup")  # a cold backup of the stopped gateway
-        second = await _one_run(tmp_path, mosquitto.url, 2)  # clean restart: same stream, seqs 3-4, control 2
+        second, why = await _one_run(tmp_path, mosquitto.url, 2)  # clean restart: same stream, seqs 3-4, control 2
+        assert why == ""
         shutil.copytree(tmp_path / "backup", data, dirs_exist_ok=True)  # restore the backup in place
-        third = await _one_run(tmp_path, mosquitto.url, 3)  # seqs 3-4 and control 2 again, new stream
+        third, why = await _one_run(tmp_path, mosquitto.url, 3)  # seqs 3-4 and control 2 again, new stream
+        assert "restored" in why
         shutil.rmtree(data)  # wipe
-        fourth = await _one_run(tmp_path, mosquitto.url, 4)  # seqs 1-2 and control 1 again, new stream
+        fourth, why = await _one_run(tmp_path, mosquitto.url, 4)  # seqs 1-2 and control 1 again, new stream
+        assert why == "new buffer"
         await eventually(lambda: sink.counters.batches == 8 and sink.counters.events == 4, timeout=30,
                          message=lambda: f"{sink.counters}")
         assert sink.counters.duplicates == 0 and sink.counters.readings == 80 and sink.counters.invalid == 0

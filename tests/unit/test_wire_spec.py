@@ -5,6 +5,7 @@ ones the spec says a decoder must refuse."""
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import msgpack
 import pytest
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors"
+ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")  # the id grammar, as PROTOCOL.md writes it
 
 
 class Refused(Exception):
@@ -66,8 +68,8 @@ def _running_sum(column: list[int], low: int, high: int) -> list[int]:
 
 def minimal_decode(envelope: bytes) -> dict[str, Any]:
     version, replay, compression, body = _body(envelope)
-    if version == 2 and not isinstance(body.get("stream"), str):
-        raise Refused("version 2 without stream")
+    if version == 2 and not (isinstance(body.get("stream"), str) and ID.fullmatch(body["stream"])):
+        raise Refused("version 2 without a stream id")
     readings = []
     for entry in body["series"]:
         device, metric, ts_col, scale, values, seq_col = entry[:6]  # later elements are ignored

@@ -107,6 +107,7 @@ def main() -> None:
     _write("reject_trailing_bytes_none", _raw(_body(), tail=b"\x00"))
     _write("reject_trailing_bytes_zlib", _raw(_body(), flags=0x02, tail=b"\x00"))
     _write("reject_v2_without_stream", _raw({k: v for k, v in _body().items() if k != "stream"}))
+    _write("reject_v2_stream_not_an_id", _raw(_body(stream="../x")))
     _write("reject_n_mismatch", _raw(_body(n=2)))
     _write("reject_decimal_beyond_2_53", _raw(_body(series=[["d1", "m", [T0], 0, [2**53 + 1], None]])))
     _write("reject_column_lengths", _raw(_body(series=[["d1", "m", [T0, 1], 0, [1], None]])))
