@@ -103,8 +103,12 @@ def _encode_values(values: list[Value]) -> tuple[int, list[int] | list[Value]]:
     decimals and anything beyond +-2**53 once scaled do not fit the decimal form.
 
     Whole-series passes (one per scale tried) instead of a loop per value: the common case of a
-    sensor at a fixed resolution costs a few list comprehensions."""
-    for factor in _FACTORS:
+    sensor at a fixed resolution costs a few list comprehensions. Scales below the first value's
+    own are skipped, and a first value that fits no scale means the raw form at once."""
+    start = _first_scale(values[0]) if values else 0
+    if start is None:
+        return RAW_SCALE, list(values)
+    for factor in _FACTORS[start:]:
         try:
             ints = [round(v * factor) for v in values]
         except (OverflowError, ValueError):  # a double so large that scaling it overflows
@@ -116,6 +120,17 @@ def _encode_values(values: list[Value]) -> tuple[int, list[int] | list[Value]]:
                 break  # -0.0: the decimal form has no sign of zero
             return _FACTORS.index(factor), _deltas(ints)
     return RAW_SCALE, list(values)
+
+
+def _first_scale(value: Value) -> int | None:
+    """The smallest scale at which ``value`` alone fits the decimal form, or None."""
+    if not -MAX_DECIMAL_INT <= value <= MAX_DECIMAL_INT:
+        return None
+    for scale, factor in enumerate(_FACTORS):
+        i = round(value * factor)
+        if -MAX_DECIMAL_INT <= i <= MAX_DECIMAL_INT and i / factor == value:
+            return scale
+    return None
 
 
 def _deltas(values: Sequence[int]) -> list[int]:

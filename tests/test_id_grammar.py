@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import string
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.topics import ID_PATTERN, TopicPattern, valid_id
 from device_sim import topics as sim_topics
+from device_sim.errors import SimConfigError
 
 ALPHABET = string.ascii_letters + string.digits + "_.-/+#$ \\\0\n\t~é"
 candidates = st.one_of(
@@ -41,3 +43,11 @@ def test_dot_names_and_separators_are_refused_everywhere() -> None:
     for good in ("dev-1", "a..b", "a.", "_x", "9", "x" * 64):
         assert valid_id(good) and sim_topics.is_valid_device_id(good), good
     assert not valid_id(7)
+
+
+def test_the_simulator_refuses_an_id_prefix_that_breaks_the_grammar() -> None:
+    assert sim_topics.device_ids("dev-", 2) == ["dev-0001", "dev-0002"]
+    assert sim_topics.device_ids("", 1) == ["0001"]
+    for bad in (".", "..", "-", "a/"):
+        with pytest.raises(SimConfigError):
+            sim_topics.device_ids(bad, 1)
