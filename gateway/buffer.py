@@ -52,7 +52,7 @@ WAL_CHECKPOINT_PAGES = 1000  # checkpoint every ~4 MB of log: hot pages reach th
 SEQ_RESERVE = 64  # with write-behind, sequence numbers are reserved on disk this many at a time
 RUNNING_MARKER = "running"  # present while the buffer is open: found at open = the last run crashed
 CLOSED_MARKER = "closed"  # written by a clean close: the stream and the database file's identity
-DB_FILE = "cache.db"  # diskcache's database file
+DB_FILE: str = diskcache.core.DBNAME  # "cache.db": the database file
 _STREAM_KEY = "stream"
 _WRITE_ATTEMPTS = 4  # a full disk: drop the oldest telemetry and try again, this many times in all
 _FREE_CHECK_S = 1.0

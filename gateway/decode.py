@@ -254,7 +254,9 @@ def _json_safe(obj: dict[Any, Any]) -> dict[str, Any] | None:
         if v is None or isinstance(v, (bool, str)):
             return v
         if isinstance(v, int):
-            return v if -(2**63) <= v < 2**64 else _shown(v, 200)
+            if -(2**63) <= v < 2**64:
+                return v
+            return str(v) if v.bit_length() < 14_000 else _shown(v)  # str() refuses over 4,300 digits
         if isinstance(v, float):
             return v if math.isfinite(v) else None
         if isinstance(v, (dict, list, tuple)) and depth >= MAX_DEPTH:
