@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.mqtt_types import Message
-from bridge.topics import CloudTopics, valid_id
+from bridge.topics import ID_RULE, CloudTopics, valid_id
 
 MAX_ID_CHARS = 64
 SHOWN_CHARS = 64  # offending device ids / names are echoed back truncated to this
@@ -135,9 +135,9 @@ def parse_command(suffix: str, payload: bytes, now_s: float, limits: CommandLimi
     if topic_problem:
         return rejected(BAD_TOPIC, topic_problem)
     if not valid_id(device):
-        return rejected(BAD_DEVICE, "device id must match [A-Za-z0-9_.-]{1,64}")
+        return rejected(BAD_DEVICE, f"device id must be {ID_RULE}")
     if not valid_id(name):
-        return rejected(BAD_NAME, "command name must match [A-Za-z0-9_.-]{1,64}")
+        return rejected(BAD_NAME, f"command name must be {ID_RULE}")
     if len(payload) > limits.max_bytes:
         return rejected(TOO_LARGE, f"payload is {len(payload)} bytes, the limit is {limits.max_bytes}")
     if json_problem:

@@ -25,8 +25,9 @@ _LANES = ("telemetry", "control")
 
 def _gap_dict(gap: GapSummary | None) -> dict[str, Any]:
     if gap is None:
-        return {"ranges": 0, "missing": 0, "first": []}
-    return {"ranges": gap.ranges, "missing": gap.missing, "first": [[lo, hi] for lo, hi in gap.first]}
+        return {"ranges": 0, "missing": 0, "first": [], "first_streams": []}
+    return {"ranges": gap.ranges, "missing": gap.missing, "first": [[lo, hi] for lo, hi in gap.first],
+            "first_streams": list(gap.first_streams)}
 
 
 def build_report(db_path: Path | str) -> dict[str, Any]:
@@ -38,6 +39,7 @@ def build_report(db_path: Path | str) -> dict[str, Any]:
         invalid = store.invalid_counts()
         devices = store.device_stats()
         statuses = store.statuses()
+        streams = store.streams()
         names = store.gateways()
     gateways: dict[str, Any] = {}
     for gw in names:
@@ -63,6 +65,7 @@ def build_report(db_path: Path | str) -> dict[str, Any]:
             "events": sum(d["events"] for d in devs.values()),
             "responses": sum(d["responses"] for d in devs.values()),
             "devices": devs,
+            "streams": [vars(st).copy() for st in streams.get(gw, [])],
         }
     g = gateways.values()
     totals = {
@@ -125,7 +128,16 @@ def render_report(report: dict[str, Any], console: Console) -> None:
             if gap["ranges"]:
                 rest = gap["ranges"] - len(gap["first"])
                 more = f" (+{rest} more ranges)" if rest > 0 else ""
-                console.print(f"[red]{gw} {lane}: missing seqs {_ranges(gap['first'])}{more}[/]")
+                for stream in dict.fromkeys(gap["first_streams"]):
+                    shown = [r for r, s in zip(gap["first"], gap["first_streams"], strict=True) if s == stream]
+                    label = f" stream {stream or '(none, v1)'}" if len(x["streams"]) > 1 else ""
+                    console.print(f"[red]{gw} {lane}{label}: missing seqs {_ranges(shown)}[/]")
+                if more:
+                    console.print(f"[red]{gw} {lane}:{more}[/]")
+        if len(x["streams"]) > 1:
+            console.print(f"{gw} streams: " + ", ".join(
+                f"{st['stream'] or '(none, v1)'} ({st['batches']} batches, from {_when(st['first_received_ms'])})"
+                for st in x["streams"]))
         if x["invalid"]:
             reasons = ", ".join(f"{reason}: {n}" for reason, n in x["invalid"].items())
             console.print(f"[yellow]{gw} invalid messages: {reasons}[/]")

@@ -4,7 +4,7 @@ Delivery: the sink subscribes with QoS 1 on a persistent session (stable client 
 off, MQTT 5 session expiry) and acknowledges each message only AFTER it has been committed to
 SQLite (``ClientSettings.manual_ack``). A sink that dies between receiving and committing leaves
 the message unacknowledged; the broker redelivers it when the session resumes, and the store's
-``(gateway, lane, seq)`` key drops whatever had already been stored. At-least-once delivery plus
+``(gateway, stream, lane, seq)`` key drops whatever had already been stored. At-least-once delivery plus
 an idempotent store gives each reading once. (This needs a broker that keeps in-flight QoS 1
 messages of a persistent session, as mosquitto does; amqtt 0.12 drops them when the subscriber's
 connection dies, so against amqtt a sink crash can lose the messages it had not acknowledged.)

@@ -1,15 +1,22 @@
 """SQLite storage of the cloud sink: batches, readings, control records, duplicates and status.
 
-Every uplink message a gateway sends carries ``(gateway, lane, seq)``: ``lane`` is ``telemetry``
-(msgpack batches) or ``control`` (alerts, events and responses share the gateway's control
-sequence). The ``batches`` table is the ledger of those keys for both lanes (a control record is a
-row with ``readings = 0``); its primary key is what makes the sink idempotent: a message whose key
-is already stored is dropped and counted in ``duplicates``. The ledger row and the message's data
+Every uplink message a gateway sends carries ``(gateway, stream, lane, seq)``: ``stream`` is the
+random id of the gateway's buffer (a wiped or restored buffer starts a new one; messages of
+envelope version 1 have none and are stored with ``''``), ``lane`` is ``telemetry`` (msgpack
+batches) or ``control`` (alerts, events and responses share the gateway's control sequence). The
+``batches`` table is the ledger of those keys for both lanes (a control record is a row with
+``readings = 0``); its primary key is what makes the sink idempotent: a message whose key is
+already stored is dropped and counted in ``duplicates``. The ledger row and the message's data
 rows go in ONE transaction, so a crash never leaves half a batch.
 
 Gaps are not stored: they are computed when asked from the seqs in the ledger (a missing seq between
-the lowest and the highest seen for a gateway and lane), so a gap later filled by a late or replayed
+the lowest and the highest seen for a gateway, stream and lane), so a gap later filled by a late or replayed
 batch disappears by itself.
+
+Values are stored exactly: ``readings.value`` is the REAL, and ``readings.value_text`` holds the
+exact value as text where a REAL cannot (an integer beyond +-2**53, or -0.0, whose sign SQLite
+drops); it is NULL otherwise. A database of schema version 1 is migrated in place, in one
+transaction, when the sink opens it (its rows get the stream ``''``).
 
 One :class:`SinkStore` is used from one thread. Readers (the report) open their own connection
 with :meth:`SinkStore.open_readonly`; WAL mode lets them read while the sink writes.
@@ -22,7 +29,7 @@ import math
 import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,41 +45,48 @@ __all__ = [
     "InvalidRecord",
     "LaneStats",
     "SinkStore",
+    "StreamStats",
     "parse_control",
 ]
 
 Lane = Literal["telemetry", "control"]
 ControlKind = Literal["alert", "event", "response", "config_status"]
 CONTROL_KINDS: tuple[ControlKind, ...] = ("alert", "event", "response", "config_status")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _INT64 = 2**63
+_EXACT_REAL = 2**53
 
-_SCHEMA = """
+_LEDGER = """
 CREATE TABLE IF NOT EXISTS batches (
-    gateway TEXT NOT NULL, lane TEXT NOT NULL, seq INTEGER NOT NULL,
+    gateway TEXT NOT NULL, stream TEXT NOT NULL, lane TEXT NOT NULL, seq INTEGER NOT NULL,
     received_ms INTEGER NOT NULL, replay INTEGER NOT NULL, readings INTEGER NOT NULL,
     created_ms INTEGER,
-    PRIMARY KEY (gateway, lane, seq)
+    PRIMARY KEY (gateway, stream, lane, seq)
 ) WITHOUT ROWID;
+"""
+_SCHEMA = _LEDGER + """
 CREATE TABLE IF NOT EXISTS readings (
     gateway TEXT NOT NULL, device TEXT NOT NULL, metric TEXT NOT NULL, ts_ms INTEGER NOT NULL,
-    value REAL NOT NULL, seq INTEGER, batch_seq INTEGER NOT NULL
+    value REAL NOT NULL, seq INTEGER, batch_seq INTEGER NOT NULL,
+    stream TEXT NOT NULL DEFAULT '', value_text TEXT
 );
 CREATE TABLE IF NOT EXISTS alerts (
     gateway TEXT NOT NULL, seq INTEGER NOT NULL, device TEXT NOT NULL, metric TEXT NOT NULL,
     level TEXT NOT NULL, state TEXT NOT NULL, value REAL NOT NULL, threshold REAL NOT NULL,
-    ts_ms INTEGER NOT NULL, rule TEXT NOT NULL, received_ms INTEGER NOT NULL
+    ts_ms INTEGER NOT NULL, rule TEXT NOT NULL, received_ms INTEGER NOT NULL,
+    stream TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS events (
     gateway TEXT NOT NULL, seq INTEGER NOT NULL, device TEXT NOT NULL, ts_ms INTEGER NOT NULL,
-    body_json TEXT NOT NULL, received_ms INTEGER NOT NULL
+    body_json TEXT NOT NULL, received_ms INTEGER NOT NULL, stream TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS responses (
     gateway TEXT NOT NULL, seq INTEGER NOT NULL, device TEXT NOT NULL, body_json TEXT NOT NULL,
-    received_ms INTEGER NOT NULL
+    received_ms INTEGER NOT NULL, stream TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS config_acks (
-    gateway TEXT NOT NULL, seq INTEGER NOT NULL, body_json TEXT NOT NULL, received_ms INTEGER NOT NULL
+    gateway TEXT NOT NULL, seq INTEGER NOT NULL, body_json TEXT NOT NULL, received_ms INTEGER NOT NULL,
+    stream TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS duplicates (
     gateway TEXT NOT NULL, lane TEXT NOT NULL, count INTEGER NOT NULL,
@@ -111,6 +125,7 @@ class ControlRecord:
     kind: ControlKind
     device: str
     fields: dict[str, Any]
+    stream: str = ""
 
 
 def _int(record: Mapping[str, Any], key: str) -> int:
@@ -161,11 +176,14 @@ def parse_control(record: Mapping[str, Any]) -> ControlRecord:
     seq = _int(record, "seq")
     if seq < 0:
         raise InvalidRecord("malformed record", f"negative seq {seq}")
+    stream = record.get("stream", "")  # records of gateways before stream ids have none
+    if stream != "" and not valid_id(stream):
+        raise InvalidRecord("bad stream id", repr(stream)[:80])
     kind = record.get("kind")
     if kind == "config_status":  # the gateway's answer to a config push: no device
         _str(record, "status")
         body = {key: record.get(key) for key in ("version", "status", "errors", "current_version")}
-        return ControlRecord(gateway, seq, kind, "", {"body_json": json.dumps(body, separators=(",", ":"))})
+        return ControlRecord(gateway, seq, kind, "", {"body_json": json.dumps(body, separators=(",", ":"))}, stream)
     device = _response_device(record) if kind == "response" else _str(record, "device")
     fields: dict[str, Any]
     if kind == "alert":
@@ -185,12 +203,23 @@ def parse_control(record: Mapping[str, Any]) -> ControlRecord:
         fields = {"body_json": json.dumps(body, separators=(",", ":"), sort_keys=True)}
     else:
         raise InvalidRecord("unknown kind", repr(kind))
-    return ControlRecord(gateway, seq, kind, device, fields)
+    return ControlRecord(gateway, seq, kind, device, fields, stream)
+
+
+def _value_columns(value: float | int) -> tuple[float, str | None]:
+    """(REAL, exact text or None): the text only where the REAL cannot hold the value exactly."""
+    if type(value) is int:
+        return float(value), (str(value) if not -_EXACT_REAL <= value <= _EXACT_REAL else None)
+    if value == 0.0 and math.copysign(1.0, value) < 0:
+        return value, "-0.0"
+    return value, None
 
 
 def _check_batch(batch: Batch) -> None:
     if not valid_id(batch.gateway):
         raise InvalidRecord("bad gateway id", repr(batch.gateway))
+    if batch.stream != "" and not valid_id(batch.stream):
+        raise InvalidRecord("bad stream id", repr(batch.stream)[:80])
     if not 0 <= batch.seq < _INT64 or not -_INT64 <= batch.created_ms < _INT64:
         raise InvalidRecord("malformed batch", f"seq {batch.seq}, created_ms {batch.created_ms} out of range")
     for r in batch.readings:
@@ -222,6 +251,19 @@ class GapSummary:
     ranges: int
     missing: int
     first: list[tuple[int, int]]
+    first_streams: list[str] = field(default_factory=list, compare=False)  # the stream of each range in ``first``
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """One stream of a gateway (``''``: messages of envelope version 1, which had no stream id)."""
+
+    stream: str
+    batches: int
+    control_records: int
+    readings: int
+    first_received_ms: int
+    last_received_ms: int
 
 
 @dataclass(frozen=True)
@@ -266,12 +308,16 @@ class SinkStore:
             self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self._db.execute("PRAGMA busy_timeout=5000")
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
-        if version not in ((SCHEMA_VERSION,) if readonly else (0, SCHEMA_VERSION)):
+        if version not in ((SCHEMA_VERSION,) if readonly else (0, 1, SCHEMA_VERSION)):
             self._db.close()
+            hint = "; run `edge-gateway sink` on it once to upgrade it" if version == 1 else ""
             raise PermanentBridgeError(
-                f"{self.path} is not a sink database (schema version {version}, expected {SCHEMA_VERSION})"
+                f"{self.path} is not a sink database of this version (schema version {version}, "
+                f"expected {SCHEMA_VERSION}){hint}"
             )
-        if not readonly:
+        if version == 1:
+            self._migrate_v1()
+        elif not readonly:
             self._create_schema()
 
     @classmethod
@@ -281,6 +327,22 @@ class SinkStore:
 
     def _create_schema(self) -> None:
         self._db.executescript(f"BEGIN;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+
+    def _migrate_v1(self) -> None:
+        """Schema 1 -> 2 in one transaction: the ledger's key gains the stream (old rows: ``''``),
+        data tables gain ``stream`` and readings ``value_text``."""
+        added = "".join(f"ALTER TABLE {t} ADD COLUMN stream TEXT NOT NULL DEFAULT '';"
+                        for t in ("readings", "alerts", "events", "responses", "config_acks"))
+        self._db.executescript(
+            "BEGIN IMMEDIATE;"
+            "ALTER TABLE batches RENAME TO batches_v1;"
+            f"{_LEDGER}"
+            "INSERT INTO batches (gateway, stream, lane, seq, received_ms, replay, readings, created_ms)"
+            " SELECT gateway, '', lane, seq, received_ms, replay, readings, created_ms FROM batches_v1;"
+            "DROP TABLE batches_v1;"
+            f"{added}ALTER TABLE readings ADD COLUMN value_text TEXT;"
+            f"PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
+        )
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Cursor]:
@@ -303,13 +365,13 @@ class SinkStore:
         self.close()
 
     # ------------------------------------------------------------ writes
-    def _claim(self, cur: sqlite3.Cursor, gateway: str, lane: Lane, seq: int, *, received_ms: int,
-               replay: bool, readings: int, created_ms: int | None) -> bool:
+    def _claim(self, cur: sqlite3.Cursor, gateway: str, stream: str, lane: Lane, seq: int, *,
+               received_ms: int, replay: bool, readings: int, created_ms: int | None) -> bool:
         """Insert the ledger row; False (and the duplicate counted) if the key is already there."""
         cur.execute(
-            "INSERT OR IGNORE INTO batches (gateway, lane, seq, received_ms, replay, readings, created_ms)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (gateway, lane, seq, received_ms, int(replay), readings, created_ms),
+            "INSERT OR IGNORE INTO batches (gateway, stream, lane, seq, received_ms, replay, readings, created_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (gateway, stream, lane, seq, received_ms, int(replay), readings, created_ms),
         )
         if cur.rowcount == 1:
             return True
@@ -323,22 +385,23 @@ class SinkStore:
     def store_batch(self, batch: Batch, received_ms: int) -> bool:
         """Store a telemetry batch and its readings in one transaction.
 
-        Returns False if ``(gateway, "telemetry", seq)`` was already stored (counted as duplicate).
-        Raises :class:`InvalidRecord` (nothing stored) for a batch that cannot be stored as is.
+        Returns False if ``(gateway, stream, "telemetry", seq)`` was already stored (counted as
+        duplicate). Raises :class:`InvalidRecord` (nothing stored) for a batch that cannot be stored
+        as is.
         """
         _check_batch(batch)
         with self._tx() as cur:
-            claimed = self._claim(cur, batch.gateway, "telemetry", batch.seq, received_ms=received_ms,
-                                  replay=batch.replay, readings=len(batch.readings),
+            claimed = self._claim(cur, batch.gateway, batch.stream, "telemetry", batch.seq,
+                                  received_ms=received_ms, replay=batch.replay, readings=len(batch.readings),
                                   created_ms=batch.created_ms)
             if not claimed:
                 return False
             try:
                 cur.executemany(
-                    "INSERT INTO readings (gateway, device, metric, ts_ms, value, seq, batch_seq)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(batch.gateway, r.device, r.metric, r.ts_ms, r.value, r.seq, batch.seq)
-                     for r in batch.readings],
+                    "INSERT INTO readings (gateway, device, metric, ts_ms, value, value_text, seq, batch_seq,"
+                    " stream) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(batch.gateway, r.device, r.metric, r.ts_ms, *_value_columns(r.value), r.seq, batch.seq,
+                      batch.stream) for r in batch.readings],
                 )
             except (sqlite3.IntegrityError, OverflowError) as exc:
                 raise InvalidRecord("malformed batch", str(exc)) from exc
@@ -347,36 +410,36 @@ class SinkStore:
     def store_control(self, record: Mapping[str, Any] | ControlRecord, received_ms: int) -> bool:
         """Store one control record (alert, event or response) in one transaction.
 
-        Returns False if ``(gateway, "control", seq)`` was already stored (counted as duplicate).
-        Raises :class:`InvalidRecord` for a malformed record (nothing stored).
+        Returns False if ``(gateway, stream, "control", seq)`` was already stored (counted as
+        duplicate). Raises :class:`InvalidRecord` for a malformed record (nothing stored).
         """
         rec = record if isinstance(record, ControlRecord) else parse_control(record)
         f = rec.fields
         with self._tx() as cur:
-            if not self._claim(cur, rec.gateway, "control", rec.seq, received_ms=received_ms,
+            if not self._claim(cur, rec.gateway, rec.stream, "control", rec.seq, received_ms=received_ms,
                                replay=False, readings=0, created_ms=None):
                 return False
             if rec.kind == "alert":
                 cur.execute(
                     "INSERT INTO alerts (gateway, seq, device, metric, level, state, value, threshold,"
-                    " ts_ms, rule, received_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " ts_ms, rule, received_ms, stream) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (rec.gateway, rec.seq, rec.device, f["metric"], f["level"], f["state"], f["value"],
-                     f["threshold"], f["ts_ms"], f["rule"], received_ms),
+                     f["threshold"], f["ts_ms"], f["rule"], received_ms, rec.stream),
                 )
             elif rec.kind == "event":
                 cur.execute(
-                    "INSERT INTO events (gateway, seq, device, ts_ms, body_json, received_ms)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (rec.gateway, rec.seq, rec.device, f["ts_ms"], f["body_json"], received_ms),
+                    "INSERT INTO events (gateway, seq, device, ts_ms, body_json, received_ms, stream)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (rec.gateway, rec.seq, rec.device, f["ts_ms"], f["body_json"], received_ms, rec.stream),
                 )
             elif rec.kind == "config_status":
-                cur.execute("INSERT INTO config_acks (gateway, seq, body_json, received_ms) VALUES (?, ?, ?, ?)",
-                            (rec.gateway, rec.seq, f["body_json"], received_ms))
+                cur.execute("INSERT INTO config_acks (gateway, seq, body_json, received_ms, stream)"
+                            " VALUES (?, ?, ?, ?, ?)", (rec.gateway, rec.seq, f["body_json"], received_ms, rec.stream))
             else:
                 cur.execute(
-                    "INSERT INTO responses (gateway, seq, device, body_json, received_ms)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (rec.gateway, rec.seq, rec.device, f["body_json"], received_ms),
+                    "INSERT INTO responses (gateway, seq, device, body_json, received_ms, stream)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (rec.gateway, rec.seq, rec.device, f["body_json"], received_ms, rec.stream),
                 )
         return True
 
@@ -432,10 +495,13 @@ class SinkStore:
         return out
 
     def gaps(self, limit: int = 20) -> dict[tuple[str, str], GapSummary]:
-        """Holes in the seqs seen per ``(gateway, lane)`` (only pairs that have holes)."""
+        """Holes in the seqs seen per ``(gateway, lane)`` (only pairs that have holes), each
+        computed within its stream: seqs of different streams never fill or open each other's
+        holes. ``first`` is ordered by stream (first seen first), then seq."""
         holes = (
-            "SELECT gateway, lane, seq + 1 AS lo, nxt - 1 AS hi FROM ("
-            " SELECT gateway, lane, seq, LEAD(seq) OVER (PARTITION BY gateway, lane ORDER BY seq) AS nxt"
+            "SELECT gateway, stream, lane, seq + 1 AS lo, nxt - 1 AS hi FROM ("
+            " SELECT gateway, stream, lane, seq,"
+            " LEAD(seq) OVER (PARTITION BY gateway, stream, lane ORDER BY seq) AS nxt"
             " FROM batches) WHERE nxt > seq + 1"
         )
         out: dict[tuple[str, str], GapSummary] = {}
@@ -444,10 +510,26 @@ class SinkStore:
         ).fetchall()
         for gw, lane, ranges, missing in rows:
             first = self._db.execute(
-                f"SELECT lo, hi FROM ({holes}) WHERE gateway = ? AND lane = ? ORDER BY lo LIMIT ?",
+                f"SELECT h.stream, lo, hi FROM ({holes}) h JOIN (SELECT gateway, stream, MIN(received_ms) AS born"
+                " FROM batches GROUP BY gateway, stream) s ON s.gateway = h.gateway AND s.stream = h.stream"
+                " WHERE h.gateway = ? AND h.lane = ? ORDER BY s.born, h.stream, lo LIMIT ?",
                 (gw, lane, limit),
             ).fetchall()
-            out[(gw, lane)] = GapSummary(int(ranges), int(missing), [(int(lo), int(hi)) for lo, hi in first])
+            out[(gw, lane)] = GapSummary(int(ranges), int(missing), [(int(lo), int(hi)) for _, lo, hi in first],
+                                         [str(stream) for stream, _, _ in first])
+        return out
+
+    def streams(self) -> dict[str, list[StreamStats]]:
+        """The streams of each gateway, in the order the sink first heard of them."""
+        rows = self._db.execute(
+            "SELECT gateway, stream, MIN(received_ms), MAX(received_ms),"
+            " SUM(lane = 'telemetry'), SUM(lane = 'control'), SUM(readings) FROM batches"
+            " GROUP BY gateway, stream ORDER BY gateway, MIN(received_ms), stream"
+        ).fetchall()
+        out: dict[str, list[StreamStats]] = {}
+        for gw, stream, first, last, batches, control, readings in rows:
+            out.setdefault(gw, []).append(StreamStats(stream, int(batches), int(control), int(readings),
+                                                      int(first), int(last)))
         return out
 
     def device_stats(self) -> dict[tuple[str, str], DeviceStats]:

@@ -10,14 +10,22 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-DEVICE_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# The one id grammar (device ids, metric names, gateway ids, command names, stream ids): 1 to 64
+# characters from [A-Za-z0-9_.-], the first one not '.' or '-'. So an id is never empty, never
+# '.' or '..' (nor any other name starting with a dot), never an option-like '-x', and never holds
+# '/', '\\', '+', '#', '$', a space or a control character: it cannot act as a path, a
+# wildcard or more than one topic level. device_sim/topics.py keeps its own copy (it may not
+# import bridge/); tests/test_id_grammar.py checks that both agree on every string.
+ID_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}"
+ID_RULE = "1 to 64 of A-Z a-z 0-9 _ . -, not starting with '.' or '-'"  # for error messages
+DEVICE_ID_RE = re.compile(ID_PATTERN)
 NAME_RE = DEVICE_ID_RE
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 
 
-def valid_id(value: str) -> bool:
-    """True for ids that may become one topic level: ``[A-Za-z0-9_.-]{1,64}``."""
-    return DEVICE_ID_RE.fullmatch(value) is not None
+def valid_id(value: object) -> bool:
+    """True for ids that may become one topic level (see ``ID_PATTERN``); False for non-strings."""
+    return isinstance(value, str) and DEVICE_ID_RE.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from device_sim.errors import SimConfigError
-from device_sim.topics import METRIC_RE
+from device_sim.topics import ID_PATTERN, METRIC_RE
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -80,7 +80,7 @@ class AnomalyConfig(_Model):
 class EventSpec(_Model):
     """A device event raised at random (only when anomalies are enabled)."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    name: str = Field(pattern=f"^{ID_PATTERN}$")
     rate: float = Field(ge=0, le=1, description="probability per sample")
     detail: str | dict[str, Any] | None = None
 

@@ -7,22 +7,26 @@ import string
 
 from device_sim.errors import SimConfigError
 
-DEVICE_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]*")
-METRIC_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# The gateway's id grammar (a copy: device_sim may not import bridge/; a test checks both agree):
+# 1 to 64 characters from [A-Za-z0-9_.-], the first one not '.' or '-'.
+ID_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}"
+DEVICE_ID_RE = re.compile(ID_PATTERN)
+PREFIX_RE = re.compile(r"(?:[A-Za-z0-9_][A-Za-z0-9_.-]*)?")
+METRIC_RE = DEVICE_ID_RE
 DEFAULT_TEMPLATE = "devices/{device_id}/telemetry"
 COMMANDS_ALL = "devices/+/commands/+"
 _PLACEHOLDERS = {"device_id", "metric"}
 
 
-def is_valid_device_id(device_id: str) -> bool:
-    return DEVICE_ID_RE.fullmatch(device_id) is not None
+def is_valid_device_id(device_id: object) -> bool:
+    return isinstance(device_id, str) and DEVICE_ID_RE.fullmatch(device_id) is not None
 
 
 def device_ids(prefix: str, count: int) -> list[str]:
     """``count`` ids ``{prefix}{n:04d}`` for n = 1..count; rejects a prefix that breaks the id rule."""
     if PREFIX_RE.fullmatch(prefix) is None:
-        raise SimConfigError(f"id prefix {prefix!r} may only use letters, digits, '_', '.' and '-'")
+        raise SimConfigError(f"id prefix {prefix!r} may only use letters, digits, '_', '.' and '-', "
+                             "and may not start with '.' or '-'")
     ids = [f"{prefix}{n:04d}" for n in range(1, count + 1)]
     if ids and len(ids[-1]) > 64:
         raise SimConfigError(f"id prefix {prefix!r} is too long: device ids are limited to 64 characters")

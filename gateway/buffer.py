@@ -9,6 +9,14 @@ after kill -9. With ``write_behind_s`` > 0, telemetry batches written while the 
 kept in memory first and reach the disk only if they are not acknowledged within that time (or
 the link drops, or the gateway stops): on a healthy link the disk is hardly written at all.
 
+The buffer also owns the **stream id**: a random id born with the buffer and stored in it, carried
+in every record it holds, so ``(gateway, stream, lane, seq)`` names a record forever. A stream
+continues only while the buffer provably continues the same history: a clean stop writes the
+identity of the database file (device, inode, size, modification and change times) next to it, and the next open
+keeps the stream only if the file is exactly that one, untouched. A new or wiped data dir, a crash,
+or a dir copied or restored from a backup (any write changes the file's change time) starts a new
+stream; records already on disk keep the stream they were written with.
+
 A record is deleted only by :meth:`DiskBuffer.ack`, after the cloud broker's PUBACK. Telemetry
 over its byte budget drops the oldest records that are not in flight (each one reported to
 ``on_dropped`` the moment it leaves the disk, so it is counted even if the write that needed the
@@ -18,7 +26,9 @@ module that imports diskcache.
 
 from __future__ import annotations
 
+import json
 import logging
+import secrets
 import shutil
 import sqlite3
 import time
@@ -41,6 +51,9 @@ WAL_LIMIT_BYTES = 8 * 1024 * 1024  # the write-ahead log is truncated back to th
 WAL_CHECKPOINT_PAGES = 1000  # checkpoint every ~4 MB of log: hot pages reach the database once per checkpoint
 SEQ_RESERVE = 64  # with write-behind, sequence numbers are reserved on disk this many at a time
 RUNNING_MARKER = "running"  # present while the buffer is open: found at open = the last run crashed
+CLOSED_MARKER = "closed"  # written by a clean close: the stream and the database file's identity
+DB_FILE: str = diskcache.core.DBNAME  # "cache.db": the database file
+_STREAM_KEY = "stream"
 _WRITE_ATTEMPTS = 4  # a full disk: drop the oldest telemetry and try again, this many times in all
 _FREE_CHECK_S = 1.0
 _PREFIX: dict[Lane, str] = {"control": "c", "telemetry": "t"}
@@ -145,12 +158,15 @@ class DiskBuffer:
         self.unclean_start = False  # the previous run did not close the buffer (kill -9, crash, power)
         self.unclean_starts = 0  # how often that happened, over the life of this buffer
         self.skipped_seqs: dict[Lane, tuple[int, int]] = {}  # reserved by a crashed run, maybe unused
+        self.stream = ""  # set by open(): the stream id of the records written from now on
+        self.new_stream_reason = ""  # why open() started a new stream ("" = it continued the last one)
 
     # ------------------------------------------------------------------ lifecycle
 
     def open(self) -> None:
         try:
             self._dir.mkdir(parents=True, exist_ok=True)
+            continued = self._continued_stream()  # before SQLite touches the file
             self._cache = diskcache.Cache(
                 str(self._dir),
                 eviction_policy="none",
@@ -163,6 +179,7 @@ class DiskBuffer:
                 **{f"sqlite_{name}": value for name, value in self._pragmas.items()},
             )
             self._load()
+            self._open_stream(continued)
             self._mark_running()
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"cannot open buffer in {self._dir}: {exc}") from exc
@@ -196,6 +213,47 @@ class DiskBuffer:
                         "readings it had not written to disk are lost; sequence numbers skipped: %s",
                         self.skipped_seqs or "none")
 
+    def _db_identity(self) -> dict[str, int] | None:
+        try:
+            st = (self._dir / DB_FILE).stat()
+        except FileNotFoundError:
+            return None
+        return {"dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                "ctime_ns": st.st_ctime_ns}
+
+    def _continued_stream(self) -> str | None:
+        """The stream a clean close left, if the database file is still exactly the one it closed
+        (and the last run did stop cleanly); else None, with the reason in ``new_stream_reason``."""
+        closed = self._dir / CLOSED_MARKER
+        identity = self._db_identity()
+        try:
+            record = json.loads(closed.read_text()) if closed.exists() else None
+            closed.unlink(missing_ok=True)  # from now on only this run's clean close may vouch
+        except (OSError, ValueError):
+            record = None
+        if identity is None:
+            self.new_stream_reason = "new buffer"
+        elif (self._dir / RUNNING_MARKER).exists():
+            self.new_stream_reason = "the previous run did not stop cleanly"
+        elif not isinstance(record, dict) or record.get("db") != identity:
+            self.new_stream_reason = "the data dir was copied, restored or changed while stopped"
+        elif isinstance(stream := record.get("stream"), str) and stream:
+            return stream
+        else:
+            self.new_stream_reason = "no stream recorded"
+        return None
+
+    def _open_stream(self, continued: str | None) -> None:
+        cache = self._require()
+        if continued is not None and cache.get(_STREAM_KEY) == continued:
+            self.stream, self.new_stream_reason = continued, ""
+            return
+        self.new_stream_reason = self.new_stream_reason or "stream id missing from the buffer"
+        self.stream = secrets.token_hex(8)
+        cache.set(_STREAM_KEY, self.stream)
+        log.info("buffer starts stream %s (%s); sequence numbers continue from %s", self.stream,
+                 self.new_stream_reason, dict(self._next_seq))
+
     def _mark_running(self) -> None:
         (self._dir / RUNNING_MARKER).write_text("the gateway has this buffer open\n")
 
@@ -214,9 +272,19 @@ class DiskBuffer:
             (self._dir / RUNNING_MARKER).unlink(missing_ok=True)
         except (OSError, sqlite3.Error, StorageError) as exc:
             log.error("buffer could not be closed cleanly: %s", exc)
+        else:
+            cache.close()
+            self._write_closed_marker()
         finally:
             self._cache = None
             cache.close()
+
+    def _write_closed_marker(self) -> None:
+        """After a clean close: the stream and the identity of the database file as it is now."""
+        try:
+            (self._dir / CLOSED_MARKER).write_text(json.dumps({"stream": self.stream, "db": self._db_identity()}))
+        except OSError as exc:  # the next start begins a new stream: safe
+            log.warning("could not record the clean stop (the next start begins a new stream): %s", exc)
 
     def _require(self) -> diskcache.Cache:
         if self._cache is None:

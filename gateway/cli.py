@@ -19,7 +19,7 @@ import click
 from rich.console import Console
 
 from bridge.errors import BridgeError, InvalidUrl
-from bridge.topics import CloudTopics, valid_id
+from bridge.topics import ID_RULE, CloudTopics, valid_id
 from bridge.urls import parse_broker_url
 from gateway.config import MAX_CONFIG_VERSION, GatewayConfig, Secrets, load_config
 from gateway.errors import ConfigError, GatewayError
@@ -287,7 +287,7 @@ def command_payload(device: str, name: str, args_json: str | None, ttl_s: float 
     """Check the command's arguments locally (exit 2 naming the bad one) and build its payload."""
     for value, hint in ((device, "DEVICE"), (name, "NAME")):
         if not valid_id(value):
-            raise click.BadParameter(f"{value[:64]!r} must match [A-Za-z0-9_.-]{{1,64}} (it becomes a topic level)",
+            raise click.BadParameter(f"{value[:64]!r} must be {ID_RULE} (it becomes a topic level)",
                                      param_hint=hint)
     args: Any = {}
     if args_json is not None:
@@ -353,7 +353,7 @@ def operator_topics(url: str, gateway_id: str, prefix: str) -> CloudTopics:
     except InvalidUrl as exc:
         raise click.BadParameter(str(exc), param_hint="--url") from exc
     if not valid_id(gateway_id):
-        raise click.BadParameter(f"{gateway_id[:64]!r} is not a gateway id ([A-Za-z0-9_.-]{{1,64}})",
+        raise click.BadParameter(f"{gateway_id[:64]!r} is not a gateway id ({ID_RULE})",
                                  param_hint="--gateway")
     try:
         topics = CloudTopics(gateway_id, prefix)

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from bridge.errors import InvalidUrl
-from bridge.topics import DEVICE_ID_RE
+from bridge.topics import ID_RULE, valid_id
 from bridge.urls import BrokerUrl, parse_broker_url
 from gateway.errors import ConfigError
 
@@ -91,8 +91,8 @@ class GatewaySection(Strict):
     @field_validator("id")
     @classmethod
     def _valid_id(cls, v: str) -> str:
-        if not DEVICE_ID_RE.fullmatch(v):
-            raise ValueError("must match [A-Za-z0-9_.-]{1,64} (it becomes a topic level)")
+        if not valid_id(v):
+            raise ValueError(f"must be {ID_RULE} (it becomes a topic level)")
         return v
 
 
@@ -266,8 +266,8 @@ class DownlinkSection(Strict):
     @classmethod
     def _names(cls, v: list[str]) -> list[str]:
         for name in v:
-            if name != "*" and not DEVICE_ID_RE.fullmatch(name):
-                raise ValueError(f"{name[:64]!r}: a command name must match [A-Za-z0-9_.-]{{1,64}} (or be '*')")
+            if name != "*" and not valid_id(name):
+                raise ValueError(f"{name[:64]!r}: a command name must be {ID_RULE} (or '*')")
         return v
 
 

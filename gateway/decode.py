@@ -1,7 +1,10 @@
 """Decode device messages: topic + payload -> readings, an event, a response, or a rejection.
 
 Payloads may be a JSON object, a msgpack map, or (on the per-metric topic) a bare number.
-Every problem becomes a :class:`Rejection` with a named reason; nothing raises.
+Every problem becomes a :class:`Rejection` with a named reason; nothing raises, whatever the
+payload (tests/unit/test_decode_fuzz.py checks it with hypothesis). Each value is decided here:
+it is either one a telemetry batch carries exactly (:func:`bridge.codec.carried`) or it is rejected
+on its own, so encoding the batch later cannot fail.
 """
 
 from __future__ import annotations
@@ -11,9 +14,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.codec import CodecError, unpack_object
-from bridge.model import Reading
-from bridge.topics import NAME_RE, TopicPattern
+from bridge.codec import CodecError, carried, unpack_object
+from bridge.model import Reading, Value
+from bridge.topics import NAME_RE, TopicPattern, valid_id
 from gateway.config import DecodeSection, TopicsSection
 
 # Rejection reasons (documented in docs/OPERATIONS.md).
@@ -31,9 +34,13 @@ TS_OUT_OF_WINDOW = "ts_out_of_window"
 BAD_SEQ = "bad_seq"
 TOO_MANY_METRICS = "too_many_metrics"
 NO_METRICS = "no_metrics"
+INT_OUT_OF_RANGE = "int_out_of_range"
+TOO_DEEP = "too_deep"
 
 _MS_THRESHOLD = 100_000_000_000  # a ts above this is milliseconds, below is seconds
 _MAX_SEQ = 2**63  # seq deltas must fit a signed 64-bit msgpack integer
+_MAX_TS_MS = 2**53  # a timestamp is an integer number of ms in [0, 2**53) (the year 287,000)
+MAX_DEPTH = 32  # nesting of objects and arrays kept from an event or response body
 _NAME_CACHE_MAX = 100_000  # validated ids/metric names remembered (bounded: ids come from the network)
 _MSGPACK_MAP_FIRST_BYTES = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
 _RESERVED = frozenset({"ts", "seq"})
@@ -131,12 +138,14 @@ class Decoder:
             return _json_decode(payload.decode("utf-8"))  # UTF-8 per RFC 8259; skips loads()' sniffing
         except (ValueError, UnicodeDecodeError) as exc:
             return Rejection(INVALID_JSON, str(exc)[:200])
+        except RecursionError:
+            return Rejection(TOO_DEEP, "JSON nested too deeply to parse")
 
     def _timestamp(self, raw: Any, recv_ms: int) -> int | Rejection:
         if raw is None:
             return recv_ms
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
-            return Rejection(BAD_TS, f"ts {str(raw)[:40]!r} is not a finite number")
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 <= raw < _MAX_TS_MS:
+            return Rejection(BAD_TS, f"ts {_shown(raw)} is not a number in [0, 2**53)")
         ts_ms = int(raw) if raw >= _MS_THRESHOLD else round(raw * 1000)
         lim = self._limits
         if ts_ms > recv_ms + lim.max_future_s * 1000 or ts_ms < recv_ms - lim.max_past_s * 1000:
@@ -146,15 +155,14 @@ class Decoder:
         return ts_ms
 
     @staticmethod
-    def _value(metric: str, raw: Any) -> float | Rejection:
+    def _value(metric: str, raw: Any) -> Value | Rejection:
         if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-            return Rejection(NOT_NUMERIC, f"{metric}: {type(raw).__name__} {str(raw)[:40]!r}")
-        try:
-            value = float(raw)
-        except OverflowError:
-            return Rejection(NOT_NUMERIC, f"{metric}: integer too large")
-        if not math.isfinite(value):
-            return Rejection(NAN, f"{metric}: {value}")
+            return Rejection(NOT_NUMERIC, f"{metric}: {type(raw).__name__} {_shown(raw)}")
+        value = carried(raw)
+        if value is None:
+            if isinstance(raw, float):
+                return Rejection(NAN, f"{metric}: {raw}")
+            return Rejection(INT_OUT_OF_RANGE, f"{metric}: {_shown(raw)} is outside [-2**63, 2**64)")
         return value
 
     # ------------------------------------------------------------ per topic kind
@@ -179,7 +187,7 @@ class Decoder:
         out = Telemetry(device, [])
         for metric in metrics:
             if not self._valid_name(metric):
-                out.rejections.append(Rejection(BAD_METRIC_NAME, str(metric)[:80]))
+                out.rejections.append(Rejection(BAD_METRIC_NAME, _shown(metric)))
                 continue
             value = self._value(metric, obj[metric])
             if isinstance(value, Rejection):
@@ -190,13 +198,16 @@ class Decoder:
 
     def _decode_bare(self, device: str, fields: dict[str, str], payload: bytes, recv_ms: int) -> Decoded:
         metric = fields.get("metric", "")
-        if not NAME_RE.fullmatch(metric):
+        if not valid_id(metric):
             return Rejection(BAD_METRIC_NAME, metric[:80])
         if payload[:1] and payload[0] in _MSGPACK_MAP_FIRST_BYTES:
             return Rejection(NOT_NUMERIC, f"{metric}: per-metric topics take a bare number")
         try:
-            raw: Any = float(payload.decode("ascii").strip())
-        except (UnicodeDecodeError, ValueError):
+            text = payload.decode("ascii").strip()
+        except UnicodeDecodeError:
+            return Rejection(NOT_NUMERIC, f"{metric}: {payload[:40]!r}")
+        raw = _number(text)
+        if raw is None:
             return Rejection(NOT_NUMERIC, f"{metric}: {payload[:40]!r}")
         value = self._value(metric, raw)
         if isinstance(value, Rejection):
@@ -216,31 +227,76 @@ class Decoder:
         if isinstance(obj, Rejection):
             return obj
         ts = self._timestamp(obj.get("ts"), recv_ms)
-        return DeviceEvent(device, recv_ms if isinstance(ts, Rejection) else ts, _json_safe(obj))
+        body = _json_safe(obj)
+        if body is None:
+            return Rejection(TOO_DEEP, f"event nested deeper than {MAX_DEPTH} levels")
+        return DeviceEvent(device, recv_ms if isinstance(ts, Rejection) else ts, body)
 
     def _decode_response(self, device: str, _f: dict[str, str], payload: bytes, _recv_ms: int) -> Decoded:
         obj = self._object(payload)
         if isinstance(obj, Rejection):
             return obj
-        return DeviceResponse(device, _json_safe(obj))
+        body = _json_safe(obj)
+        if body is None:
+            return Rejection(TOO_DEEP, f"response nested deeper than {MAX_DEPTH} levels")
+        return DeviceResponse(device, body)
 
 
-def _json_safe(obj: dict[Any, Any]) -> dict[str, Any]:
-    """Make a device object safe to re-encode as strict JSON (string keys, no NaN)."""
+class _TooDeep(Exception):
+    pass
 
-    def clean(v: Any) -> Any:
+
+def _json_safe(obj: dict[Any, Any]) -> dict[str, Any] | None:
+    """Make a device object safe to re-encode as strict JSON (string keys, no NaN, at most
+    :data:`MAX_DEPTH` levels); None if it is nested deeper."""
+
+    def clean(v: Any, depth: int) -> Any:
         if v is None or isinstance(v, (bool, str)):
             return v
         if isinstance(v, int):
-            return v if -(2**63) <= v < 2**64 else str(v)
+            if -(2**63) <= v < 2**64:
+                return v
+            return str(v) if v.bit_length() < 14_000 else _shown(v)  # str() refuses over 4,300 digits
         if isinstance(v, float):
             return v if math.isfinite(v) else None
+        if isinstance(v, (dict, list, tuple)) and depth >= MAX_DEPTH:
+            raise _TooDeep
         if isinstance(v, dict):
-            return {str(k): clean(x) for k, x in v.items()}
+            return {_key(k): clean(x, depth + 1) for k, x in v.items()}
         if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
+            return [clean(x, depth + 1) for x in v]
         if isinstance(v, bytes):
             return v.hex()
-        return str(v)  # anything else a msgpack payload can carry (ext types, timestamps)
+        return _shown(v, 200)  # anything else a msgpack payload can carry (ext types, timestamps)
 
-    return {str(k): clean(v) for k, v in obj.items()}
+    try:
+        return {_key(k): clean(v, 1) for k, v in obj.items()}
+    except _TooDeep:
+        return None
+
+
+def _key(k: Any) -> str:
+    return k if isinstance(k, str) else _shown(k, 200)
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """``repr`` cut to ``limit`` characters, for details and non-string keys; never raises (a huge
+    integer is shown by its size instead of its 4,300+ digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"<integer of {value.bit_length()} bits>"
+    if isinstance(value, (dict, list, tuple)):  # no repr: it could be nested deep enough to recurse
+        return f"<{type(value).__name__} of {len(value)}>"
+    if isinstance(value, (str, bytes)):
+        value = value[:limit]
+    return repr(value)[:limit]
+
+
+def _number(text: str) -> int | float | None:
+    """A bare number: an integer literal stays an exact integer, anything else is a float."""
+    parse: type[int] | type[float]
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            continue
+    return None

@@ -1,7 +1,8 @@
 """Lane writer: encode telemetry batches and control records and persist them in their lane.
 
 Control records are small JSON objects written one by one; telemetry batches are msgpack
-envelopes. Both get the lane's next sequence number from the buffer inside the same write.
+envelopes. Both get the lane's next sequence number from the buffer inside the same write, and
+the buffer's stream id.
 """
 
 from __future__ import annotations
@@ -48,9 +49,10 @@ class LaneWriter:
 
     def write_batch(self, readings: list[Reading]) -> None:
         gw = self._topics.gateway_id
+        stream = self._buffer.stream
 
         def build(seq: int) -> bytes:
-            return encode_batch(gw, seq, readings, created_ms=int(time.time() * 1000),
+            return encode_batch(gw, seq, readings, stream=stream, created_ms=int(time.time() * 1000),
                                 compression=self.compression, level=self.level)
 
         try:
@@ -69,9 +71,10 @@ class LaneWriter:
     def write_control(self, kind: str, record: dict[str, Any]) -> None:
         topic = f"{self._topics.prefix}/{_CONTROL_TOPICS.get(kind, kind)}"
         gw = self._topics.gateway_id
+        stream = self._buffer.stream
 
         def build(seq: int) -> bytes:
-            return encode_control({**record, "gw": gw, "seq": seq})
+            return encode_control({**record, "gw": gw, "stream": stream, "seq": seq})
 
         if self._held:  # keep control records in order behind those waiting for the disk
             self._hold(kind, topic, build)

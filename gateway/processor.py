@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from gateway.accounting import INTERNAL_ERROR, Accounting
 from gateway.ingest import Ingest
 from gateway.lanes import LaneWriter
 from gateway.pipeline import Pipeline
@@ -29,27 +30,46 @@ HOUSEKEEPING_EVERY_S = 1.0
 
 
 class Processor:
-    def __init__(self, ingest: Ingest, pipeline: Pipeline, lanes: LaneWriter) -> None:
+    def __init__(self, ingest: Ingest, pipeline: Pipeline, lanes: LaneWriter, accounting: Accounting) -> None:
         self._ingest = ingest
         self._pipeline = pipeline
         self._lanes = lanes
+        self._acc = accounting
         self.internal_errors = 0
 
-    def _guarded(self, step: Callable[..., None], *args: Any) -> None:
+    def _guarded(self, step: Callable[..., None], *args: Any) -> bool:
         """Run one step (one message, a tick, an expiry pass, the final flush). The loop's single
-        guard: an unexpected error costs that step only, and is counted and logged."""
+        guard: an unexpected error costs that step only, and is counted and logged. False if it
+        failed."""
         try:
             step(*args)
         except Exception:
             self.internal_errors += 1
             log.exception("internal error in %s", getattr(step, "__name__", step))
+            return False
+        return True
 
     def _drain_once(self) -> int:
         items = self._ingest.drain(CHUNK)
         handle = self._pipeline.handle
+        acc = self._acc
         for topic, payload, recv_ms in items:
-            self._guarded(handle, topic, payload, recv_ms)
+            readings_before = acc.readings_in
+            if not self._guarded(handle, topic, payload, recv_ms):
+                self._account_failed_message(readings_before)
         return len(items)
+
+    def _account_failed_message(self, readings_before: int) -> None:
+        """A message whose handling raised still ends in the accounting: a message that had not
+        counted any reading yet counts as one reading dropped as ``internal_error``, and readings
+        it had counted but not yet placed anywhere are dropped as ``internal_error`` too."""
+        acc = self._acc
+        if acc.readings_in == readings_before:
+            acc.readings_in += 1
+            acc.drop(INTERNAL_ERROR)
+        unplaced = acc.balance()
+        if unplaced > 0:
+            acc.drop(INTERNAL_ERROR, unplaced)
 
     async def run(self, stop: asyncio.Event) -> None:
         next_housekeeping = time.monotonic() + HOUSEKEEPING_EVERY_S

@@ -111,7 +111,7 @@ class GatewayService:
                                  on_batch=self.lanes.write_batch, on_control=self.lanes.write_control,
                                  on_response=self.commands.device_response)
         self.ingest = Ingest(cfg.local_broker.ingest_queue_max, self._ingest_overflow, self.decoder.is_control)
-        self.processor = Processor(self.ingest, self.pipeline, self.lanes)
+        self.processor = Processor(self.ingest, self.pipeline, self.lanes, self.accounting)
         self.config_pusher = ConfigPusher(
             PushedConfigFile(cfg.pushed_config_file), file_rules=list(cfg.rules), file_batch=cfg.batch,
             rules=self.rules, batcher=self.batcher, encoding=self.lanes,
@@ -197,7 +197,8 @@ class GatewayService:
                               "readings": buf.readings(lane)} for lane in ("control", "telemetry")},
             "disk": {"full_events": buf.disk_full_events, "control_held_in_memory": self.lanes.held_control,
                      "unclean_start": buf.unclean_start, "unclean_starts": buf.unclean_starts,
-                     "skipped_seqs": {lane: list(r) for lane, r in buf.skipped_seqs.items()}},
+                     "skipped_seqs": {lane: list(r) for lane, r in buf.skipped_seqs.items()},
+                     "stream": buf.stream, "new_stream_reason": buf.new_stream_reason},
             "uplink": {"connected": self.link.connected, "endpoint": self.link.active_url,
                        "connects": self.link.connects, "watchdog_trips": self.link.watchdog_trips,
                        "last_error": self.link.last_error, "previous_error": self.link.previous_error,

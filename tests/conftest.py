@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from gateway.broker import BrokerAddress, EmbeddedBroker
 from tests.support import Mosquitto, running_mosquitto
@@ -36,3 +38,13 @@ def persistent_mosquitto() -> Iterator[Mosquitto]:
     """mosquitto that keeps sessions and queued messages across stop/start on the same port."""
     with running_mosquitto(persistent=True) as broker:
         yield broker
+
+
+# Hypothesis: the default "ci" profile keeps the suite fast; EDGE_HYPOTHESIS_PROFILE=fuzz runs the
+# long fuzzing campaign (EDGE_FUZZ_EXAMPLES per property, default 1M), e.g. for
+# tests/unit/test_decode_fuzz.py.
+settings.register_profile("ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("fuzz", max_examples=int(os.environ.get("EDGE_FUZZ_EXAMPLES", "1000000")),
+                          deadline=None, database=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("EDGE_HYPOTHESIS_PROFILE", "ci"))

@@ -58,6 +58,8 @@ async def test_no_answer_exits_1(mosquitto: Mosquitto) -> None:
     (["a/b", "ping"], "DEVICE"),
     (["", "ping"], "DEVICE"),
     (["d" * 65, "ping"], "DEVICE"),
+    (["..", "ping"], "DEVICE"),
+    (["dev-1", ".."], "NAME"),
     (["dev-1", "pi/ng"], "NAME"),
     (["dev-1", "+"], "NAME"),
     (["dev-1", "ping", "--args", "[1]"], "--args"),

@@ -33,7 +33,7 @@ T0 = 1_700_000_000_000
 def envelope(gateway: str, seq: int, n: int = 5, *, replay: bool = False) -> bytes:
     ts = T0 + seq * 100
     readings = [Reading(f"dev-{i % 2}", "temp", ts + i, 20.0 + i / 10, seq * 100 + i) for i in range(n)]
-    return encode_batch(gateway, seq, readings, created_ms=T0 + seq, replay=replay)
+    return encode_batch(gateway, seq, readings, stream="s1", created_ms=T0 + seq, replay=replay)
 
 
 def control(gateway: str, seq: int, kind: str) -> bytes:

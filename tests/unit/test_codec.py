@@ -4,20 +4,28 @@ import json
 import math
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bridge.codec import (
+    INT_MIN,
+    UINT_MAX,
+    Batch,
     CodecError,
+    carried,
     decode_batch,
     decode_control,
     encode_batch,
     encode_control,
     is_replay,
     set_replay,
+    unpack_object,
     zstd_available,
 )
-from bridge.model import Reading
+from bridge.model import Reading, Value
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors"
 
@@ -35,7 +43,7 @@ def _readings() -> list[Reading]:
 @pytest.mark.parametrize("compression", ["none", "zlib", *(["zstd"] if zstd_available() else [])])
 def test_round_trip_keeps_every_reading_exactly(compression: str) -> None:
     readings = _readings()
-    env = encode_batch("gw-1", 42, readings, created_ms=1700000002000, compression=compression)  # type: ignore[arg-type]
+    env = encode_batch("gw-1", 42, readings, stream="s1", created_ms=1700000002000, compression=compression)  # type: ignore[arg-type]
     batch = decode_batch(env)
     assert batch.gateway == "gw-1"
     assert batch.seq == 42
@@ -51,18 +59,18 @@ def test_random_values_round_trip_bit_exact() -> None:
         for i, v in enumerate([rng.uniform(-1e6, 1e6) for _ in range(300)]
                               + [round(rng.gauss(20, 5), 2) for _ in range(300)])
     ]
-    out = decode_batch(encode_batch("g", 1, readings, created_ms=0)).readings
+    out = decode_batch(encode_batch("g", 1, readings, stream="s1", created_ms=0)).readings
     assert out == readings  # same order within one series, same float bits
 
 
 def test_decimal_values_are_stored_as_scaled_integers() -> None:
     flat = [Reading("d", "t", 1_700_000_000_000 + 1000 * i, round(20 + 0.01 * (i % 7), 2), i) for i in range(1000)]
-    size = len(encode_batch("g", 1, flat, created_ms=0))
+    size = len(encode_batch("g", 1, flat, stream="s1", created_ms=0))
     assert size / len(flat) < 3.0, size
 
 
 def test_replay_flag_is_set_without_touching_the_body() -> None:
-    env = encode_batch("g", 1, _readings(), created_ms=0)
+    env = encode_batch("g", 1, _readings(), stream="s1", created_ms=0)
     replayed = set_replay(env)
     assert is_replay(replayed) and not is_replay(env)
     assert replayed[2:] == env[2:]
@@ -74,7 +82,8 @@ def test_replay_flag_is_set_without_touching_the_body() -> None:
     ("data", "message"),
     [
         (b"", "shorter"),
-        (b"\x02\x00", "version"),
+        (b"\x03\x00", "version"),
+        (b"\x00\x00", "version"),
         (b"\x01\x0e", "flags"),
         (b"\x01\x02not zlib", "zlib"),
         (b"\x01\x00\xc1", "msgpack"),
@@ -94,9 +103,9 @@ def test_decompression_bomb_is_refused() -> None:
         decode_batch(bomb, max_body_bytes=1024 * 1024)
 
 
-def test_empty_batch_is_refused() -> None:
-    with pytest.raises(CodecError):
-        encode_batch("g", 1, [], created_ms=0)
+def test_empty_batch_round_trips() -> None:
+    batch = decode_batch(encode_batch("g", 1, [], stream="s1", created_ms=0))
+    assert batch.readings == [] and batch.stream == "s1" and batch.version == 2
 
 
 def test_control_records_are_strict_json() -> None:
@@ -108,31 +117,122 @@ def test_control_records_are_strict_json() -> None:
         decode_control(b"[1]")
 
 
-def _expected_json(path: Path) -> dict[str, object]:
-    return json.loads(path.with_suffix(".json").read_text())
+def _expected_json(path: Path) -> dict[str, Any]:
+    return dict(json.loads(path.with_suffix(".json").read_text()))
+
+
+def _as_golden(batch: Batch) -> dict[str, Any]:
+    return {
+        "version": batch.version, "gateway": batch.gateway, "stream": batch.stream if batch.version >= 2 else None,
+        "seq": batch.seq, "created_ms": batch.created_ms, "replay": batch.replay, "compression": batch.compression,
+        "readings": [[r.device, r.metric, r.ts_ms, r.value, r.seq] for r in batch.readings],
+    }
 
 
 @pytest.mark.parametrize("vector", sorted(VECTORS.glob("*.bin")), ids=lambda p: p.stem)
 def test_golden_vectors_decode_to_their_json(vector: Path) -> None:
     expected = _expected_json(vector)
-    batch = decode_batch(vector.read_bytes())
-    got = {
-        "gateway": batch.gateway,
-        "seq": batch.seq,
-        "created_ms": batch.created_ms,
-        "replay": batch.replay,
-        "compression": batch.compression,
-        "readings": [[r.device, r.metric, r.ts_ms, r.value, r.seq] for r in batch.readings],
-    }
-    assert got == expected
+    if "error" in expected:
+        with pytest.raises(CodecError):
+            decode_batch(vector.read_bytes())
+        return
+    # json.dumps compares exactly: repr of a float keeps every bit and the sign of zero
+    assert json.dumps(_as_golden(decode_batch(vector.read_bytes()))) == json.dumps(expected)
 
 
-def test_golden_vectors_exist_and_uncompressed_one_encodes_byte_for_byte() -> None:
-    files = sorted(VECTORS.glob("*.bin"))
-    assert len(files) >= 3
-    plain = VECTORS / "batch_v1_none.bin"
-    exp = _expected_json(plain)
-    readings = [Reading(d, m, t, v, s) for d, m, t, v, s in exp["readings"]]  # type: ignore[union-attr]
-    env = encode_batch(str(exp["gateway"]), int(exp["seq"]), readings, created_ms=int(exp["created_ms"]),  # type: ignore[call-overload]
-                       compression="none", replay=bool(exp["replay"]))
-    assert env == plain.read_bytes()
+def test_golden_vectors_cover_the_spec_and_uncompressed_ones_encode_byte_for_byte() -> None:
+    names = {p.stem for p in VECTORS.glob("*.bin")}
+    assert {"batch_v1_none", "batch_v2_zstd", "batch_v2_scale0", "batch_v2_scale6", "batch_v2_negative_deltas",
+            "batch_v2_negative_zero", "batch_v2_huge", "batch_v2_empty", "batch_v2_single"} <= names
+    for name in ("batch_v2_none", "batch_v2_empty", "batch_v2_single", "batch_v2_scale0", "batch_v2_scale6",
+                 "batch_v2_negative_deltas", "batch_v2_negative_zero"):
+        exp = _expected_json(VECTORS / f"{name}.bin")
+        readings = [Reading(d, m, t, v, s) for d, m, t, v, s in exp["readings"]]
+        env = encode_batch(exp["gateway"], exp["seq"], readings, stream=exp["stream"], created_ms=exp["created_ms"],
+                           compression="none", replay=exp["replay"])
+        assert env == (VECTORS / f"{name}.bin").read_bytes(), name
+
+
+def test_version_1_envelopes_still_decode_and_can_be_flagged_replay() -> None:
+    v1 = (VECTORS / "batch_v1_zlib.bin").read_bytes()
+    batch = decode_batch(set_replay(v1))
+    assert batch.version == 1 and batch.stream == "" and batch.replay
+    assert len(batch.readings) == 7
+
+
+# ---------------------------------------------------------------- value-exact by construction
+
+finite_doubles = st.floats(allow_nan=False, allow_infinity=False)
+wide_ints = st.integers(min_value=INT_MIN, max_value=UINT_MAX)
+values = st.one_of(finite_doubles, wide_ints, st.sampled_from([-0.0, 0.0, 1e308, -1e308, 5e-324, -5e-324,
+                                                               2.2250738585072014e-308, 2**53, 2**53 + 1]))
+
+
+def _same(a: Value, b: Value) -> bool:
+    """Same type and same bits (repr of a float is exact and keeps the sign of zero)."""
+    return type(a) is type(b) and repr(a) == repr(b)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), values), max_size=40),
+       st.sampled_from(["none", "zlib"]))
+def test_every_carried_value_round_trips_bit_exactly(rows: list[tuple[str, Value]], compression: str) -> None:
+    readings = []
+    for i, (metric, raw) in enumerate(rows):
+        value = carried(raw)
+        assert value is not None  # every finite double and every int64/uint64 is carried
+        assert value == raw
+        readings.append(Reading("d", metric, 1_700_000_000_000 + i, value, i))
+    env = encode_batch("g", 9, readings, stream="s1", created_ms=0, compression=compression)  # type: ignore[arg-type]
+    out = decode_batch(env).readings
+    assert sorted(out, key=lambda r: r.seq or 0) == readings
+    for got, want in zip(sorted(out, key=lambda r: r.seq or 0), readings, strict=True):
+        assert _same(got.value, want.value), (got.value, want.value)
+
+
+@given(finite_doubles)
+def test_every_double_round_trips_alone(value: float) -> None:
+    out = decode_batch(encode_batch("g", 1, [Reading("d", "m", 0, value)], stream="s", created_ms=0)).readings
+    assert _same(out[0].value, value)
+
+
+@given(wide_ints)
+def test_every_int64_and_uint64_round_trips_exactly(value: int) -> None:
+    kept = carried(value)
+    assert kept == value
+    out = decode_batch(encode_batch("g", 1, [Reading("d", "m", 0, kept)], stream="s", created_ms=0)).readings  # type: ignore[arg-type]
+    assert out[0].value == value and _same(out[0].value, kept)  # type: ignore[arg-type]
+
+
+@given(st.one_of(st.integers(max_value=INT_MIN - 1), st.integers(min_value=UINT_MAX + 1),
+                 st.sampled_from([math.nan, math.inf, -math.inf])))
+def test_values_no_batch_can_carry_are_refused_one_by_one(value: float) -> None:
+    assert carried(value) is None
+
+
+def test_a_series_that_cannot_use_the_decimal_form_falls_back_alone() -> None:
+    readings = [Reading("d", "plain", 1, 21.5), Reading("d", "plain", 2, 21.75),
+                Reading("d", "neg0", 1, -0.0), Reading("d", "neg0", 2, 1.0),
+                Reading("d", "huge", 1, 1e308), Reading("d", "big", 1, 2**64 - 1)]
+    env = encode_batch("g", 1, readings, stream="s", created_ms=0, compression="none")
+    scales = {entry[1]: entry[3] for entry in unpack_object(env[2:])["series"]}
+    assert scales == {"plain": 2, "neg0": -1, "huge": -1, "big": -1}
+    assert [repr(r.value) for r in decode_batch(env).readings] == [repr(r.value) for r in readings]
+
+
+def test_the_batch_that_once_failed_on_one_huge_value_encodes() -> None:
+    readings = [Reading(f"d{i}", "flow", i, float(i) / 10) for i in range(50)] + [Reading("d5", "flow", 99, 1e308)]
+    out = decode_batch(encode_batch("g", 1, readings, stream="s", created_ms=0)).readings
+    assert sorted(out) == sorted(readings)
+
+
+@given(st.lists(st.one_of(st.integers(-(10**6), 10**6).flatmap(
+    lambda i: st.sampled_from([i / 10**s for s in range(8)])), finite_doubles), min_size=1, max_size=20))
+def test_the_decimal_form_uses_the_smallest_exact_scale(raw: list[float]) -> None:
+    readings = [Reading("d", "m", i, v) for i, v in enumerate(raw)]
+    env = encode_batch("g", 1, readings, stream="s", created_ms=0, compression="none")
+    scale = unpack_object(env[2:])["series"][0][3]
+    decimal = [s for s in range(7) if all(
+        math.copysign(1.0, v) > 0 or v != 0 for v in raw) and all(
+        abs(v) <= 2**53 and abs(round(v * 10**s)) <= 2**53 and round(v * 10**s) / 10**s == v for v in raw)]
+    assert scale == (decimal[0] if decimal else -1)
+    assert [repr(r.value) for r in decode_batch(env).readings] == [repr(v) for v in raw]

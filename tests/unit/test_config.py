@@ -77,3 +77,10 @@ def test_secret_from_file(tmp_path: Path) -> None:
     _cfg, secrets = load_config(write(tmp_path, f"[uplink.password]\nfile = '{secret}'\n"))
     assert secrets.uplink_password is not None and secrets.uplink_password.get_secret_value() == "hunter2"
     assert "hunter2" not in repr(secrets)
+
+
+@pytest.mark.parametrize("bad", [".", "..", "-x", "a/b"])
+def test_ids_in_the_config_follow_the_id_grammar(tmp_path: Path, bad: str) -> None:
+    assert [key for key, _ in problems(tmp_path, f'[gateway]\nid = "{bad}"\n')] == ["gateway.id"]
+    assert [key for key, _ in problems(tmp_path, f'[downlink]\nallowed_commands = ["{bad}"]\n')] == [
+        "downlink.allowed_commands"]

@@ -76,6 +76,9 @@ def test_earlier_of_expires_and_ttl_wins() -> None:
     ("x" * 10_000 + "/ping", BAD_DEVICE, "x" * 64, "ping"),
     ("dev-1/" + "n" * 10_000, BAD_NAME, "dev-1", "n" * 64),
     ("d" * 65 + "/ping", BAD_DEVICE, "d" * 64, "ping"),
+    ("../ping", BAD_DEVICE, "..", "ping"),
+    ("./ping", BAD_DEVICE, ".", "ping"),
+    ("dev-1/..", BAD_NAME, "dev-1", ".."),
 ])
 def test_bad_topic_levels_are_rejected_with_truncated_values(suffix: str, reason: str, device: str, name: str) -> None:
     r = rejected(parse(suffix, {"id": "c-9"}))
