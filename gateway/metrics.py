@@ -84,7 +84,8 @@ class SnapshotCollector(Collector):
 
 
 def _command_metrics(c: dict[str, Any]) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-    for name in ("received", "forwarded", "duplicates", "responses_matched", "responses_unmatched", "forgotten"):
+    for name in ("received", "forwarded", "duplicates", "responses_matched", "responses_unmatched", "responses_forged",
+                 "forgotten"):
         yield CounterMetricFamily(f"edge_commands_{name}", f"cloud commands: {name}", value=c[name])
     yield GaugeMetricFamily("edge_commands_held", "commands held for an offline device", value=c["held"])
     for name, label, help_text in (("answered", "status", "commands the gateway answered itself, by status"),
