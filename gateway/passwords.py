@@ -168,3 +168,20 @@ class PasswordVerifier:
         if ok and self._entries.get(device) == encoded:  # the file may have changed meanwhile
             self._verified[cache_key] = encoded
         return ok
+
+
+def provision(password_file: Path, credentials_file: Path, device_ids: list[str],
+              iterations: int = DEFAULT_ITERATIONS) -> dict[str, str]:
+    """Give each of ``device_ids`` a random password: their hashes go into ``password_file`` (for
+    the broker; other entries are kept) and the plain ``id:password`` lines into
+    ``credentials_file`` (owner-only; what ``device-sim run --password-file`` reads). Returns
+    ``{id: password}``."""
+    for device in device_ids:
+        if not valid_id(device):
+            raise CredentialsError(f"{device[:64]!r} is not a valid device id ([A-Za-z0-9_.-]{{1,64}})")
+    passwords = {device: generate_password() for device in device_ids}
+    entries = read_password_file(password_file)
+    entries.update({device: hash_password(pw, iterations) for device, pw in passwords.items()})
+    write_password_file(password_file, entries)
+    atomic_write(credentials_file, "".join(f"{d}:{pw}\n" for d, pw in passwords.items()).encode(), mode=0o600)
+    return passwords

@@ -159,12 +159,15 @@ class Pki:
     def issued(self) -> list[tuple[str, str]]:
         return _read_pairs(self.issued_file)
 
+    def revoked_list(self) -> list[tuple[str, str]]:
+        return _read_pairs(self.revoked_file)
+
     def revoke_device(self, device_id: str) -> list[str]:
         """Revoke every certificate issued to ``device_id``; returns the newly revoked serials."""
         already = read_revoked(self.revoked_file)
         serials = [serial for serial, who in self.issued() if who == device_id and serial not in already]
         if serials:
-            lines = "".join(f"{serial} {who}\n" for serial, who in _read_pairs(self.revoked_file))
+            lines = "".join(f"{serial} {who}\n" for serial, who in self.revoked_list())
             lines += "".join(f"{serial} {device_id}\n" for serial in serials)
             atomic_write(self.revoked_file, lines.encode(), mode=0o644)
         return serials

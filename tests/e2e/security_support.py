@@ -38,6 +38,7 @@ class Client:
         self.c.on_message = self._on_message
         self.c.on_subscribe = self._on_subscribe
         self.c.on_publish = self._on_publish
+        self.c.on_connect_fail = self._on_connect_fail
 
     def _on_connect(self, _c: Any, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
         self.connack = int(rc.value if hasattr(rc, "value") else rc)
@@ -55,12 +56,13 @@ class Client:
     def _on_publish(self, _c: Any, _u: Any, mid: int, *_a: Any) -> None:
         self.acked.add(mid)
 
+    def _on_connect_fail(self, *_a: Any) -> None:  # e.g. a TLS handshake the broker refused
+        self.error = ConnectionError("connection or TLS handshake failed")
+        self.c.disconnect()  # no retry
+
     def start(self) -> Client:
-        try:
-            self.c.connect("127.0.0.1", self.port, keepalive=30)
-        except OSError as exc:  # a TLS handshake the broker refused
-            self.error = exc
-            return self
+        """Connect from paho's own thread (a TLS handshake needs the broker's loop to run meanwhile)."""
+        self.c.connect_async("127.0.0.1", self.port, keepalive=30)
         self.c.loop_start()
         return self
 
