@@ -13,14 +13,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+import ssl
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from amqtt.broker import Broker
-from amqtt.plugins.base import BasePlugin
+from amqtt.contexts import Action
+from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.mqtt.connack import BAD_USERNAME_PASSWORD, IDENTIFIER_REJECTED, NOT_AUTHORIZED, ConnackPacket
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.plugins.base import BaseAuthPlugin, BasePlugin, BaseTopicPlugin
+from amqtt.utils import gen_client_id
 
+from gateway.access import (
+    ACL_PUBLISH,
+    ACL_RECEIVE,
+    ACL_SUBSCRIBE,
+    INTERNAL_IDENTITY,
+    RETAIN_DENIED,
+    REVOKED,
+    TOO_MANY_DENIALS,
+    Denials,
+    topic_matches,
+)
 from gateway.errors import BrokerError
+from gateway.identity import ConnectRequest, Gatekeeper, PeerCert
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +50,10 @@ _HOOK_PATH = "gateway.broker.IngestHook"
 _HANDLER_STOP_S = 1.0
 _DRAIN_S = 1.0
 _AUTH_PATH = "amqtt.plugins.authentication.AnonymousAuthPlugin"
+_ACCESS_PATH = "gateway.broker.AccessPlugin"
+_CLIENT_ATTR = "_edge_gateway_client"
+_REFUSALS = {"bad_credentials": BAD_USERNAME_PASSWORD, "not_authorized": NOT_AUTHORIZED,
+             "identifier_rejected": IDENTIFIER_REJECTED}
 
 
 class IngestHook(BasePlugin[Any]):  # type: ignore[misc]  # amqtt ships no type hints
@@ -69,28 +92,257 @@ def _hand_over(deliver: MessageCallback, message: Any) -> None:
     deliver(str(message.topic), bytes(message.data or b""))
 
 
-def topic_matches(topic_filter: str, topic: str, literal_level: int | None = None) -> bool:
-    """MQTT filter matching (``+`` one level, ``#`` the rest); ``$`` topics never match a wildcard
-    in the first level. With ``literal_level`` (0-based) the filter must also spell that level
-    out, not cover it with ``+`` or ``#``."""
-    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
-        return False
-    want, got = topic_filter.split("/"), topic.split("/")
-    if literal_level is not None and (literal_level >= len(want) or want[literal_level] in ("+", "#")
-                                      or (literal_level > 0 and "#" in want[:literal_level])):
-        return False
-    for i, level in enumerate(want):
-        if level == "#":
-            return i == len(want) - 1
-        if i >= len(got) or level not in ("+", got[i]):
-            return False
-    return len(want) == len(got)
-
-
 @dataclass(frozen=True)
 class BrokerAddress:
     host: str
     port: int
+
+
+@dataclass(frozen=True)
+class ListenerTls:
+    """A TLS listener: server certificate and key, the CA that signs client certificates."""
+
+    host: str
+    port: int
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None
+    require_client_cert: bool = False
+    min_version: str = "1.2"
+
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if self.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
+            if self.ca_file is not None:
+                ctx.load_verify_locations(cafile=str(self.ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise BrokerError(f"TLS listener: cannot load {self.cert_file} / {self.key_file} / {self.ca_file}: "
+                              f"{exc}") from exc
+        if self.ca_file is None:
+            ctx.verify_mode = ssl.CERT_NONE
+        else:
+            ctx.verify_mode = ssl.CERT_REQUIRED if self.require_client_cert else ssl.CERT_OPTIONAL
+        return ctx
+
+
+@dataclass
+class _Client:
+    identity: str
+    serial: str | None
+    handler: Any
+    denied: int = 0
+
+
+class _Guard:
+    """Per-connection identities and the ACL checks, on top of a :class:`Gatekeeper`."""
+
+    def __init__(self, gate: Gatekeeper, denials: Denials, max_denied_publishes: int) -> None:
+        self.gate = gate
+        self.denials = denials
+        self.max_denied = max_denied_publishes
+        self.admitted = 0
+        self._kicks: set[asyncio.Future[Any]] = set()
+
+    @staticmethod
+    def client(session: Any) -> _Client | None:
+        """The identity admitted for a session (amqtt's Session is unhashable: kept on it)."""
+        return getattr(session, _CLIENT_ATTR, None)
+
+    def identity(self, session: Any) -> str | None:
+        client = self.client(session)
+        return client.identity if client else None
+
+    def may_publish(self, session: Any, topic: str, retain: bool) -> bool:
+        client = self.client(session)
+        if client is None:
+            return False
+        if retain and client.identity != INTERNAL_IDENTITY:
+            self._denied_publish(session, client, RETAIN_DENIED, f"retained publish to {topic[:120]!r}")
+            return False
+        if self.gate.policy.grants(client.identity).may_publish(topic):
+            return True
+        self._denied_publish(session, client, ACL_PUBLISH, f"publish to {topic[:120]!r}")
+        return False
+
+    def _denied_publish(self, session: Any, client: _Client, reason: str, detail: str) -> None:
+        self.denials.deny(reason, client.identity, detail)
+        client.denied += 1
+        if self.max_denied and client.denied == self.max_denied:
+            self.denials.deny(TOO_MANY_DENIALS, client.identity,
+                              f"disconnected after {client.denied} denied publishes")
+            self.kick(session, client)
+
+    def may_subscribe(self, session: Any, topic_filter: str) -> bool:
+        who = self.identity(session)
+        if who is not None and self.gate.policy.grants(who).may_subscribe(topic_filter):
+            return True
+        self.denials.deny(ACL_SUBSCRIBE, who, f"subscribe to {topic_filter[:120]!r}")
+        return False
+
+    def may_receive(self, session: Any, topic: str) -> bool:
+        who = self.identity(session)
+        if who is not None and self.gate.policy.grants(who).may_receive(topic):
+            return True
+        self.denials.deny(ACL_RECEIVE, who, f"delivery of {topic[:120]!r}")
+        return False
+
+    def kick(self, session: Any, client: _Client) -> None:
+        """Close a connection now (no will message: the device is being thrown out)."""
+        session.will_flag = False
+        task = asyncio.ensure_future(client.handler.handle_connection_closed())
+        self._kicks.add(task)
+        task.add_done_callback(self._kicks.discard)
+
+    def disconnect(self, sessions: Iterable[Any], identities: Iterable[str] = (),
+                   serials: Iterable[str] = ()) -> int:
+        who, revoked = set(identities), set(serials)
+        kicked = 0
+        for session in sessions:
+            client = self.client(session)
+            if client is not None and session.transitions.state == "connected" and (
+                    client.identity in who or (client.serial is not None and client.serial in revoked)):
+                self.denials.deny(REVOKED, client.identity, "credentials removed or certificate revoked")
+                self.kick(session, client)
+                kicked += 1
+        return kicked
+
+
+class AccessPlugin(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]  # amqtt ships no type hints
+    """amqtt's ``authenticate`` and ``topic_filtering`` hooks, answered by the :class:`_Guard`.
+    The CONNECT itself was already checked before amqtt touched any existing session
+    (:meth:`_GatewayBroker._initialize_client_session`)."""
+
+    guard: _Guard | None = None
+
+    async def authenticate(self, *, session: Any) -> bool:
+        return self.guard is not None and self.guard.identity(session) is not None
+
+    async def topic_filtering(self, *, session: Any = None, topic: str | None = None,
+                              action: Any = None) -> bool:
+        guard = self.guard
+        if guard is None or session is None or topic is None:
+            return False
+        if action == Action.PUBLISH:
+            return True  # checked with the retain flag in _GatewayBroker._handle_message_delivery
+        if action == Action.SUBSCRIBE:
+            return guard.may_subscribe(session, topic)
+        return guard.may_receive(session, topic)
+
+
+class _GatewayBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
+    """amqtt's broker with the gateway's access control where amqtt has no hook for it.
+
+    - A CONNECT is checked (credentials, certificate, client id, will) *before* amqtt deletes or
+      resumes the session of that client id, so a refused client cannot wipe another's session.
+    - A second connection of the same identity and client id closes the first one.
+    - A PUBLISH is checked with its retain flag (a plugin sees only the topic).
+    - Retained messages go only to sessions allowed to receive them, on their own subscriptions
+      (amqtt otherwise sends a connecting client retained messages for *every* subscription).
+    """
+
+    guard: _Guard | None = None
+    listener_tls: dict[str, ListenerTls] = {}
+
+    def _create_ssl_context(self, listener: Any) -> ssl.SSLContext:
+        for tls in self.listener_tls.values():
+            if listener.get("certfile") is not None and Path(listener["certfile"]) == tls.cert_file:
+                return tls.context()
+        return super()._create_ssl_context(listener)  # type: ignore[no-any-return]
+
+    async def _initialize_client_session(self, reader: Any, writer: Any, remote_address: str,
+                                         remote_port: int) -> tuple[Any, Any]:
+        guard = self.guard
+        if guard is None:
+            return await super()._initialize_client_session(reader, writer, remote_address, remote_port)  # type: ignore[no-any-return]
+        try:
+            handler, session = await BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager)
+        except MQTTError as exc:
+            await writer.close()
+            raise MQTTError(exc) from exc
+        except (AMQTTError, NoDataError) as exc:
+            raise AMQTTError(exc) from exc
+        verdict = await guard.gate.admit(_connect_request(session))
+        if not verdict.ok or verdict.identity is None:
+            guard.denials.deny(verdict.reason or "auth_failed", verdict.identity,
+                               f"connect from {remote_address} as client id {session.client_id[:80]!r}: "
+                               f"{verdict.detail}")
+            await ConnackPacket.build(0, _REFUSALS[verdict.refusal]).to_stream(writer)
+            await writer.close()
+            raise AMQTTError(f"connection refused: {verdict.reason}")
+        guard.admitted += 1
+        client_id = session.client_id
+        existing = self._sessions.get(client_id) if client_id else None
+        if existing is not None and session.clean_session and existing[0].transitions.state == "connected":
+            await existing[1].handle_connection_closed()  # MQTT-3.1.4-2: the new connection replaces the old
+            await existing[1].stop()
+        if session.clean_session:
+            if client_id:
+                await self._delete_session(client_id)
+            else:
+                session.client_id = gen_client_id()
+            session.parent = 0
+        elif existing is not None:
+            old = existing[0]
+            for name in ("will_flag", "will_message", "will_topic", "will_qos", "will_retain", "keep_alive",
+                         "username", "password", "ssl_object"):
+                setattr(old, name, getattr(session, name))
+            session = old
+            session.parent = 1
+        else:
+            session.parent = 0
+        delay = self.config.get("timeout-disconnect-delay", 0)
+        if session.keep_alive > 0 and isinstance(delay, int):
+            session.keep_alive += delay
+        setattr(session, _CLIENT_ATTR, _Client(verdict.identity, verdict.serial, handler))
+        return handler, session
+
+    async def _handle_message_delivery(self, client_session: Any, handler: Any, wait_deliver: Any) -> bool:
+        guard = self.guard
+        if guard is not None and not wait_deliver.cancelled() and wait_deliver.exception() is None:
+            message = wait_deliver.result()
+            if message is not None and message.topic and not guard.may_publish(
+                    client_session, str(message.topic), _retained(message)):
+                return True  # MQTT 3.1.1 cannot refuse a PUBLISH: drop it (counted) and keep reading
+        return await super()._handle_message_delivery(client_session, handler, wait_deliver)  # type: ignore[no-any-return]
+
+    async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int],
+                                                          session: Any) -> None:
+        guard = self.guard
+        if guard is None:
+            await super()._publish_retained_messages_for_subscription(subscription, session)
+            return
+        topic_filter, qos = subscription
+        own = any(s is session for s, _ in self._subscriptions.get(topic_filter, ()))
+        handler = self._get_handler(session)
+        if not own or handler is None:
+            return
+        tasks = [asyncio.ensure_future(handler.mqtt_publish(r.topic, r.data, min(qos, r.qos or qos), retain=True))
+                 for topic, r in list(self._retained_messages.items())
+                 if topic_matches(topic_filter, topic) and guard.may_receive(session, topic)]
+        if tasks:
+            await asyncio.wait(tasks)
+
+
+def _retained(message: Any) -> bool:
+    packet = getattr(message, "publish_packet", None)
+    return bool(packet is not None and packet.retain_flag)
+
+
+def _connect_request(session: Any) -> ConnectRequest:
+    cert = None
+    ssl_object = session.ssl_object
+    if ssl_object is not None:
+        info = ssl_object.getpeercert()
+        if info:
+            cert = PeerCert.from_ssl(info)
+    password = session.password
+    return ConnectRequest(
+        client_id=session.client_id or "", username=session.username,
+        password=password.decode("utf-8", "replace") if isinstance(password, bytes) else password, cert=cert,
+        will_topic=session.will_topic if session.will_flag else None,
+        will_retain=bool(session.will_flag and session.will_retain))
 
 
 class EmbeddedBroker:
@@ -104,36 +356,67 @@ class EmbeddedBroker:
         on_message: MessageCallback | None = None,
         max_connections: int = -1,
         session_expiry_s: int | None = 3600,
+        plain: bool = True,
+        tls: ListenerTls | None = None,
+        gate: Gatekeeper | None = None,
+        denials: Denials | None = None,
+        max_denied_publishes: int = 5,
     ) -> None:
+        """Without ``gate`` every client is anonymous and may do anything (loopback use only).
+        With it, every CONNECT is checked and each client is confined to its identity's topics."""
         self._host = host
         self._port = port
         self._on_message = on_message
         self._max_connections = max_connections
         self._session_expiry_s = session_expiry_s
+        self._plain = plain
+        self._tls = tls
+        self.denials = denials or Denials()
+        self._guard = _Guard(gate, self.denials, max_denied_publishes) if gate is not None else None
         self._broker: Broker | None = None
         self._hook: IngestHook | None = None
         self.on_presence: PresenceCallback | None = None
 
+    def _listeners(self) -> dict[str, dict[str, Any]]:
+        plain: dict[str, Any] = {"type": "tcp", "bind": f"{self._host}:{self._port}",
+                                 "max_connections": self._max_connections}
+        out = {"plain": plain} if self._plain else {}
+        tls = self._tls
+        if tls is not None:
+            out["tls"] = {"type": "tcp", "bind": f"{tls.host}:{tls.port}", "max_connections": self._max_connections,
+                          "ssl": True, "certfile": str(tls.cert_file), "keyfile": str(tls.key_file)}
+        if not out:
+            raise BrokerError("the embedded broker needs a plain or a TLS listener")
+        return out
+
     def _config(self) -> dict[str, Any]:
-        listener: dict[str, Any] = {
-            "type": "tcp",
-            "bind": f"{self._host}:{self._port}",
-            "max_connections": self._max_connections,
-        }
+        listeners = self._listeners()
+        names = list(listeners)  # amqtt requires a listener named "default"; the first one is
+        auth = {_ACCESS_PATH: {}} if self._guard is not None else {_AUTH_PATH: {"allow_anonymous": True}}
         return {
-            "listeners": {"default": listener},
-            "plugins": {_AUTH_PATH: {"allow_anonymous": True}, _HOOK_PATH: {}},
+            "listeners": {("default" if i == 0 else name): cfg for i, (name, cfg) in
+                          enumerate(zip(names, listeners.values(), strict=True))},
+            "plugins": {**auth, _HOOK_PATH: {}},
             "session_expiry_interval": self._session_expiry_s,
         }
 
+    def _listener_name(self, kind: str) -> str:
+        return "default" if next(iter(self._listeners())) == kind else kind
+
     async def start(self) -> BrokerAddress:
         try:
-            broker = Broker(self._config())
+            broker = _GatewayBroker(self._config())
+            broker.listener_tls = {"tls": self._tls} if self._tls is not None else {}
             hook = broker.plugins_manager.get_plugin("IngestHook")
             if not isinstance(hook, IngestHook):
                 raise BrokerError("amqtt did not load the ingest hook plugin")
             hook.deliver = self._on_message
             hook.presence = self._presence
+            if self._guard is not None:
+                access = broker.plugins_manager.get_plugin("AccessPlugin")
+                if not isinstance(access, AccessPlugin):
+                    raise BrokerError("amqtt did not load the access plugin")
+                access.guard = broker.guard = self._guard
             await broker.start()
         except BrokerError:
             raise
@@ -144,12 +427,46 @@ class EmbeddedBroker:
 
     @property
     def address(self) -> BrokerAddress:
-        """The bound address. amqtt keeps the real port in a private attribute: read it only here."""
+        """The bound address of the first listener (plain, else TLS)."""
+        return self._bound("default")
+
+    @property
+    def tls_address(self) -> BrokerAddress:
+        """The bound address of the TLS listener."""
+        if self._tls is None:
+            raise BrokerError("the embedded broker has no TLS listener")
+        return self._bound(self._listener_name("tls"))
+
+    def _bound(self, name: str) -> BrokerAddress:
+        """amqtt keeps the real port in a private attribute: read it only here."""
         if self._broker is None:
             raise BrokerError("embedded broker is not running")
-        server = self._broker._servers["default"].instance
+        server = self._broker._servers[name].instance
         sockname = server.sockets[0].getsockname()
         return BrokerAddress(str(sockname[0]), int(sockname[1]))
+
+    @property
+    def internal_credentials(self) -> tuple[str, str]:
+        """Username and password of the gateway's own identity (may do anything; only this process
+        knows the password)."""
+        if self._guard is None:
+            raise BrokerError("the embedded broker runs without authentication")
+        return INTERNAL_IDENTITY, self._guard.gate.internal_password
+
+    def disconnect(self, identities: Iterable[str] = (), serials: Iterable[str] = ()) -> int:
+        """Close the connections of these identities, or that used these certificate serials."""
+        if self._guard is None or self._broker is None:
+            return 0
+        sessions = [session for session, _handler in list(self._broker._sessions.values())]
+        return self._guard.disconnect(sessions, identities, serials)
+
+    @property
+    def gate(self) -> Gatekeeper | None:
+        return self._guard.gate if self._guard is not None else None
+
+    @property
+    def authenticated_connects(self) -> int:
+        return self._guard.admitted if self._guard is not None else 0
 
     @property
     def hook_errors(self) -> int:
@@ -234,10 +551,11 @@ class EmbeddedBroker:
 
     def _hand_over_queued(self, session: Any) -> None:
         queue = getattr(session, "delivered_message_queue", None)
-        deliver = self._on_message
+        deliver, guard = self._on_message, self._guard
         while queue is not None and not queue.empty():
             message = queue.get_nowait()
-            if deliver is not None and message is not None and message.topic:
+            if deliver is not None and message is not None and message.topic and (
+                    guard is None or guard.may_publish(session, str(message.topic), _retained(message))):
                 deliver(str(message.topic), bytes(message.data or b""))
 
     async def __aenter__(self) -> EmbeddedBroker:

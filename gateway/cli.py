@@ -13,7 +13,7 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
 import click
 from rich.console import Console
@@ -21,10 +21,10 @@ from rich.console import Console
 from bridge.errors import BridgeError, InvalidUrl
 from bridge.topics import ID_RULE, CloudTopics, valid_id
 from bridge.urls import parse_broker_url
-from gateway.config import MAX_CONFIG_VERSION, GatewayConfig, Secrets, load_config
-from gateway.errors import ConfigError, GatewayError
-
-err_console = Console(stderr=True, soft_wrap=True)
+from gateway.cli_common import CONFIG_OPTION, err_console, exit_invalid, load_or_exit
+from gateway.config import MAX_CONFIG_VERSION, GatewayConfig
+from gateway.devices_cli import devices
+from gateway.errors import ConfigError, CredentialsError, GatewayError
 
 
 def setup_logging(level: str) -> None:
@@ -41,40 +41,19 @@ def setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def exit_invalid(exc: ConfigError) -> NoReturn:
-    """Print each bad key of a config file and exit 2."""
-    err_console.print(f"[red]invalid configuration[/red] in {exc.source}:", highlight=False)
-    for key, reason in exc.problems:
-        err_console.print(f"  {key}: {reason}", highlight=False, markup=False)
-    raise SystemExit(2) from exc
-
-
-def load_or_exit(path: Path | None) -> tuple[GatewayConfig, Secrets]:
-    if path is None:
-        return GatewayConfig(), Secrets()
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        exit_invalid(exc)
-
-
-def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run ``main(stop)`` on a new loop; SIGTERM and SIGINT set ``stop``."""
+def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]], on_hup: asyncio.Event | None = None) -> None:
+    """Run ``main(stop)`` on a new loop; SIGTERM and SIGINT set ``stop``, SIGHUP sets ``on_hup``."""
 
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if on_hup is not None:
+            loop.add_signal_handler(signal.SIGHUP, on_hup.set)
         await main(stop)
 
     asyncio.run(runner())
-
-
-CONFIG_OPTION = click.option(
-    "-c", "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
-    help="TOML config file (see conf/gateway.toml). Without it, embedded defaults are used.",
-)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -92,13 +71,19 @@ def run(config_path: Path | None) -> None:
 
     cfg, secrets = load_or_exit(config_path)
     setup_logging(cfg.log.level)
-    service = GatewayService(cfg, secrets)
+    try:
+        service = GatewayService(cfg, secrets)
+    except CredentialsError as exc:
+        err_console.print(f"[red]invalid credentials:[/red] {exc}", highlight=False, markup=False)
+        raise SystemExit(2) from exc
+    for warning in insecure_settings(cfg):
+        logging.getLogger("gateway.security").warning("SECURITY: %s", warning)
     if cfg.metrics.listen:
         from gateway.metrics import serve
 
-        serve(cfg.metrics.listen, service.board)
+        serve(cfg.metrics, secrets.metrics_password, service.board)
     try:
-        run_until_signal(service.run)
+        run_until_signal(service.run, on_hup=service.reload_credentials)
     except GatewayError as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise SystemExit(1) from exc
@@ -115,7 +100,36 @@ def check(config_path: Path, quiet: bool) -> None:
     cfg, _secrets = load_or_exit(config_path)
     if not quiet:
         click.echo(json.dumps(cfg.redacted(), indent=2))
+    for warning in insecure_settings(cfg):
+        err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, markup=False)
+    if not quiet:
         err_console.print(f"[green]ok[/green]: {config_path}", highlight=False)
+
+
+def insecure_settings(cfg: GatewayConfig) -> list[str]:
+    """Valid but risky combinations, each with what to do about it."""
+    from gateway.config import is_loopback, split_host_port
+
+    out = []
+    lb, m = cfg.local_broker, cfg.metrics
+    exposed = [lst for lst in lb.listeners if not is_loopback(split_host_port(lst)[0])]
+    if lb.mode == "embedded" and lb.auth.mode == "none" and exposed:
+        out.append(f"local_broker.auth.allow_anonymous_lan = true: any client that reaches {', '.join(exposed)} may "
+                   "act as any device, read all data and command every device")
+    if lb.mode == "embedded" and lb.auth.passwords and lb.plain and not is_loopback(split_host_port(lb.listen)[0]):
+        out.append(f"device passwords cross the network in clear text on the plain listener {lb.listen}: add "
+                   "[local_broker.tls] and set local_broker.plain = false")
+    if lb.tls is not None and lb.auth.certificates and not lb.tls.require_client_cert and lb.auth.mode != "either":
+        out.append("local_broker.tls.require_client_cert = false: clients without a certificate complete the TLS "
+                   "handshake and are only refused at CONNECT")
+    if m.listen and not is_loopback(split_host_port(m.listen)[0]):
+        if m.tls_cert_file is None:
+            out.append(f"metrics.listen = {m.listen} is reachable from the network without TLS "
+                       "(metrics.tls_cert_file / tls_key_file)")
+        if m.basic_auth_username is None:
+            out.append(f"metrics.listen = {m.listen} answers anyone: set metrics.basic_auth_username / "
+                       "basic_auth_password")
+    return out
 
 
 @main.command()
@@ -370,3 +384,6 @@ def render_config_status(status: dict[str, Any], gateway_id: str) -> None:
               f"(gateway {gateway_id} is at version {status.get('current_version')})")
     for err in status.get("errors") or []:
         out.print(f"  {err.get('key')}: {err.get('reason')}", markup=False)
+
+
+main.add_command(devices)

@@ -76,6 +76,7 @@ class CommandCounters:
     rejected: Counter[str] = field(default_factory=Counter)  # by reason
     responses_matched: int = 0
     responses_unmatched: int = 0
+    responses_forged: int = 0  # an answer to a command that was sent to another device: refused
     forgotten: int = 0  # forwarded, but no response within track_responses_s
     ignored: Counter[str] = field(default_factory=Counter)  # not answered at all, by reason
 
@@ -83,7 +84,8 @@ class CommandCounters:
         return {"received": self.received, "forwarded": self.forwarded, "held": held,
                 "duplicates": self.duplicates, "answered": dict(self.answered), "rejected": dict(self.rejected),
                 "responses_matched": self.responses_matched, "responses_unmatched": self.responses_unmatched,
-                "forgotten": self.forgotten, "ignored": dict(self.ignored)}
+                "responses_forged": self.responses_forged, "forgotten": self.forgotten,
+                "ignored": dict(self.ignored)}
 
 
 @dataclass
@@ -131,6 +133,7 @@ class CommandRouter:
         self._wake = asyncio.Event()
         self._stopped = False
         self.counters = CommandCounters()
+        self.on_forged: Callable[[str, str], None] | None = None  # (device, detail)
 
     # ------------------------------------------------------------------ arrival (sync, on the loop)
 
@@ -210,11 +213,17 @@ class CommandRouter:
         self._answer("response", response_record(cmd.device, cmd.name, cmd.id, status, {"reason": detail},
                                                  source="gateway", rtt_ms=None))
 
-    def device_response(self, device: str, body: dict[str, Any]) -> dict[str, Any]:
+    def device_response(self, device: str, body: dict[str, Any]) -> dict[str, Any] | None:
         """Build the record for a device's response; the command name and RTT when it answers a
-        command we forwarded."""
+        command we forwarded. None (refused, counted) when it answers a command that is awaiting
+        another device's answer: only the device a command was sent to may answer it."""
         cid = body.get("id")
         tracked = self._tracked.pop((device, cid), None) if isinstance(cid, (str, int)) else None
+        if tracked is None and any(key[1] == cid for key in self._tracked):
+            self.counters.responses_forged += 1
+            if self.on_forged is not None:
+                self.on_forged(device, f"answer to command id {str(cid)[:64]!r}, which was sent to another device")
+            return None
         if tracked is None:
             self.counters.responses_unmatched += 1
             return device_response(device, body)

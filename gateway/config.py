@@ -8,6 +8,7 @@ and are resolved at load time, so a missing secret is a config error too.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import sys
@@ -15,7 +16,16 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bridge.errors import InvalidUrl
 from bridge.topics import ID_RULE, valid_id
@@ -96,9 +106,78 @@ class GatewaySection(Strict):
         return v
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_acl_pattern(value: str) -> str:
+    from gateway.access import check_pattern
+
+    return check_pattern(value)
+
+
+AclPattern = Annotated[str, AfterValidator(_check_acl_pattern)]
+
+
+class AclSection(Strict):
+    """Topic filters with ``{device_id}``; unset = derived from ``[topics]``."""
+
+    publish: list[AclPattern] | None = None
+    subscribe: list[AclPattern] | None = None
+
+
+class AuthSection(Strict):
+    """Who may connect to the embedded broker and what each device may touch."""
+
+    mode: Literal["none", "password", "certificate", "either", "both"] = "none"
+    password_file: Path | None = None  # default {gateway.data_dir}/passwd
+    pki_dir: Path | None = None  # default {gateway.data_dir}/pki (CA, server and device certs, revoked list)
+    client_id: str = "{device_id}"
+    max_denied_publishes: Annotated[int, Field(ge=0)] = 5
+    reload_interval_s: PositiveFloat = 1.0
+    allow_anonymous_lan: bool = False
+    acl: AclSection = AclSection()
+
+    @field_validator("client_id")
+    @classmethod
+    def _client_id(cls, v: str) -> str:
+        if not v.startswith("{device_id}") or "{" in v.replace("{device_id}", "", 1):
+            raise ValueError("must start with {device_id}, optionally followed by a glob such as '-*'")
+        return v
+
+    @property
+    def passwords(self) -> bool:
+        return self.mode in ("password", "either", "both")
+
+    @property
+    def certificates(self) -> bool:
+        return self.mode in ("certificate", "either", "both")
+
+
+class ListenerTlsSection(Strict):
+    """A TLS listener of the embedded broker (TLS 1.2 or newer)."""
+
+    listen: str = "0.0.0.0:8883"
+    cert_file: Path | None = None  # default {pki_dir}/server.pem
+    key_file: Path | None = None  # default {pki_dir}/server.key
+    ca_file: Path | None = None  # CA for client certificates; default {pki_dir}/ca.pem
+    require_client_cert: bool = False
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+    _listen = field_validator("listen")(classmethod(lambda cls, v: _check_host_port(v)))
+
+
 class LocalBrokerSection(Strict):
     mode: Literal["embedded", "external"] = "embedded"
     listen: str = "127.0.0.1:1883"
+    plain: bool = True  # false: no plain-TCP listener (only [local_broker.tls])
+    tls: ListenerTlsSection | None = None
+    auth: AuthSection = AuthSection()
     max_connections: int = Field(-1, ge=-1)
     url: str = "mqtt://127.0.0.1:1883"
     username: str | None = None
@@ -113,6 +192,34 @@ class LocalBrokerSection(Strict):
     def _url(cls, v: str) -> str:
         _url(v)
         return v
+
+    @property
+    def listeners(self) -> list[str]:
+        """``HOST:PORT`` of every listener the embedded broker opens."""
+        return ([self.listen] if self.plain else []) + ([self.tls.listen] if self.tls else [])
+
+    @model_validator(mode="after")
+    def _secure(self) -> LocalBrokerSection:
+        if self.mode != "embedded":
+            return self
+        if self.username is not None or self.password != SecretRef():
+            raise ValueError("local_broker.username/password are the gateway's credentials on an external broker "
+                             "(mode = 'external'); devices of the embedded broker are set up with "
+                             "'edge-gateway devices add' ([local_broker.auth])")
+        if not self.listeners:
+            raise ValueError("local_broker.plain = false needs a [local_broker.tls] listener")
+        exposed = [lst for lst in self.listeners if not is_loopback(split_host_port(lst)[0])]
+        if self.auth.mode == "none" and exposed and not self.auth.allow_anonymous_lan:
+            raise ValueError(f"local_broker.auth.mode = 'none' (anyone may connect and act as any device) is only "
+                             f"allowed on loopback listeners, but {', '.join(exposed)} is reachable from the network: "
+                             f"set local_broker.auth.mode = 'password' (see docs/SECURITY.md), or "
+                             f"local_broker.auth.allow_anonymous_lan = true for a closed lab")
+        if self.auth.certificates and self.tls is None:
+            raise ValueError(f"local_broker.auth.mode = {self.auth.mode!r} needs a [local_broker.tls] listener")
+        if self.auth.mode in ("certificate", "both") and self.tls is not None and self.plain:
+            raise ValueError(f"local_broker.auth.mode = {self.auth.mode!r}: devices on the plain listener could not "
+                             f"present a certificate; set local_broker.plain = false")
+        return self
 
 
 class TopicsSection(Strict):
@@ -243,6 +350,18 @@ class UplinkSection(Strict):
 class MetricsSection(Strict):
     listen: str | None = None  # e.g. "127.0.0.1:9464"; unset = no HTTP endpoint
     refresh_s: float = Field(1.0, gt=0, le=60)  # how often the loop rebuilds the snapshot the endpoint serves
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    basic_auth_username: str | None = None
+    basic_auth_password: SecretRef = SecretRef()
+
+    @model_validator(mode="after")
+    def _pairs(self) -> MetricsSection:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("metrics.tls_cert_file and metrics.tls_key_file go together")
+        if (self.basic_auth_username is None) != (self.basic_auth_password == SecretRef()):
+            raise ValueError("metrics.basic_auth_username and metrics.basic_auth_password go together")
+        return self
 
     @field_validator("listen")
     @classmethod
@@ -293,6 +412,14 @@ class GatewayConfig(Strict):
         return self.buffer.dir or self.gateway.data_dir / "buffer"
 
     @property
+    def password_file(self) -> Path:
+        return self.local_broker.auth.password_file or self.gateway.data_dir / "passwd"
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.local_broker.auth.pki_dir or self.gateway.data_dir / "pki"
+
+    @property
     def pushed_config_file(self) -> Path:
         return self.downlink.config_file or self.gateway.data_dir / "pushed-config.json"
 
@@ -325,6 +452,7 @@ class Secrets(BaseModel):
     uplink_password: SecretStr | None = None
     tls_key_password: SecretStr | None = None
     local_password: SecretStr | None = None
+    metrics_password: SecretStr | None = None
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -350,6 +478,7 @@ def resolve_secrets(cfg: GatewayConfig, source: str) -> Secrets:
         "uplink.password": cfg.uplink.password,
         "uplink.tls.key_password": cfg.uplink.tls.key_password if cfg.uplink.tls else SecretRef(),
         "local_broker.password": cfg.local_broker.password,
+        "metrics.basic_auth_password": cfg.metrics.basic_auth_password,
     }
     values: dict[str, SecretStr | None] = {}
     problems: list[tuple[str, str]] = []
@@ -364,6 +493,7 @@ def resolve_secrets(cfg: GatewayConfig, source: str) -> Secrets:
         uplink_password=values["uplink.password"],
         tls_key_password=values["uplink.tls.key_password"],
         local_password=values["local_broker.password"],
+        metrics_password=values["metrics.basic_auth_password"],
     )
 
 

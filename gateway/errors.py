@@ -41,3 +41,7 @@ class BrokerError(TransientError):
 
 class StorageError(TransientError, StoreError):
     """The durable buffer could not be written or read (disk full, I/O error)."""
+
+
+class CredentialsError(PermanentError):
+    """A password file, certificate or revocation list is unreadable or malformed."""

@@ -6,15 +6,22 @@ it reads the frozen snapshot the event loop last published on a :class:`~gateway
 
 from __future__ import annotations
 
+import base64
+import hmac
+import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator
-from wsgiref.simple_server import WSGIServer
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
+from pydantic import SecretStr
 
-from gateway.config import split_host_port
+from gateway.config import MetricsSection, split_host_port
 from gateway.stats import FrozenSnapshot, SnapshotBoard
 
 Latest = Callable[[], tuple[float, FrozenSnapshot] | None]
@@ -96,11 +103,12 @@ class SnapshotCollector(Collector):
                                   value=s["config_push"]["load_errors"])
         yield CounterMetricFamily("edge_config_cleared", "empty messages on the config topic (a retained "
                                   "document cleared), ignored", value=s["config_push"]["cleared"])
+        yield from _security_metrics(s["security"])
 
 
 def _command_metrics(c: FrozenSnapshot) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-    for name in ("received", "forwarded", "duplicates", "responses_matched", "responses_unmatched", "forgotten",
-                 "cleared"):
+    for name in ("received", "forwarded", "duplicates", "responses_matched", "responses_unmatched", "responses_forged",
+                 "forgotten", "cleared"):
         yield CounterMetricFamily(f"edge_commands_{name}", f"cloud commands: {name}", value=c[name])
     yield GaugeMetricFamily("edge_commands_held", "commands held for an offline device", value=c["held"])
     for name, label, help_text in (("answered", "status", "commands the gateway answered itself, by status"),
@@ -112,11 +120,60 @@ def _command_metrics(c: FrozenSnapshot) -> Iterator[CounterMetricFamily | GaugeM
         yield fam
 
 
-def serve(listen: str, board: SnapshotBoard) -> WSGIServer:
-    """Serve ``board``'s latest snapshot on ``listen`` from prometheus-client's HTTP thread; the
-    returned server's ``shutdown()`` stops it."""
+def _security_metrics(s: FrozenSnapshot) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    denied = CounterMetricFamily("edge_security_denials", "refused connects, publishes, subscribes and deliveries "
+                                 "on the local broker, by reason", labels=["reason"])
+    for reason, n in sorted(s["denied"].items()):
+        denied.add_metric([reason], n)
+    yield denied
+    yield CounterMetricFamily("edge_security_authenticated_connects", "connections admitted with an identity",
+                              value=s["authenticated_connects"])
+    yield GaugeMetricFamily("edge_security_devices_with_password", "devices in the password file",
+                            value=s["devices_with_password"])
+    yield GaugeMetricFamily("edge_security_revoked_certificates", "serials in the revoked list",
+                            value=s["revoked_certificates"])
+    yield CounterMetricFamily("edge_security_credential_reloads", "credential files reloaded",
+                              value=s["credential_reloads"])
+    yield CounterMetricFamily("edge_security_credential_reload_errors", "credential file versions refused as "
+                              "invalid (the previous ones stayed in force)", value=s["credential_reload_errors"])
+
+
+def basic_auth(app: Any, username: str, password: str) -> Any:
+    """WSGI middleware: answer 401 unless the request carries these basic-auth credentials."""
+    expected = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+
+    def guarded(environ: dict[str, Any], start_response: Any) -> Any:
+        given = str(environ.get("HTTP_AUTHORIZATION", ""))
+        if hmac.compare_digest(given.encode(), expected.encode()):
+            return app(environ, start_response)
+        start_response("401 Unauthorized", [("WWW-Authenticate", 'Basic realm="edge-gateway metrics"'),
+                                             ("Content-Type", "text/plain")])
+        return [b"authentication required\n"]
+
+    return guarded
+
+
+def serve(cfg: MetricsSection, password: SecretStr | None, board: SnapshotBoard) -> WSGIServer:
+    """The /metrics endpoint on ``cfg.listen``, with TLS (``tls_cert_file``/``tls_key_file``, TLS 1.2+)
+    and basic auth when configured. Runs in a daemon thread and reads only ``board``'s latest
+    frozen snapshot; the returned server's ``shutdown()`` stops it."""
+    assert cfg.listen is not None
     registry = CollectorRegistry()
     registry.register(SnapshotCollector(board.latest))
-    host, port = split_host_port(listen)
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+    host, port = split_host_port(cfg.listen)
+    app = make_wsgi_app(registry)
+    if cfg.basic_auth_username is not None and password is not None:
+        app = basic_auth(app, cfg.basic_auth_username, password.get_secret_value())
+    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
+    if cfg.tls_cert_file is not None and cfg.tls_key_file is not None:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(cfg.tls_cert_file), str(cfg.tls_key_file))
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log."""

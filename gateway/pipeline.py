@@ -16,7 +16,7 @@ from gateway.rules.engine import Alert, RuleEngine
 
 ControlOut = Callable[[str, dict[str, Any]], None]  # (kind, record) -> control lane
 BatchOut = Callable[[list[Reading]], None]  # full batch -> telemetry lane
-ResponseRecord = Callable[[str, dict[str, Any]], dict[str, Any]]  # (device, body) -> response record
+ResponseRecord = Callable[[str, dict[str, Any]], dict[str, Any] | None]  # (device, body) -> record or None
 
 
 def alert_record(alert: Alert) -> dict[str, Any]:
@@ -72,7 +72,9 @@ class Pipeline:
             self._on_control("event", {"kind": "event", "device": msg.device, "ts_ms": msg.ts_ms, "event": msg.body})
         elif isinstance(msg, DeviceResponse):
             acc.responses += 1
-            self._on_control("response", self._on_response(msg.device, msg.body))
+            record = self._on_response(msg.device, msg.body)
+            if record is not None:  # None: refused (an answer to another device's command)
+                self._on_control("response", record)
 
     def _reject(self, topic: str, rej: Rejection) -> None:
         self._acc.readings_in += 1

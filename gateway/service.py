@@ -21,19 +21,23 @@ from bridge.link import UplinkLink
 from bridge.mqtt_types import ClientSettings, TlsSettings
 from bridge.store import Record
 from bridge.topics import CloudTopics
+from gateway.access import FORGED_RESPONSE, AclPolicy, Denials, pattern_as_filter
 from gateway.accounting import INGEST_OVERFLOW, REJECTED_BY_BROKER, Accounting
 from gateway.answered import AnsweredCommands
 from gateway.batcher import Batcher
-from gateway.broker import EmbeddedBroker
+from gateway.broker import EmbeddedBroker, ListenerTls
 from gateway.buffer import Budget, DiskBuffer
 from gateway.commands import CommandRouter
 from gateway.config import GatewayConfig, Secrets, split_host_port
 from gateway.config_push import ConfigPusher, PushedConfigFile
+from gateway.credentials import Changes, CredentialStore
 from gateway.decode import Decoder
 from gateway.external_source import ExternalSource
+from gateway.identity import Gatekeeper
 from gateway.ingest import Ingest
 from gateway.lanes import LaneWriter
 from gateway.pipeline import Pipeline
+from gateway.pki import Pki
 from gateway.processor import Processor
 from gateway.rejects import RejectLog
 from gateway.rules.engine import RuleEngine
@@ -73,6 +77,16 @@ def uplink_settings(cfg: GatewayConfig, secrets: Secrets) -> ClientSettings:
         retain_as_published=True,
         retain_check_prefixes=(f"{CloudTopics(cfg.gateway.id, cfg.topics.cloud_prefix).prefix}/commands/",),
     )
+
+
+def acl_policy(cfg: GatewayConfig) -> AclPolicy:
+    """``[local_broker.auth.acl]``, or by default each device's own topics of ``[topics]``: publish
+    telemetry, per-metric telemetry, events and responses; subscribe to its commands."""
+    acl, t = cfg.local_broker.auth.acl, cfg.topics
+    publish = acl.publish if acl.publish is not None else [
+        pattern_as_filter(p) for p in (t.telemetry, t.telemetry_metric, t.events, t.responses)]
+    subscribe = acl.subscribe if acl.subscribe is not None else [pattern_as_filter(t.commands, open_end=True)]
+    return AclPolicy(tuple(publish), tuple(subscribe))
 
 
 class GatewayService:
@@ -131,11 +145,18 @@ class GatewayService:
         )
         self.embedded: EmbeddedBroker | None = None
         self.external: ExternalSource | None = None
+        self.denials = Denials()
+        self.commands.on_forged = lambda device, detail: self.denials.deny(FORGED_RESPONSE, device, detail)
+        self.credentials: CredentialStore | None = None
+        self.reload_credentials = asyncio.Event()  # set on SIGHUP
         lb = cfg.local_broker
         if lb.mode == "embedded":
             host, port = split_host_port(lb.listen)
+            gate = self._gatekeeper()
             self.embedded = EmbeddedBroker(host, port, on_message=self.ingest.offer,
-                                           max_connections=lb.max_connections)
+                                           max_connections=lb.max_connections, plain=lb.plain,
+                                           tls=self._listener_tls(), gate=gate, denials=self.denials,
+                                           max_denied_publishes=lb.auth.max_denied_publishes)
             self.embedded.on_presence = self.commands.presence_changed
         else:
             local_pw = secrets.local_password.get_secret_value() if secrets.local_password else None
@@ -150,6 +171,51 @@ class GatewayService:
         acc.restored_fn = lambda: self.buffer.restored_readings
         self.board = SnapshotBoard()  # the snapshot other threads (the metrics endpoint) may read
         self.started = asyncio.Event()
+
+    # ------------------------------------------------------------------ access control
+
+    def _gatekeeper(self) -> Gatekeeper | None:
+        """Load the credentials (a bad file raises CredentialsError: the gateway does not start)."""
+        auth = self.cfg.local_broker.auth
+        if auth.mode == "none":
+            if self.cfg.local_broker.listeners and auth.allow_anonymous_lan:
+                log.warning("SECURITY: local_broker.auth.mode = 'none' with allow_anonymous_lan = true: any client on "
+                            "the network may connect, read every device's data and command any device")
+            return None
+        self.credentials = store = CredentialStore(
+            self.cfg.password_file if auth.passwords else None,
+            Pki(self.cfg.pki_dir).revoked_file if auth.certificates else None)
+        store.load()
+        return Gatekeeper(auth.mode, acl_policy(self.cfg), store.verifier, auth.client_id, store.revoked)
+
+    def _listener_tls(self) -> ListenerTls | None:
+        tls = self.cfg.local_broker.tls
+        if tls is None:
+            return None
+        pki = Pki(self.cfg.pki_dir)
+        host, port = split_host_port(tls.listen)
+        ca = tls.ca_file or (pki.ca_file if self.cfg.local_broker.auth.certificates else None)
+        return ListenerTls(host, port, tls.cert_file or pki.server_cert, tls.key_file or pki.server_key, ca,
+                           tls.require_client_cert, tls.min_version)
+
+    def _credentials_changed(self, changes: Changes) -> None:
+        if self.embedded is None or self.credentials is None:
+            return
+        gate = self.embedded.gate
+        if gate is not None:
+            gate.revoked = self.credentials.revoked
+        kicked = self.embedded.disconnect(changes.removed, changes.revoked)
+        if kicked:
+            log.warning("disconnected %d client(s) whose password was removed or certificate revoked", kicked)
+
+    def security_snapshot(self) -> dict[str, Any]:
+        store = self.credentials
+        return {"auth": self.cfg.local_broker.auth.mode, "denied": dict(self.denials.counts),
+                "authenticated_connects": self.embedded.authenticated_connects if self.embedded else 0,
+                "devices_with_password": len(store.verifier) if store else 0,
+                "revoked_certificates": len(store.revoked) if store else 0,
+                "credential_reloads": store.reloads if store else 0,
+                "credential_reload_errors": store.reload_errors if store else 0}
 
     # ------------------------------------------------------------------ callbacks
 
@@ -208,6 +274,7 @@ class GatewayService:
             "internal_errors": self.processor.internal_errors + (self.embedded.hook_errors if self.embedded else 0),
             "config_version": self.config_pusher.version,
             "config_push": self.config_pusher.snapshot(),
+            "security": self.security_snapshot(),
         }
 
     def _drain_state(self) -> dict[str, Any]:
@@ -235,6 +302,10 @@ class GatewayService:
                 source = None
                 if self.embedded is not None:
                     await self.embedded.start()
+                    if self.credentials is not None:
+                        tg.create_task(self.credentials.watch(
+                            source_stop, self.cfg.local_broker.auth.reload_interval_s, self.reload_credentials,
+                            self._credentials_changed), name="credentials")
                 else:
                     assert self.external is not None
                     source = tg.create_task(self.external.run(source_stop), name="local-source")

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.downlink import RETAINED, Command, CommandRejected
+from gateway.access import topic_matches
 from gateway.answered import AnsweredCommands
-from gateway.broker import topic_matches
 from gateway.commands import CommandRouter, device_response
 from gateway.config import DownlinkSection
 
