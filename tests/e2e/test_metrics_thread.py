@@ -74,7 +74,7 @@ async def test_metrics_scraped_in_a_tight_loop_under_load(tmp_path: Path, mosqui
                          metrics={"listen": f"127.0.0.1:{port}", "refresh_s": 0.01})
     mosquitto.stop()  # a backlog builds up first, then drains while the endpoint is scraped
     async with running_gateway(cfg) as gw:
-        server = serve(f"127.0.0.1:{port}", gw.board)
+        server = serve(gw.cfg.metrics, None, gw.board)
         scraper = Scraper(port)
         scraper.start()
         devices = PacedDevices(local_url(gw), devices=20, rate_hz=40)

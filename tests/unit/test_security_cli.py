@@ -121,7 +121,7 @@ async def test_metrics_endpoint_with_basic_auth_and_tls(tmp_path: Path, mosquitt
     cfg = MetricsSection(listen=f"127.0.0.1:{port}", tls_cert_file=pki.server_cert, tls_key_file=pki.server_key,
                          basic_auth_username="prom", basic_auth_password={"env": "UNUSED"})
     async with running_gateway(gateway_config(tmp_path, mosquitto.url)) as svc:
-        server = serve(cfg, SecretStr("pw"), svc.snapshot)
+        server = serve(cfg, SecretStr("pw"), svc.board)
         try:
             ctx = ssl.create_default_context(cafile=str(pki.ca_file))
             url = f"https://127.0.0.1:{port}/metrics"
