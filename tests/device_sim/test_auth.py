@@ -20,6 +20,7 @@ from device_sim.cli import main
 from device_sim.credentials import Credentials, load_password_file
 from device_sim.errors import SimConfigError
 from device_sim.runner import Runner
+from device_sim.topics import ID_PATTERN
 from tests.device_sim.helpers import Collector, broker_at, run_settings
 from tests.secure_mosquitto import Deployment, secure_mosquitto
 from tests.support import eventually, wait_until
@@ -117,7 +118,7 @@ def test_password_file_errors_name_the_line(tmp_path: Path, text: str, reason: s
     assert f"{path}, line {line}:" in str(caught.value)
 
 
-DEVICE_ID = st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True)
+DEVICE_ID = st.from_regex(ID_PATTERN, fullmatch=True)
 PASSWORD = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), min_size=1, max_size=40).filter(
     lambda p: p == p.strip() and not p.startswith("$") and p.strip() != "")
 

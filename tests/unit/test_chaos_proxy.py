@@ -238,6 +238,7 @@ def _proxy_tasks() -> list[asyncio.Task[object]]:
 
 async def test_stop_leaves_no_tasks_or_sockets(echo: Echo) -> None:
     assert echo._server is not None
+    gc.collect()  # sockets earlier tests left to the garbage collector must not close during this one
     baseline = _open_fds()
     chaos = ChaosProxy("127.0.0.1", int(echo._server.sockets[0].getsockname()[1]))
     await chaos.start()
@@ -254,7 +255,7 @@ async def test_stop_leaves_no_tasks_or_sockets(echo: Echo) -> None:
     await chaos.stop()
     assert _proxy_tasks() == []
     assert chaos.active == 0
-    await eventually(lambda: _open_fds() == baseline, message=lambda: f"{_open_fds()} fds, baseline {baseline}")
+    await eventually(lambda: _open_fds() <= baseline, message=lambda: f"{_open_fds()} fds, baseline {baseline}")
 
 
 async def test_vanishing_peers_and_a_dead_target_log_nothing(
