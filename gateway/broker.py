@@ -298,6 +298,23 @@ class _GatewayBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
         setattr(session, _CLIENT_ATTR, _Client(verdict.identity, verdict.serial, handler))
         return handler, session
 
+    async def _topic_filtering(self, session: Any, topic: str, action: Any) -> bool:
+        if self.guard is not None and action == Action.PUBLISH:
+            return True  # already checked, with the retain flag, in _handle_message_delivery
+        return await super()._topic_filtering(session, topic, action)  # type: ignore[no-any-return]
+
+    async def _handle_disconnect(self, client_session: Any, handler: Any, disconnect_waiter: Any) -> None:
+        """amqtt acknowledged each queued QoS 1 PUBLISH when it queued it, but its client loop ends at
+        the DISCONNECT and the session's queue is then cleared: a device that publishes a burst and
+        disconnects would lose the tail. Process what is queued first, the normal way."""
+        queue = getattr(client_session, "delivered_message_queue", None)
+        loop = asyncio.get_running_loop()
+        while queue is not None and not queue.empty():
+            done = loop.create_future()
+            done.set_result(queue.get_nowait())
+            await self._handle_message_delivery(client_session, handler, done)
+        await super()._handle_disconnect(client_session, handler, disconnect_waiter)
+
     async def _handle_message_delivery(self, client_session: Any, handler: Any, wait_deliver: Any) -> bool:
         guard = self.guard
         if guard is not None and not wait_deliver.cancelled() and wait_deliver.exception() is None:

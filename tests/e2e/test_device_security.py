@@ -224,3 +224,16 @@ async def test_a_will_on_another_devices_topic_or_retained_is_refused(gateway: G
     ok = await Client(port(gateway), "dev-a", "dev-a", PASSWORDS["dev-a"], will=("devices/dev-a/events", False)
                       ).start().connected()
     ok.stop()
+
+
+async def test_a_burst_then_disconnect_loses_nothing(gateway: GatewayService) -> None:
+    """amqtt acknowledges a QoS 1 PUBLISH when it queues it; what is queued at the DISCONNECT is still
+    processed (checked, counted, ingested), not dropped with the session."""
+    a = await device(gateway, "dev-a")
+    a.disconnect_after_acks = 2000
+    for n in range(2000):
+        a.c.publish("devices/dev-a/telemetry", reading(float(n % 50)), qos=1)
+    await eventually(lambda: a.disconnects > 0, message="disconnect")
+    a.c.loop_stop()
+    await eventually(lambda: gateway.accounting.readings_in == 2000,
+                     message=lambda: f"{gateway.accounting.readings_in} of 2000 readings")
