@@ -22,7 +22,9 @@ class Client:
                              clean_session=clean, reconnect_on_failure=False)
         if username is not None:
             self.c.username_pw_set(username, password)
-        if tls is not None:
+        if tls is not None and "context" in tls:
+            self.c.tls_set_context(tls["context"])
+        elif tls is not None:
             self.c.tls_set(**tls)
         if will is not None:
             self.c.will_set(will[0], b"gone", qos=1, retain=will[1])
