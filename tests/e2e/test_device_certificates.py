@@ -101,16 +101,17 @@ async def test_either_and_both_modes(tmp_path: Path, mosquitto: Mosquitto, pki: 
     pki.issue_device("dev-a")
     cfg = gateway_config(tmp_path, mosquitto.url, local_broker={
         "plain": False, "tls": {"listen": "127.0.0.1:0", "min_version": "1.3"},
-        "auth": {"mode": mode, "pki_dir": str(pki.dir), "password_file": str(tmp_path / "passwd")}})
+        "auth": {"mode": mode, "pki_dir": str(pki.dir), "password_file": str(tmp_path / "passwd"),
+                 "client_id": "{device_id}-*"}})  # several connections of one device at once
     async with running_gateway(cfg) as svc:
         port = tls_port(svc)
-        cert_only = Client(port, "dev-a", tls=tls(pki, "dev-a")).start()
-        password_only = Client(port, "dev-b", "dev-b", "pw-b", tls=tls(pki, None)).start()
-        both = Client(port, "dev-a", "dev-a", "pw-a", tls=tls(pki, "dev-a")).start()
-        both_wrong = Client(port, "dev-a", "dev-a", "pw-b", tls=tls(pki, "dev-a")).start()
+        cert_only = Client(port, "dev-a-1", tls=tls(pki, "dev-a")).start()
+        password_only = Client(port, "dev-b-1", "dev-b", "pw-b", tls=tls(pki, None)).start()
+        both = Client(port, "dev-a-2", "dev-a", "pw-a", tls=tls(pki, "dev-a")).start()
+        both_wrong = Client(port, "dev-a-3", "dev-a", "pw-b", tls=tls(pki, "dev-a")).start()
         ctx12 = ssl.create_default_context(cafile=str(pki.ca_file))
         ctx12.maximum_version = ssl.TLSVersion.TLSv1_2
-        tls12 = Client(port, "dev-b", "dev-b", "pw-b", tls={"context": ctx12}).start()
+        tls12 = Client(port, "dev-b-2", "dev-b", "pw-b", tls={"context": ctx12}).start()
         await both.connected()
         if mode == "either":  # a certificate, or else a password
             await cert_only.connected()

@@ -237,3 +237,17 @@ async def test_a_burst_then_disconnect_loses_nothing(gateway: GatewayService) ->
     a.c.loop_stop()
     await eventually(lambda: gateway.accounting.readings_in == 2000,
                      message=lambda: f"{gateway.accounting.readings_in} of 2000 readings")
+
+
+async def test_simultaneous_connections_of_one_client_id_leave_exactly_one(gateway: GatewayService) -> None:
+    clients = [Client(port(gateway), "dev-a", "dev-a", PASSWORDS["dev-a"]).start() for _ in range(4)]
+
+    def live() -> list[Client]:
+        return [c for c in clients if c.connack == 0 and c.disconnects == 0]
+
+    await eventually(lambda: all(c.connack is not None or c.disconnects for c in clients) and len(live()) == 1,
+                     message=lambda: f"connacks {[c.connack for c in clients]}, "
+                                     f"disconnects {[c.disconnects for c in clients]}")
+    assert await live()[0].subscribe("devices/dev-a/commands/#") == [1]
+    for c in clients:
+        c.stop()
