@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from gateway.access import INTERNAL_IDENTITY
-from gateway.passwords import read_password_file, write_password_file
+from gateway.cli import main
+from gateway.passwords import read_password_file
 from gateway.service import GatewayService
 from tests.e2e.downlink_support import CloudOperator
 from tests.e2e.harness import CloudCollector, gateway_config, running_gateway
@@ -192,10 +194,9 @@ async def test_nobody_takes_over_another_identity_but_a_reconnect_replaces_the_o
 async def test_a_removed_device_is_disconnected_and_cannot_reconnect(gateway: GatewayService,
                                                                      tmp_path: Path) -> None:
     a, b = await device(gateway, "dev-a"), await device(gateway, "dev-b")
-    passwd = tmp_path / "passwd"
-    entries = read_password_file(passwd)
-    del entries["dev-a"]
-    write_password_file(passwd, entries)
+    res = CliRunner().invoke(main, ["devices", "--password-file", str(tmp_path / "passwd"),
+                                    "--pki-dir", str(tmp_path / "pki"), "remove", "dev-a"])
+    assert res.exit_code == 0, res.output  # picked up by the file poll (0.1 s here)
     await eventually(lambda: a.disconnects > 0, message="dev-a still connected after removal")
     again = Client(port(gateway), "dev-a", "dev-a", PASSWORDS["dev-a"]).start()
     await again.refused()
