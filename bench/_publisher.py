@@ -2,7 +2,10 @@
 as fast as the broker takes them (QoS 0, or QoS 1 with a window of unacknowledged messages), or
 at ``rate`` messages per second. Each message carries its send time as ``ts`` (epoch ms).
 
-    python bench/_publisher.py HOST PORT COUNT QOS DEVICES [RATE]
+    python bench/_publisher.py HOST PORT COUNT QOS DEVICES [RATE [USERNAME PASSWORD]]
+
+With USERNAME (a device id) the client connects as that device (client id = username) and
+publishes only that device's telemetry.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ import time
 import paho.mqtt.client as mqtt
 
 
-def main(host: str, port: int, count: int, qos: int, devices: int, rate: float = 0.0) -> None:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{time.time_ns()}",
+def main(host: str, port: int, count: int, qos: int, devices: int, rate: float = 0.0,
+         username: str | None = None, password: str | None = None) -> None:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=username or f"bench-pub-{time.time_ns()}",
                          protocol=mqtt.MQTTv311)
+    if username is not None:
+        client.username_pw_set(username, password)
     window = threading.Semaphore(100)
     client.on_publish = lambda *a: window.release()
     client.max_inflight_messages_set(100)
@@ -35,7 +41,7 @@ def main(host: str, port: int, count: int, qos: int, devices: int, rate: float =
                 time.sleep(delay)
         ts = int(time.time() * 1000) if rate > 0 else t0 + i
         payload = json.dumps({"ts": ts, "seq": i // devices + 1, "temperature": 20 + (i % 50) / 10}).encode()
-        client.publish(f"devices/bench-{d:03d}/telemetry", payload, qos)
+        client.publish(f"devices/{username or f'bench-{d:03d}'}/telemetry", payload, qos)
     for _ in range(100):
         window.acquire()
     print(json.dumps({"published": count, "seconds": time.perf_counter() - start}), flush=True)
@@ -45,4 +51,4 @@ def main(host: str, port: int, count: int, qos: int, devices: int, rate: float =
 
 if __name__ == "__main__":
     main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]),
-         float(sys.argv[6]) if len(sys.argv) > 6 else 0.0)
+         float(sys.argv[6]) if len(sys.argv) > 6 else 0.0, *sys.argv[7:9])

@@ -1,6 +1,11 @@
 """End-to-end readings/s through the gateway vs. the bare embedded amqtt broker, same run.
 
     python bench/throughput.py [--count 30000] [--devices 50]
+    python bench/throughput.py --auth [--count 30000]
+
+``--auth`` compares the gateway with device authentication and the identity-bound ACL (password
+auth, one device publishing its own telemetry) against the same gateway with ``auth.mode = "none"``,
+same run, same single publisher.
 
 Baseline: an embedded amqtt broker whose ingest hook only counts messages. Gateway: the full
 service (same broker and hook, plus decode, rules, batching, disk buffer and uplink to a second
@@ -23,12 +28,14 @@ sys.path.insert(0, str(ROOT))
 
 from bench._gateway import bench_gateway  # noqa: E402
 from gateway.broker import EmbeddedBroker  # noqa: E402
+from gateway.config import GatewayConfig  # noqa: E402
+from gateway.passwords import hash_password, write_password_file  # noqa: E402
 
 
-async def publish(port: int, count: int, qos: int, devices: int) -> None:
+async def publish(port: int, count: int, qos: int, devices: int, login: tuple[str, str] | None = None) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(ROOT / "bench" / "_publisher.py"), "127.0.0.1", str(port), str(count), str(qos),
-        str(devices), stdout=subprocess.PIPE)
+        str(devices), *(("0", *login) if login else ()), stdout=subprocess.PIPE)
     await proc.communicate()
 
 
@@ -59,10 +66,22 @@ async def bare(count: int, qos: int, devices: int) -> float:
     return count / (seen["last"] - seen["first"])
 
 
-async def gateway(count: int, qos: int, devices: int, sync: str = "full") -> tuple[float, dict[str, object]]:
+BENCH_DEVICE = ("bench-000", "bench-password")
+
+
+def _write_password(cfg: GatewayConfig) -> None:
+    write_password_file(cfg.password_file, {BENCH_DEVICE[0]: hash_password(BENCH_DEVICE[1])})
+
+
+async def gateway(count: int, qos: int, devices: int, sync: str = "full",
+                  auth: bool = False) -> tuple[float, dict[str, object]]:
     rules = [{"metrics": "temperature", "valid": {"min": -40, "max": 85}, "alert": {"max": 80}}]
-    async with bench_gateway(local_broker={"ingest_queue_max": count + 1}, buffer={"sync": sync}, rules=rules,
-                             batch={"max_count": 1000, "max_age_s": 0.5}) as svc:
+    local: dict[str, object] = {"ingest_queue_max": count + 1}
+    if auth:
+        local["auth"] = {"mode": "password"}
+    async with bench_gateway(local_broker=local, buffer={"sync": sync}, rules=rules,
+                             batch={"max_count": 1000, "max_age_s": 0.5},
+                             before_start=_write_password if auth else None) as svc:
         assert svc.embedded is not None
         acc = svc.accounting
         marks = {"first": 0.0}
@@ -72,7 +91,8 @@ async def gateway(count: int, qos: int, devices: int, sync: str = "full") -> tup
             marks["first"] = time.perf_counter()
 
         watcher = asyncio.create_task(first_seen())
-        pub = asyncio.create_task(publish(svc.embedded.address.port, count, qos, devices))
+        pub = asyncio.create_task(publish(svc.embedded.address.port, count, qos, devices,
+                                          BENCH_DEVICE if auth else None))
         await wait_for(lambda: acc.readings_in >= count)
         processed = time.perf_counter()
         await watcher
@@ -84,6 +104,7 @@ async def gateway(count: int, qos: int, devices: int, sync: str = "full") -> tup
         "delivered_rate": round(count / (delivered - marks["first"])),
         "balance": svc.accounting.balance(), "dropped": snap["dropped"],
         "bytes_up_telemetry": snap["bytes_up_telemetry"],
+        "denied": svc.snapshot()["security"]["denied"],
     }
 
 
@@ -91,8 +112,19 @@ async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=30000)
     ap.add_argument("--devices", type=int, default=50)
+    ap.add_argument("--auth", action="store_true", help="auth + ACL on vs off (one device publishing)")
     args = ap.parse_args()
     results = []
+    if args.auth:
+        for qos in (0, 1):
+            off, _ = await gateway(args.count, qos, 1)
+            on, extra = await gateway(args.count, qos, 1, auth=True)
+            off2, _ = await gateway(args.count, qos, 1)  # again, so drift shows
+            base = (off + off2) / 2
+            print(json.dumps({"qos": qos, "auth_off_readings_s": round(base), "auth_on_readings_s": round(on),
+                              "ratio_on_off": round(on / base, 3), "off_runs": [round(off), round(off2)],
+                              "denied": extra["denied"], "balance": extra["balance"]}))
+        return
     for qos in (0, 1):
         base = await bare(args.count, qos, args.devices)
         gw, extra = await gateway(args.count, qos, args.devices)

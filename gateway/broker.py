@@ -15,7 +15,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ _DRAIN_S = 1.0
 _AUTH_PATH = "amqtt.plugins.authentication.AnonymousAuthPlugin"
 _ACCESS_PATH = "gateway.broker.AccessPlugin"
 _CLIENT_ATTR = "_edge_gateway_client"
+_LOCK_ATTR = "_edge_gateway_connect_lock"
 _REFUSALS = {"bad_credentials": BAD_USERNAME_PASSWORD, "not_authorized": NOT_AUTHORIZED,
              "identifier_rejected": IDENTIFIER_REJECTED}
 
@@ -231,6 +232,12 @@ class AccessPlugin(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]  # am
         return guard.may_receive(session, topic)
 
 
+@dataclass
+class _ConnectLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0  # connections holding or waiting for it
+
+
 class _GatewayBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
     """amqtt's broker with the gateway's access control where amqtt has no hook for it.
 
@@ -244,6 +251,10 @@ class _GatewayBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
 
     guard: _Guard | None = None
     listener_tls: dict[str, ListenerTls] = {}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._connect_locks: dict[str, _ConnectLock] = {}
 
     def _create_ssl_context(self, listener: Any) -> ssl.SSLContext:
         for tls in self.listener_tls.values():
@@ -272,11 +283,31 @@ class _GatewayBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
             await writer.close()
             raise AMQTTError(f"connection refused: {verdict.reason}")
         guard.admitted += 1
+        client_id = session.client_id or ""
+        # One connect per client id at a time, from here until amqtt has started the connection's
+        # handler: a connection never replaces one that is still being set up (whose disconnect
+        # could not be signalled yet), so exactly one of several simultaneous connections remains.
+        entry = self._connect_locks.setdefault(client_id, _ConnectLock())
+        entry.users += 1
+        try:
+            await entry.lock.acquire()
+        except BaseException:
+            entry.users -= 1
+            raise
+        setattr(handler, _LOCK_ATTR, client_id)
+        try:
+            return await self._resume_or_replace(handler, session, verdict)
+        except BaseException:
+            self._release_connect_lock(handler)
+            raise
+
+    async def _resume_or_replace(self, handler: Any, session: Any, verdict: Any) -> tuple[Any, Any]:
         client_id = session.client_id
         existing = self._sessions.get(client_id) if client_id else None
-        if existing is not None and session.clean_session and existing[0].transitions.state == "connected":
+        if existing is not None and existing[0].transitions.state == "connected":
             await existing[1].handle_connection_closed()  # MQTT-3.1.4-2: the new connection replaces the old
-            await existing[1].stop()
+            with contextlib.suppress(asyncio.TimeoutError):  # amqtt may wait forever for the old reader
+                await asyncio.wait_for(existing[1].stop(), _HANDLER_STOP_S)
         if session.clean_session:
             if client_id:
                 await self._delete_session(client_id)
@@ -297,6 +328,47 @@ class _GatewayBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
             session.keep_alive += delay
         setattr(session, _CLIENT_ATTR, _Client(verdict.identity, verdict.serial, handler))
         return handler, session
+
+    def _release_connect_lock(self, handler: Any) -> None:
+        client_id = getattr(handler, _LOCK_ATTR, None)
+        if client_id is None:
+            return
+        setattr(handler, _LOCK_ATTR, None)
+        entry = self._connect_locks[client_id]
+        entry.lock.release()
+        entry.users -= 1
+        if entry.users == 0:
+            del self._connect_locks[client_id]
+
+    async def _handle_client_session(self, reader: Any, writer: Any, client_session: Any, handler: Any,
+                                     server: Any, listener_name: str) -> None:
+        try:
+            await super()._handle_client_session(reader, writer, client_session, handler, server, listener_name)
+        finally:
+            self._release_connect_lock(handler)  # if the connection ended before it started
+
+    async def _publish_session_retained_messages(self, session: Any) -> None:
+        handler = self._get_handler(session)
+        if handler is not None:  # amqtt calls this right after starting the handler
+            self._release_connect_lock(handler)
+        await super()._publish_session_retained_messages(session)
+
+    async def _topic_filtering(self, session: Any, topic: str, action: Any) -> bool:
+        if self.guard is not None and action == Action.PUBLISH:
+            return True  # already checked, with the retain flag, in _handle_message_delivery
+        return await super()._topic_filtering(session, topic, action)  # type: ignore[no-any-return]
+
+    async def _handle_disconnect(self, client_session: Any, handler: Any, disconnect_waiter: Any) -> None:
+        """amqtt acknowledged each queued QoS 1 PUBLISH when it queued it, but its client loop ends at
+        the DISCONNECT and the session's queue is then cleared: a device that publishes a burst and
+        disconnects would lose the tail. Process what is queued first, the normal way."""
+        queue = getattr(client_session, "delivered_message_queue", None)
+        loop = asyncio.get_running_loop()
+        while queue is not None and not queue.empty():
+            done = loop.create_future()
+            done.set_result(queue.get_nowait())
+            await self._handle_message_delivery(client_session, handler, done)
+        await super()._handle_disconnect(client_session, handler, disconnect_waiter)
 
     async def _handle_message_delivery(self, client_session: Any, handler: Any, wait_deliver: Any) -> bool:
         guard = self.guard

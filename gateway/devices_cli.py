@@ -15,6 +15,7 @@ from gateway.cli_common import CONFIG_OPTION, err_console, load_or_exit
 from gateway.errors import CredentialsError
 from gateway.passwords import (
     DEFAULT_ITERATIONS,
+    GENERATED_ITERATIONS,
     generate_password,
     hash_password,
     provision,
@@ -61,14 +62,16 @@ def _fail(exc: CredentialsError) -> None:
 @DEVICE_ID
 @click.option("--generate", is_flag=True, help="Make a random password and print it (once).")
 @click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin.")
-@click.option("--iterations", type=click.IntRange(1000, 10_000_000), default=DEFAULT_ITERATIONS, show_default=True,
-              help="PBKDF2-SHA512 iterations.")
+@click.option("--iterations", type=click.IntRange(1000, 10_000_000), default=None,
+              help=f"PBKDF2-SHA512 iterations (default: {GENERATED_ITERATIONS} for a generated password, "
+                   f"{DEFAULT_ITERATIONS} for a typed one).")
 @click.pass_obj
-def add(paths: Paths, device_id: str, generate: bool, password_stdin: bool, iterations: int) -> None:
+def add(paths: Paths, device_id: str, generate: bool, password_stdin: bool, iterations: int | None) -> None:
     """Add DEVICE_ID with a password, or change its password."""
     if generate == password_stdin:
         raise click.UsageError("give exactly one of --generate or --password-stdin")
     password = generate_password() if generate else sys.stdin.readline().rstrip("\r\n")
+    iterations = iterations or (GENERATED_ITERATIONS if generate else DEFAULT_ITERATIONS)
     if not password:
         raise click.UsageError("the password is empty")
     try:

@@ -6,7 +6,8 @@ Modes (``local_broker.auth.mode``):
 - ``password``: the username is the device id, checked against the password file.
 - ``certificate``: the identity is the verified client certificate's CN (or its only SAN DNS name);
   a username, if given, must equal it; revoked serials are refused.
-- ``either``: a certificate when one is presented, else a password.
+- ``either``: a certificate when one is presented, else a password (a password sent along with a
+  certificate must be right too).
 - ``both``: a certificate and a password, for the same identity.
 
 The gateway's internal identity (:data:`gateway.access.INTERNAL_IDENTITY`) authenticates with a
@@ -144,7 +145,7 @@ class Gatekeeper:
                                f"{cert_who!r}", "bad_credentials", cert_who)
         if self.mode in ("certificate", "both") and cert_who is None:
             return _refuse(CERT_REQUIRED, "no verified client certificate", "not_authorized", req.username)
-        if cert_who is not None and self.mode != "both":
+        if cert_who is not None and (self.mode == "certificate" or (self.mode == "either" and req.password is None)):
             return Verdict(cert_who, serial=req.cert.serial if req.cert else None)
         return await self._password(req, cert_who)
 

@@ -21,6 +21,7 @@ import hmac
 import os
 import secrets
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,8 @@ from bridge.topics import valid_id
 from gateway.errors import CredentialsError
 
 PBKDF2_TAG = "7"
-DEFAULT_ITERATIONS = 10_000
+DEFAULT_ITERATIONS = 10_000  # a password someone typed: the slow hash protects it if the file leaks
+GENERATED_ITERATIONS = 1_000  # a generated 128-bit password needs no stretching; connects stay cheap
 _SALT_BYTES = 12
 _KEY_BYTES = 64
 
@@ -128,6 +130,18 @@ def atomic_write(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _hash_pool() -> ThreadPoolExecutor:
+    """Half the cores (at least one) hash; the rest stay free for the event loop during a storm of
+    first connects (hashlib releases the GIL, so more workers would starve the loop of CPU)."""
+    global _POOL  # noqa: PLW0603 - one pool per process, made on first use
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max(1, (os.cpu_count() or 2) // 2), thread_name_prefix="password-hash")
+    return _POOL
+
+
 class PasswordVerifier:
     """Checks ``(device, password)`` against the current entries; slow hashes run in a thread."""
 
@@ -164,14 +178,15 @@ class PasswordVerifier:
             self.cache_hits += 1
             return True
         self.hashes_computed += 1
-        ok = await asyncio.to_thread(PasswordHash.parse(encoded).matches, password)
+        ok = await asyncio.get_running_loop().run_in_executor(_hash_pool(), PasswordHash.parse(encoded).matches,
+                                                              password)
         if ok and self._entries.get(device) == encoded:  # the file may have changed meanwhile
             self._verified[cache_key] = encoded
         return ok
 
 
 def provision(password_file: Path, credentials_file: Path, device_ids: list[str],
-              iterations: int = DEFAULT_ITERATIONS) -> dict[str, str]:
+              iterations: int = GENERATED_ITERATIONS) -> dict[str, str]:
     """Give each of ``device_ids`` a random password: their hashes go into ``password_file`` (for
     the broker; other entries are kept) and the plain ``id:password`` lines into
     ``credentials_file`` (owner-only; what ``device-sim run --password-file`` reads). Returns

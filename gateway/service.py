@@ -178,10 +178,7 @@ class GatewayService:
         """Load the credentials (a bad file raises CredentialsError: the gateway does not start)."""
         auth = self.cfg.local_broker.auth
         if auth.mode == "none":
-            if self.cfg.local_broker.listeners and auth.allow_anonymous_lan:
-                log.warning("SECURITY: local_broker.auth.mode = 'none' with allow_anonymous_lan = true: any client on "
-                            "the network may connect, read every device's data and command any device")
-            return None
+            return None  # loopback only, or allow_anonymous_lan (warned about by check and run)
         self.credentials = store = CredentialStore(
             self.cfg.password_file if auth.passwords else None,
             Pki(self.cfg.pki_dir).revoked_file if auth.certificates else None)

@@ -52,8 +52,9 @@ class GatewayProcess:
 
 
 def write_config(tmp: Path, local_port: int, metrics_port: int, cloud_url: str, *, max_count: int,
-                 max_age_s: float, log_level: str = "warning") -> Path:
-    """A gateway config in ``tmp`` (data dir ``tmp/data``) with the metrics endpoint on."""
+                 max_age_s: float, log_level: str = "warning", extra: str = "") -> Path:
+    """A gateway config in ``tmp`` (data dir ``tmp/data``) with the metrics endpoint on; ``extra``
+    TOML is appended."""
     path = tmp / "gw.toml"
     path.write_text(f"""
 [gateway]
@@ -72,6 +73,7 @@ max_age_s = {max_age_s}
 listen = "127.0.0.1:{metrics_port}"
 [log]
 level = "{log_level}"
+{extra}
 """)
     return path
 

@@ -22,7 +22,9 @@ class Client:
                              clean_session=clean, reconnect_on_failure=False)
         if username is not None:
             self.c.username_pw_set(username, password)
-        if tls is not None:
+        if tls is not None and "context" in tls:
+            self.c.tls_set_context(tls["context"])
+        elif tls is not None:
             self.c.tls_set(**tls)
         if will is not None:
             self.c.will_set(will[0], b"gone", qos=1, retain=will[1])
@@ -32,6 +34,7 @@ class Client:
         self.subacks: dict[int, list[int]] = {}
         self.acked: set[int] = set()
         self.error: BaseException | None = None
+        self.disconnect_after_acks = 0
         self._lock = threading.Lock()
         self.c.on_connect = self._on_connect
         self.c.on_disconnect = self._on_disconnect
@@ -55,6 +58,8 @@ class Client:
 
     def _on_publish(self, _c: Any, _u: Any, mid: int, *_a: Any) -> None:
         self.acked.add(mid)
+        if self.disconnect_after_acks and len(self.acked) == self.disconnect_after_acks:
+            self.c.disconnect()  # at once, from paho's thread: the broker may still hold queued messages
 
     def _on_connect_fail(self, *_a: Any) -> None:  # e.g. a TLS handshake the broker refused
         self.error = ConnectionError("connection or TLS handshake failed")

@@ -14,7 +14,7 @@ import pytest
 from gateway.pki import Pki
 from gateway.service import GatewayService
 from tests.e2e.harness import gateway_config, running_gateway
-from tests.e2e.security_support import Client
+from tests.e2e.security_support import Client, write_passwords
 from tests.support import Mosquitto, eventually
 
 pytest.importorskip("cryptography")
@@ -93,3 +93,33 @@ async def test_a_revoked_certificate_is_disconnected_and_refused(gateway: Gatewa
     await again.refused()
     assert denied(gateway, "cert_revoked") == 1 and b.disconnects == 0
     b.stop()
+
+
+@pytest.mark.parametrize("mode", ["either", "both"])
+async def test_either_and_both_modes(tmp_path: Path, mosquitto: Mosquitto, pki: Pki, mode: str) -> None:
+    write_passwords(tmp_path / "passwd", {"dev-a": "pw-a", "dev-b": "pw-b"})
+    pki.issue_device("dev-a")
+    cfg = gateway_config(tmp_path, mosquitto.url, local_broker={
+        "plain": False, "tls": {"listen": "127.0.0.1:0", "min_version": "1.3"},
+        "auth": {"mode": mode, "pki_dir": str(pki.dir), "password_file": str(tmp_path / "passwd"),
+                 "client_id": "{device_id}-*"}})  # several connections of one device at once
+    async with running_gateway(cfg) as svc:
+        port = tls_port(svc)
+        cert_only = Client(port, "dev-a-1", tls=tls(pki, "dev-a")).start()
+        password_only = Client(port, "dev-b-1", "dev-b", "pw-b", tls=tls(pki, None)).start()
+        both = Client(port, "dev-a-2", "dev-a", "pw-a", tls=tls(pki, "dev-a")).start()
+        both_wrong = Client(port, "dev-a-3", "dev-a", "pw-b", tls=tls(pki, "dev-a")).start()
+        ctx12 = ssl.create_default_context(cafile=str(pki.ca_file))
+        ctx12.maximum_version = ssl.TLSVersion.TLSv1_2
+        tls12 = Client(port, "dev-b-2", "dev-b", "pw-b", tls={"context": ctx12}).start()
+        await both.connected()
+        if mode == "either":  # a certificate, or else a password
+            await cert_only.connected()
+            await password_only.connected()
+        else:  # both, for the same identity
+            await cert_only.refused()
+            await password_only.refused()
+        await both_wrong.refused()
+        await tls12.refused()  # min_version = "1.3": the handshake fails
+        for c in (cert_only, password_only, both, both_wrong, tls12):
+            c.stop()

@@ -86,3 +86,16 @@ def test_denials_are_counted_always_and_logged_once_per_interval(caplog: pytest.
     assert len(lines) == 3
     assert "d1" in lines[0] and "acl_publish" in lines[0]
     assert "+4 more" in lines[2]
+
+
+def test_certificate_identity_is_the_cn_or_the_only_san_dns_name() -> None:
+    from gateway.identity import PeerCert
+
+    cn = PeerCert.from_ssl({"subject": ((("commonName", "dev-1"),),), "subjectAltName": (("DNS", "x"),),
+                            "serialNumber": "00AB"})
+    assert cn.identity == "dev-1" and cn.serial == "AB"
+    san = PeerCert.from_ssl({"subject": ((("organizationName", "acme"),),), "subjectAltName": (("DNS", "dev-2"),),
+                             "serialNumber": "1"})
+    assert san.identity == "dev-2"
+    two = PeerCert.from_ssl({"subjectAltName": (("DNS", "a"), ("DNS", "b")), "serialNumber": "1"})
+    assert two.identity is None  # ambiguous: refused

@@ -116,6 +116,10 @@ def test_reload_reports_removed_devices_and_keeps_credentials_on_a_bad_file(tmp_
     assert store.changed_on_disk()
     changes = store.reload()
     assert changes is not None and changes.removed == {"d1"}
+    entries["d2"] = hash_password("rotated", 1000)  # a new password: the connection may stay
+    write_password_file(passwd, entries)
+    changes = store.reload()
+    assert changes is not None and not changes.removed
     passwd.write_text("garbage\n")
     assert store.reload() is None and store.reload_errors == 1
     assert store.verifier.devices == {"d2"}

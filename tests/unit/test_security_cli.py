@@ -134,3 +134,15 @@ async def test_metrics_endpoint_with_basic_auth_and_tls(tmp_path: Path, mosquitt
         finally:
             server.shutdown()
             server.server_close()
+
+
+def test_devices_provision_writes_hashes_and_a_credentials_file(tmp_path: Path) -> None:
+    pw, creds = tmp_path / "passwd", tmp_path / "devices.txt"
+    code, _ = cli("devices", "--password-file", str(pw), "provision", "lab-0001", "lab-0002",
+                  "--credentials-out", str(creds))
+    assert code == 0
+    plain = dict(line.split(":", 1) for line in creds.read_text().splitlines())
+    hashes = read_password_file(pw)
+    assert set(plain) == set(hashes) == {"lab-0001", "lab-0002"}
+    assert all(PasswordHash.parse(hashes[d]).matches(plain[d]) for d in plain)
+    assert creds.stat().st_mode & 0o077 == 0
