@@ -74,10 +74,11 @@ def minimal_decode(envelope: bytes) -> dict[str, Any]:
     for entry in body["series"]:
         device, metric, ts_col, scale, values, seq_col = entry[:6]  # later elements are ignored
         ts = _running_sum(ts_col, -(2**63), 2**63 - 1)
-        if scale == -1:
+        if type(scale) is int and scale == -1:
             vals = [float(v) for v in values] if version == 1 else list(values)  # raw: taken as they are
         else:
-            assert 0 <= scale <= 6
+            if type(scale) is not int or not 0 <= scale <= 6:
+                raise Refused("bad scale")
             ints = _running_sum(values, -(2**53), 2**53)
             vals = [float(i) / float(10**scale) for i in ints]  # integer -> double first, then divide
         seqs = [None] * len(ts) if seq_col is None else _running_sum(seq_col, -(2**63), 2**63 - 1)
