@@ -21,11 +21,11 @@ class Refused(Exception):
     pass
 
 
-def _body(envelope: bytes) -> tuple[int, bool, str, Any]:
+def _body(envelope: bytes, versions: tuple[int, ...] = (1, 2)) -> tuple[int, bool, str, Any]:
     if len(envelope) < 2:
         raise Refused("short")
     version, flags = envelope[0], envelope[1]
-    if version not in (1, 2):
+    if version not in versions:
         raise Refused("unknown version")
     if flags & 0xF0:
         raise Refused("reserved flag bits")
@@ -101,6 +101,13 @@ def test_minimal_decoder_agrees_with_every_golden_vector(vector: Path) -> None:
         return
     # json.dumps makes the comparison exact: floats by repr (every bit, sign of zero), ints by digits
     assert json.dumps(minimal_decode(vector.read_bytes())) == json.dumps(expected)
+
+
+def test_a_consumer_that_knows_only_version_1_refuses_every_version_2_envelope() -> None:
+    for vector in sorted(VECTORS.glob("batch_v2_*.bin")):
+        with pytest.raises(Refused, match="unknown version"):
+            _body(vector.read_bytes(), versions=(1,))
+    _body((VECTORS / "batch_v1_zlib.bin").read_bytes(), versions=(1,))
 
 
 def test_there_are_vectors_of_both_versions_and_of_refusals() -> None:
