@@ -291,7 +291,7 @@ def _series_readings(entry: Any, version: int) -> list[Reading]:
     if type(device) is not str or type(metric) is not str:
         raise CodecError("malformed batch body: series device and metric must be strings")
     ts = _undelta(dts, "ts")
-    if scale == RAW_SCALE:
+    if type(scale) is int and scale == RAW_SCALE:
         if not isinstance(values, list) or not all(type(v) in (int, float) for v in values):
             raise CodecError("malformed batch body: raw values must be msgpack numbers")
         vals: list[Value] = [float(v) for v in values] if version == 1 else values

@@ -12,10 +12,10 @@ the link drops, or the gateway stops): on a healthy link the disk is hardly writ
 The buffer also owns the **stream id**: a random id born with the buffer and stored in it, carried
 in every record it holds, so ``(gateway, stream, lane, seq)`` names a record forever. A stream
 continues only while the buffer provably continues the same history: a clean stop writes the
-identity of the database file (device, inode, size, modification and change times) next to it, and the next open
-keeps the stream only if the file is exactly that one, untouched. A new or wiped data dir, a crash,
-or a dir copied or restored from a backup (any write changes the file's change time) starts a new
-stream; records already on disk keep the stream they were written with.
+identity of the database file (device, inode, size, modification and change times) next to it,
+and the next open keeps the stream only if the file is exactly that one, untouched. A new or wiped
+data dir, a crash, or a dir copied or restored from a backup (any write changes the file's change
+time) starts a new stream; records already on disk keep the stream they were written with.
 
 A record is deleted only by :meth:`DiskBuffer.ack`, after the cloud broker's PUBACK. Telemetry
 over its byte budget drops the oldest records that are not in flight (each one reported to

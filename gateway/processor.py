@@ -39,13 +39,17 @@ class Processor:
 
     def _guarded(self, step: Callable[..., None], *args: Any) -> bool:
         """Run one step (one message, a tick, an expiry pass, the final flush). The loop's single
-        guard: an unexpected error costs that step only, and is counted and logged. False if it
-        failed."""
+        guard: an unexpected error costs that step only, and is counted and logged; readings the
+        step had taken in but not yet placed anywhere are dropped as ``internal_error``, so the
+        accounting identity holds. False if it failed."""
         try:
             step(*args)
         except Exception:
             self.internal_errors += 1
             log.exception("internal error in %s", getattr(step, "__name__", step))
+            unplaced = self._acc.balance()
+            if unplaced > 0:
+                self._acc.drop(INTERNAL_ERROR, unplaced)
             return False
         return True
 
@@ -55,21 +59,11 @@ class Processor:
         acc = self._acc
         for topic, payload, recv_ms in items:
             readings_before = acc.readings_in
-            if not self._guarded(handle, topic, payload, recv_ms):
-                self._account_failed_message(readings_before)
+            if not self._guarded(handle, topic, payload, recv_ms) and acc.readings_in == readings_before:
+                # it failed before counting any reading: the message counts as one, dropped
+                acc.readings_in += 1
+                acc.drop(INTERNAL_ERROR)
         return len(items)
-
-    def _account_failed_message(self, readings_before: int) -> None:
-        """A message whose handling raised still ends in the accounting: a message that had not
-        counted any reading yet counts as one reading dropped as ``internal_error``, and readings
-        it had counted but not yet placed anywhere are dropped as ``internal_error`` too."""
-        acc = self._acc
-        if acc.readings_in == readings_before:
-            acc.readings_in += 1
-            acc.drop(INTERNAL_ERROR)
-        unplaced = acc.balance()
-        if unplaced > 0:
-            acc.drop(INTERNAL_ERROR, unplaced)
 
     async def run(self, stop: asyncio.Event) -> None:
         next_housekeeping = time.monotonic() + HOUSEKEEPING_EVERY_S

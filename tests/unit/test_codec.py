@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -236,3 +237,44 @@ def test_the_decimal_form_uses_the_smallest_exact_scale(raw: list[float]) -> Non
         abs(v) <= 2**53 and abs(round(v * 10**s)) <= 2**53 and round(v * 10**s) / 10**s == v for v in raw)]
     assert scale == (decimal[0] if decimal else -1)
     assert [repr(r.value) for r in decode_batch(env).readings] == [repr(v) for v in raw]
+
+
+envelope_bodies = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(), st.text(max_size=8)),
+    lambda inner: st.one_of(st.lists(inner, max_size=7), st.dictionaries(
+        st.sampled_from(["gw", "stream", "seq", "created_ms", "n", "series", "x"]), inner, max_size=7)),
+    max_leaves=40)
+
+
+def msgpack_pack(obj: Any) -> bytes:
+    try:
+        return bytes(msgpack.packb(obj, use_bin_type=True))
+    except (OverflowError, ValueError):
+        return b"\xc0"
+
+
+_GOOD = encode_batch("g", 1, [Reading("d", "m", i, i / 10, i) for i in range(20)] + [Reading("d", "z", 0, -0.0)],
+                     stream="s", created_ms=0, compression="none")
+
+
+def _mutated(cut: int, flip: int) -> bytes:
+    """A valid uncompressed envelope truncated and with one byte changed."""
+    data = bytearray(_GOOD[: max(2, cut)])
+    pos = flip % len(data)
+    data[pos] = (data[pos] + 1 + flip // len(data)) % 256
+    return bytes(data)
+
+
+@given(st.one_of(
+    st.binary(max_size=300),
+    st.builds(lambda v, f, body: bytes([v, f]) + bytes(msgpack_pack(body)),
+              st.sampled_from([1, 2, 3]), st.integers(0, 255), envelope_bodies),
+    st.builds(_mutated, st.integers(0, 400), st.integers(0, 10_000)),
+))
+def test_decode_batch_refuses_anything_malformed_with_a_codec_error_only(data: bytes) -> None:
+    try:
+        batch = decode_batch(data, max_body_bytes=1 << 20)
+    except CodecError:
+        return
+    assert all(type(r.ts_ms) is int and (r.seq is None or type(r.seq) is int) for r in batch.readings)
+    assert all(carried(r.value) is not None for r in batch.readings)  # decoded values are carriable again

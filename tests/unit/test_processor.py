@@ -39,18 +39,24 @@ class BuggyRules(RuleEngine):
         return super().process(reading)
 
 
-async def test_a_failing_message_is_counted_as_internal_error_and_the_identity_holds(tmp_path: Path) -> None:
+def _rig(tmp_path: Path, decoder: Decoder, rules: RuleEngine,
+         batcher: Batcher) -> tuple[Accounting, DiskBuffer, Ingest, Processor]:
+    """The real processing parts around the given decoder, rules and batcher, on a real buffer."""
     acc = Accounting()
     buffer = DiskBuffer(tmp_path / "buf", {"telemetry": Budget(10**9), "control": Budget(10**9)})
     buffer.open()
     lanes = LaneWriter(buffer, CloudTopics("gw"), acc, compression="zlib", level=6, on_written=lambda: None)
-    batcher = Batcher(1000, 10**6, 60)
-    pipeline = Pipeline(BuggyDecoder(TopicsSection(), DecodeSection()), BuggyRules([]), batcher, acc, RejectLog(),
-                        on_batch=lanes.write_batch, on_control=lanes.write_control)
+    pipeline = Pipeline(decoder, rules, batcher, acc, RejectLog(), on_batch=lanes.write_batch,
+                        on_control=lanes.write_control)
     acc.buffered_fn = lambda: buffer.readings("telemetry")
     acc.pending_fn = lambda: len(batcher)
     ingest = Ingest(100, lambda topic: None)
-    processor = Processor(ingest, pipeline, lanes, acc)
+    return acc, buffer, ingest, Processor(ingest, pipeline, lanes, acc)
+
+
+async def test_a_failing_message_is_counted_as_internal_error_and_the_identity_holds(tmp_path: Path) -> None:
+    acc, buffer, ingest, processor = _rig(tmp_path, BuggyDecoder(TopicsSection(), DecodeSection()),
+                                          BuggyRules([]), Batcher(1000, 10**6, 60))
     ingest.offer("devices/d1/telemetry", json.dumps({"a": 1, "boom": 2, "c": 3}).encode())  # fails midway
     ingest.offer("devices/d1/telemetry/boom", b"5")  # fails after counting its one reading
     ingest.offer("devices/d1/telemetry", b"crash")  # fails before any reading is counted
@@ -63,4 +69,27 @@ async def test_a_failing_message_is_counted_as_internal_error_and_the_identity_h
     assert acc.readings_in == 5  # a, boom, bare boom, the crash, ok; 'c' was never reached
     assert acc.balance() == 0
     assert buffer.readings("telemetry") == 2  # a and ok, flushed to disk
+    buffer.close()
+
+
+class BuggyBatcher(Batcher):
+    """A real batcher whose final flush takes the open batch and then fails: a stand-in for a bug
+    between taking readings out of memory and writing them."""
+
+    def flush(self) -> list[Reading] | None:
+        super().flush()
+        raise KeyError("a bug")
+
+
+async def test_readings_a_failing_step_took_out_of_the_open_batch_are_dropped_as_internal_error(
+        tmp_path: Path) -> None:
+    batcher = BuggyBatcher(1000, 10**6, 60)
+    acc, buffer, ingest, processor = _rig(tmp_path, Decoder(TopicsSection(), DecodeSection()), RuleEngine([]),
+                                          batcher)
+    ingest.offer("devices/d1/telemetry", json.dumps({"a": 1, "b": 2, "c": 3}).encode())
+    stop = asyncio.Event()
+    stop.set()
+    await processor.run(stop)
+    assert processor.internal_errors == 1 and len(batcher) == 0
+    assert acc.readings_in == 3 and acc.dropped[INTERNAL_ERROR] == 3 and acc.balance() == 0
     buffer.close()

@@ -55,6 +55,7 @@ def test_build_report_per_gateway(db: Path) -> None:
     assert gw1["gaps"]["telemetry"] == {"ranges": 2, "missing": 3, "first": [[4, 5], [9, 9]],
                                         "first_streams": ["", ""]}
     assert gw1["gaps"]["control"] == {"ranges": 1, "missing": 1, "first": [[4, 4]], "first_streams": [""]}
+    assert [(s["stream"], s["batches"], s["control_records"]) for s in gw1["streams"]] == [("", 7, 5)]
     assert gw1["alerts"] == {"raised": 2, "cleared": 1}
     assert (gw1["events"], gw1["responses"]) == (1, 1)
     assert gw1["invalid"] == {"bad zlib body": 1}

@@ -8,10 +8,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from bridge.codec import Batch
 from bridge.errors import PermanentBridgeError
 from bridge.model import Reading
+from bridge.report import build_report, render_report
 from bridge.sink_store import SinkStore
 from tests.unit.test_sink_store import T0, alert, batch, rows
 
@@ -92,3 +94,18 @@ def test_a_schema_1_database_is_migrated_in_place(tmp_path: Path) -> None:
             ("", 1.5)]
         assert rows(store, "PRAGMA user_version") == [(2,)]
     SinkStore.open_readonly(path).close()
+
+
+def test_report_names_the_stream_of_each_gap_when_a_gateway_has_several(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    with SinkStore(path, durable=False) as store:
+        for seq in (1, 2, 3):
+            store.store_batch(replace(batch(seq), stream="old"), T0 + seq)
+        for seq in (1, 3):
+            store.store_batch(replace(batch(seq), stream="new"), T0 + 10 + seq)
+    report = build_report(path)
+    assert [s["stream"] for s in report["gateways"]["gw-1"]["streams"]] == ["old", "new"]
+    console = Console(record=True, width=200)
+    render_report(report, console)
+    text = console.export_text()
+    assert "gw-1 telemetry stream new: missing seqs 2" in text and "gw-1 streams: old (3 batches" in text

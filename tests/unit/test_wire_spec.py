@@ -21,11 +21,11 @@ class Refused(Exception):
     pass
 
 
-def _body(envelope: bytes) -> tuple[int, bool, str, Any]:
+def _body(envelope: bytes, versions: tuple[int, ...] = (1, 2)) -> tuple[int, bool, str, Any]:
     if len(envelope) < 2:
         raise Refused("short")
     version, flags = envelope[0], envelope[1]
-    if version not in (1, 2):
+    if version not in versions:
         raise Refused("unknown version")
     if flags & 0xF0:
         raise Refused("reserved flag bits")
@@ -74,10 +74,11 @@ def minimal_decode(envelope: bytes) -> dict[str, Any]:
     for entry in body["series"]:
         device, metric, ts_col, scale, values, seq_col = entry[:6]  # later elements are ignored
         ts = _running_sum(ts_col, -(2**63), 2**63 - 1)
-        if scale == -1:
+        if type(scale) is int and scale == -1:
             vals = [float(v) for v in values] if version == 1 else list(values)  # raw: taken as they are
         else:
-            assert 0 <= scale <= 6
+            if type(scale) is not int or not 0 <= scale <= 6:
+                raise Refused("bad scale")
             ints = _running_sum(values, -(2**53), 2**53)
             vals = [float(i) / float(10**scale) for i in ints]  # integer -> double first, then divide
         seqs = [None] * len(ts) if seq_col is None else _running_sum(seq_col, -(2**63), 2**63 - 1)
@@ -100,6 +101,13 @@ def test_minimal_decoder_agrees_with_every_golden_vector(vector: Path) -> None:
         return
     # json.dumps makes the comparison exact: floats by repr (every bit, sign of zero), ints by digits
     assert json.dumps(minimal_decode(vector.read_bytes())) == json.dumps(expected)
+
+
+def test_a_consumer_that_knows_only_version_1_refuses_every_version_2_envelope() -> None:
+    for vector in sorted(VECTORS.glob("batch_v2_*.bin")):
+        with pytest.raises(Refused, match="unknown version"):
+            _body(vector.read_bytes(), versions=(1,))
+    _body((VECTORS / "batch_v1_zlib.bin").read_bytes(), versions=(1,))
 
 
 def test_there_are_vectors_of_both_versions_and_of_refusals() -> None:

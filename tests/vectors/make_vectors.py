@@ -110,6 +110,7 @@ def main() -> None:
     _write("reject_v2_stream_not_an_id", _raw(_body(stream="../x")))
     _write("reject_n_mismatch", _raw(_body(n=2)))
     _write("reject_decimal_beyond_2_53", _raw(_body(series=[["d1", "m", [T0], 0, [2**53 + 1], None]])))
+    _write("reject_scale_7", _raw(_body(series=[["d1", "m", [T0], 7, [1], None]])))
     _write("reject_column_lengths", _raw(_body(series=[["d1", "m", [T0, 1], 0, [1], None]])))
 
 
