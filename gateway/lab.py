@@ -2,8 +2,12 @@
 
 Starts a stand-in cloud broker (embedded amqtt, MQTT 3.1.1), the cloud sink, the gateway with its
 embedded local broker, and the device simulator as a separate process (a real MQTT client, like
-any device). Shows a live summary; with a duration it stops the devices, lets the gateway flush
-and drain, and checks that the sink holds exactly what the gateway delivered.
+any device). The local broker runs with device identities on, as a deployment should: the lab gives
+its devices (and :data:`SPARE_DEVICES` more with device-sim's default ids, for a second simulator
+started by hand) random passwords, and the simulator logs in with them.
+
+Shows a live summary; with a duration it stops the devices, lets the gateway flush and drain, and
+checks that the sink holds exactly what the gateway delivered.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from rich.table import Table
 
 from gateway.broker import EmbeddedBroker
 from gateway.config import GatewayConfig, Secrets, parse_config
+from gateway.passwords import provision
 from gateway.service import GatewayService
 
 # Rules for the simulator's "room" profile: CO2 random-walks around 600 ppm, so its threshold is
@@ -35,6 +40,16 @@ LAB_RULES: list[dict[str, Any]] = [
     {"name": "co2", "metrics": "co2", "valid": {"min": 0, "max": 10000},
      "alert": {"max": 605.0, "hysteresis": 5.0}, "deadband": {"abs": 5.0, "max_silence_s": 60}},
 ]
+
+
+LAB_PREFIX = "lab-"
+SPARE_PREFIX = "dev-"  # device-sim's default id prefix
+SPARE_DEVICES = 100
+
+
+def device_ids(prefix: str, count: int) -> list[str]:
+    """The ids device-sim gives ``count`` devices with ``--id-prefix prefix``."""
+    return [f"{prefix}{n:04d}" for n in range(1, count + 1)]
 
 
 @dataclass(frozen=True)
@@ -52,7 +67,8 @@ class LabOptions:
 def lab_config(data_dir: Path, local_port: int, cloud_url: str) -> GatewayConfig:
     return parse_config({
         "gateway": {"id": "lab-gw", "data_dir": str(data_dir / "gateway")},
-        "local_broker": {"listen": f"127.0.0.1:{local_port}"},
+        "local_broker": {"listen": f"127.0.0.1:{local_port}",
+                         "auth": {"mode": "password", "password_file": str(data_dir / "passwd")}},
         "uplink": {"urls": [cloud_url], "protocol": "3.1.1", "stats_interval_s": 5.0,
                    "backoff_base_s": 0.2, "backoff_cap_s": 5.0},
         "batch": {"max_age_s": 2.0},
@@ -73,6 +89,9 @@ class Lab:
             base = self.opts.data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edge-lab-")))
             base.mkdir(parents=True, exist_ok=True)
             db = base / "sink.sqlite"
+            credentials = base / "devices.credentials"
+            provision(base / "passwd", credentials,
+                      device_ids(LAB_PREFIX, self.opts.devices) + device_ids(SPARE_PREFIX, SPARE_DEVICES))
             cloud = EmbeddedBroker("127.0.0.1", self.opts.cloud_port)
             await cloud.start()
             cloud_url = f"mqtt://127.0.0.1:{cloud.address.port}"
@@ -86,7 +105,12 @@ class Lab:
                 await self._wait_started(svc, gw_task)
                 assert svc.embedded is not None
                 local = svc.embedded.address
-                devices = await self._start_devices(local.port)
+                devices = await self._start_devices(local.port, credentials)
+                if live:
+                    self.console.print(
+                        f"devices log in with passwords; to add up to {SPARE_DEVICES} more from another terminal:\n"
+                        f"  device-sim run --port {local.port} --devices 50 --password-file {credentials}",
+                        highlight=False, markup=False, soft_wrap=True)
                 started = time.monotonic()
                 await self._watch(svc, devices, stop, started, live, local.port, cloud.address.port)
             finally:
@@ -108,10 +132,11 @@ class Lab:
         if task.done():
             task.result()
 
-    async def _start_devices(self, port: int) -> asyncio.subprocess.Process:
+    async def _start_devices(self, port: int, credentials: Path) -> asyncio.subprocess.Process:
         args = [sys.executable, "-m", "device_sim", "run", "--host", "127.0.0.1", "--port", str(port),
                 "--devices", str(self.opts.devices), "--rate-hz", str(self.opts.rate_hz),
-                "--profile", self.opts.profile, "--seed", "1", "--id-prefix", "lab-", "--json"]
+                "--profile", self.opts.profile, "--seed", "1", "--id-prefix", LAB_PREFIX,
+                "--password-file", str(credentials), "--json"]
         if self.opts.duration_s is not None:
             args += ["--duration", str(self.opts.duration_s)]
         if self.opts.anomalies:
@@ -174,6 +199,7 @@ class Lab:
                 "duplicates_dropped": sum(gw.get("duplicates", {}).values()),
                 "missing_seqs": sum(g["missing"] for g in gw.get("gaps", {}).values()),
             },
+            "security": svc.security_snapshot(),
             "bytes_per_delivered_reading": round(bytes_per_reading, 2),
             "data_dir": str(kept) if kept else None,
             "report": report,

@@ -1,20 +1,30 @@
-"""README quick-start command 1: `edge-gateway lab` runs the whole system and ends with a report."""
+"""README quick-start command 1: `edge-gateway lab` runs the whole system and ends with a report.
+Its local broker runs with device identities on: the simulated devices log in with the passwords
+the lab gave them, and an anonymous client is refused."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import time
+from pathlib import Path
+
+from gateway.lab import SPARE_PREFIX
+from tests.e2e.security_support import Client
+from tests.support import free_port
+
+REFUSED = {0x86, 0x87}  # MQTT 3.1.1 CONNACK 4 (bad user name or password) and 5 (not authorised), as paho reports them
 
 
-def test_lab_runs_end_to_end_and_reports() -> None:
-    res = subprocess.run(
-        [sys.executable, "-m", "gateway", "lab", "--duration", "4", "--devices", "4", "--rate-hz", "5",
-         "--local-port", "0", "--cloud-port", "0", "--json"],
-        capture_output=True, text=True, timeout=120, check=False, stdin=subprocess.DEVNULL,
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
-    out = json.loads(res.stdout)
+def lab_command(*extra: str) -> list[str]:
+    return [sys.executable, "-m", "gateway", "lab", "--duration", "4", "--devices", "4", "--rate-hz", "5",
+            "--cloud-port", "0", "--json", *extra]
+
+
+def check_report(stdout: str) -> dict[str, object]:
+    out = json.loads(stdout)
     gw = out["gateway"]
     assert out["ok"] is True
     assert gw["readings_in"] >= 4 * 5 * 3 * 2  # 4 devices x 5 Hz x 3 metrics, at least 2 s of data
@@ -22,3 +32,49 @@ def test_lab_runs_end_to_end_and_reports() -> None:
     assert gw["buffered"] == 0 and gw["pending"] == 0
     assert out["sink"]["readings"] == gw["delivered"]
     assert out["sink"]["duplicates_dropped"] == 0 and out["sink"]["missing_seqs"] == 0
+    assert out["security"]["authenticated_connects"] >= 4  # every simulated device logged in
+    return dict(out)
+
+
+def test_lab_runs_end_to_end_and_reports() -> None:
+    res = subprocess.run(lab_command("--local-port", "0"), capture_output=True, text=True, timeout=120,
+                         check=False, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stderr[-2000:]
+    check_report(res.stdout)
+
+
+async def attempt(port: int, username: str | None = None, password: str | None = None) -> int | None:
+    """One connection attempt; its CONNACK code, or None when nothing listens yet."""
+    client = Client(port, username or "anonymous-probe", username, password).start()
+    try:
+        deadline = time.monotonic() + 5
+        while client.connack is None and client.error is None and client.disconnects == 0:
+            if time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(0.02)
+        return client.connack
+    finally:
+        client.c.disconnect()
+        client.c.loop_stop()
+
+
+async def test_lab_devices_need_their_passwords(tmp_path: Path) -> None:
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *lab_command("--local-port", str(port), "--data-dir", str(tmp_path)),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+    try:
+        anonymous = None
+        deadline = time.monotonic() + 60
+        while anonymous is None and time.monotonic() < deadline and proc.returncode is None:
+            anonymous = await attempt(port)
+        assert anonymous in REFUSED
+        spares = dict(line.split(":", 1) for line in (tmp_path / "devices.credentials").read_text().splitlines())
+        spare = f"{SPARE_PREFIX}0001"
+        assert await attempt(port, spare, spares[spare]) == 0
+        assert await attempt(port, spare, spares[spare] + "x") in REFUSED
+    finally:
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, stderr.decode()[-2000:]
+    out = check_report(stdout.decode())
+    assert out["security"]["denied"]  # type: ignore[index]  # the refused attempts were counted
