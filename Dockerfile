@@ -15,8 +15,8 @@ COPY bridge ./bridge
 COPY device_sim ./device_sim
 RUN pip install . \
     && useradd --system --uid 10001 --home /var/lib/edge-gateway edge \
-    && mkdir -p /var/lib/edge-gateway /etc/edge-gateway \
-    && chown edge /var/lib/edge-gateway
+    && mkdir -p /var/lib/edge-gateway /var/lib/edge-devices /etc/edge-gateway \
+    && chown edge /var/lib/edge-gateway /var/lib/edge-devices
 COPY conf /etc/edge-gateway
 
 USER edge

@@ -57,3 +57,19 @@ def test_every_mounted_gateway_config_passes_check() -> None:
         res = subprocess.run([sys.executable, "-m", "gateway", "check", "-q", "-c", str(path)],
                              capture_output=True, text=True, check=False)
         assert res.returncode == 0, res.stderr
+
+
+def test_the_stack_authenticates_devices() -> None:
+    from gateway.config import load_config
+
+    cfg = compose_config()
+    services = cfg["services"]
+    assert isinstance(services, dict)
+    for path in mounted_gateway_configs():
+        gw, _secrets = load_config(path)
+        assert gw.local_broker.auth.mode != "none", f"{path}: devices connect without an identity"
+    sim = " ".join(map(str, services["devices"]["command"]))
+    assert "--password-file /var/lib/edge-devices/devices.credentials" in sim
+    provision = " ".join(map(str, services["provision"]["command"]))
+    assert "provision" in provision and "--credentials-out /var/lib/edge-devices/devices.credentials" in provision
+    assert services["gateway"]["depends_on"]["provision"]["condition"] == "service_completed_successfully"
