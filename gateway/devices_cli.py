@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from bridge.topics import valid_id
+from bridge.topics import ID_RULE, valid_id
 from gateway.cli_common import CONFIG_OPTION, err_console, load_or_exit
 from gateway.errors import CredentialsError
 from gateway.passwords import (
@@ -33,7 +33,7 @@ class Paths:
 
 def _device_id(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
     if not valid_id(value):
-        raise click.BadParameter(f"{value[:64]!r} must match [A-Za-z0-9_.-]{{1,64}} (it becomes a topic level)")
+        raise click.BadParameter(f"{value[:64]!r} must be {ID_RULE} (it becomes a topic level)")
     return value
 
 

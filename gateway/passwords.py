@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge.topics import valid_id
+from bridge.topics import ID_RULE, valid_id
 from gateway.errors import CredentialsError
 
 PBKDF2_TAG = "7"
@@ -193,7 +193,7 @@ def provision(password_file: Path, credentials_file: Path, device_ids: list[str]
     ``{id: password}``."""
     for device in device_ids:
         if not valid_id(device):
-            raise CredentialsError(f"{device[:64]!r} is not a valid device id ([A-Za-z0-9_.-]{{1,64}})")
+            raise CredentialsError(f"{device[:64]!r} is not a valid device id ({ID_RULE})")
     passwords = {device: generate_password() for device in device_ids}
     entries = read_password_file(password_file)
     entries.update({device: hash_password(pw, iterations) for device, pw in passwords.items()})

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bridge.topics import valid_id
+from bridge.topics import ID_RULE, valid_id
 from gateway.errors import CredentialsError
 from gateway.identity import normalise_serial
 from gateway.passwords import atomic_write
@@ -110,7 +110,7 @@ class Pki:
     def issue_device(self, device_id: str, days: int = DEVICE_DAYS, now: dt.datetime | None = None) -> Issued:
         """A client certificate with CN = ``device_id``, signed by the CA (created if missing)."""
         if not valid_id(device_id):
-            raise CredentialsError(f"{device_id[:64]!r} is not a valid device id ([A-Za-z0-9_.-]{{1,64}})")
+            raise CredentialsError(f"{device_id[:64]!r} is not a valid device id ({ID_RULE})")
         devices = self.dir / "devices"
         issued = self._issue(device_id, [device_id], devices / f"{device_id}.pem", devices / f"{device_id}.key",
                              server=False, days=days, now=now)
