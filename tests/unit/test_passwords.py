@@ -137,3 +137,20 @@ async def test_watch_reloads_on_wake_without_a_file_change(tmp_path: Path) -> No
     stop.set()
     await task
     assert seen and not seen[0].removed
+
+
+def test_rewriting_keeps_the_files_mode_owner_and_group(tmp_path: Path) -> None:
+    """An operator gives an external mosquitto read access through the group (chgrp + chmod 640);
+    adding a device later must not take it away."""
+    import os
+
+    path = tmp_path / "passwd"
+    write_password_file(path, {"dev-1": hash_password("one", 101)})
+    assert path.stat().st_mode & 0o777 == 0o600  # a new file is owner-only
+    group = 4321 if os.geteuid() == 0 else os.getgid()  # root (as in CI) may hand it to any group
+    os.chown(path, -1, group)
+    path.chmod(0o640)
+    write_password_file(path, {"dev-1": hash_password("one", 101), "dev-2": hash_password("two", 101)})
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert path.stat().st_gid == group
+    assert set(read_password_file(path)) == {"dev-1", "dev-2"}
