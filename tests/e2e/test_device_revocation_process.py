@@ -60,5 +60,7 @@ async def test_remove_then_sighup_disconnects_the_device_at_once(
     again = Client(port, "dev-a", "dev-a", "pw-a").start()
     await again.refused()
     assert b.disconnects == 0
-    assert scrape(metrics_port, "edge_security_credential_reloads") == 1
+    # the endpoint serves a snapshot rebuilt every metrics.refresh_s: wait for the one after the reload
+    await eventually(lambda: scrape(metrics_port, "edge_security_credential_reloads") == 1,
+                     message=lambda: f"reloads: {scrape(metrics_port, 'edge_security_credential_reloads')}")
     b.stop()
