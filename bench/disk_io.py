@@ -139,7 +139,7 @@ level = "warning"
         self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(config)], cwd=ROOT,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         threading.Thread(target=drain_pipe, args=(self.proc.stderr,), daemon=True).start()
-        wait_for(lambda: self.metric("edge_readings_in") is not None, 30, "the gateway did not start")
+        wait_for(lambda: self.metric("edge_readings_received") is not None, 30, "the gateway did not start")
 
     def metric(self, name: str) -> float | None:
         try:
@@ -179,9 +179,10 @@ class Mark:
 
 def mark(gw: Gateway) -> Mark:
     io = proc_io(gw.proc.pid)
-    up = (gw.metric("edge_bytes_up_telemetry") or 0) + (gw.metric("edge_bytes_up_control") or 0)
+    up = sum(gw.metric(f'edge_uplink_sent_bytes_total{{lane="{lane}"}}') or 0 for lane in ("telemetry", "control"))
     return Mark(time.monotonic(), io["write_bytes"], io["cancelled_write_bytes"], io["wchar"],
-                int(up), int(gw.metric("edge_delivered") or 0), int(gw.metric("edge_batches_written") or 0))
+                int(up), int(gw.metric("edge_readings_delivered") or 0),
+                int(gw.metric('edge_records_written_total{lane="telemetry"}') or 0))
 
 
 @dataclass
@@ -243,7 +244,8 @@ def run_one(args: argparse.Namespace, mode: str, base: Path) -> list[Row]:
         backlog = int(gw.metric("edge_readings_buffered") or 0)
         print(f"[{sync}] cloud up again, draining {backlog:,} readings ...", file=sys.stderr)
         cloud.start()
-        wait_for(lambda: gw.metric("edge_readings_buffered") == 0 and (gw.metric("edge_delivered") or 0) > m2.delivered,
+        wait_for(lambda: gw.metric("edge_readings_buffered") == 0
+                 and (gw.metric("edge_readings_delivered") or 0) > m2.delivered,
                  600, "the backlog did not drain")
         m3 = mark(gw)
         rows = [Row(sync, "steady", m0, m1), Row(sync, "outage", m1, m2), Row(sync, "drain", m2, m3),

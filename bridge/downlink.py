@@ -33,6 +33,8 @@ BAD_ARGS = "bad_args"
 BAD_EXPIRY = "bad_expiry"
 RETAINED = "retained"
 NOT_ALLOWED = "not_allowed"
+REJECT_REASONS = (BAD_TOPIC, BAD_DEVICE, BAD_NAME, TOO_LARGE, BAD_JSON, BAD_ID, BAD_ARGS, BAD_EXPIRY, RETAINED,
+                  NOT_ALLOWED)
 
 CommandId = str | int
 

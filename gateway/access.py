@@ -40,6 +40,9 @@ RETAIN_DENIED = "retain_denied"
 FORGED_RESPONSE = "forged_response"
 TOO_MANY_DENIALS = "too_many_denials"
 REVOKED = "revoked"
+DENIAL_REASONS = (AUTH_FAILED, NO_CREDENTIALS, CERT_REQUIRED, CERT_REVOKED, IDENTITY_MISMATCH, CLIENT_ID_MISMATCH,
+                  ACL_PUBLISH, ACL_SUBSCRIBE, ACL_RECEIVE, ACL_WILL, RETAIN_DENIED, FORGED_RESPONSE, TOO_MANY_DENIALS,
+                  REVOKED)
 
 
 def topic_matches(topic_filter: str, topic: str, literal_level: int | None = None) -> bool:

@@ -532,6 +532,14 @@ class EmbeddedBroker:
         sessions = [session for session, _handler in list(self._broker._sessions.values())]
         return self._guard.disconnect(sessions, identities, serials)
 
+    def connected_clients(self) -> int:
+        """Local MQTT clients connected right now (devices and local tools, not the gateway itself,
+        which publishes from inside the broker)."""
+        if self._broker is None:
+            return 0
+        return sum(1 for session, _handler in list(self._broker._sessions.values())
+                   if session.transitions.state == "connected")
+
     @property
     def gate(self) -> Gatekeeper | None:
         return self._guard.gate if self._guard is not None else None

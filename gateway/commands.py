@@ -38,12 +38,15 @@ from bridge.topics import TopicPattern
 from gateway.answered import AnsweredCommands
 from gateway.config import DownlinkSection
 from gateway.errors import GatewayError
+from gateway.latency import LatencyHistogram
 
 log = logging.getLogger(__name__)
 
 Deliver = Callable[[str, bytes], Awaitable[None]]
 ControlOut = Callable[[str, dict[str, Any]], None]
 DEVICE_STATUSES = frozenset({"ok", "error", "unknown_command", "expired"})
+GATEWAY_STATUSES = ("rejected", "expired", "undeliverable")  # answers the gateway gives itself
+RETAINED_WITHOUT_ID = "retained_without_id"  # ignored: a retained command with no id to answer
 MAX_TRACKED = 10_000
 _IDLE_WAIT_S = 1.0
 DELIVER_TIMEOUT_S = 5.0  # an external local broker that does not acknowledge the command
@@ -133,6 +136,7 @@ class CommandRouter:
         self._wake = asyncio.Event()
         self._stopped = False
         self.counters = CommandCounters()
+        self.round_trip = LatencyHistogram()  # forwarded command -> the device's response, seconds
         self.on_forged: Callable[[str, str], None] | None = None  # (device, detail)
 
     # ------------------------------------------------------------------ arrival (sync, on the loop)
@@ -142,7 +146,7 @@ class CommandRouter:
         c.received += 1
         if isinstance(item, CommandRejected):
             if item.id is None and item.reason == RETAINED:
-                c.ignored["retained_without_id"] += 1
+                c.ignored[RETAINED_WITHOUT_ID] += 1
                 log.warning("retained message on the command topic %s/%s ignored (no readable id to answer)",
                             item.device, item.name)
             elif item.id is None or not self._duplicate(item.device, item.name, item.id):
@@ -228,7 +232,9 @@ class CommandRouter:
             self.counters.responses_unmatched += 1
             return device_response(device, body)
         self.counters.responses_matched += 1
-        rtt_ms = round((self._mono() - tracked.arrived) * 1000.0, 3)
+        rtt_s = self._mono() - tracked.arrived
+        self.round_trip.observe(rtt_s)
+        rtt_ms = round(rtt_s * 1000.0, 3)
         return device_response(device, body, tracked.name, rtt_ms)
 
     # ------------------------------------------------------------------ the loop
@@ -238,7 +244,7 @@ class CommandRouter:
         return len(self._held)
 
     def snapshot(self) -> dict[str, Any]:
-        return self.counters.snapshot(len(self._held))
+        return {**self.counters.snapshot(len(self._held)), "round_trip": self.round_trip.snapshot()}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver, release held commands when their device appears, give up on the others."""

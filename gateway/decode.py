@@ -36,6 +36,9 @@ TOO_MANY_METRICS = "too_many_metrics"
 NO_METRICS = "no_metrics"
 INT_OUT_OF_RANGE = "int_out_of_range"
 TOO_DEEP = "too_deep"
+REJECT_REASONS = (TOO_LARGE, UNKNOWN_TOPIC, BAD_DEVICE_ID, BAD_METRIC_NAME, INVALID_JSON, INVALID_MSGPACK, NOT_OBJECT,
+                  NOT_NUMERIC, NAN, BAD_TS, TS_OUT_OF_WINDOW, BAD_SEQ, TOO_MANY_METRICS, NO_METRICS, INT_OUT_OF_RANGE,
+                  TOO_DEEP)
 
 _MS_THRESHOLD = 100_000_000_000  # a ts above this is milliseconds, below is seconds
 _MAX_SEQ = 2**63  # seq deltas must fit a signed 64-bit msgpack integer

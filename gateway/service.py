@@ -36,6 +36,7 @@ from gateway.external_source import ExternalSource
 from gateway.identity import Gatekeeper
 from gateway.ingest import Ingest
 from gateway.lanes import LaneWriter
+from gateway.latency import LatencyHistogram
 from gateway.pipeline import Pipeline
 from gateway.pki import Pki
 from gateway.processor import Processor
@@ -93,6 +94,8 @@ class GatewayService:
     def __init__(self, cfg: GatewayConfig, secrets: Secrets) -> None:
         self.cfg = cfg
         self.topics = CloudTopics(cfg.gateway.id, cfg.topics.cloud_prefix)
+        self.alert_latency = LatencyHistogram()  # an alert raised here -> the cloud broker's PUBACK, seconds
+        self._offline_since: float | None = time.monotonic()  # the uplink is down until it first connects
         self.accounting = acc = Accounting()
         self.rejects = RejectLog(cfg.decode.keep_last_rejects)
         self.buffer = DiskBuffer(cfg.buffer_dir, {
@@ -141,7 +144,7 @@ class GatewayService:
             DecorrelatedJitter(cfg.uplink.backoff_base_s, cfg.uplink.backoff_cap_s),
             self.forwarder, self.topics.status, ack_timeout_s=cfg.uplink.ack_timeout_s,
             subscriptions=self.downlink.subscriptions(), on_message=self.downlink,
-            on_state=lambda state, _url: self.buffer.set_link_up(state == "connected"),
+            on_state=lambda state, _url: self._link_state(state == "connected"),
         )
         self.embedded: EmbeddedBroker | None = None
         self.external: ExternalSource | None = None
@@ -231,8 +234,18 @@ class GatewayService:
     def _has_subscriber(self, topic: str, device_level: int | None) -> bool:
         return self.embedded is not None and self.embedded.has_subscriber(topic, device_level)
 
+    def _link_state(self, up: bool) -> None:
+        self.buffer.set_link_up(up)
+        self._offline_since = None if up else time.monotonic()
+
+    def _offline_s(self) -> float:
+        """How long the uplink has been down (since start when it never came up); 0 while up."""
+        return 0.0 if self._offline_since is None else round(time.monotonic() - self._offline_since, 3)
+
     def _delivered(self, rec: Record, size: int) -> None:
         acc = self.accounting
+        if rec.topic == self.topics.alerts:  # raised on the gateway -> the cloud's PUBACK
+            self.alert_latency.observe(time.time() - rec.created_ms / 1000.0)
         if rec.lane == "telemetry":
             acc.delivered += rec.readings
             acc.batches_delivered += 1
@@ -265,7 +278,11 @@ class GatewayService:
             "uplink": {"connected": self.link.connected, "endpoint": self.link.active_url,
                        "connects": self.link.connects, "watchdog_trips": self.link.watchdog_trips,
                        "last_error": self.link.last_error, "previous_error": self.link.previous_error,
-                       "drain": self._drain_state()},
+                       "drain": self._drain_state(), "offline_s": self._offline_s()},
+            "budget": {lane: {"max_bytes": b.max_bytes, "max_age_s": b.max_age_s}
+                       for lane, b in (("control", self.cfg.buffer.control), ("telemetry", self.cfg.buffer.telemetry))},
+            "connected_clients": self.embedded.connected_clients() if self.embedded else None,
+            "alert_latency": self.alert_latency.snapshot(),
             "ingest_queue": len(self.ingest),
             "commands": {**self.commands.snapshot(), "cleared": self.downlink.cleared},
             "internal_errors": self.processor.internal_errors + (self.embedded.hook_errors if self.embedded else 0),

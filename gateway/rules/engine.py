@@ -20,6 +20,8 @@ Verdict = Literal["pass", "filtered", "dropped"]
 OUT_OF_RANGE = "out_of_range"
 DEADBAND = "deadband"
 SAMPLED = "sampled"
+FILTER_REASONS = (DEADBAND, SAMPLED)
+RULE_DROP_REASONS = (OUT_OF_RANGE,)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ async def test_sigterm_with_records_in_flight_is_quiet_and_loses_nothing(tmp_pat
         devices = await Devices.connect(f"mqtt://127.0.0.1:{local_port}")
         await devices.publish_all(telemetry(f"d{d}", i, t0 + i, v=float(i)) for i in range(1, 101) for d in range(2))
         await devices.close()
-        await eventually(lambda: scrape(metrics_port, "edge_batches_written") == 10)
+        await eventually(lambda: scrape(metrics_port, 'edge_records_written_total{lane="telemetry"}') == 10)
         await eventually(lambda: (scrape(metrics_port, "edge_uplink_connects") or 0) >= 1)
         assert gw.terminate() == 0
         log = gw.log()
@@ -49,7 +49,7 @@ async def test_sigterm_with_records_in_flight_is_quiet_and_loses_nothing(tmp_pat
         gw.wait_listening()
         await eventually(lambda: len(cloud.data.readings()) == 200, timeout=30,
                          message=lambda: f"{len(cloud.data.readings())} readings arrived")
-        await eventually(lambda: scrape(metrics_port, "edge_delivered") == 200)
+        await eventually(lambda: scrape(metrics_port, "edge_readings_delivered") == 200)
         # the accounting identity: restored = delivered (+ nothing filtered, dropped, buffered, pending)
         assert scrape(metrics_port, "edge_readings_restored") == 200
         assert scrape(metrics_port, "edge_readings_buffered") == 0

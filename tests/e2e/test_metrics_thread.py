@@ -15,8 +15,8 @@ from gateway.metrics import serve
 from tests.e2e.harness import PacedDevices, gateway_config, local_url, running_gateway
 from tests.support import Mosquitto, eventually, free_port
 
-COUNTERS = ("edge_readings_in", "edge_delivered", "edge_batches_written", "edge_batches_delivered",
-            "edge_messages_in")
+COUNTERS = ("edge_readings_received", "edge_readings_delivered", "edge_records_written{}", "edge_records_delivered{}",
+            "edge_messages_received")
 
 
 def _values(text: str) -> dict[str, float]:
@@ -49,11 +49,11 @@ class Scraper(threading.Thread):
             except Exception as exc:  # noqa: BLE001 - any failure is what this test looks for
                 self.errors.append(f"scrape failed: {exc!r}")
                 continue
-            if "edge_readings_in" not in values:
+            if "edge_readings_received" not in values:
                 continue  # before the first snapshot
             self.scrapes += 1
-            balance = (values["edge_readings_in"] + values["edge_readings_restored"]
-                       - values["edge_delivered"] - values.get("edge_readings_filtered{}", 0.0)
+            balance = (values["edge_readings_received"] + values["edge_readings_restored"]
+                       - values["edge_readings_delivered"] - values.get("edge_readings_filtered{}", 0.0)
                        - values.get("edge_readings_dropped{}", 0.0) - values["edge_readings_buffered"]
                        - values["edge_readings_pending"])
             if balance != 0:
@@ -61,7 +61,7 @@ class Scraper(threading.Thread):
             for name in COUNTERS:
                 if values[name] < last.get(name, 0.0):
                     self.errors.append(f"{name} went back from {last[name]} to {values[name]}")
-            if values["edge_backlog_drain_rate"] > 0:
+            if values["edge_backlog_drain_readings_per_second"] > 0:
                 self.during_drain += 1
             if values["edge_internal_errors"]:
                 self.errors.append(f"internal errors: {values['edge_internal_errors']}")

@@ -23,7 +23,7 @@ async def test_sigterm_flushes_and_restart_drains_without_seq_reuse(tmp_path: Pa
     devices = await Devices.connect(f"mqtt://127.0.0.1:{local_port}")
     await devices.publish_all(telemetry(f"d{d}", i, t0 + i, v=float(i)) for i in range(1, 251) for d in range(2))
     await devices.close()
-    await eventually(lambda: scrape(metrics_port, "edge_readings_in") == 500)
+    await eventually(lambda: scrape(metrics_port, "edge_readings_received") == 500)
     assert gw.terminate() == 0
     # 500 readings, batches of 100 closed by count; SIGTERM flushed nothing left open (500 = 5 x 100)
     buf = DiskBuffer(tmp_path / "data" / "buffer", {"telemetry": Budget(10**9), "control": Budget(10**9)})
@@ -38,12 +38,13 @@ async def test_sigterm_flushes_and_restart_drains_without_seq_reuse(tmp_path: Pa
     gw.wait_listening()
     await eventually(lambda: len(cloud.data.readings()) == 500, timeout=30)
     assert scrape(metrics_port, "edge_readings_restored") == 500  # accounted on the input side after restart
-    await eventually(lambda: scrape(metrics_port, "edge_delivered") == 500)  # the PUBACK may trail the collector
+    # the PUBACK may trail the collector
+    await eventually(lambda: scrape(metrics_port, "edge_readings_delivered") == 500)
     devices = await Devices.connect(f"mqtt://127.0.0.1:{local_port}")
     await devices.publish_all(telemetry("d9", i, t0 + i, v=1.5) for i in range(1, 31))
     await devices.close()
-    await eventually(lambda: scrape(metrics_port, "edge_readings_in") == 30,
-                     message=lambda: f"readings_in={scrape(metrics_port, 'edge_readings_in')}")
+    await eventually(lambda: scrape(metrics_port, "edge_readings_received") == 30,
+                     message=lambda: f"readings_in={scrape(metrics_port, 'edge_readings_received')}")
     assert gw.terminate() == 0  # the open batch of 30 is flushed on SIGTERM and sent before exit
     await eventually(lambda: len(cloud.data.readings()) == 530)
     await cloud.close()
