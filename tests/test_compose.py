@@ -31,7 +31,7 @@ def test_compose_file_is_valid_and_services_are_supervised() -> None:
     cfg = compose_config()
     services = cfg["services"]
     assert isinstance(services, dict)
-    assert {"cloud", "gateway", "sink", "devices"} <= set(services)
+    assert {"cloud", "gateway", "sink", "devices", "prometheus", "grafana"} <= set(services)
     for name, svc in services.items():
         assert "healthcheck" in svc, f"{name} has no health check"
         assert svc.get("restart") in ("unless-stopped", "always", "on-failure"), f"{name} has no restart policy"
