@@ -8,6 +8,8 @@ import asyncio
 import json
 import logging
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,8 +21,9 @@ from pydantic import SecretStr
 from gateway.broker import EmbeddedBroker
 from gateway.metrics import health_app, serve
 from gateway.stats import SnapshotBoard
+from tests.e2e.gateway_process import GatewayProcess, write_config
 from tests.e2e.harness import gateway_config, running_gateway
-from tests.support import Mosquitto, eventually, free_port
+from tests.support import Mosquitto, eventually, free_port, wait_until
 
 
 def get(url: str) -> tuple[int, dict[str, Any] | str]:
@@ -120,3 +123,30 @@ async def test_a_bare_tcp_probe_logs_no_error(caplog: pytest.LogCaptureFixture) 
         await broker.stop()
     loud = [r for r in caplog.records if r.name.startswith("amqtt") and r.levelno >= logging.WARNING]
     assert not loud, [r.getMessage() for r in loud]
+
+
+def image_health_check() -> list[str]:
+    """The command of the Dockerfile's HEALTHCHECK (exec form)."""
+    text = (Path(__file__).resolve().parents[2] / "Dockerfile").read_text().replace("\\\n", " ")
+    line = next(line for line in text.splitlines() if line.startswith("HEALTHCHECK"))
+    return list(json.loads(line.split(" CMD ", 1)[1]))
+
+
+def test_the_image_health_check_passes_while_the_gateway_runs(tmp_path: Path) -> None:
+    local, metrics = free_port(), free_port()
+    cfg = write_config(tmp_path, local, metrics, f"mqtt://127.0.0.1:{free_port()}", max_count=10, max_age_s=1)
+    check = [sys.executable if arg == "python" else arg.replace(":9464/", f":{metrics}/")
+             for arg in image_health_check()]
+
+    def passes() -> bool:
+        return subprocess.run(check, capture_output=True, check=False, timeout=30).returncode == 0
+
+    assert not passes()  # nothing listens yet
+    gw = GatewayProcess(cfg, local)
+    try:
+        gw.wait_listening()
+        wait_until(passes, message="the image's health check never passed")  # the uplink is down: still ready
+    finally:
+        assert gw.terminate() == 0
+    assert not passes()
+    assert "ERROR" not in gw.log(), gw.log()
