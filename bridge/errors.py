@@ -49,6 +49,14 @@ class ConnectRefused(PermanentBridgeError):
         self.reason = reason
 
 
+class BrokerUnreachable(TransientBridgeError):
+    """No broker accepted a connection within the time a command allows for starting."""
+
+
+class StoreUnavailable(PermanentBridgeError):
+    """The sink database cannot be opened or created (missing directory, no permission)."""
+
+
 class ConnectionLost(TransientBridgeError):
     """The session is gone; pending publishes fail with this and may be retried on a new one."""
 

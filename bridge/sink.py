@@ -39,12 +39,12 @@ from typing import Literal
 from bridge.backoff import DecorrelatedJitter
 from bridge.codec import CodecError, decode_batch, decode_control
 from bridge.connect import connect_with_backoff
-from bridge.errors import ConnectionLost, UplinkStopped
+from bridge.errors import BrokerUnreachable, ConnectionLost, UplinkStopped
 from bridge.mqtt_types import ClientSettings, Message, TlsSettings
 from bridge.sink_store import InvalidRecord, SinkStore, parse_control
 from bridge.topics import TopicPattern, valid_id
 from bridge.uplink import MqttConnection
-from bridge.urls import BrokerUrl
+from bridge.urls import BrokerUrl, parse_broker_url
 
 __all__ = ["DEFAULT_PREFIX", "Sink", "SinkCounters", "default_client_id", "run_sink", "subscriptions"]
 
@@ -154,7 +154,11 @@ class Sink:
         tls: TlsSettings | None = None,
         backoff: DecorrelatedJitter | None = None,
         connect_timeout_s: float = 10.0,
+        start_timeout_s: float | None = None,
     ) -> None:
+        """``start_timeout_s``: give up with :class:`~bridge.errors.BrokerUnreachable` when no broker
+        accepted the first connection within that many seconds (None: keep trying). Later
+        reconnects always keep trying."""
         if "{gateway_id}" not in prefix:
             raise ValueError(f"prefix {prefix!r} must contain {{gateway_id}}")
         if shared_group is not None:
@@ -182,9 +186,28 @@ class Sink:
         self.gateway_state: dict[str, str] = {}
         self.last_seen_ms: dict[str, int] = {}
         self._backoff = backoff or DecorrelatedJitter(0.5, 30.0)
+        self._start_timeout_s = start_timeout_s
+        self._last_connect_error = "no attempt finished"
         self._routes = [(TopicPattern(f"{prefix}/{kind}"), kind) for kind in _TOPIC_KINDS]
 
     # ------------------------------------------------------------ session loop
+    async def _connect(self, session: _Session, stop: asyncio.Event) -> MqttConnection:
+        def failed(url: BrokerUrl, error: BaseException, delay: float) -> None:
+            self._last_connect_error = str(error)
+            session.attempt_failed(url, error, delay)
+
+        connecting = connect_with_backoff(self.urls, self.settings, self._backoff, on_message=session,
+                                          on_attempt_failed=failed, stop=stop)
+        if self.counters.connects or self._start_timeout_s is None:
+            return await connecting
+        try:
+            return await asyncio.wait_for(connecting, self._start_timeout_s)
+        except asyncio.TimeoutError:
+            urls = ", ".join(str(parse_broker_url(u) if isinstance(u, str) else u) for u in self.urls)
+            raise BrokerUnreachable(
+                f"no broker reachable at {urls} within {self._start_timeout_s:g} s ({self._last_connect_error}); "
+                "check --url and that the broker is running and accepts this client") from None
+
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, subscribe and store until ``stop`` is set, reconnecting after every drop.
 
@@ -195,10 +218,7 @@ class Sink:
             while not stop.is_set():
                 session = _Session(self)
                 try:
-                    conn = await connect_with_backoff(
-                        self.urls, self.settings, self._backoff, on_message=session,
-                        on_attempt_failed=session.attempt_failed, stop=stop,
-                    )
+                    conn = await self._connect(session, stop)
                 except UplinkStopped:
                     return
                 self.counters.connects += 1
@@ -361,13 +381,14 @@ async def run_sink(
     prefix: str = DEFAULT_PREFIX,
     stop: asyncio.Event,
     client_id: str | None = None,
+    start_timeout_s: float | None = None,
 ) -> None:
     """Run a sink storing into ``db`` until ``stop`` is set (the ``edge-gateway sink`` command)."""
     urls = [url] if isinstance(url, str) else list(url)
     store = SinkStore(db)
     try:
         sink = Sink(store, urls, protocol=protocol, shared_group=shared_group, prefix=prefix,
-                    client_id=client_id)
+                    client_id=client_id, start_timeout_s=start_timeout_s)
         await sink.run(stop)
     finally:
         store.close()

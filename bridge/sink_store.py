@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bridge.codec import Batch
-from bridge.errors import PermanentBridgeError
+from bridge.errors import PermanentBridgeError, StoreUnavailable
 from bridge.topics import valid_id
 
 __all__ = [
@@ -303,8 +303,12 @@ class SinkStore:
             self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
                                        isolation_level=None)
         else:
-            self._db = sqlite3.connect(self.path, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            try:
+                self._db = sqlite3.connect(self.path, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"cannot open the sink database {self.path}: {exc}; its directory must "
+                                       "exist and be writable by this user (--db)") from exc
             self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self._db.execute("PRAGMA busy_timeout=5000")
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import ssl
 from collections.abc import Callable, Iterable
@@ -38,7 +39,7 @@ from gateway.access import (
     Denials,
     topic_matches,
 )
-from gateway.errors import BrokerError
+from gateway.errors import AddressInUse, BrokerError
 from gateway.identity import ConnectRequest, Gatekeeper, PeerCert
 
 log = logging.getLogger(__name__)
@@ -417,6 +418,44 @@ def _connect_request(session: Any) -> ConnectRequest:
         will_retain=bool(session.will_flag and session.will_retain))
 
 
+def _os_error(exc: BaseException | None) -> OSError | None:
+    """The OSError among ``exc`` and its causes (amqtt wraps the one a listener raised), if any."""
+    while exc is not None:
+        if isinstance(exc, OSError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _address_in_use(exc: BaseException | None) -> bool:
+    err = _os_error(exc)
+    return err is not None and err.errno == errno.EADDRINUSE
+
+
+class _QuietFilter(logging.Filter):
+    """Drops amqtt records that are not errors of the gateway, from places amqtt offers no hook for:
+
+    - the ERROR and WARNING for a connection closed before it sent anything (a TCP health probe, a
+      port scan); the gateway logs those at DEBUG instead;
+    - the traceback of a listener that could not be opened (port taken, address not on this host):
+      :meth:`EmbeddedBroker.start` raises it as one :class:`BrokerError` the CLI prints in one line.
+    """
+
+    _NO_DATA = "No data to decode MQTT packet fixed header"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self._NO_DATA in message:
+            if message.startswith("No data from"):
+                log.debug("connection closed before CONNECT: %s", message)
+            return False
+        return not (message == "Broker startup failed" and record.exc_info is not None
+                    and _os_error(record.exc_info[1]) is not None)
+
+
+_QUIET_FILTER = _QuietFilter()
+
+
 class EmbeddedBroker:
     """An amqtt broker on ``host:port`` (port 0 picks a free one) with the ingest hook installed."""
 
@@ -472,10 +511,18 @@ class EmbeddedBroker:
             "session_expiry_interval": self._session_expiry_s,
         }
 
+    def _bind_text(self) -> str:
+        binds = ([f"{self._host}:{self._port}"] if self._plain else []) + (
+            [f"{self._tls.host}:{self._tls.port}"] if self._tls is not None else [])
+        return " and ".join(binds)
+
     def _listener_name(self, kind: str) -> str:
         return "default" if next(iter(self._listeners())) == kind else kind
 
     async def start(self) -> BrokerAddress:
+        amqtt_log = logging.getLogger("amqtt.broker")
+        if _QUIET_FILTER not in amqtt_log.filters:
+            amqtt_log.addFilter(_QUIET_FILTER)
         try:
             broker = _GatewayBroker(self._config())
             broker.listener_tls = {"tls": self._tls} if self._tls is not None else {}
@@ -493,9 +540,20 @@ class EmbeddedBroker:
         except BrokerError:
             raise
         except Exception as exc:
-            raise BrokerError(f"embedded broker failed to start on {self._host}:{self._port}: {exc}") from exc
+            if _address_in_use(exc):
+                raise AddressInUse(f"the local broker cannot listen on {self._bind_text()}: the address is already in "
+                                   "use (is another MQTT broker, e.g. the mosquitto service, running?)",
+                                   " or ".join(k for k, on in (("local_broker.listen", self._plain),
+                                                               ("local_broker.tls.listen", self._tls is not None))
+                                               if on)) from exc
+            raise BrokerError(f"embedded broker failed to start on {self._bind_text()}: {exc}") from exc
         self._broker, self._hook = broker, hook
         return self.address
+
+    @property
+    def listening(self) -> bool:
+        """Between a successful start() and stop()."""
+        return self._broker is not None
 
     @property
     def address(self) -> BrokerAddress:

@@ -286,6 +286,10 @@ class DiskBuffer:
         except OSError as exc:  # the next start begins a new stream: safe
             log.warning("could not record the clean stop (the next start begins a new stream): %s", exc)
 
+    @property
+    def is_open(self) -> bool:
+        return self._cache is not None
+
     def _require(self) -> diskcache.Cache:
         if self._cache is None:
             raise StorageError("buffer is not open")

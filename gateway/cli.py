@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 runtime failure, 2 bad usage or bad configuration.
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import logging
 import signal
@@ -21,10 +22,10 @@ from rich.console import Console
 from bridge.errors import BridgeError, InvalidUrl
 from bridge.topics import ID_RULE, CloudTopics, valid_id
 from bridge.urls import parse_broker_url
-from gateway.cli_common import CONFIG_OPTION, err_console, exit_invalid, load_or_exit
+from gateway.cli_common import CONFIG_OPTION, err_console, exit_failed, exit_invalid, load_or_exit
 from gateway.config import MAX_CONFIG_VERSION, GatewayConfig
 from gateway.devices_cli import devices
-from gateway.errors import ConfigError, CredentialsError, GatewayError
+from gateway.errors import AddressInUse, ConfigError, CredentialsError, GatewayError, StorageError
 
 
 def setup_logging(level: str) -> None:
@@ -78,15 +79,25 @@ def run(config_path: Path | None) -> None:
         raise SystemExit(2) from exc
     for warning in insecure_settings(cfg):
         logging.getLogger("gateway.security").warning("SECURITY: %s", warning)
-    if cfg.metrics.listen:
-        from gateway.metrics import serve
-
-        serve(cfg.metrics, secrets.metrics_password, service.board)
     try:
+        if cfg.metrics.listen:
+            from gateway.metrics import serve
+
+            serve(cfg.metrics, secrets.metrics_password, service.board)
         run_until_signal(service.run, on_hup=service.reload_credentials)
     except GatewayError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise SystemExit(1) from exc
+        exit_failed(exc, run_fix(exc, cfg, config_path))
+
+
+def run_fix(exc: GatewayError, cfg: GatewayConfig, config_path: Path | None) -> str:
+    """What to do about an error that stopped ``run``."""
+    where = f" in {config_path}" if config_path is not None else " (-c CONFIG)"
+    if isinstance(exc, AddressInUse):
+        return f"stop that process, or set {exc.setting}{where} to a free address"
+    if isinstance(exc, StorageError):
+        return (f"gateway.data_dir ({cfg.gateway.data_dir.resolve()}) must be a directory the user "
+                f"{getpass.getuser()} can write: fix its owner or set gateway.data_dir{where}")
+    return ""
 
 
 @main.command()
@@ -141,8 +152,11 @@ def insecure_settings(cfg: GatewayConfig) -> list[str]:
 @click.option("--protocol", type=click.Choice(["5", "3.1.1"]), default="5", show_default=True)
 @click.option("--prefix", default="edge/{gateway_id}", show_default=True, help="Cloud topic prefix pattern.")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--start-timeout", "start_timeout_s", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Exit 1 when no broker accepts the first connection within S seconds (0 = keep trying). "
+                   "Later reconnects always keep trying.")
 def sink(url: str, db_path: Path, shared_group: str | None, protocol: Literal["5", "3.1.1"], prefix: str,
-         log_level: str) -> None:
+         log_level: str, start_timeout_s: float) -> None:
     """Cloud side: store every gateway's batches and alerts in SQLite, dropping duplicates
     by (gateway, seq) and recording sequence gaps."""
     from bridge.errors import BridgeError
@@ -153,13 +167,13 @@ def sink(url: str, db_path: Path, shared_group: str | None, protocol: Literal["5
         raise click.UsageError("--shared needs --protocol 5")
 
     async def go(stop: asyncio.Event) -> None:
-        await run_sink(url, db_path, protocol=protocol, shared_group=shared_group, prefix=prefix, stop=stop)
+        await run_sink(url, db_path, protocol=protocol, shared_group=shared_group, prefix=prefix, stop=stop,
+                       start_timeout_s=start_timeout_s or None)
 
     try:
         run_until_signal(go)
     except BridgeError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise SystemExit(1) from exc
+        exit_failed(exc)
 
 
 @main.command()

@@ -8,6 +8,7 @@ from typing import NoReturn
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from gateway.config import GatewayConfig, Secrets, load_config
 from gateway.errors import ConfigError
@@ -21,6 +22,14 @@ def exit_invalid(exc: ConfigError) -> NoReturn:
     for key, reason in exc.problems:
         err_console.print(f"  {key}: {reason}", highlight=False, markup=False)
     raise SystemExit(2) from exc
+
+
+def exit_failed(exc: Exception, fix: str = "") -> NoReturn:
+    """An operational error (busy port, unwritable directory, unreachable broker): one line naming
+    the cause and, when known, the fix; exit 1. Never a traceback."""
+    text = " ".join(str(exc).split())
+    err_console.print(f"[red]error:[/red] {escape(text)}" + (f"; {escape(fix)}" if fix else ""), highlight=False)
+    raise SystemExit(1) from exc
 
 
 def load_or_exit(path: Path | None) -> tuple[GatewayConfig, Secrets]:

@@ -39,6 +39,19 @@ class BrokerError(TransientError):
     """The local broker could not be started, reached or used."""
 
 
+class AddressInUse(TransientError):
+    """A listening address (the local broker's, or the metrics endpoint's) is taken by another process.
+    ``setting`` names the config key that chooses the address."""
+
+    def __init__(self, message: str, setting: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+class MetricsError(TransientError):
+    """The metrics endpoint could not be started (address not available, unreadable TLS files)."""
+
+
 class StorageError(TransientError, StoreError):
     """The durable buffer could not be written or read (disk full, I/O error)."""
 

@@ -7,7 +7,9 @@ it reads the frozen snapshot the event loop last published on a :class:`~gateway
 from __future__ import annotations
 
 import base64
+import errno
 import hmac
+import json
 import platform
 import ssl
 import threading
@@ -29,6 +31,7 @@ from gateway.accounting import CONTROL_DROP_REASONS, DROP_REASONS
 from gateway.commands import GATEWAY_STATUSES, RETAINED_WITHOUT_ID
 from gateway.config import MetricsSection, split_host_port
 from gateway.decode import REJECT_REASONS as DECODE_REJECTS
+from gateway.errors import AddressInUse, MetricsError
 from gateway.rules.engine import FILTER_REASONS, RULE_DROP_REASONS
 from gateway.stats import FrozenSnapshot, SnapshotBoard
 
@@ -266,21 +269,77 @@ def basic_auth(app: Any, username: str, password: str) -> Any:
     return guarded
 
 
+HEALTH_PATHS = ("/healthz", "/readyz")
+
+
+def health_app(board: SnapshotBoard, stale_after_s: float) -> Any:
+    """WSGI app for the probes, read from ``board`` like the metrics:
+
+    - ``/healthz``: 200 while the event loop keeps refreshing the snapshot (the last refresh is
+      less than ``stale_after_s`` old), else 503 (``starting`` before the first one, ``stalled``).
+    - ``/readyz``: 200 when healthy, the local broker listening (or, external, connected) and the
+      buffer open, else 503. The uplink state is in the body but not required: the buffer covers
+      an uplink outage.
+    """
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        age = board.age_s()
+        latest = board.latest()
+        body: dict[str, Any] = {"status": "starting" if age is None else "ok" if age < stale_after_s else "stalled",
+                                "snapshot_age_s": None if age is None else round(age, 3)}
+        ok = body["status"] == "ok"
+        if environ.get("PATH_INFO") == "/readyz":
+            ready = dict(latest[1].get("ready", {})) if latest is not None else {}
+            uplink = latest[1].get("uplink", {}) if latest is not None else {}
+            body.update(ready)
+            body["uplink"] = "connected" if uplink.get("connected") else "disconnected"
+            ok = ok and bool(ready) and all(ready.values())
+            body["ready"] = ok
+        start_response("200 OK" if ok else "503 Service Unavailable",
+                       [("Content-Type", "application/json"), ("Cache-Control", "no-store")])
+        return [json.dumps(body).encode() + b"\n"]
+
+    return app
+
+
+def route(metrics: Any, health: Any) -> Any:
+    """The health paths go to ``health`` (never behind basic auth: probes cannot send it), the rest
+    to ``metrics``."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        target = health if environ.get("PATH_INFO") in HEALTH_PATHS else metrics
+        return target(environ, start_response)
+
+    return app
+
+
 def serve(cfg: MetricsSection, password: SecretStr | None, board: SnapshotBoard) -> WSGIServer:
     """The /metrics endpoint on ``cfg.listen``, with TLS (``tls_cert_file``/``tls_key_file``, TLS 1.2+)
-    and basic auth when configured. Runs in a daemon thread and reads only ``board``'s latest
-    frozen snapshot; the returned server's ``shutdown()`` stops it."""
+    and basic auth when configured, and the /healthz and /readyz probes (no auth). Runs in a daemon
+    thread and reads only ``board``'s latest frozen snapshot; the returned server's ``shutdown()``
+    stops it. A taken address raises :class:`~gateway.errors.AddressInUse`."""
     assert cfg.listen is not None
     registry = registry_for(board)
     host, port = split_host_port(cfg.listen)
     app = make_wsgi_app(registry)
     if cfg.basic_auth_username is not None and password is not None:
         app = basic_auth(app, cfg.basic_auth_username, password.get_secret_value())
-    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
+    app = route(app, health_app(board, stale_after_s=max(10.0, 5 * cfg.refresh_s)))
+    try:
+        server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise AddressInUse(f"the metrics endpoint cannot listen on {cfg.listen}: the address is already in use",
+                               "metrics.listen") from exc
+        raise MetricsError(f"the metrics endpoint cannot listen on {cfg.listen}: {exc}") from exc
     if cfg.tls_cert_file is not None and cfg.tls_key_file is not None:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(str(cfg.tls_cert_file), str(cfg.tls_key_file))
+        try:
+            ctx.load_cert_chain(str(cfg.tls_cert_file), str(cfg.tls_key_file))
+        except (OSError, ssl.SSLError) as exc:
+            server.server_close()
+            raise MetricsError(f"metrics.tls_cert_file / tls_key_file cannot be loaded: {exc}") from exc
         server.socket = ctx.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server

@@ -16,6 +16,7 @@ from typing import Any
 
 from bridge.backoff import DecorrelatedJitter
 from bridge.downlink import CommandLimits, DownlinkRouter
+from bridge.errors import BridgeError
 from bridge.forwarder import DrainPolicy, Forwarder, LanePolicy
 from bridge.link import UplinkLink
 from bridge.mqtt_types import ClientSettings, TlsSettings
@@ -32,6 +33,7 @@ from gateway.config import GatewayConfig, Secrets, split_host_port
 from gateway.config_push import ConfigPusher, PushedConfigFile
 from gateway.credentials import Changes, CredentialStore
 from gateway.decode import Decoder
+from gateway.errors import GatewayError
 from gateway.external_source import ExternalSource
 from gateway.identity import Gatekeeper
 from gateway.ingest import Ingest
@@ -47,6 +49,7 @@ from gateway.stats import SnapshotBoard, publish_periodically, refresh_periodica
 if sys.version_info >= (3, 11):
     from asyncio import TaskGroup
 else:  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
     from taskgroup import TaskGroup
 
 log = logging.getLogger(__name__)
@@ -88,6 +91,24 @@ def acl_policy(cfg: GatewayConfig) -> AclPolicy:
         pattern_as_filter(p) for p in (t.telemetry, t.telemetry_metric, t.events, t.responses)]
     subscribe = acl.subscribe if acl.subscribe is not None else [pattern_as_filter(t.commands, open_end=True)]
     return AclPolicy(tuple(publish), tuple(subscribe))
+
+
+def sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one operational error (GatewayError or BridgeError) a task group failed with, so the CLI
+    can report it in one line; any other failure (a bug) stays the whole group."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    if len(leaves) == 1 and isinstance(leaves[0], (GatewayError, BridgeError)):
+        return leaves[0]
+    return group
 
 
 class GatewayService:
@@ -289,7 +310,15 @@ class GatewayService:
             "config_version": self.config_pusher.version,
             "config_push": self.config_pusher.snapshot(),
             "security": self.security_snapshot(),
+            "ready": self.readiness(),
         }
+
+    def readiness(self) -> dict[str, bool]:
+        """What /readyz requires: the local broker listening (embedded) or connected (external), and
+        the buffer open. The uplink is reported by /readyz but not required (the buffer covers it)."""
+        local = self.embedded.listening if self.embedded is not None else (
+            self.external is not None and self.external.connection is not None)
+        return {"local_broker": local, "buffer": self.buffer.is_open}
 
     def _drain_state(self) -> dict[str, Any]:
         """The backlog and how fast it drains: ``eta_s`` is the time to empty the telemetry
@@ -340,6 +369,8 @@ class GatewayService:
                 proc_stop.set()
                 await proc
                 uplink_stop.set()
+        except BaseExceptionGroup as group:
+            raise sole_error(group) from None
         finally:
             self.answered.close()
             self.buffer.close()

@@ -36,10 +36,16 @@ class SnapshotBoard:
 
     def __init__(self) -> None:
         self._latest: tuple[float, FrozenSnapshot] | None = None
+        self._refreshed = 0.0  # time.monotonic() of the last refresh (immune to wall-clock steps)
 
     def refresh(self, snapshot: Snapshot) -> None:
         """On the event loop: build a new snapshot and publish it."""
         self._latest = (time.time(), freeze(snapshot()))
+        self._refreshed = time.monotonic()
+
+    def age_s(self) -> float | None:
+        """From any thread: seconds since the last refresh, None before the first one."""
+        return None if self._latest is None else time.monotonic() - self._refreshed
 
     def latest(self) -> tuple[float, FrozenSnapshot] | None:
         """From any thread: ``(ts, snapshot)``, or None before the first refresh."""
