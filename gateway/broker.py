@@ -532,6 +532,22 @@ class EmbeddedBroker:
         sessions = [session for session, _handler in list(self._broker._sessions.values())]
         return self._guard.disconnect(sessions, identities, serials)
 
+    def connected_clients(self) -> list[dict[str, str | None]]:
+        """The clients connected now (the gateway's own identity left out): client id and, with
+        authentication, the identity (device id) they logged in as; sorted by client id."""
+        broker = self._broker
+        if broker is None:
+            return []
+        out: list[dict[str, str | None]] = []
+        for session, _handler in list(broker._sessions.values()):
+            if session.transitions.state != "connected":
+                continue
+            identity = self._guard.identity(session) if self._guard is not None else None
+            if identity == INTERNAL_IDENTITY:
+                continue
+            out.append({"client_id": str(session.client_id), "identity": identity})
+        return sorted(out, key=lambda c: c["client_id"] or "")
+
     @property
     def gate(self) -> Gatekeeper | None:
         return self._guard.gate if self._guard is not None else None

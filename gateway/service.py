@@ -42,6 +42,7 @@ from gateway.processor import Processor
 from gateway.rejects import RejectLog
 from gateway.rules.engine import RuleEngine
 from gateway.stats import SnapshotBoard, publish_periodically, refresh_periodically
+from gateway.status import write_periodically
 
 if sys.version_info >= (3, 11):
     from asyncio import TaskGroup
@@ -274,6 +275,12 @@ class GatewayService:
             "security": self.security_snapshot(),
         }
 
+    def status(self) -> dict[str, Any]:
+        """The snapshot plus what only a local operator needs: who is connected, what was rejected."""
+        return {**self.snapshot(),
+                "connected_devices": self.embedded.connected_clients() if self.embedded is not None else None,
+                "last_rejects": self.rejects.recent()}
+
     def _drain_state(self) -> dict[str, Any]:
         """The backlog and how fast it drains: ``eta_s`` is the time to empty the telemetry
         lane at the backlog rate of the last 10 s (None while nothing drains)."""
@@ -310,6 +317,8 @@ class GatewayService:
                 commands = tg.create_task(self.commands.run(source_stop), name="commands")
                 tg.create_task(refresh_periodically(self.board, self.snapshot, self.cfg.metrics.refresh_s,
                                                     uplink_stop), name="snapshot")
+                tg.create_task(write_periodically(self.cfg.status_file, self.status, self.cfg.status.interval_s,
+                                                  uplink_stop), name="status-file")
                 self.started.set()
                 log.info("gateway %s running", self.cfg.gateway.id)
                 await stop.wait()
