@@ -45,7 +45,7 @@ def write_png(tl: Timeline, path: Path) -> Path:
         for ax in (rates, backlog):
             for i, (lo, hi) in enumerate(tl.outages):
                 ax.axvspan(datetime.fromtimestamp(lo, tz=timezone.utc), datetime.fromtimestamp(hi, tz=timezone.utc),
-                           color="tab:red", alpha=0.15, linewidth=0, label="link down" if i == 0 else None)
+                           color="tab:red", alpha=0.15, linewidth=0, label=tl.outage_label if i == 0 else None)
             ax.grid(True, alpha=0.3)
             ax.set_ylim(bottom=0)
             ax.legend(loc="upper left", fontsize="small")

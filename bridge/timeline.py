@@ -29,7 +29,8 @@ class Timeline:
     backlog: list[float] = field(default_factory=list)
     outages: list[tuple[float, float]] = field(default_factory=list)
     in_label: str = "readings in"
-    backlog_label: str = "backlog (readings)"
+    outage_label: str = "link down"
+    backlog_label: str = "not yet delivered (readings)"
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def from_sink(db_path: Path | str, device: str | None = None) -> Timeline:
     """The sink's view: readings by when they were measured (in) and when they arrived (delivered);
     the backlog is what was measured but had not arrived yet; where replayed batches' readings were
     measured is shaded as an outage. Raises :class:`FileNotFoundError` if the database is missing."""
-    title = f"{Path(db_path).name}" + (f", device {device}" if device else "")
+    title = f"{Path(db_path).name}: readings at the sink" + (f", device {device}" if device else "")
     with SinkStore.open_readonly(db_path) as store:
         span = store.reading_span(device)
         if span is None:
@@ -99,5 +100,5 @@ def from_sink(db_path: Path | str, device: str | None = None) -> Timeline:
     t = [(first + i) * step for i in range(n)]
     backlog = [max(m - a, 0) for m, a in zip(accumulate(measured), accumulate(arrived), strict=True)]
     return Timeline(title, t, [m / step for m in measured], [a / step for a in arrived], [float(b) for b in backlog],
-                    _spans(replayed, t, step), in_label="readings measured",
+                    _spans(replayed, t, step), in_label="readings measured", outage_label="outage (replayed later)",
                     backlog_label="measured, not yet at the sink (readings)")

@@ -228,9 +228,9 @@ def report(db_path: Path, as_json: bool, device: str | None, fail_on_gaps: bool,
 
 def require_plot() -> None:
     """Exit 2 with the install hint when --plot is asked for without the plot extra."""
-    from bridge.errors import PlotUnavailable
     from rich.markup import escape
 
+    from bridge.errors import PlotUnavailable
     from bridge.plot import require_matplotlib
 
     try:

@@ -86,7 +86,7 @@ def test_missing_matplotlib_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, ou
     real_import = builtins.__import__
 
     def no_matplotlib(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name.split(".")[0] == "matplotlib":
+        if name.split(".", maxsplit=1)[0] == "matplotlib":
             raise ImportError(f"No module named {name!r}")
         return real_import(name, *args, **kwargs)
 
@@ -96,7 +96,8 @@ def test_missing_matplotlib_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, ou
     with pytest.raises(PlotUnavailable, match=r"pip install 'edge-mqtt-gateway\[plot\]'"):
         require_matplotlib()
     out = tmp_path / "x.png"
-    for args in (["report", "--db", str(outage_db), "--plot", str(out)], ["lab", "--duration", "1", "--plot", str(out)]):
+    for args in (["report", "--db", str(outage_db), "--plot", str(out)],
+                 ["lab", "--duration", "1", "--plot", str(out)]):
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 2, result.output
         assert "--plot: plotting needs matplotlib" in result.output
