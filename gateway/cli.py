@@ -156,9 +156,8 @@ def status(config_path: Path | None, as_json: bool) -> None:
     else:
         render_status(doc, Console(highlight=False))
     if doc["stale"]:
-        if not as_json:
-            err_console.print(f"[yellow]the status is {doc['age_s']} s old: the gateway is not running or is "
-                              "stuck[/yellow]", highlight=False)
+        what = "it stopped" if doc.get("state") == "stopped" else "the gateway is not running or is stuck"
+        err_console.print(f"[yellow]the status is {doc['age_s']} s old: {what}[/yellow]", highlight=False)
         raise SystemExit(1)
 
 

@@ -38,6 +38,7 @@ class StatusUnavailable(GatewayError):
 
 
 def write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
@@ -47,7 +48,6 @@ async def write_periodically(path: Path, build: Callable[[], dict[str, Any]], in
                              stop: asyncio.Event) -> None:
     """Every ``interval_s`` until ``stop``, then once more with ``state = "stopped"``.
     A failed write is logged and retried at the next interval (the gateway keeps running)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         stopping = stop.is_set()
         doc = {"ts": time.time(), "pid": os.getpid(), "interval_s": interval_s,

@@ -84,8 +84,9 @@ async def test_status_shows_devices_rejects_lanes_and_link(tmp_path: Path, mosqu
 
 
 def test_status_without_a_running_gateway_names_the_file(tmp_path: Path) -> None:
-    config = tmp_path / "gateway.toml"
-    config.write_text(f'[gateway]\ndata_dir = "{tmp_path / "data"}"\n')
+    config = tmp_path / "gateway.toml"  # its secret is not set in this shell: status does not need it
+    config.write_text(f'[gateway]\ndata_dir = "{tmp_path / "data"}"\n'
+                      '[uplink]\npassword = { env = "EDGE_TEST_STATUS_UNSET_PASSWORD" }\n')
     result = run_status(config)
     assert result.exit_code == 1
     assert f"no status file at {tmp_path / 'data' / 'status.json'}" in " ".join(result.output.split())
@@ -97,6 +98,9 @@ def test_status_of_an_old_file_is_stale(tmp_path: Path) -> None:
     doc = {"ts": time.time() - 60, "state": "running", "interval_s": 1}
     (tmp_path / "status.json").write_text(json.dumps(doc))
     assert read_status(tmp_path / "status.json")["stale"] is True
+    stale = run_status(config, "--json")
+    assert stale.exit_code == 1 and "not running or is stuck" in " ".join(stale.output.split())
+    assert json.loads(stale.output[:stale.output.rindex("}") + 1])["age_s"] >= 59
     (tmp_path / "status.json").write_text("{half")
     result = run_status(config)
     assert result.exit_code == 1 and "cannot read the status file" in result.output
