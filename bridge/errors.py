@@ -85,3 +85,7 @@ class SubscribeFailed(PermanentBridgeError):
 
 class UplinkStopped(BridgeError):
     """A connect loop was asked to stop (its ``stop`` event was set) before it connected."""
+
+
+class PlotUnavailable(PermanentBridgeError):
+    """A timeline PNG was asked for but matplotlib (the ``plot`` extra) is not installed."""

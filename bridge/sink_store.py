@@ -523,6 +523,26 @@ class SinkStore:
                                          [str(stream) for stream, _, _ in first])
         return out
 
+    _READINGS_BY_BATCH = (" FROM readings r JOIN batches b ON b.gateway = r.gateway AND b.stream = r.stream"
+                          " AND b.lane = 'telemetry' AND b.seq = r.batch_seq")
+
+    def reading_span(self, device: str | None = None) -> tuple[int, int] | None:
+        """``(first ts_ms, last received_ms)`` of the stored readings (of ``device``), None when none."""
+        where, args = ("WHERE r.device = ?", (device,)) if device is not None else ("", ())
+        lo, hi = self._db.execute(f"SELECT MIN(r.ts_ms), MAX(b.received_ms){self._READINGS_BY_BATCH} {where}",
+                                  args).fetchone()
+        return None if lo is None else (int(lo), int(hi))
+
+    def reading_buckets(self, bucket_ms: int, device: str | None = None) -> list[tuple[int, int, bool, int]]:
+        """Stored readings (of ``device``) counted per ``(ts bucket, received bucket, replayed)``: when
+        they were measured, when their batch reached the sink, whether it was replayed from backlog.
+        A bucket is ``ms // bucket_ms``."""
+        where, args = ("WHERE r.device = ?", (device,)) if device is not None else ("", ())
+        rows = self._db.execute(
+            f"SELECT r.ts_ms / ?1, b.received_ms / ?1, b.replay, COUNT(*){self._READINGS_BY_BATCH}"
+            f" {where.replace('?', '?2')} GROUP BY 1, 2, 3", (bucket_ms, *args)).fetchall()
+        return [(int(t), int(rx), bool(rep), int(n)) for t, rx, rep, n in rows]
+
     def streams(self) -> dict[str, list[StreamStats]]:
         """The streams of each gateway, in the order the sink first heard of them."""
         rows = self._db.execute(

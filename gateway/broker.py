@@ -590,13 +590,21 @@ class EmbeddedBroker:
         sessions = [session for session, _handler in list(self._broker._sessions.values())]
         return self._guard.disconnect(sessions, identities, serials)
 
-    def connected_clients(self) -> int:
-        """Local MQTT clients connected right now (devices and local tools, not the gateway itself,
-        which publishes from inside the broker)."""
-        if self._broker is None:
-            return 0
-        return sum(1 for session, _handler in list(self._broker._sessions.values())
-                   if session.transitions.state == "connected")
+    def connected_clients(self) -> list[dict[str, str | None]]:
+        """The clients connected now (the gateway's own identity left out): client id and, with
+        authentication, the identity (device id) they logged in as; sorted by client id."""
+        broker = self._broker
+        if broker is None:
+            return []
+        out: list[dict[str, str | None]] = []
+        for session, _handler in list(broker._sessions.values()):
+            if session.transitions.state != "connected":
+                continue
+            identity = self._guard.identity(session) if self._guard is not None else None
+            if identity == INTERNAL_IDENTITY:
+                continue
+            out.append({"client_id": str(session.client_id), "identity": identity})
+        return sorted(out, key=lambda c: c["client_id"] or "")
 
     @property
     def gate(self) -> Gatekeeper | None:

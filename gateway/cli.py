@@ -23,7 +23,7 @@ from bridge.errors import BridgeError, InvalidUrl
 from bridge.topics import ID_RULE, CloudTopics, valid_id
 from bridge.urls import parse_broker_url
 from gateway.cli_common import CONFIG_OPTION, err_console, exit_failed, exit_invalid, load_or_exit
-from gateway.config import MAX_CONFIG_VERSION, GatewayConfig
+from gateway.config import MAX_CONFIG_VERSION, GatewayConfig, parse_config, read_toml
 from gateway.devices_cli import devices
 from gateway.errors import AddressInUse, ConfigError, CredentialsError, GatewayError, StorageError
 
@@ -144,6 +144,35 @@ def insecure_settings(cfg: GatewayConfig) -> list[str]:
 
 
 @main.command()
+@CONFIG_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the status document as JSON.")
+def status(config_path: Path | None, as_json: bool) -> None:
+    """Show a running gateway's state from its status file: lanes, backlog, link, drain ETA,
+    connected devices, config version and the last rejected messages.
+
+    Exits 0 when the gateway is running, 1 when the file is missing, stale or says it stopped."""
+    from gateway.status import StatusUnavailable, read_status, render_status
+
+    try:  # secrets are not needed to find the file: a shell without them may ask for the status
+        cfg = GatewayConfig() if config_path is None else parse_config(read_toml(config_path), str(config_path))
+    except ConfigError as exc:
+        exit_invalid(exc)
+    try:
+        doc = read_status(cfg.status_file)
+    except StatusUnavailable as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise SystemExit(1) from exc
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        render_status(doc, Console(highlight=False))
+    if doc["stale"]:
+        what = "it stopped" if doc.get("state") == "stopped" else "the gateway is not running or is stuck"
+        err_console.print(f"[yellow]the status is {doc['age_s']} s old: {what}[/yellow]", highlight=False)
+        raise SystemExit(1)
+
+
+@main.command()
 @click.option("--url", required=True, help="Cloud broker, e.g. mqtt://127.0.0.1:1883 or mqtts://host.")
 @click.option("--db", "db_path", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="SQLite file to store readings and alerts in (created if missing).")
@@ -180,15 +209,48 @@ def sink(url: str, db_path: Path, shared_group: str | None, protocol: Literal["5
 @click.option("--db", "db_path", required=True, type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="SQLite file written by 'edge-gateway sink'.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def report(db_path: Path, as_json: bool) -> None:
-    """Per gateway and device: readings, alerts, duplicate batches dropped, sequence gaps."""
-    from bridge.report import build_report, render_report
+@click.option("--device", default=None, help="Only this device (and the gateways its data came through).")
+@click.option("--fail-on-gaps", is_flag=True, help="Exit 1 when any reported gateway misses seqs (for scripts).")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also write a timeline PNG (readings per minute, replayed batches); needs the 'plot' extra.")
+def report(db_path: Path, as_json: bool, device: str | None, fail_on_gaps: bool, plot_path: Path | None) -> None:
+    """Per gateway and device: readings, alerts, duplicate batches dropped, sequence gaps.
 
-    data = build_report(db_path)
+    Exits 0, or 1 with --fail-on-gaps when seqs are missing."""
+    from bridge.report import build_report, has_gaps, render_report
+
+    if plot_path is not None:
+        require_plot()
+    data = build_report(db_path, device)
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
         render_report(data, Console())
+    if plot_path is not None:
+        from bridge.plot import write_png
+        from bridge.timeline import from_sink
+
+        write_png(from_sink(db_path, device), plot_path)
+        err_console.print(f"timeline written to {plot_path}", highlight=False, markup=False)
+    if fail_on_gaps and has_gaps(data):
+        missing = data["totals"]["missing"]
+        err_console.print(f"[red]gaps:[/red] {missing['telemetry']} telemetry and {missing['control']} control "
+                          "records missing", highlight=False)
+        raise SystemExit(1)
+
+
+def require_plot() -> None:
+    """Exit 2 with the install hint when --plot is asked for without the plot extra."""
+    from rich.markup import escape
+
+    from bridge.errors import PlotUnavailable
+    from bridge.plot import require_matplotlib
+
+    try:
+        require_matplotlib()
+    except PlotUnavailable as exc:
+        err_console.print(f"[red]error:[/red] --plot: {escape(str(exc))}", highlight=False)
+        raise SystemExit(2) from exc
 
 
 @main.command()
@@ -207,15 +269,20 @@ def report(db_path: Path, as_json: bool) -> None:
 @click.option("--anomalies", is_flag=True,
               help="Let the devices inject spikes, stuck values and garbage (NaN, strings) to see them counted.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final summary as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="At the end, write a timeline PNG (readings in, delivered, backlog, link down shaded; "
+                   "sampled once a second); needs the 'plot' extra.")
 def lab(duration: float | None, devices: int, rate_hz: float, local_port: int, cloud_port: int,
-        data_dir: Path | None, anomalies: bool, as_json: bool) -> None:
+        data_dir: Path | None, anomalies: bool, as_json: bool, plot_path: Path | None) -> None:
     """Everything on this machine in one command: local broker, gateway, stand-in cloud broker,
     cloud sink and simulated devices, with a live summary."""
     from gateway.lab import Lab, LabOptions
 
+    if plot_path is not None:
+        require_plot()
     setup_logging("warning")
     opts = LabOptions(duration_s=duration, devices=devices, rate_hz=rate_hz, local_port=local_port,
-                      cloud_port=cloud_port, data_dir=data_dir, anomalies=anomalies)
+                      cloud_port=cloud_port, data_dir=data_dir, anomalies=anomalies, plot=plot_path)
     result: dict[str, Any] = {}
 
     async def go(stop: asyncio.Event) -> None:

@@ -390,6 +390,12 @@ class DownlinkSection(Strict):
         return v
 
 
+class StatusSection(Strict):
+    # the status file `edge-gateway status` reads; default {gateway.data_dir}/status.json
+    file: Path | None = None
+    interval_s: float = Field(5.0, gt=0, le=3600)  # how often the gateway rewrites it
+
+
 class LogSection(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -406,10 +412,15 @@ class GatewayConfig(Strict):
     metrics: MetricsSection = MetricsSection()
     downlink: DownlinkSection = DownlinkSection()
     log: LogSection = LogSection()
+    status: StatusSection = StatusSection()
 
     @property
     def buffer_dir(self) -> Path:
         return self.buffer.dir or self.gateway.data_dir / "buffer"
+
+    @property
+    def status_file(self) -> Path:
+        return self.status.file or self.gateway.data_dir / "status.json"
 
     @property
     def password_file(self) -> Path:

@@ -115,6 +115,14 @@ class Decoder:
         """MQTT filters covering every topic this decoder understands."""
         return [p.subscription() for p in (self._telemetry, self._metric, self._events, self._responses)]
 
+    def device_of(self, topic: str) -> str | None:
+        """The device id level of a device topic (valid or not), None for a topic of no known shape."""
+        for pattern, _handler in self._routes:
+            fields = pattern.match(topic)
+            if fields is not None:
+                return fields.get("device_id")
+        return None
+
     def decode(self, topic: str, payload: bytes, recv_ms: int) -> Decoded:
         if len(payload) > self._limits.max_payload_bytes:
             return Rejection(TOO_LARGE, f"{len(payload)} bytes > {self._limits.max_payload_bytes}")

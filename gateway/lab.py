@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from bridge.timeline import Sample
 from gateway.broker import EmbeddedBroker
 from gateway.config import GatewayConfig, Secrets, parse_config
 from gateway.passwords import provision
@@ -62,6 +63,22 @@ class LabOptions:
     data_dir: Path | None = None
     profile: str = "room"
     anomalies: bool = False
+    plot: Path | None = None  # write a timeline PNG here (needs the plot extra)
+
+
+async def sample_every(svc: GatewayService, samples: list[Sample], interval_s: float, stop: asyncio.Event) -> None:
+    """On the loop, every ``interval_s`` until ``stop``: the gateway's counters, backlog and link."""
+    while True:
+        samples.append(sample(svc))
+        if stop.is_set():
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
+
+
+def sample(svc: GatewayService) -> Sample:
+    acc = svc.accounting
+    return Sample(time.time(), acc.readings_in, acc.delivered, acc.buffered + acc.pending, svc.link.connected)
 
 
 def lab_config(data_dir: Path, local_port: int, cloud_url: str) -> GatewayConfig:
@@ -101,6 +118,8 @@ class Lab:
             svc = GatewayService(lab_config(base, self.opts.local_port, cloud_url), Secrets())
             gw_task = asyncio.create_task(svc.run(gw_stop))
             devices: asyncio.subprocess.Process | None = None
+            samples: list[Sample] = []
+            sampler = asyncio.create_task(sample_every(svc, samples, 1.0, gw_stop)) if self.opts.plot else None
             try:
                 await self._wait_started(svc, gw_task)
                 assert svc.embedded is not None
@@ -119,11 +138,20 @@ class Lab:
                     await devices.wait()
                 gw_stop.set()
                 await gw_task
+                if sampler is not None:
+                    await sampler
                 sink_stop.set()
                 await sink_task
                 await cloud.stop()
             report = build_report(db)
-            return self._result(svc, report, base if self.opts.data_dir else None)
+            result = self._result(svc, report, base if self.opts.data_dir else None)
+            if self.opts.plot is not None:
+                from bridge.plot import write_png
+                from bridge.timeline import from_samples
+
+                title = f"lab: {self.opts.devices} devices at {self.opts.rate_hz:g} Hz"
+                result["plot"] = str(write_png(from_samples(samples, title), self.opts.plot))
+            return result
 
     @staticmethod
     async def _wait_started(svc: GatewayService, task: asyncio.Task[None]) -> None:

@@ -79,7 +79,7 @@ class Pipeline:
     def _reject(self, topic: str, rej: Rejection) -> None:
         self._acc.readings_in += 1
         self._acc.drop(rej.reason)
-        self._rejects.add(topic, rej.reason, rej.detail)
+        self._rejects.add(topic, rej.reason, rej.detail, self.decoder.device_of(topic))
 
     def _reading(self, reading: Reading) -> None:
         acc = self._acc

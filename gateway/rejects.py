@@ -13,6 +13,7 @@ class RejectedSample:
     topic: str
     reason: str
     detail: str
+    device: str | None = None  # the device id level of the topic, when the topic has one
 
 
 class RejectLog:
@@ -21,7 +22,13 @@ class RejectLog:
         self.last: deque[RejectedSample] = deque(maxlen=max(keep_last, 1))
         self._keep = keep_last > 0
 
-    def add(self, topic: str, reason: str, detail: str) -> None:
+    def add(self, topic: str, reason: str, detail: str, device: str | None = None) -> None:
         self.counts[reason] += 1
         if self._keep:
-            self.last.append(RejectedSample(time.time(), topic[:200], reason, detail))
+            self.last.append(RejectedSample(time.time(), topic[:200], reason, detail,
+                                            None if device is None else device[:80]))
+
+    def recent(self) -> list[dict[str, object]]:
+        """The kept samples, oldest first, as JSON-ready dicts."""
+        return [{"at": s.at, "device": s.device, "topic": s.topic, "reason": s.reason, "detail": s.detail}
+                for s in self.last] if self._keep else []

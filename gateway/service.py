@@ -45,6 +45,7 @@ from gateway.processor import Processor
 from gateway.rejects import RejectLog
 from gateway.rules.engine import RuleEngine
 from gateway.stats import SnapshotBoard, publish_periodically, refresh_periodically
+from gateway.status import write_periodically
 
 if sys.version_info >= (3, 11):
     from asyncio import TaskGroup
@@ -302,7 +303,7 @@ class GatewayService:
                        "drain": self._drain_state(), "offline_s": self._offline_s()},
             "budget": {lane: {"max_bytes": b.max_bytes, "max_age_s": b.max_age_s}
                        for lane, b in (("control", self.cfg.buffer.control), ("telemetry", self.cfg.buffer.telemetry))},
-            "connected_clients": self.embedded.connected_clients() if self.embedded else None,
+            "connected_clients": len(self.embedded.connected_clients()) if self.embedded else None,
             "alert_latency": self.alert_latency.snapshot(),
             "ingest_queue": len(self.ingest),
             "commands": {**self.commands.snapshot(), "cleared": self.downlink.cleared},
@@ -319,6 +320,12 @@ class GatewayService:
         local = self.embedded.listening if self.embedded is not None else (
             self.external is not None and self.external.connection is not None)
         return {"local_broker": local, "buffer": self.buffer.is_open}
+
+    def status(self) -> dict[str, Any]:
+        """The snapshot plus what only a local operator needs: who is connected, what was rejected."""
+        return {**self.snapshot(),
+                "connected_devices": self.embedded.connected_clients() if self.embedded is not None else None,
+                "last_rejects": self.rejects.recent()}
 
     def _drain_state(self) -> dict[str, Any]:
         """The backlog and how fast it drains: ``eta_s`` is the time to empty the telemetry
@@ -356,6 +363,8 @@ class GatewayService:
                 commands = tg.create_task(self.commands.run(source_stop), name="commands")
                 tg.create_task(refresh_periodically(self.board, self.snapshot, self.cfg.metrics.refresh_s,
                                                     uplink_stop), name="snapshot")
+                tg.create_task(write_periodically(self.cfg.status_file, self.status, self.cfg.status.interval_s,
+                                                  uplink_stop), name="status-file")
                 self.started.set()
                 log.info("gateway %s running", self.cfg.gateway.id)
                 await stop.wait()

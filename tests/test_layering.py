@@ -15,6 +15,7 @@ ADAPTERS = {
     "diskcache": {"gateway/buffer.py"},
     "msgpack": {"bridge/codec.py", "device_sim/payloads.py"},
     "zstandard": {"bridge/codec.py"},
+    "matplotlib": {"bridge/plot.py"},
 }
 
 

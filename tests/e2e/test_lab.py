@@ -36,11 +36,16 @@ def check_report(stdout: str) -> dict[str, object]:
     return dict(out)
 
 
-def test_lab_runs_end_to_end_and_reports() -> None:
-    res = subprocess.run(lab_command("--local-port", "0"), capture_output=True, text=True, timeout=120,
-                         check=False, stdin=subprocess.DEVNULL)
+def test_lab_runs_end_to_end_and_reports(tmp_path: Path) -> None:
+    plot = tmp_path / "lab.png"
+    res = subprocess.run(lab_command("--local-port", "0", "--plot", str(plot)), capture_output=True, text=True,
+                         timeout=120, check=False, stdin=subprocess.DEVNULL)
     assert res.returncode == 0, res.stderr[-2000:]
-    check_report(res.stdout)
+    out = check_report(res.stdout)
+    assert out["plot"] == str(plot)
+    data = plot.read_bytes()  # the timeline sampled once a second while the lab ran
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data.endswith(b"IEND\xaeB`\x82")
+    assert 20_000 < len(data) < 500_000
 
 
 async def attempt(port: int, username: str | None = None, password: str | None = None) -> int | None:

@@ -1,0 +1,132 @@
+"""The local status file: written by the running gateway, read by ``edge-gateway status``.
+
+The gateway builds the document on the event loop (the only thread that touches its state),
+serialises it there, and hands only the bytes to a worker thread that writes them to a temporary
+file and renames it over the status file, so a reader never sees a half-written file. The last
+write on the way out says ``"state": "stopped"``.
+
+A file rather than an HTTP path: it needs no open port, no TLS or password, works whether or not
+the metrics endpoint is enabled, and is guarded by the file system's own permissions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from gateway.errors import GatewayError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["StatusUnavailable", "read_status", "render_status", "write_atomically", "write_periodically"]
+
+
+class StatusUnavailable(GatewayError):
+    """No readable status file (the gateway is not running with this config, or never was)."""
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+async def write_periodically(path: Path, build: Callable[[], dict[str, Any]], interval_s: float,
+                             stop: asyncio.Event) -> None:
+    """Every ``interval_s`` until ``stop``, then once more with ``state = "stopped"``.
+    A failed write is logged and retried at the next interval (the gateway keeps running)."""
+    while True:
+        stopping = stop.is_set()
+        doc = {"ts": time.time(), "pid": os.getpid(), "interval_s": interval_s,
+               "state": "stopped" if stopping else "running", **build()}
+        data = json.dumps(doc, separators=(",", ":")).encode()
+        try:
+            await asyncio.to_thread(write_atomically, path, data)
+        except OSError as exc:
+            log.warning("cannot write the status file %s: %s", path, exc)
+        if stopping:
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
+
+
+def read_status(path: Path) -> dict[str, Any]:
+    """The status document, with ``age_s`` (seconds since it was written) and ``stale`` (True when
+    the gateway missed more than two rewrites or has stopped) added."""
+    try:
+        doc = json.loads(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise StatusUnavailable(f"no status file at {path}: is the gateway running with this config?") from exc
+    except (OSError, ValueError) as exc:
+        raise StatusUnavailable(f"cannot read the status file {path}: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("ts"), (int, float)):
+        raise StatusUnavailable(f"{path} is not a gateway status file")
+    age = max(0.0, time.time() - float(doc["ts"]))
+    doc["age_s"] = round(age, 1)
+    doc["stale"] = doc.get("state") != "running" or age > 2 * float(doc.get("interval_s", 5.0)) + 5
+    return doc
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def render_status(doc: dict[str, Any], console: Console) -> None:
+    """Print a status document from :func:`read_status`: a few lines and three small tables that
+    fit 80 columns (long values wrap instead of being cut)."""
+    state = "[red]stale[/]" if doc["stale"] else "[green]running[/]"
+    if doc.get("state") == "stopped":
+        state = "[yellow]stopped[/]"
+    up = doc["uplink"]
+    drain = up["drain"]
+    link = "[green]connected[/]" if up["connected"] else "[red]down[/]"
+    console.print(f"Gateway [bold]{doc['gateway']}[/] {state} (pid {doc['pid']}, written {_when(doc['ts'])} UTC, "
+                  f"{doc['age_s']} s ago), config version {doc['config_version']}")
+    console.print(f"Uplink {link} {up.get('endpoint') or ''}", highlight=False)
+    if up.get("last_error"):
+        console.print(f"  last error: {up['last_error']}", markup=False, highlight=False)
+    console.print(f"Backlog {drain['backlog_readings']} readings, draining {drain['rate_readings_s']} readings/s, "
+                  f"ETA {_duration(drain['eta_s'])}")
+    lanes = Table(title="Lanes", title_justify="left")
+    for name in ("Lane", "Records", "Bytes", "Readings"):
+        lanes.add_column(name, justify="left" if name == "Lane" else "right")
+    for lane, b in doc["buffer"].items():
+        lanes.add_row(lane, str(b["records"]), str(b["bytes"]), str(b["readings"]))
+    console.print(lanes)
+    clients = doc.get("connected_devices")
+    if clients is None:
+        console.print("Connected devices: unknown (external broker)")
+    else:
+        names = [c["identity"] or c["client_id"] for c in clients]
+        console.print(f"Connected devices ({len(names)}): " + (", ".join(names) or "none"), highlight=False,
+                      markup=False)
+    rejects = doc.get("last_rejects") or []
+    counts = doc.get("rejects") or {}
+    if counts:
+        console.print("Rejected so far: " + ", ".join(f"{r} {n}" for r, n in sorted(counts.items())),
+                      highlight=False)
+    if rejects:
+        console.print(f"Last {len(rejects)} rejected messages (newest first):")
+        for r in reversed(rejects):
+            console.print(Text.assemble(f"  {_when(r['at'])[11:]} ", (r["device"] or "-", "bold"), " ",
+                                        (r["reason"], "red"), f"\n    {r['topic']}\n    {r['detail']}"))
