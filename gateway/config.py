@@ -8,6 +8,7 @@ and are resolved at load time, so a missing secret is a config error too.
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import os
 import re
@@ -30,6 +31,7 @@ from pydantic import (
 from bridge.errors import InvalidUrl
 from bridge.topics import ID_RULE, valid_id
 from bridge.urls import BrokerUrl, parse_broker_url
+from gateway.clock import FLOOR_DATE
 from gateway.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -243,6 +245,14 @@ class DecodeSection(Strict):
     keep_last_rejects: int = Field(20, ge=0, le=1000)
 
 
+class ClockSection(Strict):
+    """When the wall clock counts as synced (see gateway.clock)."""
+
+    floor_date: dt.date = FLOOR_DATE  # a wall clock before this date is not synced yet
+    jump_s: float = Field(60.0, gt=0)  # a wall-clock step larger than this against the monotonic clock is counted
+    sync_file: str | None = None  # e.g. "/run/systemd/timesync/synchronized": unsynced until it exists
+
+
 class Range(Strict):
     min: float | None = None
     max: float | None = None
@@ -406,6 +416,7 @@ class GatewayConfig(Strict):
     metrics: MetricsSection = MetricsSection()
     downlink: DownlinkSection = DownlinkSection()
     log: LogSection = LogSection()
+    clock: ClockSection = ClockSection()
 
     @property
     def buffer_dir(self) -> Path:

@@ -27,6 +27,7 @@ from gateway.answered import AnsweredCommands
 from gateway.batcher import Batcher
 from gateway.broker import EmbeddedBroker, ListenerTls
 from gateway.buffer import Budget, DiskBuffer
+from gateway.clock import ClockGuard
 from gateway.commands import CommandRouter
 from gateway.config import GatewayConfig, Secrets, split_host_port
 from gateway.config_push import ConfigPusher, PushedConfigFile
@@ -113,7 +114,8 @@ class GatewayService:
         self.lanes = LaneWriter(self.buffer, self.topics, acc, compression=cfg.batch.compression,
                                 level=cfg.batch.level, on_written=self.forwarder.wake)
         self.batcher = Batcher(cfg.batch.max_count, cfg.batch.max_bytes, cfg.batch.max_age_s)
-        self.decoder = Decoder(cfg.topics, cfg.decode)
+        self.clock = ClockGuard(cfg.clock.floor_date, jump_s=cfg.clock.jump_s, sync_file=cfg.clock.sync_file)
+        self.decoder = Decoder(cfg.topics, cfg.decode, self.clock)
         self.rules = RuleEngine(list(cfg.rules))
         self.answered = AnsweredCommands(cfg.gateway.data_dir / "commands-answered.jsonl")
         self.commands = CommandRouter(
@@ -125,7 +127,7 @@ class GatewayService:
                                  on_batch=self.lanes.write_batch, on_control=self.lanes.write_control,
                                  on_response=self.commands.device_response)
         self.ingest = Ingest(cfg.local_broker.ingest_queue_max, self._ingest_overflow, self.decoder.is_control)
-        self.processor = Processor(self.ingest, self.pipeline, self.lanes, self.accounting)
+        self.processor = Processor(self.ingest, self.pipeline, self.lanes, self.accounting, self.clock)
         self.config_pusher = ConfigPusher(
             PushedConfigFile(cfg.pushed_config_file), file_rules=list(cfg.rules), file_batch=cfg.batch,
             rules=self.rules, batcher=self.batcher, encoding=self.lanes,
@@ -272,6 +274,7 @@ class GatewayService:
             "config_version": self.config_pusher.version,
             "config_push": self.config_pusher.snapshot(),
             "security": self.security_snapshot(),
+            "clock": self.clock.snapshot(),
         }
 
     def _drain_state(self) -> dict[str, Any]:
