@@ -92,18 +92,41 @@ def run(config_path: Path | None) -> None:
 @main.command()
 @click.option("-c", "--config", "config_path", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="TOML config file to validate.")
-@click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
-def check(config_path: Path, quiet: bool) -> None:
-    """Validate a config file and print the effective config (secrets are never printed).
+@click.option("--print", "print_config", is_flag=True,
+              help="Print the full effective config as JSON (secrets are never printed).")
+@click.option("--quiet", is_flag=True, help="Print nothing on success (warnings still go to stderr).")
+def check(config_path: Path, print_config: bool, quiet: bool) -> None:
+    """Validate a config file and print a short summary of it.
 
-    Exits 2 and names each wrong key when the file is invalid."""
+    Exits 2 and names each wrong key when the file is invalid (a secret reference to an unset
+    environment variable or a missing file included)."""
     cfg, _secrets = load_or_exit(config_path)
-    if not quiet:
+    if print_config:
         click.echo(json.dumps(cfg.redacted(), indent=2))
+    elif not quiet:
+        click.echo("\n".join(config_summary(cfg)))
     for warning in insecure_settings(cfg):
         err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, markup=False)
     if not quiet:
         err_console.print(f"[green]ok[/green]: {config_path}", highlight=False)
+
+
+def config_summary(cfg: GatewayConfig) -> list[str]:
+    """A few lines an operator reads at a glance: what listens, where data goes, what it keeps."""
+    lb, up, buf = cfg.local_broker, cfg.uplink, cfg.buffer
+    local = (f"embedded, listening on {lb.listen}, auth {lb.auth.mode}" if lb.mode == "embedded"
+             else f"external {lb.url}")
+    mib = 1024 * 1024
+    return [
+        f"gateway      {cfg.gateway.id} (data in {cfg.gateway.data_dir})",
+        f"local broker {local}",
+        f"uplink       {', '.join(up.urls)} (MQTT {up.protocol}"
+        f"{', user ' + up.username if up.username else ''}{', TLS' if up.tls else ''})",
+        f"buffer       {cfg.buffer_dir}: telemetry {buf.telemetry.max_bytes // mib} MiB, "
+        f"control {buf.control.max_bytes // mib} MiB",
+        f"rules        {len(cfg.rules)}; batch {cfg.batch.max_count} readings / {cfg.batch.max_age_s:g} s",
+        f"metrics      {cfg.metrics.listen or 'off'}",
+    ]
 
 
 def insecure_settings(cfg: GatewayConfig) -> list[str]:

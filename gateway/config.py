@@ -341,6 +341,13 @@ class UplinkSection(Strict):
     max_inflight: Annotated[int, Field(ge=1, le=1000)] = 20
     control_max_inflight: Annotated[int, Field(ge=1, le=100)] = 10
     ack_timeout_s: PositiveFloat = 60.0
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_number(cls, value: Any) -> Any:
+        """``protocol = 5`` (a TOML integer) means "5"."""
+        return "5" if value == 5 and not isinstance(value, bool) else value
+
     backlog_per_live: Annotated[int, Field(ge=1, le=1000)] = 4
     drain_max_loop_lag_ms: NonNegFloat = 1.0
     max_bytes_per_s: NonNegFloat = 0.0
