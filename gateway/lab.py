@@ -64,6 +64,9 @@ class LabOptions:
     anomalies: bool = False
 
 
+TEMPORARY_SINK = "the lab's sink (deleted at exit; --data-dir DIR keeps it)"
+
+
 def lab_config(data_dir: Path, local_port: int, cloud_url: str) -> GatewayConfig:
     return parse_config({
         "gateway": {"id": "lab-gw", "data_dir": str(data_dir / "gateway")},
@@ -123,6 +126,8 @@ class Lab:
                 await sink_task
                 await cloud.stop()
             report = build_report(db)
+            if self.opts.data_dir is None:  # the temporary directory goes away: name no path in it
+                report["db"] = TEMPORARY_SINK
             return self._result(svc, report, base if self.opts.data_dir else None)
 
     @staticmethod

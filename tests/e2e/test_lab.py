@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.lab import SPARE_PREFIX
+from gateway.lab import SPARE_PREFIX, TEMPORARY_SINK
 from tests.e2e.security_support import Client
 from tests.support import free_port
 
@@ -40,7 +40,10 @@ def test_lab_runs_end_to_end_and_reports() -> None:
     res = subprocess.run(lab_command("--local-port", "0"), capture_output=True, text=True, timeout=120,
                          check=False, stdin=subprocess.DEVNULL)
     assert res.returncode == 0, res.stderr[-2000:]
-    check_report(res.stdout)
+    out = check_report(res.stdout)
+    # the temporary directory is gone: the report names no path in it
+    assert out["data_dir"] is None and out["report"]["db"] == TEMPORARY_SINK  # type: ignore[index]
+    assert "edge-lab-" not in res.stdout
 
 
 async def attempt(port: int, username: str | None = None, password: str | None = None) -> int | None:
@@ -77,4 +80,5 @@ async def test_lab_devices_need_their_passwords(tmp_path: Path) -> None:
         stdout, stderr = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 0, stderr.decode()[-2000:]
     out = check_report(stdout.decode())
+    assert Path(out["report"]["db"]).exists() and out["data_dir"] == str(tmp_path)  # type: ignore[index]
     assert out["security"]["denied"]  # type: ignore[index]  # the refused attempts were counted
