@@ -19,9 +19,10 @@ import click
 from rich.console import Console
 
 from bridge.errors import BridgeError, InvalidUrl
+from bridge.mqtt_types import ANONYMOUS, Login
 from bridge.topics import ID_RULE, CloudTopics, valid_id
 from bridge.urls import parse_broker_url
-from gateway.cli_common import CONFIG_OPTION, err_console, exit_invalid, load_or_exit
+from gateway.cli_common import CONFIG_OPTION, err_console, exit_invalid, load_or_exit, login_options
 from gateway.config import MAX_CONFIG_VERSION, GatewayConfig
 from gateway.devices_cli import devices
 from gateway.errors import ConfigError, CredentialsError, GatewayError
@@ -162,12 +163,16 @@ def insecure_settings(cfg: GatewayConfig) -> list[str]:
 @click.option("--shared", "shared_group", default=None,
               help="Join an MQTT 5 shared subscription group so several sinks split the load.")
 @click.option("--protocol", type=click.Choice(["5", "3.1.1"]), default="5", show_default=True)
+@click.option("--client-id", default=None,
+              help="MQTT client id (default: derived from the database path). Give each sink of a --shared "
+                   "group its own stable one.")
 @click.option("--prefix", default="edge/{gateway_id}", show_default=True, help="Cloud topic prefix pattern.")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-def sink(url: str, db_path: Path, shared_group: str | None, protocol: Literal["5", "3.1.1"], prefix: str,
-         log_level: str) -> None:
+@login_options
+def sink(url: str, db_path: Path, shared_group: str | None, protocol: Literal["5", "3.1.1"], client_id: str | None,
+         prefix: str, log_level: str, login: Login) -> None:
     """Cloud side: store every gateway's batches and alerts in SQLite, dropping duplicates
-    by (gateway, seq) and recording sequence gaps."""
+    by (gateway, stream, lane, seq) and recording sequence gaps."""
     from bridge.errors import BridgeError
     from bridge.sink import run_sink
 
@@ -176,7 +181,8 @@ def sink(url: str, db_path: Path, shared_group: str | None, protocol: Literal["5
         raise click.UsageError("--shared needs --protocol 5")
 
     async def go(stop: asyncio.Event) -> None:
-        await run_sink(url, db_path, protocol=protocol, shared_group=shared_group, prefix=prefix, stop=stop)
+        await run_sink(url, db_path, protocol=protocol, shared_group=shared_group, prefix=prefix, stop=stop,
+                       client_id=client_id, login=login)
 
     try:
         run_until_signal(go)
@@ -260,8 +266,9 @@ def lab(duration: float | None, devices: int, rate_hz: float, local_port: int, c
 @click.option("--protocol", type=click.Choice(["5", "3.1.1"]), default="5", show_default=True,
               help="MQTT version to speak to the cloud broker.")
 @click.option("--json", "as_json", is_flag=True, help="Print the gateway's answer as JSON.")
+@login_options
 def push_config(url: str, gateway_id: str, file: Path, version: int | None, timeout_s: float, no_retain: bool,
-                prefix: str, protocol: Literal["5", "3.1.1"], as_json: bool) -> None:
+                prefix: str, protocol: Literal["5", "3.1.1"], as_json: bool, login: Login) -> None:
     """Push a config document (rules, batch policy) from a TOML FILE to a gateway and print its answer.
 
     Exits 0 when the gateway applied it, 1 when it rejected it, found it stale or did not answer in
@@ -279,7 +286,7 @@ def push_config(url: str, gateway_id: str, file: Path, version: int | None, time
 
     status = ask_gateway(
         url, topics.config, document_bytes(doc), topics.config_status, answers_this, timeout_s, retain=not no_retain,
-        protocol=protocol,
+        protocol=protocol, login=login,
         no_answer=f"from gateway {gateway_id}" + ("" if no_retain else " (the document is retained: the gateway "
                                                   "applies it when it connects)"))
     show_answer(status, as_json, lambda: render_config_status(status, gateway_id), ok="applied")
@@ -300,9 +307,10 @@ def push_config(url: str, gateway_id: str, file: Path, version: int | None, time
 @click.option("--protocol", type=click.Choice(["5", "3.1.1"]), default="5", show_default=True,
               help="MQTT version to speak to the cloud broker.")
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+@login_options
 def command(url: str, gateway_id: str, device: str, name: str, args_json: str | None, ttl_s: float | None,
             command_id: str | None, timeout_s: float, prefix: str, protocol: Literal["5", "3.1.1"],
-            as_json: bool) -> None:
+            as_json: bool, login: Login) -> None:
     """Send command NAME to DEVICE through a gateway and print the answer.
 
     Exits 0 when the answer's status is ok, 1 for any other status (error, unknown_command,
@@ -315,7 +323,8 @@ def command(url: str, gateway_id: str, device: str, name: str, args_json: str | 
         return record.get("kind") == "response" and record.get("id") == cid and record.get("device") == device
 
     answer = ask_gateway(url, f"{topics.prefix}/commands/{device}/{name}", json.dumps(payload).encode(),
-                         topics.responses, answers_this, timeout_s, no_answer=f"to command {cid}", protocol=protocol)
+                         topics.responses, answers_this, timeout_s, no_answer=f"to command {cid}", protocol=protocol,
+                         login=login)
     show_answer(answer, as_json, lambda: render_response(answer), ok="ok")
 
 
@@ -357,14 +366,14 @@ def render_response(answer: dict[str, Any]) -> None:
 
 def ask_gateway(url: str, topic: str, payload: bytes, reply_topic: str, match: Callable[[dict[str, Any]], bool],
                 timeout_s: float, *, no_answer: str, retain: bool = False,
-                protocol: Literal["5", "3.1.1"] = "5") -> dict[str, Any]:
+                protocol: Literal["5", "3.1.1"] = "5", login: Login = ANONYMOUS) -> dict[str, Any]:
     """One operator request through the cloud broker; exits 1 when there is no answer in time or the
     broker cannot be used."""
     from bridge.operator import NoReply, request
 
     try:
         return asyncio.run(request(url, topic, payload, reply_topic, match, timeout_s, retain=retain,
-                                   protocol=protocol))
+                                   protocol=protocol, login=login))
     except NoReply as exc:
         err_console.print(f"[red]no answer[/red] {no_answer}: {exc}", highlight=False)
         raise SystemExit(1) from exc

@@ -80,5 +80,5 @@ async def test_lab_devices_need_their_passwords(tmp_path: Path) -> None:
         stdout, stderr = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 0, stderr.decode()[-2000:]
     out = check_report(stdout.decode())
-    assert Path(out["report"]["db"]).exists() and out["data_dir"] == str(tmp_path)  # type: ignore[index]
+    assert out["report"]["db"] == str(tmp_path / "sink.sqlite") and out["data_dir"] == str(tmp_path)  # type: ignore[index]
     assert out["security"]["denied"]  # type: ignore[index]  # the refused attempts were counted
