@@ -118,12 +118,15 @@ def config_summary(cfg: GatewayConfig) -> list[str]:
     local = (f"embedded, listening on {lb.listen}, auth {lb.auth.mode}" if lb.mode == "embedded"
              else f"external {lb.url}")
     mib = 1024 * 1024
+    data = cfg.gateway.data_dir
     return [
-        f"gateway      {cfg.gateway.id} (data in {cfg.gateway.data_dir})",
+        f"gateway      {cfg.gateway.id}",
+        f"data dir     {data}" if data.is_absolute() else
+        f"data dir     {data.resolve()} (relative: from the working directory)",
         f"local broker {local}",
         f"uplink       {', '.join(up.urls)} (MQTT {up.protocol}"
         f"{', user ' + up.username if up.username else ''}{', TLS' if up.tls else ''})",
-        f"buffer       {cfg.buffer_dir}: telemetry {buf.telemetry.max_bytes // mib} MiB, "
+        f"buffer       telemetry {buf.telemetry.max_bytes // mib} MiB, "
         f"control {buf.control.max_bytes // mib} MiB",
         f"rules        {len(cfg.rules)}; batch {cfg.batch.max_count} readings / {cfg.batch.max_age_s:g} s",
         f"metrics      {cfg.metrics.listen or 'off'}",

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from gateway.cli import main
@@ -18,6 +19,15 @@ def test_check_reference_config_prints_a_short_summary() -> None:
     assert len(lines) <= 10, res.output
     assert lines[0].startswith("gateway") and "gw-01" in lines[0]
     assert any("mqtt://127.0.0.1:1884" in line for line in lines) and lines[-1].startswith("ok")
+
+
+def test_the_readme_shows_what_check_prints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (REFERENCE.parents[1] / "README.md").read_text()
+    shown = readme.split("$ edge-gateway check -c conf/gateway.toml\n", 1)[1].split("\n$ ", 1)[0].splitlines()
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["check", "-c", str(REFERENCE)], env={"EDGE_UPLINK_PASSWORD": None})
+    printed = res.output.replace(str(tmp_path), "/home/pi/edge-gateway").replace(str(REFERENCE), "conf/gateway.toml")
+    assert printed.splitlines() == shown
 
 
 def test_check_print_shows_the_full_config_without_secret_values(tmp_path: Path) -> None:
