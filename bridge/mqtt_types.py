@@ -21,6 +21,20 @@ class TlsSettings:
 
 
 @dataclass(frozen=True)
+class Login:
+    """Who a client is on the cloud broker: user name and password (the password from an
+    environment variable or a file, never the command line) and TLS files. Empty: anonymous, and
+    TLS only for an ``mqtts://`` URL."""
+
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: TlsSettings | None = None
+
+
+ANONYMOUS = Login()
+
+
+@dataclass(frozen=True)
 class Will:
     """Last will, published by the broker when the session ends without a DISCONNECT."""
 

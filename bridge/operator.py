@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from bridge.codec import CodecError, decode_control
 from bridge.errors import TransientBridgeError
-from bridge.mqtt_types import ClientSettings, Message
+from bridge.mqtt_types import ANONYMOUS, ClientSettings, Login, Message
 from bridge.uplink import MqttConnection
 
 
@@ -30,6 +30,7 @@ async def request(
     timeout_s: float,
     retain: bool = False,
     protocol: Literal["5", "3.1.1"] = "5",
+    login: Login = ANONYMOUS,
 ) -> dict[str, Any]:
     """Publish ``payload`` (QoS 1) and return the first JSON object on ``reply_topic`` for which
     ``match`` is true. Raises :class:`NoReply` after ``timeout_s`` (counted from the start, connect
@@ -49,6 +50,7 @@ async def request(
             reply.set_result(record)
 
     settings = ClientSettings(client_id=f"edge-operator-{uuid.uuid4().hex[:12]}", protocol=protocol,
+                              username=login.username, password=login.password, tls=login.tls,
                               connect_timeout_s=max(min(timeout_s, 10.0), 0.1))
     conn = await MqttConnection.open(url, settings, on_message=on_message)
     try:

@@ -40,7 +40,7 @@ from bridge.backoff import DecorrelatedJitter
 from bridge.codec import CodecError, decode_batch, decode_control
 from bridge.connect import connect_with_backoff
 from bridge.errors import BrokerUnreachable, ConnectionLost, UplinkStopped
-from bridge.mqtt_types import ClientSettings, Message, TlsSettings
+from bridge.mqtt_types import ANONYMOUS, ClientSettings, Login, Message, TlsSettings
 from bridge.sink_store import InvalidRecord, SinkStore, parse_control
 from bridge.topics import TopicPattern, valid_id
 from bridge.uplink import MqttConnection
@@ -152,6 +152,7 @@ class Sink:
         persistent: bool = True,
         session_expiry_s: int = 86_400,
         tls: TlsSettings | None = None,
+        login: Login = ANONYMOUS,
         backoff: DecorrelatedJitter | None = None,
         connect_timeout_s: float = 10.0,
         start_timeout_s: float | None = None,
@@ -177,7 +178,9 @@ class Sink:
             clean_start=not persistent,
             session_expiry_s=session_expiry_s if persistent and protocol == "5" else 0,
             manual_ack=True,
-            tls=tls,
+            username=login.username,
+            password=login.password,
+            tls=login.tls or tls,
             connect_timeout_s=connect_timeout_s,
         )
         self.counters = SinkCounters()
@@ -382,13 +385,14 @@ async def run_sink(
     stop: asyncio.Event,
     client_id: str | None = None,
     start_timeout_s: float | None = None,
+    login: Login = ANONYMOUS,
 ) -> None:
     """Run a sink storing into ``db`` until ``stop`` is set (the ``edge-gateway sink`` command)."""
     urls = [url] if isinstance(url, str) else list(url)
     store = SinkStore(db)
     try:
         sink = Sink(store, urls, protocol=protocol, shared_group=shared_group, prefix=prefix,
-                    client_id=client_id, start_timeout_s=start_timeout_s)
+                    client_id=client_id, start_timeout_s=start_timeout_s, login=login)
         await sink.run(stop)
     finally:
         store.close()

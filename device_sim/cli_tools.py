@@ -25,7 +25,7 @@ from device_sim.cli_options import (
 )
 from device_sim.errors import SimConfigError, SimConnectError
 from device_sim.publisher import Publisher
-from device_sim.replay import ReplayOptions, group_rows, load_csv, parse_value, replay
+from device_sim.replay import ReplayOptions, group_rows, load_csv, parse_value, replay, stale_warning
 from device_sim.runner import close_all, connect_all
 from device_sim.settings import BrokerSettings
 
@@ -172,6 +172,9 @@ def replay_command(**opts: Any) -> None:
         raise click.BadParameter(str(exc), param_hint="FILE.csv") from exc
     if not groups:
         raise click.BadParameter("the file has no data rows", param_hint="FILE.csv")
+    warning = stale_warning(groups, int(time.time() * 1000), opts["restamp"])
+    if warning:
+        click.echo(warning, err=True)
     options = ReplayOptions(fmt=opts["fmt"], qos=opts["qos"], topic_template=opts["topic_template"],
                             speed=opts["speed"], fast=opts["fast"], restamp=opts["restamp"])
     devices = sorted({g.device for g in groups})
@@ -197,5 +200,6 @@ def replay_command(**opts: Any) -> None:
     if opts["as_json"]:
         click.echo(json.dumps(summary))
     else:
-        click.echo(f"replayed {summary['groups']} readings: {summary['sent']} messages sent, "
-                   f"{summary['failed']} failed, {summary['reconnects']} reconnects in {summary['elapsed_s']:.1f} s")
+        click.echo(f"replayed {summary['readings']} readings in {summary['messages']} messages: {summary['sent']} "
+                   f"acknowledged, {summary['failed']} failed, {summary['reconnects']} reconnects "
+                   f"in {summary['elapsed_s']:.1f} s")

@@ -102,6 +102,21 @@ def group_rows(rows: Iterable[Row]) -> list[Group]:
     return groups
 
 
+GATEWAY_WINDOW_S = 7 * 86400  # the gateway's default decode.max_past_s
+
+
+def stale_warning(groups: list[Group], now_ms: int, restamp: bool) -> str | None:
+    """A warning when the recorded timestamps are older than a default gateway accepts."""
+    if restamp or not groups:
+        return None
+    age_s = (now_ms - min(g.ts_ms for g in groups)) / 1000
+    if age_s <= GATEWAY_WINDOW_S:
+        return None
+    return (f"warning: the recorded timestamps are up to {age_s / 86400:.0f} days old; a gateway with the default "
+            f"window (decode.max_past_s = 7 days) rejects them as ts_out_of_window although the broker "
+            f"acknowledges them. --restamp sends them with the current time.")
+
+
 @dataclass(frozen=True)
 class ReplayOptions:
     fmt: Format = "json"
@@ -122,7 +137,7 @@ async def replay(groups: list[Group], publishers: Mapping[str, Publisher], opts:
     t0 = groups[0].ts_ms if groups else 0
     seqs: dict[str, int] = {}
     sent: dict[str, int] = {}
-    failed = 0
+    failed = messages = 0
     pending: set[asyncio.Future[bool]] = set()
 
     def done(fut: asyncio.Future[bool], device: str) -> None:
@@ -147,6 +162,7 @@ async def replay(groups: list[Group], publishers: Mapping[str, Publisher], opts:
             while fut is None:  # QoS 0 while disconnected: wait for the reconnect, then send
                 await publisher.wait_connected()
                 fut = publisher.publish(topic, payload, opts.qos)
+            messages += 1
             pending.add(fut)
             fut.add_done_callback(functools.partial(done, device=group.device))
     if pending:
@@ -154,7 +170,8 @@ async def replay(groups: list[Group], publishers: Mapping[str, Publisher], opts:
     elapsed = loop.time() - start
     total = sum(sent.values())
     return {
-        "groups": len(groups), "sent": total, "failed": failed + len(pending), "elapsed_s": round(elapsed, 3),
+        "readings": sum(len(g.values) for g in groups), "groups": len(groups), "messages": messages,
+        "sent": total, "failed": failed + len(pending), "elapsed_s": round(elapsed, 3),
         "achieved_msg_per_s": round(total / elapsed, 3) if elapsed > 0 else 0.0,
         "reconnects": sum(p.reconnects for p in set(publishers.values())), "per_device": dict(sorted(sent.items())),
     }

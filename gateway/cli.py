@@ -20,9 +20,10 @@ import click
 from rich.console import Console
 
 from bridge.errors import BridgeError, InvalidUrl
+from bridge.mqtt_types import ANONYMOUS, Login
 from bridge.topics import ID_RULE, CloudTopics, valid_id
 from bridge.urls import parse_broker_url
-from gateway.cli_common import CONFIG_OPTION, err_console, exit_failed, exit_invalid, load_or_exit
+from gateway.cli_common import CONFIG_OPTION, err_console, exit_failed, exit_invalid, load_or_exit, login_options
 from gateway.config import MAX_CONFIG_VERSION, GatewayConfig, parse_config, read_toml
 from gateway.devices_cli import devices
 from gateway.errors import AddressInUse, ConfigError, CredentialsError, GatewayError, StorageError
@@ -103,18 +104,44 @@ def run_fix(exc: GatewayError, cfg: GatewayConfig, config_path: Path | None) -> 
 @main.command()
 @click.option("-c", "--config", "config_path", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="TOML config file to validate.")
-@click.option("--quiet", "-q", is_flag=True, help="Print nothing on success.")
-def check(config_path: Path, quiet: bool) -> None:
-    """Validate a config file and print the effective config (secrets are never printed).
+@click.option("--print", "print_config", is_flag=True,
+              help="Print the full effective config as JSON (secrets are never printed).")
+@click.option("--quiet", is_flag=True, help="Print nothing on success (warnings still go to stderr).")
+def check(config_path: Path, print_config: bool, quiet: bool) -> None:
+    """Validate a config file and print a short summary of it.
 
-    Exits 2 and names each wrong key when the file is invalid."""
+    Exits 2 and names each wrong key when the file is invalid (a secret reference to an unset
+    environment variable or a missing file included)."""
     cfg, _secrets = load_or_exit(config_path)
-    if not quiet:
+    if print_config:
         click.echo(json.dumps(cfg.redacted(), indent=2))
+    elif not quiet:
+        click.echo("\n".join(config_summary(cfg)))
     for warning in insecure_settings(cfg):
         err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, markup=False)
     if not quiet:
         err_console.print(f"[green]ok[/green]: {config_path}", highlight=False)
+
+
+def config_summary(cfg: GatewayConfig) -> list[str]:
+    """A few lines an operator reads at a glance: what listens, where data goes, what it keeps."""
+    lb, up, buf = cfg.local_broker, cfg.uplink, cfg.buffer
+    local = (f"embedded, listening on {lb.listen}, auth {lb.auth.mode}" if lb.mode == "embedded"
+             else f"external {lb.url}")
+    mib = 1024 * 1024
+    data = cfg.gateway.data_dir
+    return [
+        f"gateway      {cfg.gateway.id}",
+        f"data dir     {data}" if data.is_absolute() else
+        f"data dir     {data.resolve()} (relative: from the working directory)",
+        f"local broker {local}",
+        f"uplink       {', '.join(up.urls)} (MQTT {up.protocol}"
+        f"{', user ' + up.username if up.username else ''}{', TLS' if up.tls else ''})",
+        f"buffer       telemetry {buf.telemetry.max_bytes // mib} MiB, "
+        f"control {buf.control.max_bytes // mib} MiB",
+        f"rules        {len(cfg.rules)}; batch {cfg.batch.max_count} readings / {cfg.batch.max_age_s:g} s",
+        f"metrics      {cfg.metrics.listen or 'off'}",
+    ]
 
 
 def insecure_settings(cfg: GatewayConfig) -> list[str]:
@@ -179,15 +206,19 @@ def status(config_path: Path | None, as_json: bool) -> None:
 @click.option("--shared", "shared_group", default=None,
               help="Join an MQTT 5 shared subscription group so several sinks split the load.")
 @click.option("--protocol", type=click.Choice(["5", "3.1.1"]), default="5", show_default=True)
+@click.option("--client-id", default=None,
+              help="MQTT client id (default: derived from the database path). Give each sink of a --shared "
+                   "group its own stable one.")
 @click.option("--prefix", default="edge/{gateway_id}", show_default=True, help="Cloud topic prefix pattern.")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--start-timeout", "start_timeout_s", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Exit 1 when no broker accepts the first connection within S seconds (0 = keep trying). "
                    "Later reconnects always keep trying.")
-def sink(url: str, db_path: Path, shared_group: str | None, protocol: Literal["5", "3.1.1"], prefix: str,
-         log_level: str, start_timeout_s: float) -> None:
+@login_options
+def sink(url: str, db_path: Path, shared_group: str | None, protocol: Literal["5", "3.1.1"], client_id: str | None,
+         prefix: str, log_level: str, start_timeout_s: float, login: Login) -> None:
     """Cloud side: store every gateway's batches and alerts in SQLite, dropping duplicates
-    by (gateway, seq) and recording sequence gaps."""
+    by (gateway, stream, lane, seq) and recording sequence gaps."""
     from bridge.errors import BridgeError
     from bridge.sink import run_sink
 
@@ -197,7 +228,7 @@ def sink(url: str, db_path: Path, shared_group: str | None, protocol: Literal["5
 
     async def go(stop: asyncio.Event) -> None:
         await run_sink(url, db_path, protocol=protocol, shared_group=shared_group, prefix=prefix, stop=stop,
-                       start_timeout_s=start_timeout_s or None)
+                       client_id=client_id, start_timeout_s=start_timeout_s or None, login=login)
 
     try:
         run_until_signal(go)
@@ -318,8 +349,9 @@ def lab(duration: float | None, devices: int, rate_hz: float, local_port: int, c
 @click.option("--protocol", type=click.Choice(["5", "3.1.1"]), default="5", show_default=True,
               help="MQTT version to speak to the cloud broker.")
 @click.option("--json", "as_json", is_flag=True, help="Print the gateway's answer as JSON.")
+@login_options
 def push_config(url: str, gateway_id: str, file: Path, version: int | None, timeout_s: float, no_retain: bool,
-                prefix: str, protocol: Literal["5", "3.1.1"], as_json: bool) -> None:
+                prefix: str, protocol: Literal["5", "3.1.1"], as_json: bool, login: Login) -> None:
     """Push a config document (rules, batch policy) from a TOML FILE to a gateway and print its answer.
 
     Exits 0 when the gateway applied it, 1 when it rejected it, found it stale or did not answer in
@@ -337,7 +369,7 @@ def push_config(url: str, gateway_id: str, file: Path, version: int | None, time
 
     status = ask_gateway(
         url, topics.config, document_bytes(doc), topics.config_status, answers_this, timeout_s, retain=not no_retain,
-        protocol=protocol,
+        protocol=protocol, login=login,
         no_answer=f"from gateway {gateway_id}" + ("" if no_retain else " (the document is retained: the gateway "
                                                   "applies it when it connects)"))
     show_answer(status, as_json, lambda: render_config_status(status, gateway_id), ok="applied")
@@ -358,9 +390,10 @@ def push_config(url: str, gateway_id: str, file: Path, version: int | None, time
 @click.option("--protocol", type=click.Choice(["5", "3.1.1"]), default="5", show_default=True,
               help="MQTT version to speak to the cloud broker.")
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+@login_options
 def command(url: str, gateway_id: str, device: str, name: str, args_json: str | None, ttl_s: float | None,
             command_id: str | None, timeout_s: float, prefix: str, protocol: Literal["5", "3.1.1"],
-            as_json: bool) -> None:
+            as_json: bool, login: Login) -> None:
     """Send command NAME to DEVICE through a gateway and print the answer.
 
     Exits 0 when the answer's status is ok, 1 for any other status (error, unknown_command,
@@ -373,7 +406,8 @@ def command(url: str, gateway_id: str, device: str, name: str, args_json: str | 
         return record.get("kind") == "response" and record.get("id") == cid and record.get("device") == device
 
     answer = ask_gateway(url, f"{topics.prefix}/commands/{device}/{name}", json.dumps(payload).encode(),
-                         topics.responses, answers_this, timeout_s, no_answer=f"to command {cid}", protocol=protocol)
+                         topics.responses, answers_this, timeout_s, no_answer=f"to command {cid}", protocol=protocol,
+                         login=login)
     show_answer(answer, as_json, lambda: render_response(answer), ok="ok")
 
 
@@ -415,14 +449,14 @@ def render_response(answer: dict[str, Any]) -> None:
 
 def ask_gateway(url: str, topic: str, payload: bytes, reply_topic: str, match: Callable[[dict[str, Any]], bool],
                 timeout_s: float, *, no_answer: str, retain: bool = False,
-                protocol: Literal["5", "3.1.1"] = "5") -> dict[str, Any]:
+                protocol: Literal["5", "3.1.1"] = "5", login: Login = ANONYMOUS) -> dict[str, Any]:
     """One operator request through the cloud broker; exits 1 when there is no answer in time or the
     broker cannot be used."""
     from bridge.operator import NoReply, request
 
     try:
         return asyncio.run(request(url, topic, payload, reply_topic, match, timeout_s, retain=retain,
-                                   protocol=protocol))
+                                   protocol=protocol, login=login))
     except NoReply as exc:
         err_console.print(f"[red]no answer[/red] {no_answer}: {exc}", highlight=False)
         raise SystemExit(1) from exc

@@ -8,6 +8,7 @@ and are resolved at load time, so a missing secret is a config error too.
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import os
 import re
@@ -30,6 +31,7 @@ from pydantic import (
 from bridge.errors import InvalidUrl
 from bridge.topics import ID_RULE, valid_id
 from bridge.urls import BrokerUrl, parse_broker_url
+from gateway.clock import FLOOR_DATE
 from gateway.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -243,6 +245,14 @@ class DecodeSection(Strict):
     keep_last_rejects: int = Field(20, ge=0, le=1000)
 
 
+class ClockSection(Strict):
+    """When the wall clock counts as synced (see gateway.clock)."""
+
+    floor_date: dt.date = FLOOR_DATE  # a wall clock before this date is not synced yet
+    jump_s: float = Field(60.0, gt=0)  # a wall-clock step larger than this against the monotonic clock is counted
+    sync_file: str | None = None  # e.g. "/run/systemd/timesync/synchronized": unsynced until it exists
+
+
 class Range(Strict):
     min: float | None = None
     max: float | None = None
@@ -331,6 +341,13 @@ class UplinkSection(Strict):
     max_inflight: Annotated[int, Field(ge=1, le=1000)] = 20
     control_max_inflight: Annotated[int, Field(ge=1, le=100)] = 10
     ack_timeout_s: PositiveFloat = 60.0
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_number(cls, value: Any) -> Any:
+        """``protocol = 5`` (a TOML integer) means "5"."""
+        return "5" if value == 5 and not isinstance(value, bool) else value
+
     backlog_per_live: Annotated[int, Field(ge=1, le=1000)] = 4
     drain_max_loop_lag_ms: NonNegFloat = 1.0
     max_bytes_per_s: NonNegFloat = 0.0
@@ -413,6 +430,7 @@ class GatewayConfig(Strict):
     downlink: DownlinkSection = DownlinkSection()
     log: LogSection = LogSection()
     status: StatusSection = StatusSection()
+    clock: ClockSection = ClockSection()
 
     @property
     def buffer_dir(self) -> Path:

@@ -17,6 +17,7 @@ from typing import Any
 from bridge.codec import CodecError, carried, unpack_object
 from bridge.model import Reading, Value
 from bridge.topics import NAME_RE, TopicPattern, valid_id
+from gateway.clock import ClockGuard
 from gateway.config import DecodeSection, TopicsSection
 
 # Rejection reasons (documented in docs/OPERATIONS.md).
@@ -82,12 +83,13 @@ Decoded = Telemetry | DeviceEvent | DeviceResponse | Rejection
 class Decoder:
     """Turns raw local messages into typed messages according to the topic contract."""
 
-    def __init__(self, topics: TopicsSection, limits: DecodeSection) -> None:
+    def __init__(self, topics: TopicsSection, limits: DecodeSection, clock: ClockGuard | None = None) -> None:
         self._telemetry = TopicPattern(topics.telemetry)
         self._metric = TopicPattern(topics.telemetry_metric)
         self._events = TopicPattern(topics.events)
         self._responses = TopicPattern(topics.responses)
         self._limits = limits
+        self._clock = clock
         self._routes = (
             (self._telemetry, self._decode_telemetry),
             (self._metric, self._decode_bare),
@@ -152,18 +154,34 @@ class Decoder:
         except RecursionError:
             return Rejection(TOO_DEEP, "JSON nested too deeply to parse")
 
+    def _in_window(self, ts_ms: int, recv_ms: int) -> bool:
+        lim = self._limits
+        return recv_ms - lim.max_past_s * 1000 <= ts_ms <= recv_ms + lim.max_future_s * 1000
+
     def _timestamp(self, raw: Any, recv_ms: int) -> int | Rejection:
         if raw is None:
             return recv_ms
         if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 <= raw < _MAX_TS_MS:
             return Rejection(BAD_TS, f"ts {_shown(raw)} is not a number in [0, 2**53)")
         ts_ms = int(raw) if raw >= _MS_THRESHOLD else round(raw * 1000)
-        lim = self._limits
-        if ts_ms > recv_ms + lim.max_future_s * 1000 or ts_ms < recv_ms - lim.max_past_s * 1000:
-            if lim.out_of_window == "clamp":
-                return recv_ms
-            return Rejection(TS_OUT_OF_WINDOW, f"ts {ts_ms} ms is {(ts_ms - recv_ms) / 1000:+.0f} s from now")
-        return ts_ms
+        if self._clock is not None and not self._clock.trusted(recv_ms):
+            # The gateway's own clock cannot judge it: only a ts before the floor date is out of window.
+            if ts_ms >= self._clock.floor_ms - self._limits.max_past_s * 1000:
+                return ts_ms
+        elif self._in_window(ts_ms, recv_ms):
+            return ts_ms
+        if self._limits.out_of_window == "clamp":
+            return recv_ms
+        return Rejection(TS_OUT_OF_WINDOW, f"ts {ts_ms} ms is {(ts_ms - recv_ms) / 1000:+.0f} s from now")
+
+    def _mark(self, raw_ts: Any, ts_ms: int, recv_ms: int, readings: int) -> None:
+        """Count readings kept while the gateway's clock is unsynced (see gateway.clock)."""
+        if self._clock is None or not readings or self._clock.trusted(recv_ms):
+            return
+        if raw_ts is None:
+            self._clock.receive_stamped_unsynced += readings
+        elif not self._in_window(ts_ms, recv_ms):
+            self._clock.window_not_judged += readings
 
     @staticmethod
     def _value(metric: str, raw: Any) -> Value | Rejection:
@@ -205,6 +223,7 @@ class Decoder:
                 out.rejections.append(value)
             else:
                 out.readings.append(Reading(device, metric, ts, value, seq))
+        self._mark(obj.get("ts"), ts, recv_ms, len(out.readings))
         return out
 
     def _decode_bare(self, device: str, fields: dict[str, str], payload: bytes, recv_ms: int) -> Decoded:
@@ -223,6 +242,7 @@ class Decoder:
         value = self._value(metric, raw)
         if isinstance(value, Rejection):
             return value
+        self._mark(None, recv_ms, recv_ms, 1)
         return Telemetry(device, [Reading(device, metric, recv_ms, value, None)])
 
     def _object(self, payload: bytes) -> dict[str, Any] | Rejection:

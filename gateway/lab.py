@@ -81,6 +81,9 @@ def sample(svc: GatewayService) -> Sample:
     return Sample(time.time(), acc.readings_in, acc.delivered, acc.buffered + acc.pending, svc.link.connected)
 
 
+TEMPORARY_SINK = "the lab's sink (deleted at exit; --data-dir DIR keeps it)"
+
+
 def lab_config(data_dir: Path, local_port: int, cloud_url: str) -> GatewayConfig:
     return parse_config({
         "gateway": {"id": "lab-gw", "data_dir": str(data_dir / "gateway")},
@@ -144,6 +147,8 @@ class Lab:
                 await sink_task
                 await cloud.stop()
             report = build_report(db)
+            if self.opts.data_dir is None:  # the temporary directory goes away: name no path in it
+                report["db"] = TEMPORARY_SINK
             result = self._result(svc, report, base if self.opts.data_dir else None)
             if self.opts.plot is not None:
                 from bridge.plot import write_png

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.accounting import INTERNAL_ERROR, Accounting
+from gateway.clock import ClockGuard
 from gateway.ingest import Ingest
 from gateway.lanes import LaneWriter
 from gateway.pipeline import Pipeline
@@ -30,8 +31,10 @@ HOUSEKEEPING_EVERY_S = 1.0
 
 
 class Processor:
-    def __init__(self, ingest: Ingest, pipeline: Pipeline, lanes: LaneWriter, accounting: Accounting) -> None:
+    def __init__(self, ingest: Ingest, pipeline: Pipeline, lanes: LaneWriter, accounting: Accounting,
+                 clock: ClockGuard | None = None) -> None:
         self._ingest = ingest
+        self._clock = clock
         self._pipeline = pipeline
         self._lanes = lanes
         self._acc = accounting
@@ -76,6 +79,8 @@ class Processor:
             if time.monotonic() >= next_housekeeping:
                 next_housekeeping = time.monotonic() + HOUSEKEEPING_EVERY_S
                 self._guarded(self._lanes.housekeeping)
+                if self._clock is not None:
+                    self._guarded(self._clock.refresh)
         while self._drain_once():
             pass
         self._guarded(self._pipeline.flush)

@@ -28,6 +28,7 @@ from gateway.answered import AnsweredCommands
 from gateway.batcher import Batcher
 from gateway.broker import EmbeddedBroker, ListenerTls
 from gateway.buffer import Budget, DiskBuffer
+from gateway.clock import ClockGuard
 from gateway.commands import CommandRouter
 from gateway.config import GatewayConfig, Secrets, split_host_port
 from gateway.config_push import ConfigPusher, PushedConfigFile
@@ -138,7 +139,8 @@ class GatewayService:
         self.lanes = LaneWriter(self.buffer, self.topics, acc, compression=cfg.batch.compression,
                                 level=cfg.batch.level, on_written=self.forwarder.wake)
         self.batcher = Batcher(cfg.batch.max_count, cfg.batch.max_bytes, cfg.batch.max_age_s)
-        self.decoder = Decoder(cfg.topics, cfg.decode)
+        self.clock = ClockGuard(cfg.clock.floor_date, jump_s=cfg.clock.jump_s, sync_file=cfg.clock.sync_file)
+        self.decoder = Decoder(cfg.topics, cfg.decode, self.clock)
         self.rules = RuleEngine(list(cfg.rules))
         self.answered = AnsweredCommands(cfg.gateway.data_dir / "commands-answered.jsonl")
         self.commands = CommandRouter(
@@ -150,7 +152,7 @@ class GatewayService:
                                  on_batch=self.lanes.write_batch, on_control=self.lanes.write_control,
                                  on_response=self.commands.device_response)
         self.ingest = Ingest(cfg.local_broker.ingest_queue_max, self._ingest_overflow, self.decoder.is_control)
-        self.processor = Processor(self.ingest, self.pipeline, self.lanes, self.accounting)
+        self.processor = Processor(self.ingest, self.pipeline, self.lanes, self.accounting, self.clock)
         self.config_pusher = ConfigPusher(
             PushedConfigFile(cfg.pushed_config_file), file_rules=list(cfg.rules), file_batch=cfg.batch,
             rules=self.rules, batcher=self.batcher, encoding=self.lanes,
@@ -312,6 +314,7 @@ class GatewayService:
             "config_push": self.config_pusher.snapshot(),
             "security": self.security_snapshot(),
             "ready": self.readiness(),
+            "clock": self.clock.snapshot(),
         }
 
     def readiness(self) -> dict[str, bool]:

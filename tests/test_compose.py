@@ -54,7 +54,7 @@ def test_every_mounted_gateway_config_passes_check() -> None:
     assert configs, "compose mounts no gateway config"
     for path in configs:
         assert path.is_file(), path
-        res = subprocess.run([sys.executable, "-m", "gateway", "check", "-q", "-c", str(path)],
+        res = subprocess.run([sys.executable, "-m", "gateway", "check", "--quiet", "-c", str(path)],
                              capture_output=True, text=True, check=False)
         assert res.returncode == 0, res.stderr
 

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.lab import SPARE_PREFIX
+from gateway.lab import SPARE_PREFIX, TEMPORARY_SINK
 from tests.e2e.security_support import Client
 from tests.support import free_port
 
@@ -46,6 +46,9 @@ def test_lab_runs_end_to_end_and_reports(tmp_path: Path) -> None:
     data = plot.read_bytes()  # the timeline sampled once a second while the lab ran
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data.endswith(b"IEND\xaeB`\x82")
     assert 20_000 < len(data) < 500_000
+    # the temporary directory is gone: the report names no path in it
+    assert out["data_dir"] is None and out["report"]["db"] == TEMPORARY_SINK  # type: ignore[index]
+    assert "edge-lab-" not in res.stdout
 
 
 async def attempt(port: int, username: str | None = None, password: str | None = None) -> int | None:
@@ -82,4 +85,5 @@ async def test_lab_devices_need_their_passwords(tmp_path: Path) -> None:
         stdout, stderr = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 0, stderr.decode()[-2000:]
     out = check_report(stdout.decode())
+    assert out["report"]["db"] == str(tmp_path / "sink.sqlite") and out["data_dir"] == str(tmp_path)  # type: ignore[index]
     assert out["security"]["denied"]  # type: ignore[index]  # the refused attempts were counted

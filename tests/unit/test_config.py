@@ -29,11 +29,23 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
     assert secrets.uplink_password is None
 
 
-def test_reference_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("EDGE_UPLINK_PASSWORD", "s3cret")
+def test_reference_config_is_valid_without_any_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EDGE_UPLINK_PASSWORD", raising=False)
     cfg, secrets = load_config(REFERENCE)
     assert cfg.rules, "the reference config shows rules"
-    assert secrets.uplink_password is not None and secrets.uplink_password.get_secret_value() == "s3cret"
+    assert secrets.uplink_password is None
+
+
+def test_protocol_may_be_the_integer_5(tmp_path: Path) -> None:
+    cfg, _ = load_config(write(tmp_path, "[uplink]\nprotocol = 5\n"))
+    assert cfg.uplink.protocol == "5"
+    assert "uplink.protocol" in [k for k, _ in problems(tmp_path, "[uplink]\nprotocol = 3\n")]
+
+
+def test_unset_password_variable_names_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EDGE_TEST_NOPE", raising=False)
+    keys = [k for k, _ in problems(tmp_path, "[uplink]\npassword = { env = 'EDGE_TEST_NOPE' }\n")]
+    assert "uplink.password" in keys, keys
 
 
 @pytest.mark.parametrize(

@@ -135,3 +135,17 @@ def test_event_with_msgpack_extension_types_becomes_plain_json() -> None:
     encode_control({"kind": "event", "event": ev.body})  # must not raise
     assert ev.body["big"] == str(2**70) and ev.body["raw"] == "01" and ev.body["nan"] is None
     assert isinstance(ev.body["at"], str)
+
+
+@pytest.mark.parametrize(("topic", "reason"), [
+    ("devices/a/b/telemetry", d.UNKNOWN_TOPIC),  # an id with '/' spans two levels: no topic of the contract
+    ("devices/a/b/telemetry/t", d.UNKNOWN_TOPIC),
+    ("devices//telemetry", d.BAD_DEVICE_ID),
+    ("devices/a b/telemetry", d.BAD_DEVICE_ID),
+    ("devices/a+/telemetry", d.BAD_DEVICE_ID),
+    ("devices/.a/telemetry", d.BAD_DEVICE_ID),
+    ("devices/" + "x" * 65 + "/telemetry", d.BAD_DEVICE_ID),
+])
+def test_bad_ids_are_rejected_with_the_reason_the_readme_names(topic: str, reason: str) -> None:
+    msg = decoder().decode(topic, b'{"t": 1}', NOW)
+    assert isinstance(msg, d.Rejection) and msg.reason == reason

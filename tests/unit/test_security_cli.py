@@ -80,11 +80,11 @@ def test_check_warns_about_exposed_metrics_and_clear_text_passwords(tmp_path: Pa
     cfg = tmp_path / "c.toml"
     cfg.write_text("[local_broker]\nlisten = '0.0.0.0:1883'\n[local_broker.auth]\nmode = 'password'\n"
                    "[metrics]\nlisten = '0.0.0.0:9464'\n")
-    code, out = cli("check", "-c", str(cfg), "-q")
+    code, out = cli("check", "-c", str(cfg), "--quiet")
     assert code == 0
     assert "without TLS" in out and "answers anyone" in out and "clear text" in out
     cfg.write_text("[metrics]\nlisten = '127.0.0.1:9464'\n")
-    assert cli("check", "-c", str(cfg), "-q") == (0, "")
+    assert cli("check", "-c", str(cfg), "--quiet") == (0, "")
 
 
 def test_embedded_mode_refuses_local_broker_credentials(tmp_path: Path) -> None:
