@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -72,14 +74,18 @@ def test_a_device_timestamp_before_the_floor_date_is_still_out_of_window() -> No
     assert isinstance(clamped, d.Telemetry) and clamped.readings[0].ts_ms == BOOT_MS
 
 
-def test_ntp_stepping_the_clock_is_a_counted_jump_and_the_clock_becomes_synced() -> None:
+def test_ntp_stepping_the_clock_is_a_counted_jump_and_the_clock_becomes_synced(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="gateway.clock")
     g, c = guard(BOOT_MS / 1000)
+    assert "not synced yet" in caplog.text
     c.step(1.0)
     g.refresh()
     assert (g.synced, g.jumps) == (False, 0)
     c.step(1.0, jump_to=REAL_MS / 1000)
     g.refresh()
     assert g.synced and g.jumps == 1
+    assert "jumped by" in caplog.text and "is synced" in caplog.text
     assert g.last_jump_s is not None and abs(g.last_jump_s - (REAL_MS - BOOT_MS - 2000) / 1000) < 0.01
     c.step(30.0)  # ordinary time passing is no jump
     g.refresh()
