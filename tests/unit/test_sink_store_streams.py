@@ -108,4 +108,4 @@ def test_report_names_the_stream_of_each_gap_when_a_gateway_has_several(tmp_path
     console = Console(record=True, width=200)
     render_report(report, console)
     text = console.export_text()
-    assert "gw-1 telemetry stream new: missing seqs 2" in text and "gw-1 streams: old (3 batches" in text
+    assert "gw-1 telemetry stream new: missing seqs 2" in text and "streams: old (3 batches" in text
