@@ -113,6 +113,7 @@ class SnapshotCollector(Collector):
         yield from _command_metrics(s["commands"])
         yield from _config_metrics(s)
         yield from _security_metrics(s["security"])
+        yield from _clock_metrics(s["clock"])
         clients = s["connected_clients"]
         if clients is not None:  # embedded broker only: an external broker's clients are not visible here
             yield _gauge("edge_connected_clients", "Local MQTT clients (devices and local tools) connected to the "
@@ -243,6 +244,17 @@ def _security_metrics(s: FrozenSnapshot) -> Iterator[Family]:
     yield _counter("edge_security_credential_reloads", "Credential files reloaded", s["credential_reloads"])
     yield _counter("edge_security_credential_reload_errors", "Credential file versions refused as invalid (the "
                    "previous ones stayed in force)", s["credential_reload_errors"])
+
+
+def _clock_metrics(c: FrozenSnapshot) -> Iterator[Family]:
+    yield _gauge("edge_clock_synced", "1 while the gateway's wall clock is taken as synced (after "
+                 "clock.floor_date and, when set, clock.sync_file exists)", 1 if c["synced"] else 0)
+    yield _counter("edge_clock_jumps", "Steps of the wall clock against the monotonic clock beyond clock.jump_s",
+                   c["jumps"])
+    yield _counter("edge_clock_receive_stamped_unsynced_readings", "Readings without a ts stamped with the receive "
+                   "time while the clock was not synced", c["receive_stamped_unsynced"])
+    yield _counter("edge_clock_window_not_judged_readings", "Readings whose ts was kept although the unsynced "
+                   "clock would have put it out of window", c["window_not_judged"])
 
 
 def registry_for(board: SnapshotBoard) -> CollectorRegistry:
