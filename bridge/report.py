@@ -145,7 +145,7 @@ def _render_gateway(gw: str, x: dict[str, Any], console: Console) -> None:
             if rest > 0:
                 console.print(Text(f"  {gw} {lane}: (+{rest} more ranges)", style="red"))
     if len(x["streams"]) > 1:
-        console.print(Text("  streams: " + ", ".join(
+        console.print(Text(f"  {gw} streams: " + ", ".join(
             f"{st['stream'] or '(none, v1)'} ({st['batches']} batches, from {_when(st['first_received_ms'])})"
             for st in x["streams"])))
     if x["invalid"]:

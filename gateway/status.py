@@ -20,13 +20,12 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import GatewayError
+
+if TYPE_CHECKING:  # rich is for the CLI only: the running gateway writes the file without it
+    from rich.console import Console
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +93,9 @@ def _duration(s: float | None) -> str:
 def render_status(doc: dict[str, Any], console: Console) -> None:
     """Print a status document from :func:`read_status`: a few lines and three small tables that
     fit 80 columns (long values wrap instead of being cut)."""
+    from rich.table import Table
+    from rich.text import Text
+
     state = "[red]stale[/]" if doc["stale"] else "[green]running[/]"
     if doc.get("state") == "stopped":
         state = "[yellow]stopped[/]"

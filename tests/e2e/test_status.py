@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 from click.testing import CliRunner, Result
 
 from gateway.cli import main
-from gateway.status import StatusUnavailable, read_status
+from gateway.status import StatusUnavailable, read_status, write_atomically
 from tests.e2e.harness import Devices, gateway_config, local_url, running_gateway, telemetry
 from tests.support import Mosquitto, eventually
 
@@ -104,3 +105,23 @@ def test_status_of_an_old_file_is_stale(tmp_path: Path) -> None:
     (tmp_path / "status.json").write_text("{half")
     result = run_status(config)
     assert result.exit_code == 1 and "cannot read the status file" in result.output
+
+
+def test_a_reader_never_sees_half_a_status_file(tmp_path: Path) -> None:
+    """The writer renames a finished temporary file over the old one: readers racing it always
+    parse a whole document."""
+    path = tmp_path / "status.json"
+    write_atomically(path, json.dumps({"ts": time.time(), "n": 0}).encode())
+    done = threading.Event()
+
+    def writer() -> None:
+        for n in range(1, 400):
+            write_atomically(path, json.dumps({"ts": time.time(), "n": n, "pad": "x" * (n * 97 % 20_000)}).encode())
+        done.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    while not done.is_set():
+        assert read_status(path)["n"] >= 0  # raises StatusUnavailable on a torn file
+    thread.join()
+    assert read_status(path)["n"] == 399
