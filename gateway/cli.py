@@ -360,8 +360,7 @@ def ask_gateway(url: str, topic: str, payload: bytes, reply_topic: str, match: C
         err_console.print(f"[red]no answer[/red] {no_answer}: {exc}", highlight=False)
         raise SystemExit(1) from exc
     except BridgeError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise SystemExit(1) from exc
+        exit_failed(exc, "check --url and that the broker is running and accepts this client")
 
 
 def show_answer(answer: dict[str, Any], as_json: bool, render: Callable[[], None], *, ok: str) -> None:
