@@ -95,8 +95,10 @@ def run_fix(exc: GatewayError, cfg: GatewayConfig, config_path: Path | None) -> 
     if isinstance(exc, AddressInUse):
         return f"stop that process, or set {exc.setting}{where} to a free address"
     if isinstance(exc, StorageError):
-        return (f"gateway.data_dir ({cfg.gateway.data_dir.resolve()}) must be a directory the user "
-                f"{getpass.getuser()} can write: fix its owner or set gateway.data_dir{where}")
+        key, path = ("buffer.dir", cfg.buffer.dir) if cfg.buffer.dir is not None else (
+            "gateway.data_dir", cfg.gateway.data_dir)
+        return (f"{key} ({path.resolve()}) must be a directory the user {getpass.getuser()} can write: "
+                f"fix its owner or set {key}{where}")
     return ""
 
 
