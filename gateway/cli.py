@@ -96,8 +96,10 @@ def run_fix(exc: GatewayError, cfg: GatewayConfig, config_path: Path | None) -> 
     if isinstance(exc, AddressInUse):
         return f"stop that process, or set {exc.setting}{where} to a free address"
     if isinstance(exc, StorageError):
-        return (f"gateway.data_dir ({cfg.gateway.data_dir.resolve()}) must be a directory the user "
-                f"{getpass.getuser()} can write: fix its owner or set gateway.data_dir{where}")
+        key, path = ("buffer.dir", cfg.buffer.dir) if cfg.buffer.dir is not None else (
+            "gateway.data_dir", cfg.gateway.data_dir)
+        return (f"{key} ({path.resolve()}) must be a directory the user {getpass.getuser()} can write: "
+                f"fix its owner or set {key}{where}")
     return ""
 
 
@@ -461,8 +463,7 @@ def ask_gateway(url: str, topic: str, payload: bytes, reply_topic: str, match: C
         err_console.print(f"[red]no answer[/red] {no_answer}: {exc}", highlight=False)
         raise SystemExit(1) from exc
     except BridgeError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise SystemExit(1) from exc
+        exit_failed(exc, "check --url and that the broker is running and accepts this client")
 
 
 def show_answer(answer: dict[str, Any], as_json: bool, render: Callable[[], None], *, ok: str) -> None:

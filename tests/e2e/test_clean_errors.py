@@ -80,3 +80,13 @@ def test_sink_with_an_unusable_database_path(tmp_path: Path) -> None:
     line = fails_in_one_line("sink", "--url", f"mqtt://127.0.0.1:{free_port()}",
                              "--db", str(tmp_path / "afile" / "s.sqlite"))
     assert "cannot open the sink database" in line and "--db" in line
+
+
+@pytest.mark.parametrize("command", ["command", "push-config"])
+def test_operator_commands_with_an_unreachable_broker(tmp_path: Path, command: str) -> None:
+    doc = tmp_path / "push.toml"
+    doc.write_text("version = 2\n")
+    target = ["dev-1", "reboot"] if command == "command" else [str(doc)]
+    line = fails_in_one_line(command, "--url", f"mqtt://127.0.0.1:{free_port()}", "--gateway", "gw-1", *target,
+                             "--timeout", "2")
+    assert "cannot connect" in line and "check --url" in line

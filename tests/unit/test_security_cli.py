@@ -19,7 +19,7 @@ from gateway.metrics import serve
 from gateway.passwords import PasswordHash, read_password_file
 from gateway.pki import Pki
 from tests.e2e.harness import gateway_config, running_gateway
-from tests.support import Mosquitto, free_port
+from tests.support import Mosquitto, eventually, free_port
 
 
 def cli(*args: str, stdin: str | None = None) -> tuple[int, str]:
@@ -131,6 +131,10 @@ async def test_metrics_endpoint_with_basic_auth_and_tls(tmp_path: Path, mosquitt
             assert status == 200 and "edge_security_denials" in body
             with pytest.raises(urllib.error.URLError):  # a client that does not trust the gateway's CA
                 await asyncio.to_thread(_get, url, "prom:pw", ssl.create_default_context())
+            # the probes are served over the same TLS, without basic auth
+            await eventually(lambda: svc.board.latest() is not None)
+            status, body = await asyncio.to_thread(_get, f"https://127.0.0.1:{port}/readyz", None, ctx)
+            assert status == 200 and '"ready": true' in body
         finally:
             server.shutdown()
             server.server_close()
