@@ -293,10 +293,12 @@ def require_plot() -> None:
               help="Simulated devices.")
 @click.option("--rate-hz", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="Messages per second per device.")
-@click.option("--local-port", type=click.IntRange(0, 65535), default=1883, show_default=True,
-              help="Port of the gateway's local broker (devices connect here; 0 = any free port).")
-@click.option("--cloud-port", type=click.IntRange(0, 65535), default=1884, show_default=True,
-              help="Port of the stand-in cloud broker (0 = any free port).")
+@click.option("--local-port", type=click.IntRange(0, 65535), default=None,
+              help="Port of the gateway's local broker (devices connect here; 0 = any free port). "
+                   "Default: 1883, or any free port when 1883 is taken.")
+@click.option("--cloud-port", type=click.IntRange(0, 65535), default=None,
+              help="Port of the stand-in cloud broker (0 = any free port). Default: 1884, or any free port "
+                   "when 1884 is taken.")
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Where the buffer and the sink database go (default: a temporary directory).")
 @click.option("--anomalies", is_flag=True,
@@ -305,7 +307,7 @@ def require_plot() -> None:
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="At the end, write a timeline PNG (readings in, delivered, backlog, link down shaded; "
                    "sampled once a second); needs the 'plot' extra.")
-def lab(duration: float | None, devices: int, rate_hz: float, local_port: int, cloud_port: int,
+def lab(duration: float | None, devices: int, rate_hz: float, local_port: int | None, cloud_port: int | None,
         data_dir: Path | None, anomalies: bool, as_json: bool, plot_path: Path | None) -> None:
     """Everything on this machine in one command: local broker, gateway, stand-in cloud broker,
     cloud sink and simulated devices, with a live summary."""

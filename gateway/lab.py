@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import sys
 import tempfile
 import time
@@ -58,8 +59,8 @@ class LabOptions:
     duration_s: float | None = None
     devices: int = 5
     rate_hz: float = 1.0
-    local_port: int = 1883
-    cloud_port: int = 1884
+    local_port: int | None = None  # None: DEFAULT_LOCAL_PORT, or any free port when it is taken
+    cloud_port: int | None = None  # None: DEFAULT_CLOUD_PORT, or any free port when it is taken
     data_dir: Path | None = None
     profile: str = "room"
     anomalies: bool = False
@@ -84,6 +85,24 @@ def sample(svc: GatewayService) -> Sample:
 TEMPORARY_SINK = "the lab's sink (deleted at exit; --data-dir DIR keeps it)"
 
 
+DEFAULT_LOCAL_PORT = 1883
+DEFAULT_CLOUD_PORT = 1884
+
+
+def pick_port(wanted: int | None, default: int) -> int:
+    """``wanted`` when given (0 = any free port); else ``default`` if nothing listens there, else 0.
+    (Debian's mosquitto service, for one, takes 1883 as soon as it is installed.)"""
+    if wanted is not None:
+        return wanted
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's servers do
+        try:
+            probe.bind(("127.0.0.1", default))
+        except OSError:
+            return 0
+    return default
+
+
 def lab_config(data_dir: Path, local_port: int, cloud_url: str) -> GatewayConfig:
     return parse_config({
         "gateway": {"id": "lab-gw", "data_dir": str(data_dir / "gateway")},
@@ -102,7 +121,6 @@ class Lab:
         self.console = console or Console()
 
     async def run(self, stop: asyncio.Event, *, live: bool = True) -> dict[str, Any]:
-        from bridge.report import build_report
         from bridge.sink import run_sink
 
         with contextlib.ExitStack() as stack:
@@ -112,13 +130,14 @@ class Lab:
             credentials = base / "devices.credentials"
             provision(base / "passwd", credentials,
                       device_ids(LAB_PREFIX, self.opts.devices) + device_ids(SPARE_PREFIX, SPARE_DEVICES))
-            cloud = EmbeddedBroker("127.0.0.1", self.opts.cloud_port)
+            cloud = EmbeddedBroker("127.0.0.1", pick_port(self.opts.cloud_port, DEFAULT_CLOUD_PORT))
             await cloud.start()
             cloud_url = f"mqtt://127.0.0.1:{cloud.address.port}"
             sink_stop, gw_stop = asyncio.Event(), asyncio.Event()
             sink_task = asyncio.create_task(run_sink(cloud_url, db, protocol="3.1.1", shared_group=None,
                                                      prefix="edge/{gateway_id}", stop=sink_stop))
-            svc = GatewayService(lab_config(base, self.opts.local_port, cloud_url), Secrets())
+            local_port = pick_port(self.opts.local_port, DEFAULT_LOCAL_PORT)
+            svc = GatewayService(lab_config(base, local_port, cloud_url), Secrets())
             gw_task = asyncio.create_task(svc.run(gw_stop))
             devices: asyncio.subprocess.Process | None = None
             samples: list[Sample] = []
@@ -140,23 +159,31 @@ class Lab:
                     devices.terminate()
                     await devices.wait()
                 gw_stop.set()
-                await gw_task
-                if sampler is not None:
-                    await sampler
-                sink_stop.set()
-                await sink_task
-                await cloud.stop()
-            report = build_report(db)
-            if self.opts.data_dir is None:  # the temporary directory goes away: name no path in it
-                report["db"] = TEMPORARY_SINK
-            result = self._result(svc, report, base if self.opts.data_dir else None)
-            if self.opts.plot is not None:
-                from bridge.plot import write_png
-                from bridge.timeline import from_samples
+                try:
+                    await gw_task  # raises when the gateway could not start: stop the rest all the same
+                finally:
+                    if sampler is not None:
+                        await sampler
+                    sink_stop.set()
+                    await sink_task
+                    await cloud.stop()
+            return self._finish(svc, db, base, samples)
 
-                title = f"lab: {self.opts.devices} devices at {self.opts.rate_hz:g} Hz"
-                result["plot"] = str(write_png(from_samples(samples, title), self.opts.plot))
-            return result
+    def _finish(self, svc: GatewayService, db: Path, base: Path, samples: list[Sample]) -> dict[str, Any]:
+        """The final report from the sink database, and the timeline PNG when asked for."""
+        from bridge.report import build_report
+
+        report = build_report(db)
+        if self.opts.data_dir is None:  # the temporary directory goes away: name no path in it
+            report["db"] = TEMPORARY_SINK
+        result = self._result(svc, report, base if self.opts.data_dir else None)
+        if self.opts.plot is not None:
+            from bridge.plot import write_png
+            from bridge.timeline import from_samples
+
+            title = f"lab: {self.opts.devices} devices at {self.opts.rate_hz:g} Hz"
+            result["plot"] = str(write_png(from_samples(samples, title), self.opts.plot))
+        return result
 
     @staticmethod
     async def _wait_started(svc: GatewayService, task: asyncio.Task[None]) -> None:

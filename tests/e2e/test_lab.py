@@ -87,3 +87,25 @@ async def test_lab_devices_need_their_passwords(tmp_path: Path) -> None:
     out = check_report(stdout.decode())
     assert out["report"]["db"] == str(tmp_path / "sink.sqlite") and out["data_dir"] == str(tmp_path)  # type: ignore[index]
     assert out["security"]["denied"]  # type: ignore[index]  # the refused attempts were counted
+
+
+def test_lab_moves_to_a_free_port_when_1883_is_taken() -> None:
+    """The quick start right after `apt install mosquitto`, whose service holds 1883: the lab's local
+    broker takes another port instead of failing (an explicit --local-port is never moved)."""
+    import contextlib
+    import socket
+
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with contextlib.suppress(OSError):  # already taken by someone else: the same situation
+            holder.bind(("127.0.0.1", 1883))
+            holder.listen()
+        res = subprocess.run(lab_command(), capture_output=True, text=True, timeout=120, check=False,
+                             stdin=subprocess.DEVNULL)
+        assert res.returncode == 0, res.stderr[-2000:]
+        check_report(res.stdout)
+        pinned = subprocess.run(lab_command("--local-port", "1883"), capture_output=True, text=True, timeout=120,
+                                check=False, stdin=subprocess.DEVNULL)
+    assert pinned.returncode == 1
+    assert pinned.stderr.strip().splitlines()[-1].startswith("error: the local broker cannot listen on 127.0.0.1:1883")
+    assert "Traceback" not in pinned.stderr
