@@ -128,7 +128,8 @@ def check(config_path: Path, print_config: bool, quiet: bool) -> None:
 def config_summary(cfg: GatewayConfig) -> list[str]:
     """A few lines an operator reads at a glance: what listens, where data goes, what it keeps."""
     lb, up, buf = cfg.local_broker, cfg.uplink, cfg.buffer
-    local = (f"embedded, listening on {lb.listen}, auth {lb.auth.mode}" if lb.mode == "embedded"
+    listening = ([f"{lb.listen} (plain)"] if lb.plain else []) + ([f"{lb.tls.listen} (TLS)"] if lb.tls else [])
+    local = (f"embedded, listening on {', '.join(listening)}, auth {lb.auth.mode}" if lb.mode == "embedded"
              else f"external {lb.url}")
     mib = 1024 * 1024
     data = cfg.gateway.data_dir

@@ -88,3 +88,14 @@ def test_installed_script_and_module_entry_points() -> None:
     res = subprocess.run([str(script), "check", "--quiet", "-c", str(REFERENCE)], capture_output=True, text=True,
                          env={"PATH": "/usr/bin:/bin"}, check=False)
     assert res.returncode == 0, res.stderr
+
+
+def test_check_summary_names_every_listener(tmp_path: Path) -> None:
+    """A TLS-only gateway is not summarised as listening on the plain default port."""
+    cfg = tmp_path / "tls.toml"
+    cfg.write_text('[gateway]\nid = "g"\ndata_dir = "./data"\n[local_broker]\nplain = false\n'
+                   '[local_broker.tls]\nlisten = "0.0.0.0:8883"\n[local_broker.auth]\nmode = "password"\n')
+    res = CliRunner().invoke(main, ["check", "-c", str(cfg)])
+    assert res.exit_code == 0, res.output
+    assert "listening on 0.0.0.0:8883 (TLS), auth password" in res.output
+    assert "1883" not in res.output
