@@ -18,11 +18,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import IO, Any
+
+from gateway.atomic_file import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -116,16 +116,8 @@ class AnsweredCommands:
     def _rewrite(self) -> None:
         """Replace the file with the kept keys only (a crash leaves the old file or the new one)."""
         assert self.path is not None
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(list(key), separators=(",", ":")) + "\n" for key in self._keys)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        body = "".join(json.dumps(list(key), separators=(",", ":")) + "\n" for key in self._keys)
+        atomic_write(self.path, body.encode(), mode=0o600)
         self._lines = len(self._keys)
 
     def _failed(self, what: str, exc: OSError) -> None:

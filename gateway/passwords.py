@@ -16,18 +16,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
 import os
 import secrets
-import stat
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.topics import ID_RULE, valid_id
+from gateway.atomic_file import atomic_write
 from gateway.errors import CredentialsError
 
 PBKDF2_TAG = "7"
@@ -115,31 +113,6 @@ def write_password_file(path: Path, entries: dict[str, str]) -> None:
     """Replace ``path`` atomically (owner read/write only), entries sorted by device id."""
     body = "".join(f"{device}:{encoded}\n" for device, encoded in sorted(entries.items()))
     atomic_write(path, body.encode(), mode=0o600)
-
-
-def atomic_write(path: Path, data: bytes, mode: int) -> None:
-    """Replace ``path`` with ``data`` atomically. A new file gets ``mode``; an existing one keeps its
-    mode, owner and group (e.g. the group an external mosquitto reads the password file through)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        old: os.stat_result | None = path.stat()
-    except FileNotFoundError:
-        old = None
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        if old is not None:
-            mode = stat.S_IMODE(old.st_mode)
-            with contextlib.suppress(PermissionError):  # only root may give a file away
-                os.fchown(fd, old.st_uid, old.st_gid)
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 _POOL: ThreadPoolExecutor | None = None

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from bridge.topics import ID_RULE, valid_id
+from gateway.atomic_file import atomic_write
 from gateway.errors import CredentialsError
 from gateway.identity import normalise_serial
-from gateway.passwords import atomic_write
 
 CA_DAYS = 3650
 SERVER_DAYS = 825

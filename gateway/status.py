@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway.atomic_file import atomic_write
 from gateway.errors import GatewayError
 
 if TYPE_CHECKING:  # rich is for the CLI only: the running gateway writes the file without it
@@ -37,10 +38,9 @@ class StatusUnavailable(GatewayError):
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """The status file, rewritten every few seconds: atomic, but not fsynced (it spares the SD card;
+    a power cut loses only a status the next start rewrites)."""
+    atomic_write(path, data, mode=0o644, sync=False)
 
 
 async def write_periodically(path: Path, build: Callable[[], dict[str, Any]], interval_s: float,

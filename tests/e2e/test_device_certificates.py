@@ -17,8 +17,6 @@ from tests.e2e.harness import gateway_config, running_gateway
 from tests.e2e.security_support import Client, write_passwords
 from tests.support import Mosquitto, eventually
 
-pytest.importorskip("cryptography")
-
 
 @pytest.fixture
 def pki(tmp_path: Path) -> Pki:

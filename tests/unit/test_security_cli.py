@@ -53,7 +53,6 @@ def test_devices_add_refuses_bad_input(tmp_path: Path, args: list[str]) -> None:
 
 
 def test_devices_cert_issues_from_the_gateway_ca_and_remove_revokes(tmp_path: Path) -> None:
-    pytest.importorskip("cryptography")
     pki = tmp_path / "pki"
     code, out = cli("devices", "--password-file", str(tmp_path / "p"), "--pki-dir", str(pki), "cert", "dev-1")
     assert code == 0 and "dev-1.pem" in out
@@ -114,7 +113,6 @@ def _get(url: str, auth: str | None = None, ctx: ssl.SSLContext | None = None) -
 
 
 async def test_metrics_endpoint_with_basic_auth_and_tls(tmp_path: Path, mosquitto: Mosquitto) -> None:
-    pytest.importorskip("cryptography")
     pki = Pki(tmp_path / "pki")
     pki.ensure_server_cert(["127.0.0.1"])
     port = free_port()
