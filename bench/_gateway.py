@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from gateway.broker import EmbeddedBroker
 from gateway.config import GatewayConfig, Secrets, parse_config
 from gateway.service import GatewayService
+from gateway.source.broker import EmbeddedBroker
 
 
 @asynccontextmanager

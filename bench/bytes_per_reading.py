@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._gateway import bench_gateway  # noqa: E402
-from bridge.mqtt_types import ClientSettings, Message  # noqa: E402
-from bridge.uplink import MqttConnection  # noqa: E402
+from bridge.mqtt.connection import MqttConnection  # noqa: E402
+from bridge.mqtt.types import ClientSettings, Message  # noqa: E402
 from gateway.lab import LAB_RULES  # noqa: E402
 
 

@@ -25,10 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _child(root: str, rounds: int) -> dict[str, float]:
     sys.path.insert(0, root)
-    from bridge.codec import encode_batch
-    from bridge.model import Reading
+    from bridge.protocol.codec import encode_batch
+    from bridge.protocol.model import Reading
     from gateway.config import DecodeSection, TopicsSection
-    from gateway.decode import Decoder
+    from gateway.process.decode import Decoder
 
     rng = random.Random(1)
     now = int(time.time() * 1000)

@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._gateway import bench_gateway  # noqa: E402
-from gateway.passwords import DEFAULT_ITERATIONS, GENERATED_ITERATIONS, provision  # noqa: E402
-from gateway.pki import Pki  # noqa: E402
+from gateway.source.passwords import DEFAULT_ITERATIONS, GENERATED_ITERATIONS, provision  # noqa: E402
+from gateway.source.pki import Pki  # noqa: E402
 
 
 async def storm(port: int, creds: Path, tls: tuple[Path, Path] | None = None) -> dict[str, Any]:

@@ -5,7 +5,7 @@
 
 The gateway runs as its own process (``python -m gateway run``, default ``buffer.sync = "full"``)
 with mosquitto (``set_tcp_nodelay true``) as the cloud broker. This process holds one test device on
-the gateway's local broker and one cloud client, both ``bridge.uplink.MqttConnection`` (paho with
+the gateway's local broker and one cloud client, both ``bridge.mqtt.connection.MqttConnection`` (paho with
 TCP_NODELAY):
 
 - alert: the device publishes a temperature that crosses the rule's threshold (90, then 20, ...);
@@ -65,16 +65,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bridge.backoff import DecorrelatedJitter  # noqa: E402
-from bridge.codec import decode_control, is_replay  # noqa: E402
-from bridge.connect import connect_with_backoff  # noqa: E402
-from bridge.model import Reading  # noqa: E402
-from bridge.mqtt_types import ClientSettings, Message  # noqa: E402
-from bridge.topics import CloudTopics  # noqa: E402
-from bridge.uplink import MqttConnection  # noqa: E402
-from gateway.accounting import Accounting  # noqa: E402
-from gateway.buffer import Budget, DiskBuffer  # noqa: E402
-from gateway.lanes import LaneWriter  # noqa: E402
+from bridge.mqtt.backoff import DecorrelatedJitter  # noqa: E402
+from bridge.mqtt.connect import connect_with_backoff  # noqa: E402
+from bridge.mqtt.connection import MqttConnection  # noqa: E402
+from bridge.mqtt.types import ClientSettings, Message  # noqa: E402
+from bridge.protocol.codec import decode_control, is_replay  # noqa: E402
+from bridge.protocol.model import Reading  # noqa: E402
+from bridge.protocol.topics import CloudTopics  # noqa: E402
+from gateway.observe.accounting import Accounting  # noqa: E402
+from gateway.store.buffer import Budget, DiskBuffer  # noqa: E402
+from gateway.store.lanes import LaneWriter  # noqa: E402
 from tests.support import Mosquitto, free_port  # noqa: E402
 
 GW = "bench"

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._gateway import bench_gateway  # noqa: E402
-from bridge.codec import decode_batch, is_replay  # noqa: E402
+from bridge.protocol.codec import decode_batch, is_replay  # noqa: E402
 from gateway.config import GatewayConfig  # noqa: E402
 from tests.e2e.store_helpers import prefill_backlog  # noqa: E402
 

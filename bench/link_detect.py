@@ -21,9 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.broker import EmbeddedBroker  # noqa: E402
 from gateway.config import Secrets, parse_config  # noqa: E402
 from gateway.service import GatewayService  # noqa: E402
+from gateway.source.broker import EmbeddedBroker  # noqa: E402
 from tests.chaos import ChaosProxy  # noqa: E402
 
 

@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._gateway import bench_gateway  # noqa: E402
-from gateway.broker import EmbeddedBroker  # noqa: E402
 from gateway.config import GatewayConfig  # noqa: E402
-from gateway.passwords import hash_password, write_password_file  # noqa: E402
+from gateway.source.broker import EmbeddedBroker  # noqa: E402
+from gateway.source.passwords import hash_password, write_password_file  # noqa: E402
 
 
 async def publish(port: int, count: int, qos: int, devices: int, login: tuple[str, str] | None = None) -> None:

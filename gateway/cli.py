@@ -19,10 +19,10 @@ from typing import Any, Literal
 import click
 from rich.console import Console
 
-from bridge.errors import BridgeError, InvalidUrl
-from bridge.mqtt_types import ANONYMOUS, Login
-from bridge.topics import ID_RULE, CloudTopics, valid_id
-from bridge.urls import parse_broker_url
+from bridge.mqtt.errors import BridgeError, InvalidUrl
+from bridge.mqtt.types import ANONYMOUS, Login
+from bridge.mqtt.urls import parse_broker_url
+from bridge.protocol.topics import ID_RULE, CloudTopics, valid_id
 from gateway.cli_common import CONFIG_OPTION, err_console, exit_failed, exit_invalid, load_or_exit, login_options
 from gateway.config import MAX_CONFIG_VERSION, GatewayConfig, parse_config, read_toml
 from gateway.devices_cli import devices
@@ -82,7 +82,7 @@ def run(config_path: Path | None) -> None:
         logging.getLogger("gateway.security").warning("SECURITY: %s", warning)
     try:
         if cfg.metrics.listen:
-            from gateway.metrics import serve
+            from gateway.observe.metrics import serve
 
             serve(cfg.metrics, secrets.metrics_password, service.board)
         run_until_signal(service.run, on_hup=service.reload_credentials)
@@ -181,7 +181,7 @@ def status(config_path: Path | None, as_json: bool) -> None:
     connected devices, config version and the last rejected messages.
 
     Exits 0 when the gateway is running, 1 when the file is missing, stale or says it stopped."""
-    from gateway.status import StatusUnavailable, read_status, render_status
+    from gateway.observe.status import StatusUnavailable, read_status, render_status
 
     try:  # secrets are not needed to find the file: a shell without them may ask for the status
         cfg = GatewayConfig() if config_path is None else parse_config(read_toml(config_path), str(config_path))
@@ -222,8 +222,8 @@ def sink(url: str, db_path: Path, shared_group: str | None, protocol: Literal["5
          prefix: str, log_level: str, start_timeout_s: float, login: Login) -> None:
     """Cloud side: store every gateway's batches and alerts in SQLite, dropping duplicates
     by (gateway, stream, lane, seq) and recording sequence gaps."""
-    from bridge.errors import BridgeError
-    from bridge.sink import run_sink
+    from bridge.cloud.sink import run_sink
+    from bridge.mqtt.errors import BridgeError
 
     setup_logging(log_level)
     if shared_group and protocol != "5":
@@ -251,7 +251,7 @@ def report(db_path: Path, as_json: bool, device: str | None, fail_on_gaps: bool,
     """Per gateway and device: readings, alerts, duplicate batches dropped, sequence gaps.
 
     Exits 0, or 1 with --fail-on-gaps when seqs are missing."""
-    from bridge.report import build_report, has_gaps, render_report
+    from bridge.cloud.report import build_report, has_gaps, render_report
 
     if plot_path is not None:
         require_plot()
@@ -261,8 +261,8 @@ def report(db_path: Path, as_json: bool, device: str | None, fail_on_gaps: bool,
     else:
         render_report(data, Console())
     if plot_path is not None:
-        from bridge.plot import write_png
-        from bridge.timeline import from_sink
+        from bridge.cloud.plot import write_png
+        from bridge.cloud.timeline import from_sink
 
         write_png(from_sink(db_path, device), plot_path)
         err_console.print(f"timeline written to {plot_path}", highlight=False, markup=False)
@@ -277,8 +277,8 @@ def require_plot() -> None:
     """Exit 2 with the install hint when --plot is asked for without the plot extra."""
     from rich.markup import escape
 
-    from bridge.errors import PlotUnavailable
-    from bridge.plot import require_matplotlib
+    from bridge.cloud.errors import PlotUnavailable
+    from bridge.cloud.plot import require_matplotlib
 
     try:
         require_matplotlib()
@@ -361,7 +361,7 @@ def push_config(url: str, gateway_id: str, file: Path, version: int | None, time
 
     Exits 0 when the gateway applied it, 1 when it rejected it, found it stale or did not answer in
     time, 2 for bad arguments or an invalid file (each wrong key is named)."""
-    from gateway.config_push import document_bytes, read_document
+    from gateway.control.config_push import document_bytes, read_document
 
     topics = operator_topics(url, gateway_id, prefix)
     try:
@@ -457,7 +457,7 @@ def ask_gateway(url: str, topic: str, payload: bytes, reply_topic: str, match: C
                 protocol: Literal["5", "3.1.1"] = "5", login: Login = ANONYMOUS) -> dict[str, Any]:
     """One operator request through the cloud broker; exits 1 when there is no answer in time or the
     broker cannot be used."""
-    from bridge.operator import NoReply, request
+    from bridge.cloud.operator import NoReply, request
 
     try:
         return asyncio.run(request(url, topic, payload, reply_topic, match, timeout_s, retain=retain,

@@ -13,7 +13,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from bridge.mqtt_types import Login, TlsSettings
+from bridge.mqtt.types import Login, TlsSettings
 from gateway.config import GatewayConfig, Secrets, load_config
 from gateway.errors import ConfigError
 

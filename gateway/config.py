@@ -28,11 +28,11 @@ from pydantic import (
     model_validator,
 )
 
-from bridge.errors import InvalidUrl
-from bridge.topics import ID_RULE, valid_id
-from bridge.urls import BrokerUrl, parse_broker_url
-from gateway.clock import FLOOR_DATE
+from bridge.mqtt.errors import InvalidUrl
+from bridge.mqtt.urls import BrokerUrl, parse_broker_url
+from bridge.protocol.topics import ID_RULE, valid_id
 from gateway.errors import ConfigError
+from gateway.process.clock import FLOOR_DATE
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -118,7 +118,7 @@ def is_loopback(host: str) -> bool:
 
 
 def _check_acl_pattern(value: str) -> str:
-    from gateway.access import check_pattern
+    from gateway.source.access import check_pattern
 
     return check_pattern(value)
 
@@ -246,7 +246,7 @@ class DecodeSection(Strict):
 
 
 class ClockSection(Strict):
-    """When the wall clock counts as synced (see gateway.clock)."""
+    """When the wall clock counts as synced (see gateway.process.clock)."""
 
     floor_date: dt.date = FLOOR_DATE  # a wall clock before this date is not synced yet
     jump_s: float = Field(60.0, gt=0)  # a wall-clock step larger than this against the monotonic clock is counted
@@ -298,7 +298,7 @@ class BatchSection(Strict):
 
     @model_validator(mode="after")
     def _zstd(self) -> BatchSection:
-        from bridge.codec import zstd_available
+        from bridge.protocol.codec import zstd_available
 
         if self.compression == "zstd" and not zstd_available():
             raise ValueError("compression 'zstd' needs the zstandard package (pip install edge-mqtt-gateway[zstd])")

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import click
 
-from bridge.topics import ID_RULE, valid_id
+from bridge.protocol.topics import ID_RULE, valid_id
 from gateway.cli_common import CONFIG_OPTION, err_console, load_or_exit
 from gateway.errors import CredentialsError
-from gateway.passwords import (
+from gateway.source.passwords import (
     DEFAULT_ITERATIONS,
     GENERATED_ITERATIONS,
     generate_password,
@@ -22,7 +22,7 @@ from gateway.passwords import (
     read_password_file,
     write_password_file,
 )
-from gateway.pki import Pki
+from gateway.source.pki import Pki
 
 
 @dataclass(frozen=True)

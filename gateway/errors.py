@@ -7,7 +7,7 @@ message) will not. Only the CLI turns these into exit codes.
 
 from __future__ import annotations
 
-from bridge.store import StoreError
+from bridge.uplink.store import StoreError
 
 
 class GatewayError(Exception):

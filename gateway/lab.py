@@ -26,11 +26,11 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from bridge.timeline import Sample
-from gateway.broker import EmbeddedBroker
+from bridge.cloud.timeline import Sample
 from gateway.config import GatewayConfig, Secrets, parse_config
-from gateway.passwords import provision
 from gateway.service import GatewayService
+from gateway.source.broker import EmbeddedBroker
+from gateway.source.passwords import provision
 
 # Rules for the simulator's "room" profile: CO2 random-walks around 600 ppm, so its threshold is
 # crossed within seconds and the lab shows alerts and clears; deadbands filter the flat signals.
@@ -121,7 +121,7 @@ class Lab:
         self.console = console or Console()
 
     async def run(self, stop: asyncio.Event, *, live: bool = True) -> dict[str, Any]:
-        from bridge.sink import run_sink
+        from bridge.cloud.sink import run_sink
 
         with contextlib.ExitStack() as stack:
             base = self.opts.data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edge-lab-")))
@@ -171,15 +171,15 @@ class Lab:
 
     def _finish(self, svc: GatewayService, db: Path, base: Path, samples: list[Sample]) -> dict[str, Any]:
         """The final report from the sink database, and the timeline PNG when asked for."""
-        from bridge.report import build_report
+        from bridge.cloud.report import build_report
 
         report = build_report(db)
         if self.opts.data_dir is None:  # the temporary directory goes away: name no path in it
             report["db"] = TEMPORARY_SINK
         result = self._result(svc, report, base if self.opts.data_dir else None)
         if self.opts.plot is not None:
-            from bridge.plot import write_png
-            from bridge.timeline import from_samples
+            from bridge.cloud.plot import write_png
+            from bridge.cloud.timeline import from_samples
 
             title = f"lab: {self.opts.devices} devices at {self.opts.rate_hz:g} Hz"
             result["plot"] = str(write_png(from_samples(samples, title), self.opts.plot))
@@ -269,7 +269,7 @@ class Lab:
 
 def render_result(result: dict[str, Any], console: Console) -> None:
     """The lab's final report: what the sink holds, then whether every reading is accounted for."""
-    from bridge.report import render_report
+    from bridge.cloud.report import render_report
 
     render_report(result["report"], console)
     acc, sink = result["gateway"], result["sink"]

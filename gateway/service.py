@@ -14,39 +14,39 @@ import sys
 import time
 from typing import Any
 
-from bridge.backoff import DecorrelatedJitter
-from bridge.downlink import CommandLimits, DownlinkRouter
-from bridge.errors import BridgeError
-from bridge.forwarder import DrainPolicy, Forwarder, LanePolicy
-from bridge.link import UplinkLink
-from bridge.mqtt_types import ClientSettings, TlsSettings
-from bridge.store import Record
-from bridge.topics import CloudTopics
-from gateway.access import FORGED_RESPONSE, AclPolicy, Denials, pattern_as_filter
-from gateway.accounting import INGEST_OVERFLOW, REJECTED_BY_BROKER, Accounting
-from gateway.answered import AnsweredCommands
-from gateway.batcher import Batcher
-from gateway.broker import EmbeddedBroker, ListenerTls
-from gateway.buffer import Budget, DiskBuffer
-from gateway.clock import ClockGuard
-from gateway.commands import CommandRouter
+from bridge.mqtt.backoff import DecorrelatedJitter
+from bridge.mqtt.errors import BridgeError
+from bridge.mqtt.types import ClientSettings, TlsSettings
+from bridge.protocol.topics import CloudTopics
+from bridge.uplink.downlink import CommandLimits, DownlinkRouter
+from bridge.uplink.forwarder import DrainPolicy, Forwarder, LanePolicy
+from bridge.uplink.link import UplinkLink
+from bridge.uplink.store import Record
 from gateway.config import GatewayConfig, Secrets, split_host_port
-from gateway.config_push import ConfigPusher, PushedConfigFile
-from gateway.credentials import Changes, CredentialStore
-from gateway.decode import Decoder
+from gateway.control.answered import AnsweredCommands
+from gateway.control.commands import CommandRouter
+from gateway.control.config_push import ConfigPusher, PushedConfigFile
 from gateway.errors import GatewayError
-from gateway.external_source import ExternalSource
-from gateway.identity import Gatekeeper
-from gateway.ingest import Ingest
-from gateway.lanes import LaneWriter
-from gateway.latency import LatencyHistogram
-from gateway.pipeline import Pipeline
-from gateway.pki import Pki
-from gateway.processor import Processor
-from gateway.rejects import RejectLog
-from gateway.rules.engine import RuleEngine
-from gateway.stats import SnapshotBoard, publish_periodically, refresh_periodically
-from gateway.status import write_periodically
+from gateway.observe.accounting import INGEST_OVERFLOW, REJECTED_BY_BROKER, Accounting
+from gateway.observe.latency import LatencyHistogram
+from gateway.observe.stats import SnapshotBoard, publish_periodically, refresh_periodically
+from gateway.observe.status import write_periodically
+from gateway.process.batcher import Batcher
+from gateway.process.clock import ClockGuard
+from gateway.process.decode import Decoder
+from gateway.process.pipeline import Pipeline
+from gateway.process.processor import Processor
+from gateway.process.rejects import RejectLog
+from gateway.process.rules.engine import RuleEngine
+from gateway.source.access import FORGED_RESPONSE, AclPolicy, Denials, pattern_as_filter
+from gateway.source.broker import EmbeddedBroker, ListenerTls
+from gateway.source.credentials import Changes, CredentialStore
+from gateway.source.external import ExternalSource
+from gateway.source.identity import Gatekeeper
+from gateway.source.ingest import Ingest
+from gateway.source.pki import Pki
+from gateway.store.buffer import Budget, DiskBuffer
+from gateway.store.lanes import LaneWriter
 
 if sys.version_info >= (3, 11):
     from asyncio import TaskGroup

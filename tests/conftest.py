@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
-from gateway.broker import BrokerAddress, EmbeddedBroker
+from gateway.source.broker import BrokerAddress, EmbeddedBroker
 from tests.support import Mosquitto, running_mosquitto
 
 

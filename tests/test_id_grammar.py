@@ -1,4 +1,4 @@
-"""One id grammar: bridge/topics.py defines it, device_sim/topics.py keeps a copy (device_sim may
+"""One id grammar: bridge/protocol/topics.py defines it, device_sim/topics.py keeps a copy (device_sim may
 not import bridge/). Both agree on every string, and neither lets an id act as a path or wildcard."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.topics import ID_PATTERN, TopicPattern, valid_id
+from bridge.protocol.topics import ID_PATTERN, TopicPattern, valid_id
 from device_sim import topics as sim_topics
 from device_sim.errors import SimConfigError
 

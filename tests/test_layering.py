@@ -10,12 +10,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # library -> modules allowed to import it
 ADAPTERS = {
-    "amqtt": {"gateway/broker.py"},
-    "paho": {"bridge/uplink.py", "device_sim/publisher.py"},
-    "diskcache": {"gateway/buffer.py"},
-    "msgpack": {"bridge/codec.py", "device_sim/payloads.py"},
-    "zstandard": {"bridge/codec.py"},
-    "matplotlib": {"bridge/plot.py"},
+    "amqtt": {"gateway/source/broker.py"},
+    "paho": {"bridge/mqtt/connection.py", "device_sim/publisher.py"},
+    "diskcache": {"gateway/store/buffer.py"},
+    "msgpack": {"bridge/protocol/codec.py", "device_sim/payloads.py"},
+    "zstandard": {"bridge/protocol/codec.py"},
+    "matplotlib": {"bridge/cloud/plot.py"},
 }
 
 

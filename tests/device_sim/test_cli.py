@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from device_sim.cli import main
-from gateway.broker import EmbeddedBroker
+from gateway.source.broker import EmbeddedBroker
 from tests.device_sim.helpers import Collector
 from tests.support import eventually, free_port
 

@@ -12,7 +12,7 @@ import pytest
 
 from device_sim.builtin_profiles import BUILTIN_PROFILES
 from device_sim.runner import Runner
-from gateway.broker import EmbeddedBroker
+from gateway.source.broker import EmbeddedBroker
 from tests.device_sim.helpers import Collector, broker_at, run_settings, seqs_by_device
 from tests.support import eventually
 

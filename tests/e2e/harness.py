@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge.backoff import DecorrelatedJitter
-from bridge.codec import decode_batch, decode_control
-from bridge.connect import connect_with_backoff
-from bridge.errors import UplinkStopped
-from bridge.mqtt_types import ClientSettings, Message
-from bridge.uplink import MqttConnection
+from bridge.mqtt.backoff import DecorrelatedJitter
+from bridge.mqtt.connect import connect_with_backoff
+from bridge.mqtt.connection import MqttConnection
+from bridge.mqtt.errors import UplinkStopped
+from bridge.mqtt.types import ClientSettings, Message
+from bridge.protocol.codec import decode_batch, decode_control
 from gateway.config import GatewayConfig, Secrets, parse_config
 from gateway.service import GatewayService
 
@@ -217,7 +217,7 @@ class PacedDevices:
             self.acked_on[device][seq] = connection
 
     async def _connect(self) -> MqttConnection | None:
-        from bridge.errors import BridgeError
+        from bridge.mqtt.errors import BridgeError
 
         try:
             conn = await MqttConnection.open(self.url, ClientSettings(
@@ -234,7 +234,7 @@ class PacedDevices:
         import contextlib
         import functools
 
-        from bridge.errors import BridgeError
+        from bridge.mqtt.errors import BridgeError
 
         loop = asyncio.get_running_loop()
         conn: MqttConnection | None = None

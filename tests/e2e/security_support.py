@@ -10,7 +10,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.passwords import hash_password, write_password_file
+from gateway.source.passwords import hash_password, write_password_file
 from tests.support import eventually
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import random
 import time
 
-from bridge.model import Reading
-from bridge.topics import CloudTopics
-from gateway.accounting import Accounting
-from gateway.buffer import Budget, DiskBuffer
+from bridge.protocol.model import Reading
+from bridge.protocol.topics import CloudTopics
 from gateway.config import GatewayConfig
-from gateway.lanes import LaneWriter
+from gateway.observe.accounting import Accounting
+from gateway.store.buffer import Budget, DiskBuffer
+from gateway.store.lanes import LaneWriter
 
 
 def prefill_backlog(cfg: GatewayConfig, batches: int, per_batch: int, devices: int = 50) -> tuple[int, int]:

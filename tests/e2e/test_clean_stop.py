@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from gateway.buffer import Budget, DiskBuffer
+from gateway.store.buffer import Budget, DiskBuffer
 from tests.chaos import ChaosProxy
 from tests.e2e.gateway_process import GatewayProcess, scrape, write_config
 from tests.e2e.harness import CloudCollector, Devices, telemetry

@@ -7,9 +7,9 @@ import json
 import time
 from pathlib import Path
 
-from gateway.clock import date_ms
-from gateway.metrics import SnapshotCollector
-from gateway.stats import freeze
+from gateway.observe.metrics import SnapshotCollector
+from gateway.observe.stats import freeze
+from gateway.process.clock import date_ms
 from tests.e2e.harness import CloudCollector, Devices, gateway_config, local_url, running_gateway, telemetry
 from tests.support import Mosquitto, eventually
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bridge.mqtt_types import ClientSettings, Login, TlsSettings
-from bridge.uplink import MqttConnection
+from bridge.mqtt.connection import MqttConnection
+from bridge.mqtt.types import ClientSettings, Login, TlsSettings
 from gateway.cli import main
 from tests.pki import CertAuthority
 from tests.support import Mosquitto, eventually, free_port, mosquitto_password_line

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pytest
 
-from bridge.backoff import DecorrelatedJitter
-from bridge.report import build_report
-from bridge.sink import Sink
-from bridge.sink_store import SinkStore
+from bridge.cloud.report import build_report
+from bridge.cloud.sink import Sink
+from bridge.cloud.sink_store import SinkStore
+from bridge.mqtt.backoff import DecorrelatedJitter
 from tests.e2e.harness import PacedDevices, gateway_config, local_url, running_gateway
 from tests.support import Mosquitto, eventually
 

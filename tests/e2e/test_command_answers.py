@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import pytest
 
-from gateway.broker import EmbeddedBroker
+from gateway.source.broker import EmbeddedBroker
 from tests.e2e.downlink_support import CloudOperator, LocalSpy, sim_devices
 from tests.e2e.harness import gateway_config, local_url, running_gateway
 from tests.support import Mosquitto, eventually, running_mosquitto

@@ -81,7 +81,7 @@ def test_bad_url_and_gateway_exit_2() -> None:
 
 
 async def test_the_operator_cli_speaks_mqtt_3_1_1_to_a_3_1_1_only_cloud(tmp_path: Path) -> None:
-    from gateway.broker import EmbeddedBroker
+    from gateway.source.broker import EmbeddedBroker
 
     cloud = EmbeddedBroker("127.0.0.1", 0)  # amqtt: MQTT 3.1.1 only
     await cloud.start()

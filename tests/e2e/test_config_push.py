@@ -11,12 +11,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from bridge.mqtt_types import ClientSettings
-from bridge.uplink import MqttConnection
+from bridge.mqtt.connection import MqttConnection
+from bridge.mqtt.types import ClientSettings
 from gateway.config import GatewayConfig, Secrets
-from gateway.metrics import SnapshotCollector
+from gateway.observe.metrics import SnapshotCollector
+from gateway.observe.stats import SnapshotBoard
 from gateway.service import GatewayService
-from gateway.stats import SnapshotBoard
 from tests.e2e.harness import CloudCollector, Devices, gateway_config, local_url, running_gateway, telemetry
 from tests.support import Mosquitto, eventually
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bridge.codec import decode_batch, decode_control
-from bridge.mqtt_types import Message
+from bridge.mqtt.types import Message
+from bridge.protocol.codec import decode_batch, decode_control
 from gateway.service import GatewayService
 from tests.e2e.downlink_support import CloudOperator, sim_devices
 from tests.e2e.harness import CloudCollector, Devices, gateway_config, local_url, running_gateway

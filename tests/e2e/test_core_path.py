@@ -11,9 +11,9 @@ import sqlite3
 import time
 from pathlib import Path
 
-from bridge.model import Reading
-from bridge.report import build_report
-from bridge.sink import run_sink
+from bridge.cloud.report import build_report
+from bridge.cloud.sink import run_sink
+from bridge.protocol.model import Reading
 from tests.e2e.harness import CloudCollector, Devices, gateway_config, local_url, running_gateway, telemetry
 from tests.support import Mosquitto, eventually
 

@@ -34,11 +34,11 @@ from typing import IO, Any
 
 import pytest
 
-from bridge.backoff import DecorrelatedJitter
-from bridge.codec import decode_batch
-from bridge.sink import Sink
-from bridge.sink_store import SinkStore
-from gateway.buffer import Budget, DiskBuffer
+from bridge.cloud.sink import Sink
+from bridge.cloud.sink_store import SinkStore
+from bridge.mqtt.backoff import DecorrelatedJitter
+from bridge.protocol.codec import decode_batch
+from gateway.store.buffer import Budget, DiskBuffer
 from tests.e2e.gateway_process import metrics_text, scrape, write_config
 from tests.e2e.harness import CloudCollector, PacedDevices
 from tests.support import Mosquitto, eventually, free_port

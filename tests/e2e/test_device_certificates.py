@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from gateway.pki import Pki
 from gateway.service import GatewayService
+from gateway.source.pki import Pki
 from tests.e2e.harness import gateway_config, running_gateway
 from tests.e2e.security_support import Client, write_passwords
 from tests.support import Mosquitto, eventually

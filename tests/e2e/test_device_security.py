@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from gateway.access import INTERNAL_IDENTITY
 from gateway.cli import main
-from gateway.passwords import read_password_file
 from gateway.service import GatewayService
+from gateway.source.access import INTERNAL_IDENTITY
+from gateway.source.passwords import read_password_file
 from tests.e2e.downlink_support import CloudOperator
 from tests.e2e.harness import CloudCollector, gateway_config, running_gateway
 from tests.e2e.security_support import Client, write_passwords

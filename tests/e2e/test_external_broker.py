@@ -12,7 +12,7 @@ from tests.support import Mosquitto, eventually
 
 
 async def test_ingest_from_external_mosquitto(tmp_path: Path, mosquitto: Mosquitto, amqtt_broker: object) -> None:
-    from gateway.broker import EmbeddedBroker
+    from gateway.source.broker import EmbeddedBroker
 
     assert isinstance(amqtt_broker, EmbeddedBroker)
     cloud_url = f"mqtt://127.0.0.1:{amqtt_broker.address.port}"  # amqtt as the cloud side (MQTT 3.1.1)
@@ -49,7 +49,7 @@ async def test_ingest_overflow_is_counted(tmp_path: Path, mosquitto: Mosquitto) 
 async def test_messages_published_while_gateway_is_down_are_kept_by_the_broker(
     tmp_path: Path, mosquitto: Mosquitto, amqtt_broker: object
 ) -> None:
-    from gateway.broker import EmbeddedBroker
+    from gateway.source.broker import EmbeddedBroker
 
     assert isinstance(amqtt_broker, EmbeddedBroker)
     cloud_url = f"mqtt://127.0.0.1:{amqtt_broker.address.port}"

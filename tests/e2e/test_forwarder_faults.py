@@ -8,15 +8,15 @@ import json
 import time
 from pathlib import Path
 
-from bridge.errors import BridgeError
-from bridge.forwarder import Forwarder, LanePolicy
-from bridge.mqtt_types import ClientSettings
-from bridge.store import Lane, Record
-from bridge.uplink import MqttConnection
-from gateway.buffer import Budget, DiskBuffer
+from bridge.mqtt.connection import MqttConnection
+from bridge.mqtt.errors import BridgeError
+from bridge.mqtt.types import ClientSettings
+from bridge.uplink.forwarder import Forwarder, LanePolicy
+from bridge.uplink.store import Lane, Record
 from gateway.config import Secrets
 from gateway.errors import StorageError
 from gateway.service import GatewayService
+from gateway.store.buffer import Budget, DiskBuffer
 from tests.e2e.fake_broker import publish_topic_and_id, read_packet
 from tests.e2e.harness import Devices, gateway_config, local_url, running_gateway, telemetry
 from tests.support import Mosquitto, eventually

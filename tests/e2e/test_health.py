@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from gateway.broker import EmbeddedBroker
-from gateway.metrics import health_app, serve
-from gateway.stats import SnapshotBoard
+from gateway.observe.metrics import health_app, serve
+from gateway.observe.stats import SnapshotBoard
+from gateway.source.broker import EmbeddedBroker
 from tests.e2e.gateway_process import GatewayProcess, write_config
 from tests.e2e.harness import gateway_config, running_gateway
 from tests.support import Mosquitto, eventually, free_port, wait_until
@@ -115,7 +115,7 @@ async def test_a_bare_tcp_probe_logs_no_error(caplog: pytest.LogCaptureFixture) 
             await asyncio.to_thread(lambda: socket.create_connection((addr.host, addr.port), 5).close())
 
         def probes_seen() -> int:
-            return sum(1 for r in caplog.records if r.name == "gateway.broker"
+            return sum(1 for r in caplog.records if r.name == "gateway.source.broker"
                        and r.getMessage().startswith("connection closed before CONNECT"))
 
         await eventually(lambda: probes_seen() == 3)

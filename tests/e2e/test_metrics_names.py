@@ -20,7 +20,7 @@ from typing import Any
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.metrics import KNOWN_LABELS, serve
+from gateway.observe.metrics import KNOWN_LABELS, serve
 from gateway.service import GatewayService
 from tests.e2e.downlink_support import CloudOperator, sim_devices
 from tests.e2e.harness import Devices, gateway_config, local_url, running_gateway, telemetry

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.metrics import serve
+from gateway.observe.metrics import serve
 from tests.e2e.harness import PacedDevices, gateway_config, local_url, running_gateway
 from tests.support import Mosquitto, eventually, free_port
 

@@ -13,7 +13,7 @@ from typing import Any
 import tomllib
 import yaml
 
-from gateway.accounting import DROP_REASONS
+from gateway.observe.accounting import DROP_REASONS
 from tests.e2e.test_metrics_names import sample_value, scrape_when, served_gateway
 from tests.support import Mosquitto
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from click.testing import CliRunner, Result
 
-from bridge.mqtt_types import ClientSettings, Message
-from bridge.uplink import MqttConnection
+from bridge.mqtt.connection import MqttConnection
+from bridge.mqtt.types import ClientSettings, Message
 from gateway.cli import main
 from tests.e2e.harness import gateway_config, running_gateway
 from tests.support import Mosquitto, eventually

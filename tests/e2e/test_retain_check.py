@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 
-from bridge.mqtt_types import ClientSettings, Message
-from bridge.uplink import MqttConnection
+from bridge.mqtt.connection import MqttConnection
+from bridge.mqtt.types import ClientSettings, Message
 from tests.e2e.fake_broker import read_packet
 from tests.support import Mosquitto, eventually
 

@@ -27,10 +27,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import SecretStr
 
-from gateway.broker import EmbeddedBroker
 from gateway.config import Secrets
-from gateway.decode import Decoder
+from gateway.process.decode import Decoder
 from gateway.service import GatewayService
+from gateway.source.broker import EmbeddedBroker
 from tests.e2e.harness import gateway_config
 from tests.pki import Issued
 from tests.secure_mosquitto import Deployment, secure_mosquitto

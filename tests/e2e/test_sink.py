@@ -12,17 +12,17 @@ from typing import Any
 
 import pytest
 
-from bridge.backoff import DecorrelatedJitter
-from bridge.codec import Batch, encode_batch, encode_control
-from bridge.errors import PermanentBridgeError
-from bridge.model import Reading
-from bridge.mqtt_types import ClientSettings
-from bridge.report import build_report
-from bridge.sink import Protocol, Sink, run_sink
-from bridge.sink_store import SinkStore
-from bridge.topics import CloudTopics
-from bridge.uplink import MqttConnection
-from gateway.broker import EmbeddedBroker
+from bridge.cloud.report import build_report
+from bridge.cloud.sink import Protocol, Sink, run_sink
+from bridge.cloud.sink_store import SinkStore
+from bridge.mqtt.backoff import DecorrelatedJitter
+from bridge.mqtt.connection import MqttConnection
+from bridge.mqtt.errors import PermanentBridgeError
+from bridge.mqtt.types import ClientSettings
+from bridge.protocol.codec import Batch, encode_batch, encode_control
+from bridge.protocol.model import Reading
+from bridge.protocol.topics import CloudTopics
+from gateway.source.broker import EmbeddedBroker
 from tests.support import Mosquitto, eventually
 
 pytestmark = pytest.mark.timeout(60)

@@ -13,7 +13,7 @@ from typing import Any
 from click.testing import CliRunner, Result
 
 from gateway.cli import main
-from gateway.status import StatusUnavailable, read_status, write_atomically
+from gateway.observe.status import StatusUnavailable, read_status, write_atomically
 from tests.e2e.harness import Devices, gateway_config, local_url, running_gateway, telemetry
 from tests.support import Mosquitto, eventually
 

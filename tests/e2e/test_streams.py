@@ -8,7 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
-from bridge.sink_store import SinkStore
+from bridge.cloud.sink_store import SinkStore
 from tests.e2e.harness import Devices, gateway_config, local_url, running_gateway, telemetry
 from tests.e2e.test_sink import running_sink
 from tests.support import Mosquitto, eventually

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from bridge.backoff import DecorrelatedJitter
-from bridge.connect import connect_with_backoff
-from bridge.errors import (
+from bridge.mqtt.backoff import DecorrelatedJitter
+from bridge.mqtt.connect import connect_with_backoff
+from bridge.mqtt.connection import MqttConnection
+from bridge.mqtt.errors import (
     ConnectFailed,
     ConnectionLost,
     ConnectRefused,
@@ -28,10 +29,9 @@ from bridge.errors import (
     UplinkBusy,
     UplinkStopped,
 )
-from bridge.mqtt_types import ClientSettings, Message, MessageHandler, TlsSettings, Will
-from bridge.uplink import MqttConnection
-from bridge.urls import BrokerUrl
-from gateway.broker import EmbeddedBroker
+from bridge.mqtt.types import ClientSettings, Message, MessageHandler, TlsSettings, Will
+from bridge.mqtt.urls import BrokerUrl
+from gateway.source.broker import EmbeddedBroker
 from tests.support import Mosquitto, eventually, free_port, require_tool
 
 pytestmark = pytest.mark.timeout(30)

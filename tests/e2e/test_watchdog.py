@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from bridge.backoff import DecorrelatedJitter
-from bridge.codec import decode_batch
-from bridge.sink import Sink
-from bridge.sink_store import SinkStore
+from bridge.cloud.sink import Sink
+from bridge.cloud.sink_store import SinkStore
+from bridge.mqtt.backoff import DecorrelatedJitter
+from bridge.protocol.codec import decode_batch
 from gateway.config import Secrets
 from gateway.service import GatewayService
 from tests.chaos import ChaosProxy

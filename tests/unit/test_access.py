@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.access import (
+from gateway.service import acl_policy
+from gateway.source.access import (
     INTERNAL_IDENTITY,
     AclPolicy,
     Denials,
@@ -18,7 +19,6 @@ from gateway.access import (
     pattern_as_filter,
     topic_matches,
 )
-from gateway.service import acl_policy
 from tests.e2e.harness import gateway_config
 
 LEVEL = st.sampled_from(["a", "b", "devices", "d1", "d2", "x"])
@@ -75,7 +75,7 @@ def test_client_id_exact_or_suffix(suffix: str) -> None:
 def test_denials_are_counted_always_and_logged_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
     now = [0.0]
     denials = Denials(clock=lambda: now[0])
-    with caplog.at_level(logging.WARNING, logger="gateway.access"):
+    with caplog.at_level(logging.WARNING, logger="gateway.source.access"):
         for _ in range(5):
             denials.deny("acl_publish", "d1", "publish to 'devices/d2/telemetry'")
         denials.deny("acl_subscribe", "d1", "subscribe to '#'")
@@ -89,7 +89,7 @@ def test_denials_are_counted_always_and_logged_once_per_interval(caplog: pytest.
 
 
 def test_certificate_identity_is_the_cn_or_the_only_san_dns_name() -> None:
-    from gateway.identity import PeerCert
+    from gateway.source.identity import PeerCert
 
     cn = PeerCert.from_ssl({"subject": ((("commonName", "dev-1"),),), "subjectAltName": (("DNS", "x"),),
                             "serialNumber": "00AB"})

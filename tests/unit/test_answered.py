@@ -1,4 +1,4 @@
-"""gateway.answered: settled commands survive a reopen, the newest ``capacity`` are kept, a torn
+"""gateway.control.answered: settled commands survive a reopen, the newest ``capacity`` are kept, a torn
 or foreign line is skipped, and the file stays bounded."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.answered import AnsweredCommands
+from gateway.control.answered import AnsweredCommands
 
 keys = st.tuples(st.sampled_from(["d1", "d2", "dev-3"]), st.one_of(st.integers(-(2**63), 2**63 - 1),
                                                                    st.text(min_size=1, max_size=8)))

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from bridge.backoff import DecorrelatedJitter
+from bridge.mqtt.backoff import DecorrelatedJitter
 
 
 def test_delays_stay_within_base_and_cap() -> None:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from bridge.model import Reading
-from gateway.batcher import READING_COST_BYTES, Batcher
+from bridge.protocol.model import Reading
+from gateway.process.batcher import READING_COST_BYTES, Batcher
 
 
 class Clock:

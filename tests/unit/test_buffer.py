@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.buffer import RECORD_OVERHEAD_BYTES, Budget, DiskBuffer
+from gateway.store.buffer import RECORD_OVERHEAD_BYTES, Budget, DiskBuffer
 
 
 class ClockMs:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from bridge.topics import CloudTopics
-from gateway.accounting import Accounting
-from gateway.buffer import Budget, DiskBuffer
-from gateway.lanes import LaneWriter
+from bridge.protocol.topics import CloudTopics
+from gateway.observe.accounting import Accounting
+from gateway.store.buffer import Budget, DiskBuffer
+from gateway.store.lanes import LaneWriter
 
 
 def make(tmp_path: Path, dropped: list[tuple[int, str]], **kwargs: object) -> DiskBuffer:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from gateway.buffer import CLOSED_MARKER, Budget, DiskBuffer
+from gateway.store.buffer import CLOSED_MARKER, Budget, DiskBuffer
 from tests.unit.test_buffer import put
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.buffer import SEQ_RESERVE, Budget, DiskBuffer
+from gateway.store.buffer import SEQ_RESERVE, Budget, DiskBuffer
 
 
 def make(path: Path, write_behind_s: float = 0.0) -> DiskBuffer:

@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bridge.errors import ConnectionLost
-from bridge.mqtt_types import ClientSettings, Message
-from bridge.uplink import MqttConnection
+from bridge.mqtt.connection import MqttConnection
+from bridge.mqtt.errors import ConnectionLost
+from bridge.mqtt.types import ClientSettings, Message
 from tests.chaos import ChaosProxy
 from tests.support import Mosquitto, eventually, free_port
 

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.model import Reading
-from gateway import decode as d
-from gateway.clock import FLOOR_DATE, ClockGuard, date_ms
+from bridge.protocol.model import Reading
 from gateway.config import DecodeSection, GatewayConfig, TopicsSection
+from gateway.process import decode as d
+from gateway.process.clock import FLOOR_DATE, ClockGuard, date_ms
 
 FLOOR = dt.date(2026, 1, 1)
 FLOOR_MS = date_ms(FLOOR)
@@ -76,7 +76,7 @@ def test_a_device_timestamp_before_the_floor_date_is_still_out_of_window() -> No
 
 def test_ntp_stepping_the_clock_is_a_counted_jump_and_the_clock_becomes_synced(
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="gateway.clock")
+    caplog.set_level(logging.WARNING, logger="gateway.process.clock")
     g, c = guard(BOOT_MS / 1000)
     assert "not synced yet" in caplog.text
     c.step(1.0)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.codec import (
+from bridge.protocol.codec import (
     INT_MIN,
     UINT_MAX,
     Batch,
@@ -26,7 +26,7 @@ from bridge.codec import (
     unpack_object,
     zstd_available,
 )
-from bridge.model import Reading, Value
+from bridge.protocol.model import Reading, Value
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors"
 

@@ -1,4 +1,4 @@
-"""gateway.commands: allowlist, duplicates, holding, expiry, response matching (injected clocks)."""
+"""gateway.control.commands: allowlist, duplicates, holding, expiry, response matching (injected clocks)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.downlink import RETAINED, Command, CommandRejected
-from gateway.access import topic_matches
-from gateway.answered import AnsweredCommands
-from gateway.commands import CommandRouter, device_response
+from bridge.uplink.downlink import RETAINED, Command, CommandRejected
 from gateway.config import DownlinkSection
+from gateway.control.answered import AnsweredCommands
+from gateway.control.commands import CommandRouter, device_response
+from gateway.source.access import topic_matches
 
 
 class Clock:

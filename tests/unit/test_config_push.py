@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from bridge.codec import Compression
-from bridge.model import Reading
-from gateway.batcher import Batcher
+from bridge.protocol.codec import Compression
+from bridge.protocol.model import Reading
 from gateway.config import BatchSection, RuleSpec
-from gateway.config_push import MAX_DOCUMENT_BYTES, ConfigPusher, PushedConfigFile, read_document
-from gateway.rules.engine import RuleEngine
+from gateway.control.config_push import MAX_DOCUMENT_BYTES, ConfigPusher, PushedConfigFile, read_document
+from gateway.process.batcher import Batcher
+from gateway.process.rules.engine import RuleEngine
 
 FILE_RULES = [RuleSpec.model_validate({"name": "file", "metrics": "temp", "alert": {"max": 30}})]
 FILE_BATCH = BatchSection(max_count=100, max_age_s=5.0, compression="zlib", level=6)

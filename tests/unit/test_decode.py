@@ -5,9 +5,9 @@ import json
 import msgpack
 import pytest
 
-from bridge.model import Reading
-from gateway import decode as d
+from bridge.protocol.model import Reading
 from gateway.config import DecodeSection, TopicsSection
+from gateway.process import decode as d
 
 NOW = 1_700_000_000_000
 
@@ -125,7 +125,7 @@ def test_subscriptions_cover_the_contract() -> None:
 def test_event_with_msgpack_extension_types_becomes_plain_json() -> None:
     import datetime
 
-    from bridge.codec import encode_control
+    from bridge.protocol.codec import encode_control
 
     payload = msgpack.packb({"event": "x", "at": msgpack.Timestamp(1700000000), "big": 2**70, "raw": b"\x01",
                              "nan": float("nan"), "nested": {"t": datetime.datetime(2024, 1, 1)}},

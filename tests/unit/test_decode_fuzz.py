@@ -18,15 +18,15 @@ import msgpack
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.codec import carried, decode_batch, encode_batch
-from bridge.model import Reading
-from gateway import decode as d
-from gateway.accounting import Accounting
-from gateway.batcher import Batcher
+from bridge.protocol.codec import carried, decode_batch, encode_batch
+from bridge.protocol.model import Reading
 from gateway.config import DecodeSection, RuleSpec, TopicsSection
-from gateway.pipeline import Pipeline
-from gateway.rejects import RejectLog
-from gateway.rules.engine import RuleEngine
+from gateway.observe.accounting import Accounting
+from gateway.process import decode as d
+from gateway.process.batcher import Batcher
+from gateway.process.pipeline import Pipeline
+from gateway.process.rejects import RejectLog
+from gateway.process.rules.engine import RuleEngine
 
 NOW = 1_700_000_000_000
 OUTCOMES: Counter[str] = Counter()

@@ -1,4 +1,4 @@
-"""bridge.downlink: command parsing and validation, and dispatch by topic (pure)."""
+"""bridge.uplink.downlink: command parsing and validation, and dispatch by topic (pure)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
-from bridge.downlink import (
+from bridge.mqtt.types import Message
+from bridge.protocol.topics import CloudTopics
+from bridge.uplink.downlink import (
     BAD_ARGS,
     BAD_DEVICE,
     BAD_EXPIRY,
@@ -23,8 +25,6 @@ from bridge.downlink import (
     DownlinkRouter,
     parse_command,
 )
-from bridge.mqtt_types import Message
-from bridge.topics import CloudTopics
 
 NOW = 1_700_000_000.0
 LIMITS = CommandLimits(max_bytes=4096)

@@ -3,8 +3,8 @@ from __future__ import annotations
 import asyncio
 
 from gateway.config import DecodeSection, TopicsSection
-from gateway.decode import Decoder
-from gateway.ingest import Ingest
+from gateway.process.decode import Decoder
+from gateway.source.ingest import Ingest
 
 
 async def test_full_queue_drops_new_messages_and_counts_them() -> None:

@@ -7,7 +7,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.latency import DEFAULT_BUCKETS_S, LatencyHistogram
+from gateway.observe.latency import DEFAULT_BUCKETS_S, LatencyHistogram
 
 values = st.floats(min_value=-10.0, max_value=10_000.0) | st.sampled_from([math.nan, math.inf, -math.inf])
 

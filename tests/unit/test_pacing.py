@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.pacing import RateMeter, TokenBucket
+from bridge.uplink.pacing import RateMeter, TokenBucket
 
 
 class Clock:

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.credentials import CredentialStore
 from gateway.errors import CredentialsError
-from gateway.passwords import (
+from gateway.source.credentials import CredentialStore
+from gateway.source.passwords import (
     PasswordHash,
     PasswordVerifier,
     hash_password,

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from bridge.codec import Batch
-from bridge.errors import PlotUnavailable
-from bridge.model import Reading
-from bridge.plot import require_matplotlib, write_png
-from bridge.sink_store import SinkStore
-from bridge.timeline import Sample, from_samples, from_sink
+from bridge.cloud.errors import PlotUnavailable
+from bridge.cloud.plot import require_matplotlib, write_png
+from bridge.cloud.sink_store import SinkStore
+from bridge.cloud.timeline import Sample, from_samples, from_sink
+from bridge.protocol.codec import Batch
+from bridge.protocol.model import Reading
 from gateway.cli import main
 
 T0 = 1_700_000_000_000

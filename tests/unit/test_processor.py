@@ -6,19 +6,19 @@ import asyncio
 import json
 from pathlib import Path
 
-from bridge.model import Reading
-from bridge.topics import CloudTopics
-from gateway.accounting import INTERNAL_ERROR, Accounting
-from gateway.batcher import Batcher
-from gateway.buffer import Budget, DiskBuffer
+from bridge.protocol.model import Reading
+from bridge.protocol.topics import CloudTopics
 from gateway.config import DecodeSection, TopicsSection
-from gateway.decode import Decoded, Decoder
-from gateway.ingest import Ingest
-from gateway.lanes import LaneWriter
-from gateway.pipeline import Pipeline
-from gateway.processor import Processor
-from gateway.rejects import RejectLog
-from gateway.rules.engine import Outcome, RuleEngine
+from gateway.observe.accounting import INTERNAL_ERROR, Accounting
+from gateway.process.batcher import Batcher
+from gateway.process.decode import Decoded, Decoder
+from gateway.process.pipeline import Pipeline
+from gateway.process.processor import Processor
+from gateway.process.rejects import RejectLog
+from gateway.process.rules.engine import Outcome, RuleEngine
+from gateway.source.ingest import Ingest
+from gateway.store.buffer import Budget, DiskBuffer
+from gateway.store.lanes import LaneWriter
 
 
 class BuggyDecoder(Decoder):

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from bridge.codec import Batch
-from bridge.model import Reading
-from bridge.report import build_report, render_report
-from bridge.sink_store import SinkStore
+from bridge.cloud.report import build_report, render_report
+from bridge.cloud.sink_store import SinkStore
+from bridge.protocol.codec import Batch
+from bridge.protocol.model import Reading
 from tests.unit.test_sink_store import alert, event, response
 
 T0 = 1_700_000_000_000

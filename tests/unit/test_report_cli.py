@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from bridge.report import build_report, render_report
-from bridge.sink_store import SinkStore
+from bridge.cloud.report import build_report, render_report
+from bridge.cloud.sink_store import SinkStore
 from gateway.cli import main
 from tests.unit.test_report import T0, batch
 

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-from bridge.model import Reading
+from bridge.protocol.model import Reading
 from gateway.config import AlertSpec, DeadbandSpec, Range, RuleSpec
-from gateway.rules import deadband, sample, threshold, valid
-from gateway.rules.engine import DEADBAND, OUT_OF_RANGE, SAMPLED, RuleEngine
+from gateway.process.rules import deadband, sample, threshold, valid
+from gateway.process.rules.engine import DEADBAND, OUT_OF_RANGE, SAMPLED, RuleEngine
 
 
 def test_valid_range() -> None:

@@ -15,9 +15,9 @@ from pydantic import SecretStr
 
 from gateway.cli import main
 from gateway.config import MetricsSection
-from gateway.metrics import serve
-from gateway.passwords import PasswordHash, read_password_file
-from gateway.pki import Pki
+from gateway.observe.metrics import serve
+from gateway.source.passwords import PasswordHash, read_password_file
+from gateway.source.pki import Pki
 from tests.e2e.harness import gateway_config, running_gateway
 from tests.support import Mosquitto, eventually, free_port
 

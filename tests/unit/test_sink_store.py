@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from bridge.codec import Batch
-from bridge.errors import PermanentBridgeError
-from bridge.model import Reading
-from bridge.sink_store import GapSummary, InvalidRecord, SinkStore, parse_control
+from bridge.cloud.sink_store import GapSummary, InvalidRecord, SinkStore, parse_control
+from bridge.mqtt.errors import PermanentBridgeError
+from bridge.protocol.codec import Batch
+from bridge.protocol.model import Reading
 
 T0 = 1_700_000_000_000
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from bridge.codec import Batch
-from bridge.errors import PermanentBridgeError
-from bridge.model import Reading
-from bridge.report import build_report, render_report
-from bridge.sink_store import SinkStore
+from bridge.cloud.report import build_report, render_report
+from bridge.cloud.sink_store import SinkStore
+from bridge.mqtt.errors import PermanentBridgeError
+from bridge.protocol.codec import Batch
+from bridge.protocol.model import Reading
 from tests.unit.test_sink_store import T0, alert, batch, rows
 
 # The schema of version 1, as the sink created it before streams existed.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.errors import InvalidUrl, PermanentBridgeError
-from bridge.urls import BrokerUrl, parse_broker_url
+from bridge.mqtt.errors import InvalidUrl, PermanentBridgeError
+from bridge.mqtt.urls import BrokerUrl, parse_broker_url
 
 
 @pytest.mark.parametrize(

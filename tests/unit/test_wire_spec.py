@@ -1,5 +1,5 @@
 """A second, minimal decoder of the telemetry envelope, written from docs/PROTOCOL.md alone (it does
-not import bridge.codec), decodes every golden vector in tests/vectors/ to its JSON and refuses the
+not import bridge.protocol.codec), decodes every golden vector in tests/vectors/ to its JSON and refuses the
 ones the spec says a decoder must refuse."""
 
 from __future__ import annotations

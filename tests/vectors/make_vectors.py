@@ -16,8 +16,8 @@ from typing import Any
 
 import msgpack
 
-from bridge.codec import Batch, CodecError, decode_batch, encode_batch
-from bridge.model import Reading
+from bridge.protocol.codec import Batch, CodecError, decode_batch, encode_batch
+from bridge.protocol.model import Reading
 
 HERE = Path(__file__).resolve().parent
 GW = "gw-test"

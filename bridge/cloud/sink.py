@@ -1,0 +1,402 @@
+"""The cloud-side sink: subscribe to every gateway's uplink topics and store what arrives, once.
+
+Delivery: the sink subscribes with QoS 1 on a persistent session (stable client id, ``clean_start``
+off, MQTT 5 session expiry) and acknowledges each message only AFTER it has been committed to
+SQLite (``ClientSettings.manual_ack``). A sink that dies between receiving and committing leaves
+the message unacknowledged; the broker redelivers it when the session resumes, and the store's
+``(gateway, stream, lane, seq)`` key drops whatever had already been stored. At-least-once delivery plus
+an idempotent store gives each reading once. (This needs a broker that keeps in-flight QoS 1
+messages of a persistent session, as mosquitto does; amqtt 0.12 drops them when the subscriber's
+connection dies, so against amqtt a sink crash can lose the messages it had not acknowledged.)
+
+A storage failure (disk full, I/O error, locked database) is not acknowledged either: the sink drops
+the connection and reconnects after a backoff, so the broker redelivers. Messages that can never
+be stored (undecodable, gateway id of the topic and payload differ, malformed fields) are counted
+by reason, logged and acknowledged, so one bad message never blocks the subscription.
+
+All message handling runs on the event loop, synchronously, in arrival order (which keeps the
+PUBACKs in PUBLISH order as MQTT requires); a commit takes about a millisecond (one fsync with the
+store's default ``durable=True``). With ``shared_group`` several sinks split the data topics of an
+MQTT 5 shared subscription, each with its own database; ``build_report`` of each database then
+shows the sequence gaps of its share only, so check gaps across the union (or use one database).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import socket
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from bridge.cloud.sink_store import InvalidRecord, SinkStore, parse_control
+from bridge.mqtt.backoff import DecorrelatedJitter
+from bridge.mqtt.connect import connect_with_backoff
+from bridge.mqtt.connection import MqttConnection
+from bridge.mqtt.errors import BrokerUnreachable, ConnectionLost, UplinkStopped
+from bridge.mqtt.types import ANONYMOUS, ClientSettings, Login, Message, TlsSettings
+from bridge.mqtt.urls import BrokerUrl, parse_broker_url
+from bridge.protocol.codec import CodecError, decode_batch, decode_control
+from bridge.protocol.topics import TopicPattern, valid_id
+
+__all__ = ["DEFAULT_PREFIX", "Sink", "SinkCounters", "default_client_id", "run_sink", "subscriptions"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "edge/{gateway_id}"
+Protocol = Literal["5", "3.1.1"]
+_CONTROL_KINDS = {"alerts": "alert", "events": "event", "responses": "response", "config/status": "config_status"}
+_TOPIC_KINDS = ("telemetry", "alerts", "events", "responses", "config/status", "status")
+_MAX_STATUS_CHARS = 32
+_MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+@dataclass
+class SinkCounters:
+    """What the sink did since it started. ``handled`` counts messages fully processed and
+    acknowledged (stored, duplicate, invalid or status): tests poll it."""
+
+    batches: int = 0
+    readings: int = 0
+    duplicates: int = 0
+    alerts: int = 0
+    events: int = 0
+    responses: int = 0
+    config_acks: int = 0
+    status: int = 0
+    handled: int = 0
+    store_errors: int = 0
+    connects: int = 0
+    invalid_reasons: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def invalid(self) -> int:
+        return sum(self.invalid_reasons.values())
+
+
+def default_client_id(db: Path) -> str:
+    """A client id that is stable for one database on one host, so a restarted sink resumes its
+    persistent session (and gets what the broker kept for it) while two sinks never collide."""
+    digest = hashlib.sha1(f"{socket.gethostname()}:{db.resolve()}".encode()).hexdigest()
+    return f"sink-{digest[:12]}"
+
+
+def subscriptions(prefix: str = DEFAULT_PREFIX, shared_group: str | None = None) -> list[tuple[str, int]]:
+    """The QoS 1 filters of a sink. With ``shared_group`` the data topics become MQTT 5 shared
+    subscriptions; ``status`` never does, because brokers send no retained messages to shared
+    subscriptions and every sink wants the status."""
+    base = TopicPattern(prefix).subscription()
+    share = f"$share/{shared_group}/" if shared_group else ""
+    return [(f"{'' if kind == 'status' else share}{base}/{kind}", 1) for kind in _TOPIC_KINDS]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _reason(exc: CodecError) -> str:
+    """Short, low-cardinality counter key from a codec error message."""
+    return str(exc).split(":", 1)[0][:60]
+
+
+class _Session:
+    """Receives the messages of one connection attempt loop.
+
+    Messages can arrive before :func:`connect_with_backoff` has returned the connection (a resumed
+    session redelivers at once after CONNACK); they wait here until :meth:`attach` says which
+    connection to acknowledge them on.
+    """
+
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+        self._conn: MqttConnection | None = None
+        self._early: list[Message] = []
+        self._failed = False
+
+    def __call__(self, message: Message) -> None:
+        if self._conn is None:
+            self._early.append(message)
+        elif not self._failed:
+            self._failed = not self._sink.process(self._conn, message)
+
+    def attempt_failed(self, url: BrokerUrl, error: BaseException, delay: float) -> None:
+        # Anything buffered came from a connection that was discarded: unacknowledged, so redelivered.
+        self._early.clear()
+
+    def attach(self, conn: MqttConnection) -> None:
+        self._conn = conn
+        early, self._early = self._early, []
+        for message in early:
+            self(message)
+
+
+class Sink:
+    """Subscribe to all gateways under ``prefix`` and store their batches and control records."""
+
+    def __init__(
+        self,
+        store: SinkStore,
+        urls: Sequence[str | BrokerUrl],
+        *,
+        protocol: Protocol = "5",
+        shared_group: str | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        client_id: str | None = None,
+        persistent: bool = True,
+        session_expiry_s: int = 86_400,
+        tls: TlsSettings | None = None,
+        login: Login = ANONYMOUS,
+        backoff: DecorrelatedJitter | None = None,
+        connect_timeout_s: float = 10.0,
+        start_timeout_s: float | None = None,
+    ) -> None:
+        """``start_timeout_s``: give up with :class:`~bridge.mqtt.errors.BrokerUnreachable` when no broker
+        accepted the first connection within that many seconds (None: keep trying). Later
+        reconnects always keep trying."""
+        if "{gateway_id}" not in prefix:
+            raise ValueError(f"prefix {prefix!r} must contain {{gateway_id}}")
+        if shared_group is not None:
+            if protocol != "5":
+                raise ValueError("shared subscriptions need MQTT 5 (protocol='5')")
+            if not valid_id(shared_group):
+                raise ValueError(f"shared group {shared_group!r} is not a valid topic level")
+        if not urls:
+            raise ValueError("Sink needs at least one broker url")
+        self.store = store
+        self.urls = list(urls)
+        self.filters = subscriptions(prefix, shared_group)
+        self.settings = ClientSettings(
+            client_id=client_id or default_client_id(store.path),
+            protocol=protocol,
+            clean_start=not persistent,
+            session_expiry_s=session_expiry_s if persistent and protocol == "5" else 0,
+            manual_ack=True,
+            username=login.username,
+            password=login.password,
+            tls=login.tls or tls,
+            connect_timeout_s=connect_timeout_s,
+        )
+        self.counters = SinkCounters()
+        self.ready = asyncio.Event()
+        """Set while the sink is connected and subscribed."""
+        self.gateway_state: dict[str, str] = {}
+        self.last_seen_ms: dict[str, int] = {}
+        self._backoff = backoff or DecorrelatedJitter(0.5, 30.0)
+        self._start_timeout_s = start_timeout_s
+        self._last_connect_error = "no attempt finished"
+        self._routes = [(TopicPattern(f"{prefix}/{kind}"), kind) for kind in _TOPIC_KINDS]
+
+    # ------------------------------------------------------------ session loop
+    async def _connect(self, session: _Session, stop: asyncio.Event) -> MqttConnection:
+        def failed(url: BrokerUrl, error: BaseException, delay: float) -> None:
+            self._last_connect_error = str(error)
+            session.attempt_failed(url, error, delay)
+
+        connecting = connect_with_backoff(self.urls, self.settings, self._backoff, on_message=session,
+                                          on_attempt_failed=failed, stop=stop)
+        if self.counters.connects or self._start_timeout_s is None:
+            return await connecting
+        try:
+            return await asyncio.wait_for(connecting, self._start_timeout_s)
+        except asyncio.TimeoutError:
+            urls = ", ".join(str(parse_broker_url(u) if isinstance(u, str) else u) for u in self.urls)
+            raise BrokerUnreachable(
+                f"no broker reachable at {urls} within {self._start_timeout_s:g} s ({self._last_connect_error}); "
+                "check --url and that the broker is running and accepts this client") from None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect, subscribe and store until ``stop`` is set, reconnecting after every drop.
+
+        Raises :class:`~bridge.mqtt.errors.SubscribeFailed` if the broker refuses a filter (e.g. no
+        shared subscriptions): retrying would not help.
+        """
+        try:
+            while not stop.is_set():
+                session = _Session(self)
+                try:
+                    conn = await self._connect(session, stop)
+                except UplinkStopped:
+                    return
+                self.counters.connects += 1
+                session.attach(conn)
+                try:
+                    reason = await self._serve(conn, stop)
+                finally:
+                    self.ready.clear()
+                    await conn.close()
+                if reason is not None:
+                    delay = self._backoff.next_delay()
+                    log.warning("sink lost %s (%s); reconnecting in %.1f s", conn.url, reason, delay)
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(stop.wait(), delay)
+        finally:
+            self.ready.clear()
+
+    async def _serve(self, conn: MqttConnection, stop: asyncio.Event) -> str | None:
+        """Subscribe and wait; return why the connection ended, or None when asked to stop."""
+        try:
+            await conn.subscribe(self.filters)
+        except ConnectionLost as exc:
+            return str(exc)
+        self.ready.set()
+        log.info("sink subscribed on %s as %s (session present: %s)", conn.url, self.settings.client_id,
+                 conn.info.session_present)
+        closed = asyncio.ensure_future(conn.wait_closed())
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({closed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            closed.cancel()
+        if stop.is_set():
+            return None
+        return closed.result() if closed.done() and not closed.cancelled() else "closed"
+
+    # ------------------------------------------------------------ messages
+    def process(self, conn: MqttConnection, message: Message) -> bool:
+        """Handle one message and acknowledge it once it is committed.
+
+        Returns False after a storage failure: the message is left unacknowledged and the
+        connection is dropped so that the broker redelivers it on the next session.
+        """
+        try:
+            self._handle(message)
+        except sqlite3.Error as exc:
+            self.counters.store_errors += 1
+            log.error("cannot store message from %r (%s); dropping the connection for redelivery",
+                      message.topic, exc)
+            conn.abort()
+            return False
+        except Exception:  # the loop's one catch-all: a poison message must not wedge the subscription
+            self.counters.invalid_reasons["internal error"] += 1
+            log.exception("unexpected failure handling a message on %r; acknowledged and dropped",
+                          message.topic)
+        conn.ack(message)
+        self.counters.handled += 1
+        return True
+
+    def _route(self, topic: str) -> tuple[str, str] | None:
+        for pattern, kind in self._routes:
+            fields = pattern.match(topic)
+            if fields is not None:
+                return fields["gateway_id"], kind
+        return None
+
+    def _handle(self, message: Message) -> None:
+        now = _now_ms()
+        route = self._route(message.topic)
+        if route is None:
+            log.warning("ignoring message on unexpected topic %r", message.topic)
+            return
+        gateway, kind = route
+        if not valid_id(gateway):
+            self._invalid(gateway[:64], "bad gateway id", message.topic, repr(gateway))
+            return
+        self.last_seen_ms[gateway] = now
+        if kind == "status":
+            self._status(gateway, message, now)
+        elif kind == "telemetry":
+            self._telemetry(gateway, message, now)
+        else:
+            self._control(gateway, _CONTROL_KINDS[kind], message, now)
+
+    def _invalid(self, gateway: str, reason: str, topic: str, detail: str) -> None:
+        self.store.record_invalid(gateway, reason)
+        self.counters.invalid_reasons[reason] += 1
+        log.warning("invalid message on %r: %s (%s)", topic, reason, detail)
+
+    def _telemetry(self, gateway: str, message: Message, now: int) -> None:
+        try:
+            batch = decode_batch(message.payload, max_body_bytes=_MAX_BODY_BYTES)
+        except CodecError as exc:
+            self._invalid(gateway, _reason(exc), message.topic, str(exc))
+            return
+        if batch.gateway != gateway:
+            self._invalid(gateway, "gateway mismatch", message.topic, f"payload says {batch.gateway!r}")
+            return
+        try:
+            new = self.store.store_batch(batch, now)
+        except InvalidRecord as exc:
+            self._invalid(gateway, exc.reason, message.topic, str(exc))
+            return
+        if new:
+            self.counters.batches += 1
+            self.counters.readings += len(batch.readings)
+        else:
+            self.counters.duplicates += 1
+            log.debug("duplicate batch %s/%d dropped", gateway, batch.seq)
+
+    def _control(self, gateway: str, kind: str, message: Message, now: int) -> None:
+        try:
+            raw = decode_control(message.payload)
+            if raw.get("gw") != gateway:
+                self._invalid(gateway, "gateway mismatch", message.topic, f"payload says {raw.get('gw')!r}")
+                return
+            if raw.get("kind") != kind:
+                self._invalid(gateway, "kind mismatch", message.topic, f"payload kind {raw.get('kind')!r}")
+                return
+            new = self.store.store_control(parse_control(raw), now)
+        except CodecError as exc:
+            self._invalid(gateway, _reason(exc), message.topic, str(exc))
+            return
+        except InvalidRecord as exc:
+            self._invalid(gateway, exc.reason, message.topic, str(exc))
+            return
+        if not new:
+            self.counters.duplicates += 1
+        elif kind == "alert":
+            self.counters.alerts += 1
+        elif kind == "event":
+            self.counters.events += 1
+        elif kind == "response":
+            self.counters.responses += 1
+        else:
+            self.counters.config_acks += 1
+
+    def _status(self, gateway: str, message: Message, now: int) -> None:
+        if not message.payload:  # a retained status being cleared
+            return
+        try:
+            state = message.payload.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            state = ""
+        if not state or len(state) > _MAX_STATUS_CHARS or not state.isprintable():
+            self._invalid(gateway, "bad status", message.topic, repr(message.payload[:40]))
+            return
+        self.store.record_status(gateway, state, now)
+        self.gateway_state[gateway] = state
+        self.counters.status += 1
+
+
+async def run_sink(
+    url: str | Sequence[str],
+    db: Path,
+    *,
+    protocol: Protocol = "5",
+    shared_group: str | None = None,
+    prefix: str = DEFAULT_PREFIX,
+    stop: asyncio.Event,
+    client_id: str | None = None,
+    start_timeout_s: float | None = None,
+    login: Login = ANONYMOUS,
+) -> None:
+    """Run a sink storing into ``db`` until ``stop`` is set (the ``edge-gateway sink`` command)."""
+    urls = [url] if isinstance(url, str) else list(url)
+    store = SinkStore(db)
+    try:
+        sink = Sink(store, urls, protocol=protocol, shared_group=shared_group, prefix=prefix,
+                    client_id=client_id, start_timeout_s=start_timeout_s, login=login)
+        await sink.run(stop)
+    finally:
+        store.close()
+    c = sink.counters
+    log.info("sink stopped: %d batches (%d readings), %d alerts, %d events, %d responses, "
+             "%d duplicates, %d invalid", c.batches, c.readings, c.alerts, c.events, c.responses,
+             c.duplicates, c.invalid)
