@@ -15,9 +15,10 @@ a certificate is made. Reading the revoked list needs nothing. Keys are EC P-256
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,19 @@ def _crypto() -> Any:
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     return x509, hashes, serialization, ec, NameOID, ExtendedKeyUsageOID
+
+
+@contextlib.contextmanager
+def _failures(what: str, directory: Path) -> Iterator[None]:
+    """What ``cryptography`` and the files raise while making ``what`` becomes a :class:`CredentialsError`
+    (a corrupt or encrypted CA key, a name that is not a DNS name, an unwritable directory)."""
+    _crypto()  # CredentialsError if cryptography is missing
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    try:
+        yield
+    except (ValueError, TypeError, OSError, UnsupportedAlgorithm) as exc:
+        raise CredentialsError(f"cannot make {what} in {directory}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -83,6 +97,11 @@ class Pki:
         """Create the CA if there is none yet; return the CA certificate's path."""
         if self.ca_file.exists():
             return self.ca_file
+        with _failures("the CA", self.dir):
+            self._make_ca(name)
+        return self.ca_file
+
+    def _make_ca(self, name: str) -> None:
         x509, hashes, _serialization, ec, name_oid, _eku = _crypto()
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(name_oid.COMMON_NAME, name)])
@@ -97,7 +116,6 @@ class Pki:
                                              decipher_only=False), critical=True)
                 .sign(key, hashes.SHA256()))
         self._write_pair(self.ca_file, self.dir / "ca.key", cert, key)
-        return self.ca_file
 
     def ensure_server_cert(self, names: Iterable[str] = ()) -> Issued:
         """The broker's TLS certificate for ``names`` (DNS names or IP addresses; default: this
@@ -120,9 +138,14 @@ class Pki:
 
     def _issue(self, cn: str, names: list[str], cert_file: Path, key_file: Path, *, server: bool, days: int,
                now: dt.datetime | None = None) -> Issued:
+        self.ensure_ca()
+        with _failures(f"the certificate of {cn[:64]!r}", self.dir):
+            return self._sign(cn, names, cert_file, key_file, server=server, days=days, now=now)
+
+    def _sign(self, cn: str, names: list[str], cert_file: Path, key_file: Path, *, server: bool, days: int,
+              now: dt.datetime | None) -> Issued:
         import ipaddress
 
-        self.ensure_ca()
         x509, hashes, serialization, ec, name_oid, eku = _crypto()
         ca_key = serialization.load_pem_private_key((self.dir / "ca.key").read_bytes(), password=None)
         ca_cert = x509.load_pem_x509_certificate(self.ca_file.read_bytes())

@@ -64,6 +64,18 @@ def test_devices_cert_issues_from_the_gateway_ca_and_remove_revokes(tmp_path: Pa
     assert [who for _s, who in Pki(pki).revoked_list()] == ["dev-1"]
 
 
+def test_devices_cert_with_a_corrupt_ca_key_or_a_bad_server_name_exits_2_in_one_line(tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    code, out = cli("devices", "--password-file", str(tmp_path / "p"), "--pki-dir", str(pki), "cert", "dev-1",
+                    "--server-name", "gätewäy")  # not an A-label: cryptography refuses it
+    assert code == 2 and "cannot make the certificate of 'gätewäy'" in out and "Traceback" not in out
+    (pki / "ca.key").write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    code, out = cli("devices", "--password-file", str(tmp_path / "p"), "--pki-dir", str(pki), "cert", "dev-2",
+                    "--server-name", "localhost")
+    assert code == 2 and f"cannot make the certificate of 'localhost' in {pki}" in out
+    assert not (pki / "devices" / "dev-2.pem").exists()
+
+
 def test_none_auth_on_a_lan_listener_exits_2_naming_the_key(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text("[local_broker]\nlisten = '0.0.0.0:1883'\n")
