@@ -28,6 +28,10 @@ the retained copy before the live one and can refuse both. A copy identical to o
 the message is handed on flagged as retained (it could not be shown not to be). With MQTT 5,
 ``retain_as_published`` keeps the flag and no check is needed.
 
+Errors: nothing paho raises, and no ``OSError``/``ssl`` error of connecting, leaves this package; they
+become :mod:`bridge.mqtt.errors` classes (connect failures :class:`~bridge.mqtt.errors.ConnectFailed`,
+unusable settings, topics or filters :class:`~bridge.mqtt.errors.PermanentBridgeError`).
+
 Modules: :mod:`.session` (:class:`MqttConnection`: open, publish, subscribe, close),
 :mod:`.paho_client` (paho's client: built, connected, sending; its errors turned into ours),
 :mod:`.callbacks` (the thread boundary), :mod:`.bookkeeping` (CONNACK, pending acknowledgements,
