@@ -472,9 +472,11 @@ class EmbeddedBroker:
         gate: Gatekeeper | None = None,
         denials: Denials | None = None,
         max_denied_publishes: int = 5,
+        on_presence: PresenceCallback | None = None,
     ) -> None:
         """Without ``gate`` every client is anonymous and may do anything (loopback use only).
-        With it, every CONNECT is checked and each client is confined to its identity's topics."""
+        With it, every CONNECT is checked and each client is confined to its identity's topics.
+        ``on_presence`` is called when a client subscribes or goes away."""
         self._host = host
         self._port = port
         self._on_message = on_message
@@ -486,7 +488,7 @@ class EmbeddedBroker:
         self._guard = _Guard(gate, self.denials, max_denied_publishes) if gate is not None else None
         self._broker: Broker | None = None
         self._hook: IngestHook | None = None
-        self.on_presence: PresenceCallback | None = None
+        self._on_presence = on_presence
 
     def _listeners(self) -> dict[str, dict[str, Any]]:
         plain: dict[str, Any] = {"type": "tcp", "bind": f"{self._host}:{self._port}",
@@ -619,8 +621,8 @@ class EmbeddedBroker:
         return self._hook.errors if self._hook else 0
 
     def _presence(self) -> None:
-        if self.on_presence is not None:
-            self.on_presence()
+        if self._on_presence is not None:
+            self._on_presence()
 
     def has_subscriber(self, topic: str, literal_level: int | None = None) -> bool:
         """True when a connected client has a subscription matching ``topic``: a message published
