@@ -21,9 +21,8 @@ from typing import Any
 Counts = Mapping[str, int]
 
 
-def _empty() -> Any:
-    """A field defaulting to an empty read-only mapping."""
-    return field(default_factory=lambda: MappingProxyType({}))
+def _empty() -> Mapping[str, Any]:
+    return MappingProxyType({})
 
 
 def frozen_counts(counts: Mapping[str, int]) -> Counts:
@@ -58,8 +57,8 @@ class AccountingBlock:
     readings_in: int = 0
     restored: int = 0
     delivered: int = 0
-    filtered: Counts = _empty()
-    dropped: Counts = _empty()
+    filtered: Counts = field(default_factory=_empty)
+    dropped: Counts = field(default_factory=_empty)
     buffered: int = 0
     pending: int = 0
     messages_in: int = 0
@@ -72,7 +71,7 @@ class AccountingBlock:
     responses: int = 0
     control_written: int = 0
     control_delivered: int = 0
-    control_dropped: Counts = _empty()
+    control_dropped: Counts = field(default_factory=_empty)
 
 
 @dataclass(frozen=True)
@@ -90,7 +89,7 @@ class DiskBlock:
     control_held_in_memory: int = 0
     unclean_start: bool = False
     unclean_starts: int = 0
-    skipped_seqs: Mapping[str, tuple[int, ...]] = _empty()
+    skipped_seqs: Mapping[str, tuple[int, ...]] = field(default_factory=_empty)
     stream: str = ""
     new_stream_reason: str = ""
 
@@ -132,13 +131,13 @@ class CommandsBlock:
     forwarded: int = 0
     held: int = 0
     duplicates: int = 0
-    answered: Counts = _empty()
-    rejected: Counts = _empty()
+    answered: Counts = field(default_factory=_empty)
+    rejected: Counts = field(default_factory=_empty)
     responses_matched: int = 0
     responses_unmatched: int = 0
     responses_forged: int = 0
     forgotten: int = 0
-    ignored: Counts = _empty()
+    ignored: Counts = field(default_factory=_empty)
     round_trip: HistogramBlock = HistogramBlock()
     cleared: int = 0
 
@@ -155,7 +154,7 @@ class ConfigPushBlock:
 @dataclass(frozen=True)
 class SecurityBlock:
     auth: str = "none"
-    denied: Counts = _empty()
+    denied: Counts = field(default_factory=_empty)
     authenticated_connects: int = 0
     devices_with_password: int = 0
     revoked_certificates: int = 0
@@ -189,11 +188,11 @@ class ClockBlock:
 class Snapshot:
     gateway: str
     accounting: AccountingBlock = AccountingBlock()
-    rejects: Counts = _empty()
-    buffer: Mapping[str, LaneBlock] = _empty()
+    rejects: Counts = field(default_factory=_empty)
+    buffer: Mapping[str, LaneBlock] = field(default_factory=_empty)
     disk: DiskBlock = DiskBlock()
     uplink: UplinkBlock = UplinkBlock()
-    budget: Mapping[str, BudgetBlock] = _empty()
+    budget: Mapping[str, BudgetBlock] = field(default_factory=_empty)
     connected_clients: int | None = None  # None with an external local broker (its clients are not visible)
     alert_latency: HistogramBlock = HistogramBlock()
     ingest_queue: int = 0
