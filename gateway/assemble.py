@@ -184,7 +184,10 @@ def build_parts(cfg: GatewayConfig, secrets: Secrets) -> Parts:
     )
     outage = Outage()
     link = build_link(cfg, secrets, topics, forwarder, downlink, buffer, outage)
-    state = GatewayState(cfg, acc, delivery, rejects, buffer, lanes, link, forwarder, outage, local, ingest,
-                         processor, commands, downlink, pusher, stages.clock)
-    return Parts(cfg, topics, acc, rejects, buffer, forwarder, lanes, stages, answered, commands, ingest,
-                 processor, pusher, downlink, link, local, state)
+    state = GatewayState(cfg=cfg, accounting=acc, delivery=delivery, rejects=rejects, buffer=buffer, lanes=lanes,
+                         link=link, forwarder=forwarder, outage=outage, local=local, ingest=ingest,
+                         processor=processor, commands=commands, downlink=downlink, config_pusher=pusher,
+                         clock=stages.clock)
+    return Parts(cfg=cfg, topics=topics, accounting=acc, rejects=rejects, buffer=buffer, forwarder=forwarder,
+                 lanes=lanes, stages=stages, answered=answered, commands=commands, ingest=ingest,
+                 processor=processor, config_pusher=pusher, downlink=downlink, link=link, local=local, state=state)

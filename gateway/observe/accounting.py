@@ -14,9 +14,11 @@ to Prometheus.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.observe.snapshot import AccountingBlock, frozen_counts
 
@@ -82,13 +84,9 @@ class Accounting:
         )
 
     def snapshot(self) -> AccountingBlock:
-        return AccountingBlock(
-            readings_in=self.readings_in, restored=self.restored, delivered=self.delivered,
-            filtered=frozen_counts(self.filtered), dropped=frozen_counts(self.dropped),
-            buffered=self.buffered, pending=self.pending, messages_in=self.messages_in,
-            batches_written=self.batches_written, batches_delivered=self.batches_delivered,
-            bytes_up_telemetry=self.bytes_up_telemetry, bytes_up_control=self.bytes_up_control,
-            alerts=self.alerts, events=self.events, responses=self.responses,
-            control_written=self.control_written, control_delivered=self.control_delivered,
-            control_dropped=frozen_counts(self.control_dropped),
-        )
+        """Every figure of :class:`AccountingBlock`, copied (counters into read-only mappings)."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(AccountingBlock):
+            value = getattr(self, f.name)
+            values[f.name] = frozen_counts(value) if isinstance(value, Counter) else value
+        return AccountingBlock(**values)
