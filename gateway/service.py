@@ -50,6 +50,10 @@ def sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 class GatewayService:
+    """The gateway: its parts (``parts``; those that the CLI, the lab, tests and benchmarks reach for
+    are attributes too) and their lifecycle (:meth:`run`). ``board`` carries the typed snapshot to
+    the metrics thread; :meth:`snapshot` is the JSON document of the stats message."""
+
     def __init__(self, cfg: GatewayConfig, secrets: Secrets) -> None:
         self.cfg = cfg
         self.parts = p = build_parts(cfg, secrets)
@@ -63,6 +67,7 @@ class GatewayService:
         self.started = asyncio.Event()
 
     def typed_snapshot(self) -> Snapshot:
+        """On the loop: every figure now, typed and copied."""
         return self.state.snapshot()
 
     def snapshot(self) -> dict[str, Any]:
@@ -70,6 +75,7 @@ class GatewayService:
         return self.state.document()
 
     def status(self) -> dict[str, Any]:
+        """The status file's document (without its ``ts``, ``pid``, ``interval_s`` and ``state``)."""
         return self.state.status()
 
     async def run(self, stop: asyncio.Event) -> None:
