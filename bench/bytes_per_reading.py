@@ -59,7 +59,7 @@ async def run(args: argparse.Namespace, rules: list[dict[str, Any]], compression
         while acc.messages_in < summary["sent"] or raw["messages"] < summary["sent"]:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         await tap.close()
-    a = svc.accounting.snapshot()
+    a = svc.snapshot()["accounting"]
     readings = a["readings_in"]
     return {
         "rules": "lab deadband rules" if rules else "none (every reading forwarded)",

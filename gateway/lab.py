@@ -28,6 +28,7 @@ from rich.table import Table
 
 from bridge.cloud.timeline import Sample
 from gateway.config import GatewayConfig, Secrets, parse_config
+from gateway.observe.snapshot import to_plain
 from gateway.service import GatewayService
 from gateway.source.broker import EmbeddedBroker
 from gateway.source.passwords import provision
@@ -222,30 +223,30 @@ class Lab:
 
     @staticmethod
     def _table(svc: GatewayService, started: float, title: str) -> Table:
-        s = svc.snapshot()
-        acc = s["accounting"]
+        s = svc.typed_snapshot()
+        acc = s.accounting
         t = Table(title=title, show_header=False, title_justify="left")
         t.add_column("what")
         t.add_column("value", justify="right")
         rows = [
             ("elapsed", f"{time.monotonic() - started:.0f} s"),
-            ("messages in", acc["messages_in"]),
-            ("readings in", acc["readings_in"]),
-            ("filtered (deadband, sampling)", sum(acc["filtered"].values())),
-            ("dropped (invalid, overflow, ...)", sum(acc["dropped"].values())),
-            ("alerts", acc["alerts"]),
-            ("batches written / delivered", f"{acc['batches_written']} / {acc['batches_delivered']}"),
-            ("readings delivered", acc["delivered"]),
-            ("bytes up (telemetry / control)", f"{acc['bytes_up_telemetry']} / {acc['bytes_up_control']}"),
-            ("buffer (telemetry records)", s["buffer"]["telemetry"]["records"]),
-            ("uplink", "connected" if s["uplink"]["connected"] else "down"),
+            ("messages in", acc.messages_in),
+            ("readings in", acc.readings_in),
+            ("filtered (deadband, sampling)", sum(acc.filtered.values())),
+            ("dropped (invalid, overflow, ...)", sum(acc.dropped.values())),
+            ("alerts", acc.alerts),
+            ("batches written / delivered", f"{acc.batches_written} / {acc.batches_delivered}"),
+            ("readings delivered", acc.delivered),
+            ("bytes up (telemetry / control)", f"{acc.bytes_up_telemetry} / {acc.bytes_up_control}"),
+            ("buffer (telemetry records)", s.buffer["telemetry"].records),
+            ("uplink", "connected" if s.uplink.connected else "down"),
         ]
         for k, v in rows:
             t.add_row(k, str(v))
         return t
 
     def _result(self, svc: GatewayService, report: dict[str, Any], kept: Path | None) -> dict[str, Any]:
-        acc = svc.accounting.snapshot()
+        acc: dict[str, Any] = to_plain(svc.accounting.snapshot())  # the gateway has stopped: its counters only
         gw = report.get("gateways", {}).get("lab-gw", {})
         sink_readings = int(gw.get("readings", 0))
         ok = svc.accounting.balance() == 0 and sink_readings == acc["delivered"]
@@ -259,7 +260,7 @@ class Lab:
                 "duplicates_dropped": sum(gw.get("duplicates", {}).values()),
                 "missing_seqs": sum(g["missing"] for g in gw.get("gaps", {}).values()),
             },
-            "security": svc.security_snapshot(),
+            "security": to_plain(svc.state.security()),
             "bytes_per_delivered_reading": round(bytes_per_reading, 2),
             "data_dir": str(kept) if kept else None,
             "report": report,

@@ -118,6 +118,7 @@ class CommandRouter:
         answered: AnsweredCommands | None = None,
         wall: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        on_forged: Callable[[str, str], None] | None = None,
     ) -> None:
         self._cfg = cfg
         self._allowed = None if "*" in cfg.allowed_commands else frozenset(cfg.allowed_commands)
@@ -137,7 +138,7 @@ class CommandRouter:
         self._stopped = False
         self.counters = CommandCounters()
         self.round_trip = LatencyHistogram()  # forwarded command -> the device's response, seconds
-        self.on_forged: Callable[[str, str], None] | None = None  # (device, detail)
+        self._on_forged = on_forged  # (device, detail): a device answered another device's command
 
     # ------------------------------------------------------------------ arrival (sync, on the loop)
 
@@ -225,8 +226,8 @@ class CommandRouter:
         tracked = self._tracked.pop((device, cid), None) if isinstance(cid, (str, int)) else None
         if tracked is None and any(key[1] == cid for key in self._tracked):
             self.counters.responses_forged += 1
-            if self.on_forged is not None:
-                self.on_forged(device, f"answer to command id {str(cid)[:64]!r}, which was sent to another device")
+            if self._on_forged is not None:
+                self._on_forged(device, f"answer to command id {str(cid)[:64]!r}, which was sent to another device")
             return None
         if tracked is None:
             self.counters.responses_unmatched += 1

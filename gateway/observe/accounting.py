@@ -6,16 +6,21 @@ Every reading that enters is, at any moment, in exactly one state::
 
 ``restored`` is what an earlier run left on disk. ``filtered`` and ``dropped`` are broken down by
 reason. ``buffered`` is on disk waiting for the cloud's PUBACK, ``pending`` is in the open batch in
-memory. Counters are plain integers on the hot
-path; the loop publishes a frozen snapshot of them that :mod:`gateway.observe.metrics` serves to Prometheus.
+memory: those three are read at any moment from their owners, through the functions given at
+construction. Counters are plain integers on the hot path; the loop publishes a frozen snapshot of
+them (:class:`~gateway.observe.snapshot.AccountingBlock`) that :mod:`gateway.observe.metrics` serves
+to Prometheus.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from gateway.observe.snapshot import AccountingBlock, frozen_counts
 
 # Drop reasons that are not decode rejections (those are named in gateway.process.decode).
 INGEST_OVERFLOW = "ingest_overflow"
@@ -48,6 +53,8 @@ class Accounting:
     control_written: int = 0
     control_delivered: int = 0
     control_dropped: Counter[str] = field(default_factory=Counter)
+    # where the states that live elsewhere are read: on disk (the buffer), in the open batch (the
+    # batcher), restored at start (the buffer); given at construction
     buffered_fn: Callable[[], int] = lambda: 0
     pending_fn: Callable[[], int] = lambda: 0
     restored_fn: Callable[[], int] = lambda: 0
@@ -76,24 +83,10 @@ class Accounting:
             self.delivered + sum(self.filtered.values()) + sum(self.dropped.values()) + self.buffered + self.pending
         )
 
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "readings_in": self.readings_in,
-            "restored": self.restored,
-            "delivered": self.delivered,
-            "filtered": dict(self.filtered),
-            "dropped": dict(self.dropped),
-            "buffered": self.buffered,
-            "pending": self.pending,
-            "messages_in": self.messages_in,
-            "batches_written": self.batches_written,
-            "batches_delivered": self.batches_delivered,
-            "bytes_up_telemetry": self.bytes_up_telemetry,
-            "bytes_up_control": self.bytes_up_control,
-            "alerts": self.alerts,
-            "events": self.events,
-            "responses": self.responses,
-            "control_written": self.control_written,
-            "control_delivered": self.control_delivered,
-            "control_dropped": dict(self.control_dropped),
-        }
+    def snapshot(self) -> AccountingBlock:
+        """Every figure of :class:`AccountingBlock`, copied (counters into read-only mappings)."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(AccountingBlock):
+            value = getattr(self, f.name)
+            values[f.name] = frozen_counts(value) if isinstance(value, Counter) else value
+        return AccountingBlock(**values)

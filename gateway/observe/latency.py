@@ -1,14 +1,16 @@
 """Latency histograms kept as plain counters on the event loop.
 
 The loop calls :meth:`LatencyHistogram.observe`; the snapshot carries :meth:`LatencyHistogram.snapshot`
-(cumulative bucket counts, sum and count), which :mod:`gateway.observe.metrics` turns into a Prometheus
-histogram. Nothing here is shared with another thread."""
+(a :class:`~gateway.observe.snapshot.HistogramBlock`: cumulative bucket counts, sum and count),
+which :mod:`gateway.observe.metrics` turns into a Prometheus histogram. Nothing here is shared
+with another thread."""
 
 from __future__ import annotations
 
 import bisect
 import math
-from typing import Any
+
+from gateway.observe.snapshot import HistogramBlock
 
 # seconds: a command round trip on a LAN is milliseconds; an alert waits out an outage (minutes, hours)
 DEFAULT_BUCKETS_S: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -29,10 +31,10 @@ class LatencyHistogram:
         self.sum_s += value
         self.count += 1
 
-    def snapshot(self) -> dict[str, Any]:
-        """``buckets``: ``[upper bound, cumulative count]`` pairs ending with ``"+Inf"``."""
+    def snapshot(self) -> HistogramBlock:
+        """``buckets``: ``(upper bound, cumulative count)`` pairs ending with ``"+Inf"``."""
         cumulative, running = [], 0
         for bound, n in zip((*map(str, self.bounds), "+Inf"), self._counts, strict=True):
             running += n
-            cumulative.append([bound, running])
-        return {"buckets": cumulative, "sum_s": self.sum_s, "count": self.count}
+            cumulative.append((bound, running))
+        return HistogramBlock(tuple(cumulative), self.sum_s, self.count)

@@ -30,12 +30,19 @@ from gateway.config import MetricsSection, split_host_port
 from gateway.control.commands import GATEWAY_STATUSES, RETAINED_WITHOUT_ID
 from gateway.errors import AddressInUse, MetricsError
 from gateway.observe.accounting import CONTROL_DROP_REASONS, DROP_REASONS
-from gateway.observe.stats import FrozenSnapshot, SnapshotBoard
+from gateway.observe.snapshot import (
+    ClockBlock,
+    CommandsBlock,
+    HistogramBlock,
+    SecurityBlock,
+    Snapshot,
+)
+from gateway.observe.stats import SnapshotBoard
 from gateway.process.decode import REJECT_REASONS as DECODE_REJECTS
 from gateway.process.rules.engine import FILTER_REASONS, RULE_DROP_REASONS
 from gateway.source.access import DENIAL_REASONS
 
-Latest = Callable[[], tuple[float, FrozenSnapshot] | None]
+Latest = Callable[[], tuple[float, Snapshot] | None]
 Family = CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily | InfoMetricFamily
 LANES = ("control", "telemetry")
 # every label value a counter can take, exported at 0 before its first event (so increase() sees it)
@@ -83,9 +90,9 @@ def _per_lane(fam: CounterMetricFamily | GaugeMetricFamily,
     return fam
 
 
-def _histogram(name: str, help_text: str, h: FrozenSnapshot) -> HistogramMetricFamily:
-    return HistogramMetricFamily(name, help_text, buckets=[(str(b), float(n)) for b, n in h["buckets"]],
-                                 sum_value=h["sum_s"])
+def _histogram(name: str, help_text: str, h: HistogramBlock) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, help_text, buckets=[(str(b), float(n)) for b, n in h.buckets],
+                                 sum_value=h.sum_s)
 
 
 class SnapshotCollector(Collector):
@@ -110,99 +117,99 @@ class SnapshotCollector(Collector):
         yield from _reading_metrics(s)
         yield from _buffer_metrics(s)
         yield from _uplink_metrics(s)
-        yield from _command_metrics(s["commands"])
+        yield from _command_metrics(s.commands)
         yield from _config_metrics(s)
-        yield from _security_metrics(s["security"])
-        yield from _clock_metrics(s["clock"])
-        clients = s["connected_clients"]
+        yield from _security_metrics(s.security)
+        yield from _clock_metrics(s.clock)
+        clients = s.connected_clients
         if clients is not None:  # embedded broker only: an external broker's clients are not visible here
             yield _gauge("edge_connected_clients", "Local MQTT clients (devices and local tools) connected to the "
                          "embedded broker", clients)
         yield _counter("edge_internal_errors", "Unexpected errors in processing (a bug: see the log)",
-                       s["internal_errors"])
+                       s.internal_errors)
 
 
-def _reading_metrics(s: FrozenSnapshot) -> Iterator[Family]:
-    acc = s["accounting"]
-    yield _counter("edge_messages_received", "MQTT messages taken from the local broker", acc["messages_in"])
+def _reading_metrics(s: Snapshot) -> Iterator[Family]:
+    acc = s.accounting
+    yield _counter("edge_messages_received", "MQTT messages taken from the local broker", acc.messages_in)
     yield _counter("edge_readings_received", "Readings that entered the gateway (including rejected messages, "
-                   "one each)", acc["readings_in"])
+                   "one each)", acc.readings_in)
     yield _counter("edge_readings_restored", "Readings an earlier run left on disk, taken over at start",
-                   acc["restored"])
+                   acc.restored)
     yield _counter("edge_readings_delivered", "Readings in batches the cloud broker acknowledged",
-                   acc["delivered"])
+                   acc.delivered)
     yield _by_label("edge_readings_filtered", "Readings a filter rule left out on purpose, by reason", "reason",
-                    acc["filtered"])
+                    acc.filtered)
     yield _by_label("edge_readings_dropped", "Readings lost: rejected input, overflow, expiry, disk errors, "
-                    "by reason", "reason", acc["dropped"])
+                    "by reason", "reason", acc.dropped)
     yield _gauge("edge_readings_buffered", "Readings on disk waiting for the cloud broker's acknowledgement",
-                 acc["buffered"])
-    yield _gauge("edge_readings_pending", "Readings in the open batch in memory", acc["pending"])
+                 acc.buffered)
+    yield _gauge("edge_readings_pending", "Readings in the open batch in memory", acc.pending)
     yield _by_label("edge_rejected_messages", "Local messages rejected by the decoder, by reason", "reason",
-                    s["rejects"])
+                    s.rejects)
     kinds = CounterMetricFamily("edge_control_records", "Control records raised (alert, device event, device "
                                 "response)", labels=["kind"])
-    for kind, key in (("alert", "alerts"), ("event", "events"), ("response", "responses")):
-        kinds.add_metric([kind], acc[key])
+    for kind, count in (("alert", acc.alerts), ("event", acc.events), ("response", acc.responses)):
+        kinds.add_metric([kind], count)
     yield kinds
     yield _by_label("edge_control_records_dropped", "Control records lost, by reason", "reason",
-                    acc["control_dropped"])
+                    acc.control_dropped)
     yield _gauge("edge_ingest_queue_messages", "Messages waiting in memory between the broker and the pipeline",
-                 s["ingest_queue"])
+                 s.ingest_queue)
 
 
-def _buffer_metrics(s: FrozenSnapshot) -> Iterator[Family]:
-    acc, buf = s["accounting"], s["buffer"]
+def _buffer_metrics(s: Snapshot) -> Iterator[Family]:
+    acc, buf = s.accounting, s.buffer
     yield _per_lane(CounterMetricFamily("edge_records_written", "Records written to the disk buffer (telemetry "
                                         "batches, control records)", labels=["lane"]),
-                    {"telemetry": acc["batches_written"], "control": acc["control_written"]})
+                    {"telemetry": acc.batches_written, "control": acc.control_written})
     yield _per_lane(CounterMetricFamily("edge_records_delivered", "Records the cloud broker acknowledged",
                                         labels=["lane"]),
-                    {"telemetry": acc["batches_delivered"], "control": acc["control_delivered"]})
+                    {"telemetry": acc.batches_delivered, "control": acc.control_delivered})
     yield _per_lane(CounterMetricFamily("edge_uplink_sent_bytes", "Payload bytes the cloud broker acknowledged",
                                         labels=["lane"]),
-                    {"telemetry": acc["bytes_up_telemetry"], "control": acc["bytes_up_control"]})
+                    {"telemetry": acc.bytes_up_telemetry, "control": acc.bytes_up_control})
     yield _per_lane(GaugeMetricFamily("edge_buffer_records", "Records waiting on disk", labels=["lane"]),
-                    {lane: buf[lane]["records"] for lane in LANES})
+                    {lane: buf[lane].records for lane in LANES})
     yield _per_lane(GaugeMetricFamily("edge_buffer_readings", "Readings waiting on disk (the backlog)",
-                                      labels=["lane"]), {lane: buf[lane]["readings"] for lane in LANES})
+                                      labels=["lane"]), {lane: buf[lane].readings for lane in LANES})
     yield _per_lane(GaugeMetricFamily("edge_buffer_usage_bytes", "Bytes the disk buffer holds", labels=["lane"]),
-                    {lane: buf[lane]["bytes"] for lane in LANES})
+                    {lane: buf[lane].bytes for lane in LANES})
     yield _per_lane(GaugeMetricFamily("edge_buffer_budget_bytes", "The lane's byte budget (buffer.<lane>.max_bytes): "
                                       "at it, the oldest telemetry is dropped", labels=["lane"]),
-                    {lane: s["budget"][lane]["max_bytes"] for lane in LANES})
-    disk = s["disk"]
-    yield _counter("edge_buffer_disk_full_events", "Buffer writes the disk refused (full)", disk["full_events"])
+                    {lane: s.budget[lane].max_bytes for lane in LANES})
+    disk = s.disk
+    yield _counter("edge_buffer_disk_full_events", "Buffer writes the disk refused (full)", disk.full_events)
     yield _gauge("edge_buffer_control_held_records", "Control records held in memory until the disk takes them",
-                 disk["control_held_in_memory"])
+                 disk.control_held_in_memory)
     yield _counter("edge_buffer_unclean_starts", "Starts that found the buffer not closed (kill -9, crash, power "
-                   "loss), over the life of the buffer", disk["unclean_starts"])
+                   "loss), over the life of the buffer", disk.unclean_starts)
     yield _histogram("edge_alert_delivery_seconds", "From an alert raised on the gateway to the cloud broker's "
-                     "acknowledgement (includes time spent buffered during an outage)", s["alert_latency"])
+                     "acknowledgement (includes time spent buffered during an outage)", s.alert_latency)
 
 
-def _uplink_metrics(s: FrozenSnapshot) -> Iterator[Family]:
-    up = s["uplink"]
+def _uplink_metrics(s: Snapshot) -> Iterator[Family]:
+    up = s.uplink
     yield _gauge("edge_uplink_connected", "1 while the uplink to the cloud broker is connected",
-                 1 if up["connected"] else 0)
+                 1 if up.connected else 0)
     yield _gauge("edge_uplink_offline_seconds", "How long the uplink has been down (since start if it never "
-                 "connected); 0 while connected", up["offline_s"])
-    yield _counter("edge_uplink_connects", "Uplink connections made", up["connects"])
+                 "connected); 0 while connected", up.offline_s)
+    yield _counter("edge_uplink_connects", "Uplink connections made", up.connects)
     yield _counter("edge_uplink_watchdog_trips", "Links torn down as dead by the progress watchdog",
-                   up["watchdog_trips"])
+                   up.watchdog_trips)
     endpoint = GaugeMetricFamily("edge_uplink_endpoint", "1 for the cloud endpoint in use", labels=["url"])
-    if up["endpoint"]:
-        endpoint.add_metric([up["endpoint"]], 1)
+    if up.endpoint:
+        endpoint.add_metric([up.endpoint], 1)
     yield endpoint
-    drain = up["drain"]
+    drain = up.drain
     yield _gauge("edge_backlog_drain_readings_per_second", "Backlog readings acknowledged per second (last 10 s)",
-                 drain["rate_readings_s"])
+                 drain.rate_readings_s)
     yield _gauge("edge_backlog_drain_eta_seconds", "Estimated seconds to empty the telemetry backlog at the "
                  "current drain rate (NaN while it does not drain)",
-                 drain["eta_s"] if drain["eta_s"] is not None else float("nan"))
+                 drain.eta_s if drain.eta_s is not None else float("nan"))
 
 
-def _command_metrics(c: FrozenSnapshot) -> Iterator[Family]:
+def _command_metrics(c: CommandsBlock) -> Iterator[Family]:
     for name, help_text in (
             ("received", "Cloud commands received"),
             ("forwarded", "Commands delivered to the local device"),
@@ -212,49 +219,49 @@ def _command_metrics(c: FrozenSnapshot) -> Iterator[Family]:
             ("responses_forged", "Device answers to a command sent to another device (refused)"),
             ("forgotten", "Forwarded commands with no response within downlink.track_responses_s"),
             ("cleared", "Empty (retained-clearing) messages on the command topics, ignored")):
-        yield _counter(f"edge_commands_{name}", help_text, c[name])
-    yield _gauge("edge_commands_held", "Commands held for an offline device", c["held"])
+        yield _counter(f"edge_commands_{name}", help_text, getattr(c, name))
+    yield _gauge("edge_commands_held", "Commands held for an offline device", c.held)
     yield _by_label("edge_commands_answered", "Commands the gateway answered itself, by status", "status",
-                    c["answered"])
-    yield _by_label("edge_commands_rejected", "Commands rejected, by reason", "reason", c["rejected"])
+                    c.answered)
+    yield _by_label("edge_commands_rejected", "Commands rejected, by reason", "reason", c.rejected)
     yield _by_label("edge_commands_ignored", "Command messages not answered at all, by reason", "reason",
-                    c["ignored"])
+                    c.ignored)
     yield _histogram("edge_command_round_trip_seconds", "From a command's arrival on the gateway to its device's "
-                     "response", c["round_trip"])
+                     "response", c.round_trip)
 
 
-def _config_metrics(s: FrozenSnapshot) -> Iterator[Family]:
-    push = s["config_push"]
-    yield _gauge("edge_config_version", "Pushed config version in force (0 = file config only)", s["config_version"])
+def _config_metrics(s: Snapshot) -> Iterator[Family]:
+    push = s.config_push
+    yield _gauge("edge_config_version", "Pushed config version in force (0 = file config only)", s.config_version)
     yield _by_label("edge_config_pushes", "Pushed config documents by outcome", "status",
-                    {k: push[k] for k in ("applied", "rejected", "stale")})
+                    {"applied": push.applied, "rejected": push.rejected, "stale": push.stale})
     yield _counter("edge_config_load_errors", "Persisted pushed configs that could not be loaded at start",
-                   push["load_errors"])
+                   push.load_errors)
     yield _counter("edge_config_cleared", "Empty messages on the config topic (a retained document cleared), ignored",
-                   push["cleared"])
+                   push.cleared)
 
 
-def _security_metrics(s: FrozenSnapshot) -> Iterator[Family]:
+def _security_metrics(s: SecurityBlock) -> Iterator[Family]:
     yield _by_label("edge_security_denials", "Refused connects, publishes, subscribes and deliveries on the local "
-                    "broker, by reason", "reason", s["denied"])
+                    "broker, by reason", "reason", s.denied)
     yield _counter("edge_security_authenticated_connects", "Connections admitted with an identity",
-                   s["authenticated_connects"])
-    yield _gauge("edge_security_devices_with_password", "Devices in the password file", s["devices_with_password"])
-    yield _gauge("edge_security_revoked_certificates", "Serials in the revoked list", s["revoked_certificates"])
-    yield _counter("edge_security_credential_reloads", "Credential files reloaded", s["credential_reloads"])
+                   s.authenticated_connects)
+    yield _gauge("edge_security_devices_with_password", "Devices in the password file", s.devices_with_password)
+    yield _gauge("edge_security_revoked_certificates", "Serials in the revoked list", s.revoked_certificates)
+    yield _counter("edge_security_credential_reloads", "Credential files reloaded", s.credential_reloads)
     yield _counter("edge_security_credential_reload_errors", "Credential file versions refused as invalid (the "
-                   "previous ones stayed in force)", s["credential_reload_errors"])
+                   "previous ones stayed in force)", s.credential_reload_errors)
 
 
-def _clock_metrics(c: FrozenSnapshot) -> Iterator[Family]:
+def _clock_metrics(c: ClockBlock) -> Iterator[Family]:
     yield _gauge("edge_clock_synced", "1 while the gateway's wall clock is taken as synced (after "
-                 "clock.floor_date and, when set, clock.sync_file exists)", 1 if c["synced"] else 0)
+                 "clock.floor_date and, when set, clock.sync_file exists)", 1 if c.synced else 0)
     yield _counter("edge_clock_jumps", "Steps of the wall clock against the monotonic clock beyond clock.jump_s",
-                   c["jumps"])
+                   c.jumps)
     yield _counter("edge_clock_receive_stamped_unsynced_readings", "Readings without a ts stamped with the receive "
-                   "time while the clock was not synced", c["receive_stamped_unsynced"])
+                   "time while the clock was not synced", c.receive_stamped_unsynced)
     yield _counter("edge_clock_window_not_judged_readings", "Readings whose ts was kept although the unsynced "
-                   "clock would have put it out of window", c["window_not_judged"])
+                   "clock would have put it out of window", c.window_not_judged)
 
 
 def registry_for(board: SnapshotBoard) -> CollectorRegistry:
@@ -301,11 +308,11 @@ def health_app(board: SnapshotBoard, stale_after_s: float) -> Any:
                                 "snapshot_age_s": None if age is None else round(age, 3)}
         ok = body["status"] == "ok"
         if environ.get("PATH_INFO") == "/readyz":
-            ready = dict(latest[1].get("ready", {})) if latest is not None else {}
-            uplink = latest[1].get("uplink", {}) if latest is not None else {}
-            body.update(ready)
-            body["uplink"] = "connected" if uplink.get("connected") else "disconnected"
-            ok = ok and bool(ready) and all(ready.values())
+            snap = latest[1] if latest is not None else None
+            if snap is not None:
+                body.update(local_broker=snap.ready.local_broker, buffer=snap.ready.buffer)
+            body["uplink"] = "connected" if snap is not None and snap.uplink.connected else "disconnected"
+            ok = ok and snap is not None and snap.ready.all()
             body["ready"] = ok
         start_response("200 OK" if ok else "503 Service Unavailable",
                        [("Content-Type", "application/json"), ("Cache-Control", "no-store")])

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 from gateway.observe.metrics import SnapshotCollector
-from gateway.observe.stats import freeze
 from gateway.process.clock import date_ms
 from tests.e2e.harness import CloudCollector, Devices, gateway_config, local_url, running_gateway, telemetry
 from tests.support import Mosquitto, eventually
@@ -34,7 +33,7 @@ async def test_unsynced_gateway_clock_keeps_device_timestamps_and_counts_receive
                          message=lambda: f"{cloud.data.readings()} {gw.snapshot()['accounting']}")
         clock = gw.snapshot()["clock"]
         assert clock["window_not_judged"] == 1 and clock["receive_stamped_unsynced"] == 1
-        families = {f.name: f for f in SnapshotCollector(lambda: (time.time(), freeze(gw.snapshot()))).collect()}
+        families = {f.name: f for f in SnapshotCollector(lambda: (time.time(), gw.typed_snapshot())).collect()}
         assert families["edge_clock_synced"].samples[0].value == 0
         assert families["edge_clock_window_not_judged_readings"].samples[0].value == 1
         assert families["edge_clock_receive_stamped_unsynced_readings"].samples[0].value == 1

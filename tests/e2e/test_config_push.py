@@ -109,7 +109,7 @@ async def test_valid_push_is_applied_and_changes_which_readings_alert(tmp_path: 
         snap = svc.snapshot()
         assert snap["config_version"] == 1 and snap["config_push"]["applied"] == 1
         board = SnapshotBoard()
-        board.refresh(svc.snapshot)
+        board.refresh(svc.typed_snapshot)
         metrics = {m.name: m for m in SnapshotCollector(board.latest).collect()}
         assert metrics["edge_config_version"].samples[0].value == 1
         assert {s.labels["status"]: s.value for s in metrics["edge_config_pushes"].samples

@@ -19,6 +19,7 @@ import pytest
 from pydantic import SecretStr
 
 from gateway.observe.metrics import health_app, serve
+from gateway.observe.snapshot import ReadyBlock, Snapshot, UplinkBlock
 from gateway.observe.stats import SnapshotBoard
 from gateway.source.broker import EmbeddedBroker
 from tests.e2e.gateway_process import GatewayProcess, write_config
@@ -65,7 +66,7 @@ async def test_probes_follow_the_gateway_and_need_no_auth(tmp_path: Path, mosqui
             mosquitto.start()
 
             async def uplink_reported() -> bool:
-                return (await aget(f"{base}/readyz"))[1]["uplink"] == "connected"
+                return bool((await aget(f"{base}/readyz"))[1]["uplink"] == "connected")
 
             await eventually(uplink_reported, timeout=30)
         except BaseException:
@@ -93,7 +94,8 @@ async def test_healthz_reports_starting_then_ok_then_stalled() -> None:
     assert status.startswith("503") and body["status"] == "starting"
     status, body = call(app, "/readyz")
     assert status.startswith("503") and body["ready"] is False
-    board.refresh(lambda: {"ready": {"local_broker": True, "buffer": True}, "uplink": {"connected": False}})
+    board.refresh(lambda: Snapshot("gw", ready=ReadyBlock(local_broker=True, buffer=True),
+                                   uplink=UplinkBlock(connected=False)))
     status, body = call(app, "/healthz")
     assert status.startswith("200") and body["status"] == "ok"
     assert call(app, "/readyz")[0].startswith("200")
@@ -101,7 +103,8 @@ async def test_healthz_reports_starting_then_ok_then_stalled() -> None:
     await eventually(lambda: call(app, "/healthz")[1]["status"] == "stalled", timeout=10)
     assert call(app, "/healthz")[0].startswith("503")
     assert call(app, "/readyz")[0].startswith("503")
-    board.refresh(lambda: {"ready": {"local_broker": True, "buffer": False}, "uplink": {"connected": True}})
+    board.refresh(lambda: Snapshot("gw", ready=ReadyBlock(local_broker=True, buffer=False),
+                                   uplink=UplinkBlock(connected=True)))
     status, body = call(app, "/readyz")
     assert status.startswith("503") and body["buffer"] is False and body["uplink"] == "connected"
 

@@ -6,6 +6,7 @@ frozen data (nothing owned by the event loop)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import time
@@ -152,7 +153,12 @@ async def test_command_round_trip_and_alert_fill_the_latency_histograms(
 
 def assert_plain_frozen(value: Any, path: str) -> None:
     """Only immutable plain data: the HTTP thread can never reach an object the loop owns."""
-    if isinstance(value, MappingProxyType):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        frozen = type(value).__dataclass_params__.frozen  # type: ignore[attr-defined]
+        assert frozen, f"{path}: {type(value).__name__} is not frozen"
+        for f in dataclasses.fields(value):
+            assert_plain_frozen(getattr(value, f.name), f"{path}.{f.name}")
+    elif isinstance(value, MappingProxyType):
         for key, item in value.items():
             assert isinstance(key, str), f"{path}: key {key!r}"
             assert_plain_frozen(item, f"{path}.{key}")

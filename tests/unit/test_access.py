@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.service import acl_policy
 from gateway.source.access import (
     INTERNAL_IDENTITY,
     AclPolicy,
@@ -19,6 +18,7 @@ from gateway.source.access import (
     pattern_as_filter,
     topic_matches,
 )
+from gateway.source.local import acl_policy
 from tests.e2e.harness import gateway_config
 
 LEVEL = st.sampled_from(["a", "b", "devices", "d1", "d2", "x"])

@@ -18,15 +18,15 @@ def test_buckets_are_cumulative_and_count_every_observation(observed: list[float
     for v in observed:
         h.observe(v)
     snap = h.snapshot()
-    counts = [n for _bound, n in snap["buckets"]]
+    counts = [n for _bound, n in snap.buckets]
     assert counts == sorted(counts), "cumulative counts never decrease"
-    assert snap["buckets"][-1] == ["+Inf", len(observed)] and snap["count"] == len(observed)
+    assert snap.buckets[-1] == ("+Inf", len(observed)) and snap.count == len(observed)
     kept = [v if math.isfinite(v) and v > 0 else 0.0 for v in observed]
-    assert math.isclose(snap["sum_s"], sum(kept), rel_tol=1e-9, abs_tol=1e-9)
-    for bound, n in snap["buckets"][:-1]:
+    assert math.isclose(snap.sum_s, sum(kept), rel_tol=1e-9, abs_tol=1e-9)
+    for bound, n in snap.buckets[:-1]:
         assert n == sum(1 for v in kept if v <= float(bound)), bound
 
 
 def test_bounds_are_the_documented_range() -> None:
     assert (DEFAULT_BUCKETS_S[0], DEFAULT_BUCKETS_S[-1]) == (0.005, 3600.0)
-    assert [b for b, _n in LatencyHistogram().snapshot()["buckets"]][-1] == "+Inf"
+    assert [b for b, _n in LatencyHistogram().snapshot().buckets][-1] == "+Inf"

@@ -42,14 +42,12 @@ class BuggyRules(RuleEngine):
 def _rig(tmp_path: Path, decoder: Decoder, rules: RuleEngine,
          batcher: Batcher) -> tuple[Accounting, DiskBuffer, Ingest, Processor]:
     """The real processing parts around the given decoder, rules and batcher, on a real buffer."""
-    acc = Accounting()
     buffer = DiskBuffer(tmp_path / "buf", {"telemetry": Budget(10**9), "control": Budget(10**9)})
     buffer.open()
+    acc = Accounting(buffered_fn=lambda: buffer.readings("telemetry"), pending_fn=batcher.__len__)
     lanes = LaneWriter(buffer, CloudTopics("gw"), acc, compression="zlib", level=6, on_written=lambda: None)
     pipeline = Pipeline(decoder, rules, batcher, acc, RejectLog(), on_batch=lanes.write_batch,
                         on_control=lanes.write_control)
-    acc.buffered_fn = lambda: buffer.readings("telemetry")
-    acc.pending_fn = lambda: len(batcher)
     ingest = Ingest(100, lambda topic: None)
     return acc, buffer, ingest, Processor(ingest, pipeline, lanes, acc)
 

@@ -1,0 +1,193 @@
+"""Build every part of the gateway from the config, each given what it calls at construction.
+
+:func:`build_parts` is the one place that knows how the parts connect: the buffer and the
+accounting first (everything counts into the accounting), then the uplink's forwarder, the
+processing stages, the command and config paths, the uplink link, the local broker side, and
+the state view that reads them all. Nothing is linked in after construction. Running them is
+:class:`gateway.service.GatewayService`'s job.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from bridge.mqtt.backoff import DecorrelatedJitter
+from bridge.mqtt.types import ClientSettings, TlsSettings
+from bridge.protocol.topics import CloudTopics
+from bridge.uplink.downlink import CommandLimits, DownlinkRouter
+from bridge.uplink.forwarder import DrainPolicy, Forwarder, LanePolicy
+from bridge.uplink.link import UplinkLink
+from gateway.config import GatewayConfig, Secrets
+from gateway.control.answered import AnsweredCommands
+from gateway.control.commands import CommandRouter
+from gateway.control.config_push import ConfigPusher, PushedConfigFile
+from gateway.observe.accounting import Accounting
+from gateway.observe.delivery import DeliveryAccounting
+from gateway.observe.state import GatewayState, Outage
+from gateway.process.batcher import Batcher
+from gateway.process.clock import ClockGuard
+from gateway.process.decode import Decoder
+from gateway.process.pipeline import Pipeline
+from gateway.process.processor import Processor
+from gateway.process.rejects import RejectLog
+from gateway.process.rules.engine import RuleEngine
+from gateway.source.access import FORGED_RESPONSE
+from gateway.source.ingest import Ingest
+from gateway.source.local import LocalSide, build_local
+from gateway.store.buffer import Budget, DiskBuffer
+from gateway.store.lanes import LaneWriter
+
+
+def uplink_settings(cfg: GatewayConfig, secrets: Secrets) -> ClientSettings:
+    up = cfg.uplink
+    tls = None
+    if up.tls is not None:
+        key_pw = secrets.tls_key_password.get_secret_value() if secrets.tls_key_password else None
+        tls = TlsSettings(
+            ca_file=str(up.tls.ca_file) if up.tls.ca_file else None,
+            cert_file=str(up.tls.cert_file) if up.tls.cert_file else None,
+            key_file=str(up.tls.key_file) if up.tls.key_file else None,
+            key_password=key_pw,
+            insecure=up.tls.insecure,
+        )
+    return ClientSettings(
+        client_id=up.client_id or f"edge-{cfg.gateway.id}",
+        protocol=up.protocol,
+        keepalive_s=up.keepalive_s,
+        username=up.username,
+        password=secrets.uplink_password.get_secret_value() if secrets.uplink_password else None,
+        tls=tls,
+        max_inflight=up.max_inflight + up.control_max_inflight,
+        connect_timeout_s=up.connect_timeout_s,
+        # a command published retained is recognised and never executed: MQTT 5 keeps the flag on
+        # live delivery when asked to; on MQTT 3.1.1 each live command waits for a retain check
+        retain_as_published=True,
+        retain_check_prefixes=(f"{CloudTopics(cfg.gateway.id, cfg.topics.cloud_prefix).prefix}/commands/",),
+    )
+
+
+def build_buffer(cfg: GatewayConfig) -> DiskBuffer:
+    return DiskBuffer(cfg.buffer_dir, {
+        "telemetry": Budget(cfg.buffer.telemetry.max_bytes, cfg.buffer.telemetry.max_age_s),
+        "control": Budget(cfg.buffer.control.max_bytes, cfg.buffer.control.max_age_s),
+    }, sync=cfg.buffer.sync, min_free_bytes=cfg.buffer.min_free_bytes, write_behind_s=cfg.buffer.write_behind_s)
+
+
+def build_forwarder(cfg: GatewayConfig, buffer: DiskBuffer, delivery: DeliveryAccounting) -> Forwarder:
+    up = cfg.uplink
+    return Forwarder(
+        buffer,
+        {"control": LanePolicy(up.control_qos, up.control_max_inflight),
+         "telemetry": LanePolicy(up.telemetry_qos, up.max_inflight)},
+        on_delivered=delivery.delivered,
+        on_rejected=delivery.rejected,
+        drain=DrainPolicy(up.backlog_per_live, up.max_bytes_per_s, burst_bytes=max(65536, cfg.batch.max_bytes),
+                          max_loop_lag_s=up.drain_max_loop_lag_ms / 1000),
+    )
+
+
+def build_link(cfg: GatewayConfig, secrets: Secrets, topics: CloudTopics, forwarder: Forwarder,
+               downlink: DownlinkRouter, buffer: DiskBuffer, outage: Outage) -> UplinkLink:
+    """The uplink session; its state changes reach the buffer (write-behind only while up) and
+    the outage clock."""
+
+    def link_state(state: str, _url: str | None) -> None:
+        up = state == "connected"
+        buffer.set_link_up(up)
+        outage.changed(up)
+
+    return UplinkLink(
+        cfg.uplink.urls, uplink_settings(cfg, secrets),
+        DecorrelatedJitter(cfg.uplink.backoff_base_s, cfg.uplink.backoff_cap_s),
+        forwarder, topics.status, ack_timeout_s=cfg.uplink.ack_timeout_s,
+        subscriptions=downlink.subscriptions(), on_message=downlink, on_state=link_state,
+    )
+
+
+@dataclass(frozen=True)
+class Processing:
+    """The stages between the local broker and the buffer."""
+
+    batcher: Batcher
+    clock: ClockGuard
+    decoder: Decoder
+    rules: RuleEngine
+
+
+def build_processing(cfg: GatewayConfig) -> Processing:
+    clock = ClockGuard(cfg.clock.floor_date, jump_s=cfg.clock.jump_s, sync_file=cfg.clock.sync_file)
+    return Processing(Batcher(cfg.batch.max_count, cfg.batch.max_bytes, cfg.batch.max_age_s), clock,
+                      Decoder(cfg.topics, cfg.decode, clock), RuleEngine(list(cfg.rules)))
+
+
+def build_config_pusher(cfg: GatewayConfig, stages: Processing, lanes: LaneWriter) -> ConfigPusher:
+    return ConfigPusher(
+        PushedConfigFile(cfg.pushed_config_file), file_rules=list(cfg.rules), file_batch=cfg.batch,
+        rules=stages.rules, batcher=stages.batcher, encoding=lanes,
+        write_batch=lanes.write_batch, on_control=lanes.write_control,
+    )
+
+
+@dataclass(frozen=True)
+class Parts:
+    cfg: GatewayConfig
+    topics: CloudTopics
+    accounting: Accounting
+    rejects: RejectLog
+    buffer: DiskBuffer
+    forwarder: Forwarder
+    lanes: LaneWriter
+    stages: Processing
+    answered: AnsweredCommands
+    commands: CommandRouter
+    ingest: Ingest
+    processor: Processor
+    config_pusher: ConfigPusher
+    downlink: DownlinkRouter
+    link: UplinkLink
+    local: LocalSide
+    state: GatewayState
+
+
+def build_parts(cfg: GatewayConfig, secrets: Secrets) -> Parts:
+    """Every part, in dependency order. A bad credentials file raises ``CredentialsError``."""
+    topics = CloudTopics(cfg.gateway.id, cfg.topics.cloud_prefix)
+    buffer, stages, rejects = build_buffer(cfg), build_processing(cfg), RejectLog(cfg.decode.keep_last_rejects)
+    acc = Accounting(buffered_fn=lambda: buffer.readings("telemetry"), pending_fn=stages.batcher.__len__,
+                     restored_fn=lambda: buffer.restored_readings)
+    delivery = DeliveryAccounting(acc, rejects, topics.alerts)
+    forwarder = build_forwarder(cfg, buffer, delivery)
+    lanes = LaneWriter(buffer, topics, acc, compression=cfg.batch.compression, level=cfg.batch.level,
+                       on_written=forwarder.wake)
+    ingest = Ingest(cfg.local_broker.ingest_queue_max, delivery.ingest_overflow, stages.decoder.is_control)
+    # the command router and the embedded broker need each other: the router delivers through the
+    # broker, the broker tells the router when a device subscribes (through this closure: the
+    # router is built just below, and the broker calls it only once it runs)
+    local = build_local(cfg, secrets, on_message=ingest.offer,
+                        on_presence=lambda: commands.presence_changed(),  # noqa: PLW0108
+                        subscriptions=stages.decoder.subscriptions())
+    answered = AnsweredCommands(cfg.gateway.data_dir / "commands-answered.jsonl")
+    commands = CommandRouter(
+        cfg.downlink, cfg.topics.commands, deliver=local.deliver, answer=lanes.write_control,
+        has_subscriber=local.has_subscriber if local.embedded is not None else None, answered=answered,
+        on_forged=lambda device, detail: local.denials.deny(FORGED_RESPONSE, device, detail),
+    )
+    pipeline = Pipeline(stages.decoder, stages.rules, stages.batcher, acc, rejects, on_batch=lanes.write_batch,
+                        on_control=lanes.write_control, on_response=commands.device_response)
+    processor = Processor(ingest, pipeline, lanes, acc, stages.clock)
+    pusher = build_config_pusher(cfg, stages, lanes)
+    downlink = DownlinkRouter(
+        topics, CommandLimits(cfg.downlink.max_command_bytes), clock=time.time,
+        on_command=commands.handle if cfg.downlink.commands else None,
+        on_config=pusher.on_config if cfg.downlink.config_push else None,
+    )
+    outage = Outage()
+    link = build_link(cfg, secrets, topics, forwarder, downlink, buffer, outage)
+    state = GatewayState(cfg=cfg, accounting=acc, delivery=delivery, rejects=rejects, buffer=buffer, lanes=lanes,
+                         link=link, forwarder=forwarder, outage=outage, local=local, ingest=ingest,
+                         processor=processor, commands=commands, downlink=downlink, config_pusher=pusher,
+                         clock=stages.clock)
+    return Parts(cfg=cfg, topics=topics, accounting=acc, rejects=rejects, buffer=buffer, forwarder=forwarder,
+                 lanes=lanes, stages=stages, answered=answered, commands=commands, ingest=ingest,
+                 processor=processor, config_pusher=pusher, downlink=downlink, link=link, local=local, state=state)
