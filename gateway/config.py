@@ -30,7 +30,7 @@ from pydantic import (
 
 from bridge.mqtt.errors import InvalidUrl
 from bridge.mqtt.urls import BrokerUrl, parse_broker_url
-from bridge.protocol.topics import ID_RULE, valid_id
+from bridge.protocol.topics import DEFAULT_PREFIX, ID_RULE, valid_id
 from gateway.errors import ConfigError
 from gateway.process.clock import FLOOR_DATE
 
@@ -233,7 +233,7 @@ class TopicsSection(Strict):
     events: str = "devices/{device_id}/events"
     responses: str = "devices/{device_id}/responses"
     commands: str = "devices/{device_id}/commands/{name}"
-    cloud_prefix: str = "edge/{gateway_id}"
+    cloud_prefix: str = DEFAULT_PREFIX
 
 
 class DecodeSection(Strict):

@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 
-from bridge.cloud.sink_store import GapSummary, InvalidRecord, SinkStore, parse_control
+from bridge.cloud.errors import SinkStoreError
+from bridge.cloud.sink_store import GapSummary, InvalidRecord, SinkStore
 from bridge.mqtt.errors import PermanentBridgeError
 from bridge.protocol.codec import Batch
 from bridge.protocol.model import Reading
+from bridge.protocol.records import parse_control
 
 T0 = 1_700_000_000_000
 
@@ -179,11 +181,12 @@ def test_parse_control_event_needs_an_object_body() -> None:
 
 
 
-def test_parse_control_response_keeps_the_flat_fields_and_allows_an_empty_device() -> None:
-    assert parse_control(response(3)).fields == {
-        "body_json": '{"command":"ping","id":"c1","result":{"ts":1},"rtt_ms":1.5,"source":"device","status":"ok"}'}
+def test_a_response_is_stored_with_its_flat_fields_and_may_have_an_empty_device(store: SinkStore) -> None:
+    assert store.store_control(response(3), 0)
+    assert rows(store, "SELECT body_json FROM responses") == [
+        ('{"command":"ping","id":"c1","result":{"ts":1},"rtt_ms":1.5,"source":"device","status":"ok"}',)]
     rejected = {**response(4), "device": "", "command": "", "id": None, "status": "rejected", "source": "gateway"}
-    assert parse_control(rejected).device == ""
+    assert parse_control(rejected).record.device == ""
     with pytest.raises(InvalidRecord, match="'status'"):
         parse_control({**response(5), "status": None})
 
@@ -215,7 +218,7 @@ def test_dedup_survives_reopen_and_readonly_sees_data(tmp_path: Path) -> None:
         with SinkStore.open_readonly(path) as ro:  # a report while the sink is open
             assert ro.seqs("gw-1") == [1]
             assert ro.duplicate_counts() == {("gw-1", "telemetry"): 1}
-            with pytest.raises(sqlite3.OperationalError):
+            with pytest.raises(SinkStoreError, match="readonly"):
                 ro.record_invalid("gw-1", "x")
 
 
