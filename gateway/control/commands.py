@@ -1,6 +1,6 @@
 """Commands from the cloud to local devices: policy, holding, delivery and answers.
 
-:class:`CommandRouter` takes what :mod:`bridge.uplink.downlink` parsed and gives every command exactly one
+:class:`CommandRouter` takes what :mod:`bridge.protocol.commands` parsed and gives every command exactly one
 answer on the control lane, or forwards it to the device (whose own response then goes up):
 
 - rejected by the parser, or a name not in ``downlink.allowed_commands`` -> ``rejected``;
@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.mqtt.errors import BridgeError
+from bridge.protocol.commands import NOT_ALLOWED, RETAINED, Command, CommandId, CommandRejected
 from bridge.protocol.records import ControlOut, Response
 from bridge.protocol.topics import TopicPattern
-from bridge.uplink.downlink import NOT_ALLOWED, RETAINED, Command, CommandId, CommandRejected
 from gateway.config import DownlinkSection
 from gateway.control.answered import AnsweredCommands
 from gateway.errors import GatewayError

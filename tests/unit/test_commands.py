@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.uplink.downlink import RETAINED, Command, CommandRejected
+from bridge.protocol.commands import RETAINED, Command, CommandRejected
 from gateway.config import DownlinkSection
 from gateway.control.answered import AnsweredCommands
 from gateway.control.commands import CommandRouter, device_response

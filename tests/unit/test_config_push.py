@@ -10,7 +10,7 @@ import pytest
 
 from bridge.protocol.codec import Compression
 from bridge.protocol.model import Reading
-from bridge.protocol.records import ConfigStatus
+from bridge.protocol.records import ConfigStatus, ControlRecord
 from gateway.config import BatchSection, RuleSpec
 from gateway.control.config_push import MAX_DOCUMENT_BYTES, ConfigPusher, PushedConfigFile, read_document
 from gateway.process.batcher import Batcher
@@ -33,7 +33,7 @@ class Rig:
     batcher: Batcher = field(default_factory=lambda: Batcher(100, 65536, 5.0))
     encoding: Encoding = field(default_factory=Encoding)
     batches: list[list[Reading]] = field(default_factory=list)
-    acks: list[ConfigStatus] = field(default_factory=list)
+    acks: list[ControlRecord] = field(default_factory=list)
 
     def pusher(self) -> ConfigPusher:
         return ConfigPusher(

@@ -14,7 +14,7 @@ from bridge.cloud.sink_store import GapSummary, InvalidRecord, SinkStore
 from bridge.mqtt.errors import PermanentBridgeError
 from bridge.protocol.codec import Batch
 from bridge.protocol.model import Reading
-from bridge.protocol.records import parse_control
+from bridge.protocol.records import Response, parse_control
 
 T0 = 1_700_000_000_000
 
@@ -186,7 +186,7 @@ def test_a_response_is_stored_with_its_flat_fields_and_may_have_an_empty_device(
     assert rows(store, "SELECT body_json FROM responses") == [
         ('{"command":"ping","id":"c1","result":{"ts":1},"rtt_ms":1.5,"source":"device","status":"ok"}',)]
     rejected = {**response(4), "device": "", "command": "", "id": None, "status": "rejected", "source": "gateway"}
-    assert parse_control(rejected).record.device == ""
+    assert parse_control(rejected).record == Response("", "", None, "rejected", {"ts": 1}, "gateway", 1.5)
     with pytest.raises(InvalidRecord, match="'status'"):
         parse_control({**response(5), "status": None})
 
