@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bridge.cloud.errors import SinkStoreError
+from bridge.cloud.errors import SinkStoreError, StoreUnavailable
 from bridge.cloud.sink_store import GapSummary, InvalidRecord, SinkStore
 from bridge.mqtt.errors import PermanentBridgeError
 from bridge.protocol.codec import Batch
@@ -229,3 +229,28 @@ def test_readonly_needs_an_existing_sink_database(tmp_path: Path) -> None:
     sqlite3.connect(other).close()
     with pytest.raises(PermanentBridgeError, match="not a sink database"):
         SinkStore.open_readonly(other)
+
+
+def test_sqlite_errors_come_out_as_sink_store_errors(tmp_path: Path) -> None:
+    path = tmp_path / "sink.sqlite"
+    SinkStore(path).close()
+    with sqlite3.connect(path) as db:  # a control insert that SQLite refuses
+        db.execute("CREATE TRIGGER boom BEFORE INSERT ON alerts BEGIN SELECT RAISE(ABORT, 'injected failure'); END")
+    with SinkStore(path) as store:
+        with pytest.raises(SinkStoreError, match="injected failure") as err:
+            store.store_control(alert(1), 0)
+        assert isinstance(err.value.__cause__, sqlite3.Error)
+        assert store.seqs("gw-1", "control") == []  # rolled back with the ledger row
+        with sqlite3.connect(path) as db:  # a table gone under the open store
+            db.execute("DROP TABLE status")
+        with pytest.raises(SinkStoreError, match="no such table"):
+            store.statuses()
+        with pytest.raises(SinkStoreError, match="no such table"):
+            store.record_status("gw-1", "online", 0)
+
+
+def test_a_file_that_is_not_a_database_is_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "sink.sqlite"
+    path.write_bytes(b"not a database" * 100)
+    with pytest.raises(StoreUnavailable):
+        SinkStore.open_readonly(path)
