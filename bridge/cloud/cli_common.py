@@ -119,8 +119,6 @@ def login_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def require_plot() -> None:
     """Exit 2 with the install hint when --plot is asked for without the plot extra."""
-    from rich.markup import escape
-
     from bridge.cloud.errors import PlotUnavailable
     from bridge.cloud.plot import require_matplotlib
 
