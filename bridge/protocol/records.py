@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeAlias
 
 from bridge.protocol.errors import CodecError, InvalidRecord
@@ -125,9 +125,7 @@ class Stamped:
 
 def to_wire(record: ControlRecord, stamp: Stamp) -> dict[str, Json]:
     """The JSON object of a record (every field of its class, ``kind``, ``gw``, ``stream``, ``seq``)."""
-    wire = {f.name: getattr(record, f.name) for f in fields(record)}
-    wire.update(kind=record.kind, gw=stamp.gateway, stream=stamp.stream, seq=stamp.seq)
-    return wire
+    return {**vars(record), "kind": record.kind, "gw": stamp.gateway, "stream": stamp.stream, "seq": stamp.seq}
 
 
 def json_bytes(obj: Mapping[str, Json]) -> bytes:
