@@ -69,8 +69,9 @@ from bridge.mqtt.backoff import DecorrelatedJitter  # noqa: E402
 from bridge.mqtt.connect import connect_with_backoff  # noqa: E402
 from bridge.mqtt.connection import MqttConnection  # noqa: E402
 from bridge.mqtt.types import ClientSettings, Message  # noqa: E402
-from bridge.protocol.codec import decode_control, is_replay  # noqa: E402
+from bridge.protocol.codec import is_replay  # noqa: E402
 from bridge.protocol.model import Reading  # noqa: E402
+from bridge.protocol.records import decode_control  # noqa: E402
 from bridge.protocol.topics import CloudTopics  # noqa: E402
 from gateway.observe.accounting import Accounting  # noqa: E402
 from gateway.store.buffer import Budget, DiskBuffer  # noqa: E402

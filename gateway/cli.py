@@ -1,4 +1,6 @@
-"""``edge-gateway``: run the gateway, check a config, run the lab, and the cloud-side tools.
+"""``edge-gateway``: run the gateway, check a config, run the lab, push a config; the group also
+carries the device commands (:mod:`gateway.devices_cli`) and the cloud-side tools ``sink``,
+``report`` and ``command`` (:mod:`bridge.cloud.cli`).
 
 Exit codes: 0 ok, 1 runtime failure, 2 bad usage or bad configuration.
 """
@@ -9,53 +11,31 @@ import asyncio
 import getpass
 import json
 import logging
-import signal
-import sys
-import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import click
 from rich.console import Console
 
-from bridge.mqtt.errors import BridgeError, InvalidUrl
-from bridge.mqtt.types import ANONYMOUS, Login
-from bridge.mqtt.urls import parse_broker_url
-from bridge.protocol.topics import ID_RULE, CloudTopics, valid_id
-from gateway.cli_common import CONFIG_OPTION, err_console, exit_failed, exit_invalid, load_or_exit, login_options
+from bridge.cloud.cli import command, report, sink
+from bridge.cloud.cli_common import (
+    PREFIX_HELP,
+    ask_gateway,
+    exit_failed,
+    login_options,
+    operator_topics,
+    require_plot,
+    run_until_signal,
+    setup_logging,
+    show_answer,
+)
+from bridge.mqtt.types import Login
+from bridge.protocol.records import ConfigStatus, ControlRecord
+from bridge.protocol.topics import DEFAULT_PREFIX
+from gateway.cli_common import CONFIG_OPTION, err_console, exit_invalid, load_or_exit
 from gateway.config import MAX_CONFIG_VERSION, GatewayConfig, parse_config, read_toml
 from gateway.devices_cli import devices
 from gateway.errors import AddressInUse, ConfigError, CredentialsError, GatewayError, StorageError
-
-
-def setup_logging(level: str) -> None:
-    if sys.stderr.isatty():
-        from rich.logging import RichHandler
-
-        handler: logging.Handler = RichHandler(console=err_console, show_path=False)
-        fmt = "%(message)s"
-    else:
-        handler = logging.StreamHandler()
-        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=level.upper(), format=fmt, handlers=[handler], force=True)
-    for noisy in ("amqtt", "transitions"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]], on_hup: asyncio.Event | None = None) -> None:
-    """Run ``main(stop)`` on a new loop; SIGTERM and SIGINT set ``stop``, SIGHUP sets ``on_hup``."""
-
-    async def runner() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        if on_hup is not None:
-            loop.add_signal_handler(signal.SIGHUP, on_hup.set)
-        await main(stop)
-
-    asyncio.run(runner())
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -203,91 +183,6 @@ def status(config_path: Path | None, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--url", required=True, help="Cloud broker, e.g. mqtt://127.0.0.1:1883 or mqtts://host.")
-@click.option("--db", "db_path", required=True, type=click.Path(path_type=Path, dir_okay=False),
-              help="SQLite file to store readings and alerts in (created if missing).")
-@click.option("--shared", "shared_group", default=None,
-              help="Join an MQTT 5 shared subscription group so several sinks split the load.")
-@click.option("--protocol", type=click.Choice(["5", "3.1.1"]), default="5", show_default=True)
-@click.option("--client-id", default=None,
-              help="MQTT client id (default: derived from the database path). Give each sink of a --shared "
-                   "group its own stable one.")
-@click.option("--prefix", default="edge/{gateway_id}", show_default=True, help="Cloud topic prefix pattern.")
-@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
-@click.option("--start-timeout", "start_timeout_s", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="Exit 1 when no broker accepts the first connection within S seconds (0 = keep trying). "
-                   "Later reconnects always keep trying.")
-@login_options
-def sink(url: str, db_path: Path, shared_group: str | None, protocol: Literal["5", "3.1.1"], client_id: str | None,
-         prefix: str, log_level: str, start_timeout_s: float, login: Login) -> None:
-    """Cloud side: store every gateway's batches and alerts in SQLite, dropping duplicates
-    by (gateway, stream, lane, seq) and recording sequence gaps."""
-    from bridge.cloud.sink import run_sink
-    from bridge.mqtt.errors import BridgeError
-
-    setup_logging(log_level)
-    if shared_group and protocol != "5":
-        raise click.UsageError("--shared needs --protocol 5")
-
-    async def go(stop: asyncio.Event) -> None:
-        await run_sink(url, db_path, protocol=protocol, shared_group=shared_group, prefix=prefix, stop=stop,
-                       client_id=client_id, start_timeout_s=start_timeout_s or None, login=login)
-
-    try:
-        run_until_signal(go)
-    except BridgeError as exc:
-        exit_failed(exc)
-
-
-@main.command()
-@click.option("--db", "db_path", required=True, type=click.Path(path_type=Path, dir_okay=False, exists=True),
-              help="SQLite file written by 'edge-gateway sink'.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--device", default=None, help="Only this device (and the gateways its data came through).")
-@click.option("--fail-on-gaps", is_flag=True, help="Exit 1 when any reported gateway misses seqs (for scripts).")
-@click.option("--plot", "plot_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Also write a timeline PNG (readings per minute, replayed batches); needs the 'plot' extra.")
-def report(db_path: Path, as_json: bool, device: str | None, fail_on_gaps: bool, plot_path: Path | None) -> None:
-    """Per gateway and device: readings, alerts, duplicate batches dropped, sequence gaps.
-
-    Exits 0, or 1 with --fail-on-gaps when seqs are missing."""
-    from bridge.cloud.report import build_report, has_gaps, render_report
-
-    if plot_path is not None:
-        require_plot()
-    data = build_report(db_path, device)
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-    else:
-        render_report(data, Console())
-    if plot_path is not None:
-        from bridge.cloud.plot import write_png
-        from bridge.cloud.timeline import from_sink
-
-        write_png(from_sink(db_path, device), plot_path)
-        err_console.print(f"timeline written to {plot_path}", highlight=False, markup=False)
-    if fail_on_gaps and has_gaps(data):
-        missing = data["totals"]["missing"]
-        err_console.print(f"[red]gaps:[/red] {missing['telemetry']} telemetry and {missing['control']} control "
-                          "records missing", highlight=False)
-        raise SystemExit(1)
-
-
-def require_plot() -> None:
-    """Exit 2 with the install hint when --plot is asked for without the plot extra."""
-    from rich.markup import escape
-
-    from bridge.cloud.errors import PlotUnavailable
-    from bridge.cloud.plot import require_matplotlib
-
-    try:
-        require_matplotlib()
-    except PlotUnavailable as exc:
-        err_console.print(f"[red]error:[/red] --plot: {escape(str(exc))}", highlight=False)
-        raise SystemExit(2) from exc
-
-
-@main.command()
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stop after S seconds and print the final report (default: until Ctrl-C).")
 @click.option("--devices", type=click.IntRange(1, 2000), default=5, show_default=True,
@@ -350,7 +245,7 @@ def lab(duration: float | None, devices: int, rate_hz: float, local_port: int | 
 @click.option("--no-retain", is_flag=True,
               help="Do not retain the document on the broker (by default a gateway that is offline gets it "
                    "when it connects).")
-@click.option("--prefix", default="edge/{gateway_id}", show_default=True, help="Cloud topic prefix pattern.")
+@click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help=PREFIX_HELP)
 @click.option("--protocol", type=click.Choice(["5", "3.1.1"]), default="5", show_default=True,
               help="MQTT version to speak to the cloud broker.")
 @click.option("--json", "as_json", is_flag=True, help="Print the gateway's answer as JSON.")
@@ -369,8 +264,8 @@ def push_config(url: str, gateway_id: str, file: Path, version: int | None, time
     except ConfigError as exc:
         exit_invalid(exc)
 
-    def answers_this(record: dict[str, Any]) -> bool:
-        return record.get("kind") == "config_status" and record.get("version") == doc.version
+    def answers_this(record: ControlRecord) -> bool:
+        return isinstance(record, ConfigStatus) and record.version == doc.version
 
     status = ask_gateway(
         url, topics.config, document_bytes(doc), topics.config_status, answers_this, timeout_s, retain=not no_retain,
@@ -378,122 +273,6 @@ def push_config(url: str, gateway_id: str, file: Path, version: int | None, time
         no_answer=f"from gateway {gateway_id}" + ("" if no_retain else " (the document is retained: the gateway "
                                                   "applies it when it connects)"))
     show_answer(status, as_json, lambda: render_config_status(status, gateway_id), ok="applied")
-
-
-@main.command("command")
-@click.option("--url", required=True, help="Cloud broker, e.g. mqtt://127.0.0.1:1883 or mqtts://host.")
-@click.option("--gateway", "gateway_id", required=True, help="Id of the gateway the device is behind.")
-@click.argument("device")
-@click.argument("name")
-@click.option("--args", "args_json", default=None, help='Arguments as a JSON object, e.g. \'{"rate_hz": 5}\'.')
-@click.option("--ttl", "ttl_s", type=click.FloatRange(min=0), default=None,
-              help="Seconds the command stays valid; after that it is answered 'expired' instead of run.")
-@click.option("--id", "command_id", default=None, help="Command id (1-64 characters); default: a random one.")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=10.0,
-              show_default=True, help="Seconds to wait for the answer.")
-@click.option("--prefix", default="edge/{gateway_id}", show_default=True, help="Cloud topic prefix pattern.")
-@click.option("--protocol", type=click.Choice(["5", "3.1.1"]), default="5", show_default=True,
-              help="MQTT version to speak to the cloud broker.")
-@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
-@login_options
-def command(url: str, gateway_id: str, device: str, name: str, args_json: str | None, ttl_s: float | None,
-            command_id: str | None, timeout_s: float, prefix: str, protocol: Literal["5", "3.1.1"],
-            as_json: bool, login: Login) -> None:
-    """Send command NAME to DEVICE through a gateway and print the answer.
-
-    Exits 0 when the answer's status is ok, 1 for any other status (error, unknown_command,
-    expired, undeliverable, rejected) or when no answer came in time, 2 for bad arguments."""
-    topics = operator_topics(url, gateway_id, prefix)
-    payload = command_payload(device, name, args_json, ttl_s, command_id)
-    cid = payload["id"]
-
-    def answers_this(record: dict[str, Any]) -> bool:
-        return record.get("kind") == "response" and record.get("id") == cid and record.get("device") == device
-
-    answer = ask_gateway(url, f"{topics.prefix}/commands/{device}/{name}", json.dumps(payload).encode(),
-                         topics.responses, answers_this, timeout_s, no_answer=f"to command {cid}", protocol=protocol,
-                         login=login)
-    show_answer(answer, as_json, lambda: render_response(answer), ok="ok")
-
-
-def command_payload(device: str, name: str, args_json: str | None, ttl_s: float | None,
-                    command_id: str | None) -> dict[str, Any]:
-    """Check the command's arguments locally (exit 2 naming the bad one) and build its payload."""
-    for value, hint in ((device, "DEVICE"), (name, "NAME")):
-        if not valid_id(value):
-            raise click.BadParameter(f"{value[:64]!r} must be {ID_RULE} (it becomes a topic level)",
-                                     param_hint=hint)
-    args: Any = {}
-    if args_json is not None:
-        try:
-            args = json.loads(args_json)
-        except ValueError as exc:
-            raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--args") from exc
-        if not isinstance(args, dict):
-            raise click.BadParameter("must be a JSON object", param_hint="--args")
-    cid = command_id if command_id is not None else f"cli-{uuid.uuid4().hex[:12]}"
-    if not 0 < len(cid) <= 64:
-        raise click.BadParameter("must be 1 to 64 characters", param_hint="--id")
-    payload: dict[str, Any] = {"id": cid, "args": args}
-    if ttl_s is not None:
-        payload["ttl_s"] = ttl_s
-    return payload
-
-
-def render_response(answer: dict[str, Any]) -> None:
-    status = str(answer.get("status"))
-    colour = "green" if status == "ok" else "red"
-    rtt = answer.get("rtt_ms")
-    out = Console(soft_wrap=True, highlight=False)
-    took = f" (round trip {rtt:.1f} ms)" if isinstance(rtt, (int, float)) else ""
-    out.print(f"[{colour}]{status}[/{colour}] from {answer.get('source')}: {answer.get('device')} "
-              f"{answer.get('command')} id={answer.get('id')}{took}")
-    if answer.get("result") is not None:
-        out.print(f"  result: {json.dumps(answer['result'])}", markup=False)
-
-
-def ask_gateway(url: str, topic: str, payload: bytes, reply_topic: str, match: Callable[[dict[str, Any]], bool],
-                timeout_s: float, *, no_answer: str, retain: bool = False,
-                protocol: Literal["5", "3.1.1"] = "5", login: Login = ANONYMOUS) -> dict[str, Any]:
-    """One operator request through the cloud broker; exits 1 when there is no answer in time or the
-    broker cannot be used."""
-    from bridge.cloud.operator import NoReply, request
-
-    try:
-        return asyncio.run(request(url, topic, payload, reply_topic, match, timeout_s, retain=retain,
-                                   protocol=protocol, login=login))
-    except NoReply as exc:
-        err_console.print(f"[red]no answer[/red] {no_answer}: {exc}", highlight=False)
-        raise SystemExit(1) from exc
-    except BridgeError as exc:
-        exit_failed(exc, "check --url and that the broker is running and accepts this client")
-
-
-def show_answer(answer: dict[str, Any], as_json: bool, render: Callable[[], None], *, ok: str) -> None:
-    """Print the gateway's answer (raw JSON or rendered); exit 1 unless its status is ``ok``."""
-    if as_json:
-        click.echo(json.dumps(answer))
-    else:
-        render()
-    if answer.get("status") != ok:
-        raise SystemExit(1)
-
-
-def operator_topics(url: str, gateway_id: str, prefix: str) -> CloudTopics:
-    """Validate the operator commands' common arguments (exit 2 naming the bad one)."""
-    try:
-        parse_broker_url(url)
-    except InvalidUrl as exc:
-        raise click.BadParameter(str(exc), param_hint="--url") from exc
-    if not valid_id(gateway_id):
-        raise click.BadParameter(f"{gateway_id[:64]!r} is not a gateway id ({ID_RULE})",
-                                 param_hint="--gateway")
-    try:
-        topics = CloudTopics(gateway_id, prefix)
-        _ = topics.prefix
-    except (ValueError, KeyError) as exc:
-        raise click.BadParameter(f"{prefix!r}: {exc}", param_hint="--prefix") from exc
-    return topics
 
 
 def render_config_status(status: dict[str, Any], gateway_id: str) -> None:
@@ -506,3 +285,6 @@ def render_config_status(status: dict[str, Any], gateway_id: str) -> None:
 
 
 main.add_command(devices)
+main.add_command(sink)
+main.add_command(report)
+main.add_command(command)

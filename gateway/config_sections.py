@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from bridge.protocol.topics import ID_RULE, valid_id
+from bridge.protocol.topics import DEFAULT_PREFIX, ID_RULE, valid_id
 from gateway.config_types import (
     NonNegFloat,
     PositiveFloat,
@@ -44,7 +44,7 @@ class TopicsSection(Strict):
     events: str = "devices/{device_id}/events"
     responses: str = "devices/{device_id}/responses"
     commands: str = "devices/{device_id}/commands/{name}"
-    cloud_prefix: str = "edge/{gateway_id}"
+    cloud_prefix: str = DEFAULT_PREFIX
 
 
 class DecodeSection(Strict):

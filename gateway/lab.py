@@ -27,6 +27,7 @@ from rich.live import Live
 from rich.table import Table
 
 from bridge.cloud.timeline import Sample
+from bridge.protocol.topics import DEFAULT_PREFIX
 from gateway.config import GatewayConfig, Secrets, parse_config
 from gateway.observe.snapshot import to_plain
 from gateway.service import GatewayService
@@ -136,7 +137,7 @@ class Lab:
             cloud_url = f"mqtt://127.0.0.1:{cloud.address.port}"
             sink_stop, gw_stop = asyncio.Event(), asyncio.Event()
             sink_task = asyncio.create_task(run_sink(cloud_url, db, protocol="3.1.1", shared_group=None,
-                                                     prefix="edge/{gateway_id}", stop=sink_stop))
+                                                     prefix=DEFAULT_PREFIX, stop=sink_stop))
             local_port = pick_port(self.opts.local_port, DEFAULT_LOCAL_PORT)
             svc = GatewayService(lab_config(base, local_port, cloud_url), Secrets())
             gw_task = asyncio.create_task(svc.run(gw_stop))

@@ -61,3 +61,19 @@ def test_every_adapter_exists() -> None:
     for modules in ADAPTERS.values():
         for rel in modules:
             assert (ROOT / rel).is_dir() if rel.endswith("/") else (ROOT / rel).is_file(), rel
+
+
+def test_the_protocol_is_pure_and_the_cloud_side_stays_apart_from_the_gateway() -> None:
+    """bridge.protocol imports nothing of ours outside itself; bridge.cloud imports nothing from gateway;
+    of gateway, only the composition roots (cli.py, lab.py) import bridge.cloud."""
+    roots = {"gateway/cli.py", "gateway/lab.py"}
+    offenders = []
+    for package, banned in (("bridge/protocol", ("gateway", "device_sim", "bridge.mqtt", "bridge.uplink",
+                                                 "bridge.cloud")),
+                            ("bridge/cloud", ("gateway",)), ("gateway", ("bridge.cloud",))):
+        for path in sources(package):
+            rel = path.relative_to(ROOT).as_posix()
+            for name in imports(path):
+                if rel not in roots and any(name == b or name.startswith(f"{b}.") for b in banned):
+                    offenders.append(f"{rel} imports {name}")
+    assert offenders == []

@@ -14,7 +14,8 @@ from typing import Any, Literal
 from bridge.mqtt.connection import MqttConnection
 from bridge.mqtt.errors import TransientBridgeError
 from bridge.mqtt.types import ANONYMOUS, ClientSettings, Login, Message
-from bridge.protocol.codec import CodecError, decode_control
+from bridge.protocol.errors import CodecError, InvalidRecord
+from bridge.protocol.records import ControlRecord, decode_control, parse_control
 
 
 class NoReply(TransientBridgeError):
@@ -26,15 +27,15 @@ async def request(
     publish_topic: str,
     payload: bytes,
     reply_topic: str,
-    match: Callable[[dict[str, Any]], bool],
+    match: Callable[[ControlRecord], bool],
     timeout_s: float,
     retain: bool = False,
     protocol: Literal["5", "3.1.1"] = "5",
     login: Login = ANONYMOUS,
 ) -> dict[str, Any]:
-    """Publish ``payload`` (QoS 1) and return the first JSON object on ``reply_topic`` for which
-    ``match`` is true. Raises :class:`NoReply` after ``timeout_s`` (counted from the start, connect
-    included) and the connect errors of :meth:`MqttConnection.open`."""
+    """Publish ``payload`` (QoS 1) and return the JSON object of the first valid control record on
+    ``reply_topic`` for which ``match`` is true. Raises :class:`NoReply` after ``timeout_s``
+    (counted from the start, connect included) and the connect errors of :meth:`MqttConnection.open`."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     reply: asyncio.Future[dict[str, Any]] = loop.create_future()
@@ -43,11 +44,12 @@ async def request(
         if msg.topic != reply_topic or reply.done():
             return
         try:
-            record = decode_control(msg.payload)
-        except CodecError:
+            wire = decode_control(msg.payload)
+            record = parse_control(wire).record
+        except (CodecError, InvalidRecord):
             return
         if match(record):
-            reply.set_result(record)
+            reply.set_result(wire)
 
     settings = ClientSettings(client_id=f"edge-operator-{uuid.uuid4().hex[:12]}", protocol=protocol,
                               username=login.username, password=login.password, tls=login.tls,

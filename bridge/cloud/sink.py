@@ -28,57 +28,26 @@ import contextlib
 import hashlib
 import logging
 import socket
-import sqlite3
-import time
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from bridge.cloud.sink_store import InvalidRecord, SinkStore, parse_control
+from bridge.cloud.errors import SinkStoreError
+from bridge.cloud.sink_handler import SinkCounters, SinkHandler
+from bridge.cloud.sink_store import SinkStore
 from bridge.mqtt.backoff import DecorrelatedJitter
 from bridge.mqtt.connect import connect_with_backoff
 from bridge.mqtt.connection import MqttConnection
 from bridge.mqtt.errors import BrokerUnreachable, ConnectionLost, UplinkStopped
 from bridge.mqtt.types import ANONYMOUS, ClientSettings, Login, Message, TlsSettings
 from bridge.mqtt.urls import BrokerUrl, parse_broker_url
-from bridge.protocol.codec import CodecError, decode_batch, decode_control
-from bridge.protocol.topics import TopicPattern, valid_id
+from bridge.protocol.topics import DEFAULT_PREFIX, UPLINK_TOPICS, TopicPattern, valid_id
 
 __all__ = ["DEFAULT_PREFIX", "Sink", "SinkCounters", "default_client_id", "run_sink", "subscriptions"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PREFIX = "edge/{gateway_id}"
 Protocol = Literal["5", "3.1.1"]
-_CONTROL_KINDS = {"alerts": "alert", "events": "event", "responses": "response", "config/status": "config_status"}
-_TOPIC_KINDS = ("telemetry", "alerts", "events", "responses", "config/status", "status")
-_MAX_STATUS_CHARS = 32
-_MAX_BODY_BYTES = 16 * 1024 * 1024
-
-
-@dataclass
-class SinkCounters:
-    """What the sink did since it started. ``handled`` counts messages fully processed and
-    acknowledged (stored, duplicate, invalid or status): tests poll it."""
-
-    batches: int = 0
-    readings: int = 0
-    duplicates: int = 0
-    alerts: int = 0
-    events: int = 0
-    responses: int = 0
-    config_acks: int = 0
-    status: int = 0
-    handled: int = 0
-    store_errors: int = 0
-    connects: int = 0
-    invalid_reasons: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def invalid(self) -> int:
-        return sum(self.invalid_reasons.values())
 
 
 def default_client_id(db: Path) -> str:
@@ -94,16 +63,7 @@ def subscriptions(prefix: str = DEFAULT_PREFIX, shared_group: str | None = None)
     subscriptions and every sink wants the status."""
     base = TopicPattern(prefix).subscription()
     share = f"$share/{shared_group}/" if shared_group else ""
-    return [(f"{'' if kind == 'status' else share}{base}/{kind}", 1) for kind in _TOPIC_KINDS]
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def _reason(exc: CodecError) -> str:
-    """Short, low-cardinality counter key from a codec error message."""
-    return str(exc).split(":", 1)[0][:60]
+    return [(f"{'' if kind == 'status' else share}{base}/{kind}", 1) for kind in UPLINK_TOPICS]
 
 
 class _Session:
@@ -183,15 +143,15 @@ class Sink:
             tls=login.tls or tls,
             connect_timeout_s=connect_timeout_s,
         )
-        self.counters = SinkCounters()
+        self.handler = SinkHandler(store, prefix)
+        self.counters = self.handler.counters
+        self.gateway_state = self.handler.gateway_state
+        self.last_seen_ms = self.handler.last_seen_ms
         self.ready = asyncio.Event()
         """Set while the sink is connected and subscribed."""
-        self.gateway_state: dict[str, str] = {}
-        self.last_seen_ms: dict[str, int] = {}
         self._backoff = backoff or DecorrelatedJitter(0.5, 30.0)
         self._start_timeout_s = start_timeout_s
         self._last_connect_error = "no attempt finished"
-        self._routes = [(TopicPattern(f"{prefix}/{kind}"), kind) for kind in _TOPIC_KINDS]
 
     # ------------------------------------------------------------ session loop
     async def _connect(self, session: _Session, stop: asyncio.Event) -> MqttConnection:
@@ -267,8 +227,8 @@ class Sink:
         connection is dropped so that the broker redelivers it on the next session.
         """
         try:
-            self._handle(message)
-        except sqlite3.Error as exc:
+            self.handler.handle(message)
+        except SinkStoreError as exc:
             self.counters.store_errors += 1
             log.error("cannot store message from %r (%s); dropping the connection for redelivery",
                       message.topic, exc)
@@ -281,98 +241,6 @@ class Sink:
         conn.ack(message)
         self.counters.handled += 1
         return True
-
-    def _route(self, topic: str) -> tuple[str, str] | None:
-        for pattern, kind in self._routes:
-            fields = pattern.match(topic)
-            if fields is not None:
-                return fields["gateway_id"], kind
-        return None
-
-    def _handle(self, message: Message) -> None:
-        now = _now_ms()
-        route = self._route(message.topic)
-        if route is None:
-            log.warning("ignoring message on unexpected topic %r", message.topic)
-            return
-        gateway, kind = route
-        if not valid_id(gateway):
-            self._invalid(gateway[:64], "bad gateway id", message.topic, repr(gateway))
-            return
-        self.last_seen_ms[gateway] = now
-        if kind == "status":
-            self._status(gateway, message, now)
-        elif kind == "telemetry":
-            self._telemetry(gateway, message, now)
-        else:
-            self._control(gateway, _CONTROL_KINDS[kind], message, now)
-
-    def _invalid(self, gateway: str, reason: str, topic: str, detail: str) -> None:
-        self.store.record_invalid(gateway, reason)
-        self.counters.invalid_reasons[reason] += 1
-        log.warning("invalid message on %r: %s (%s)", topic, reason, detail)
-
-    def _telemetry(self, gateway: str, message: Message, now: int) -> None:
-        try:
-            batch = decode_batch(message.payload, max_body_bytes=_MAX_BODY_BYTES)
-        except CodecError as exc:
-            self._invalid(gateway, _reason(exc), message.topic, str(exc))
-            return
-        if batch.gateway != gateway:
-            self._invalid(gateway, "gateway mismatch", message.topic, f"payload says {batch.gateway!r}")
-            return
-        try:
-            new = self.store.store_batch(batch, now)
-        except InvalidRecord as exc:
-            self._invalid(gateway, exc.reason, message.topic, str(exc))
-            return
-        if new:
-            self.counters.batches += 1
-            self.counters.readings += len(batch.readings)
-        else:
-            self.counters.duplicates += 1
-            log.debug("duplicate batch %s/%d dropped", gateway, batch.seq)
-
-    def _control(self, gateway: str, kind: str, message: Message, now: int) -> None:
-        try:
-            raw = decode_control(message.payload)
-            if raw.get("gw") != gateway:
-                self._invalid(gateway, "gateway mismatch", message.topic, f"payload says {raw.get('gw')!r}")
-                return
-            if raw.get("kind") != kind:
-                self._invalid(gateway, "kind mismatch", message.topic, f"payload kind {raw.get('kind')!r}")
-                return
-            new = self.store.store_control(parse_control(raw), now)
-        except CodecError as exc:
-            self._invalid(gateway, _reason(exc), message.topic, str(exc))
-            return
-        except InvalidRecord as exc:
-            self._invalid(gateway, exc.reason, message.topic, str(exc))
-            return
-        if not new:
-            self.counters.duplicates += 1
-        elif kind == "alert":
-            self.counters.alerts += 1
-        elif kind == "event":
-            self.counters.events += 1
-        elif kind == "response":
-            self.counters.responses += 1
-        else:
-            self.counters.config_acks += 1
-
-    def _status(self, gateway: str, message: Message, now: int) -> None:
-        if not message.payload:  # a retained status being cleared
-            return
-        try:
-            state = message.payload.decode("utf-8").strip()
-        except UnicodeDecodeError:
-            state = ""
-        if not state or len(state) > _MAX_STATUS_CHARS or not state.isprintable():
-            self._invalid(gateway, "bad status", message.topic, repr(message.payload[:40]))
-            return
-        self.store.record_status(gateway, state, now)
-        self.gateway_state[gateway] = state
-        self.counters.status += 1
 
 
 async def run_sink(

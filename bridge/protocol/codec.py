@@ -1,4 +1,4 @@
-"""msgpack adapter: the telemetry batch envelope (version 2, decodes 1 too) and control records.
+"""msgpack adapter: the telemetry batch envelope (version 2, decodes 1 too) and device payloads.
 
 This is the only module in gateway/ and bridge/ that imports msgpack (and the optional zstandard).
 The format is specified byte for byte in docs/PROTOCOL.md; golden files live in tests/vectors/.
@@ -22,7 +22,6 @@ only), so encoding a batch of carried values cannot fail.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import zlib
 from collections.abc import Iterable, Sequence
@@ -31,9 +30,12 @@ from typing import Any, Literal
 
 import msgpack
 
-from bridge.protocol.errors import PermanentBridgeError
+from bridge.protocol.errors import CodecError
 from bridge.protocol.model import Reading, Value
 from bridge.protocol.topics import valid_id
+
+__all__ = ["Batch", "CodecError", "Compression", "carried", "decode_batch", "encode_batch", "is_replay",
+           "set_replay", "unpack_object", "zstd_available"]
 
 FORMAT_VERSION = 2
 DECODABLE_VERSIONS = (1, 2)
@@ -52,10 +54,6 @@ _FACTORS = [10**s for s in range(MAX_SCALE + 1)]
 Compression = Literal["none", "zlib", "zstd"]
 _COMPRESSION_CODES: dict[str, int] = {"none": 0, "zlib": 1, "zstd": 2}
 _COMPRESSION_NAMES = {v: k for k, v in _COMPRESSION_CODES.items()}
-
-
-class CodecError(PermanentBridgeError):
-    """A payload could not be encoded or decoded."""
 
 
 def zstd_available() -> bool:
@@ -346,21 +344,3 @@ def unpack_object(payload: bytes) -> Any:
     except (ValueError, TypeError, RecursionError, msgpack.ExtraData, msgpack.FormatError,
             msgpack.StackError) as exc:  # TypeError: an array or map used as a map key
         raise CodecError(f"bad msgpack: {exc}") from exc
-
-
-# ---------------------------------------------------------------- control records
-
-def encode_control(record: dict[str, Any]) -> bytes:
-    """Control-lane records (alerts, events, responses, acks) are compact UTF-8 JSON objects."""
-    return json.dumps(record, separators=(",", ":"), allow_nan=False, sort_keys=True).encode()
-
-
-def decode_control(payload: bytes) -> dict[str, Any]:
-    try:
-        obj = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CodecError(f"control record is not JSON: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise CodecError("control record is not a JSON object")
-    return obj
-

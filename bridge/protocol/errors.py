@@ -20,3 +20,18 @@ class TransientBridgeError(BridgeError):
 
 class PermanentBridgeError(BridgeError):
     """Retrying the same thing will not help."""
+
+
+class CodecError(PermanentBridgeError):
+    """A payload could not be encoded or decoded."""
+
+
+class InvalidRecord(PermanentBridgeError):
+    """A decoded message is not a valid record (missing field, wrong type, non-finite value).
+
+    ``reason`` is a short, low-cardinality key for counters; the message has the details.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason

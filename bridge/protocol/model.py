@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, TypeAlias
+from typing import Literal, NamedTuple, TypeAlias
+
+Lane = Literal["control", "telemetry"]
+"""The two uplink lanes: control records (sent first, never dropped for capacity) and telemetry."""
+LANES: tuple[Lane, Lane] = ("control", "telemetry")
 
 Value: TypeAlias = float | int
 """A reading's value: a finite double, or an integer beyond +-2**53 (up to the int64/uint64 range)

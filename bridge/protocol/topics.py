@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 # The one id grammar (device ids, metric names, gateway ids, command names, stream ids): 1 to 64
 # characters from [A-Za-z0-9_.-], the first one not '.' or '-'. So an id is never empty, never
@@ -21,6 +22,18 @@ ID_RULE = "1 to 64 of A-Z a-z 0-9 _ . -, not starting with '.' or '-'"  # for er
 DEVICE_ID_RE = re.compile(ID_PATTERN)
 NAME_RE = DEVICE_ID_RE
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+
+DEFAULT_PREFIX = "edge/{gateway_id}"
+"""The default cloud topic prefix pattern (``topics.cloud_prefix``, the cloud tools' ``--prefix``)."""
+
+ControlKind = Literal["alert", "event", "response", "config_status"]
+CONTROL_TOPICS: dict[ControlKind, str] = {
+    "alert": "alerts", "event": "events", "response": "responses", "config_status": "config/status",
+}
+"""The one kind -> topic map: a control record of each kind goes up on ``{prefix}/<this>``."""
+KIND_OF_TOPIC: dict[str, ControlKind] = {topic: kind for kind, topic in CONTROL_TOPICS.items()}
+UPLINK_TOPICS = ("telemetry", *CONTROL_TOPICS.values(), "status")
+"""Every topic a gateway publishes under its prefix that a consumer stores (not ``stats``)."""
 
 
 def valid_id(value: object) -> bool:
@@ -74,10 +87,10 @@ class TopicPattern:
 
 @dataclass(frozen=True)
 class CloudTopics:
-    """The cloud-side topic tree of one gateway, under ``{prefix}`` (default ``edge/{gateway_id}``)."""
+    """The cloud-side topic tree of one gateway, under ``{prefix}`` (default :data:`DEFAULT_PREFIX`)."""
 
     gateway_id: str
-    prefix_pattern: str = "edge/{gateway_id}"
+    prefix_pattern: str = DEFAULT_PREFIX
 
     @property
     def prefix(self) -> str:
@@ -89,15 +102,15 @@ class CloudTopics:
 
     @property
     def alerts(self) -> str:
-        return f"{self.prefix}/alerts"
+        return self.control("alert")
 
     @property
     def events(self) -> str:
-        return f"{self.prefix}/events"
+        return self.control("event")
 
     @property
     def responses(self) -> str:
-        return f"{self.prefix}/responses"
+        return self.control("response")
 
     @property
     def status(self) -> str:
@@ -117,5 +130,9 @@ class CloudTopics:
 
     @property
     def config_status(self) -> str:
-        return f"{self.prefix}/config/status"
+        return self.control("config_status")
 
+
+    def control(self, kind: ControlKind) -> str:
+        """The topic of a control record of ``kind``."""
+        return f"{self.prefix}/{CONTROL_TOPICS[kind]}"

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from bridge.mqtt.errors import TransientBridgeError
+from bridge.protocol.model import LANES, Lane
 
-Lane = Literal["control", "telemetry"]
-LANES: tuple[Lane, Lane] = ("control", "telemetry")
+__all__ = ["LANES", "Lane", "Record", "RecordStore", "Source", "StoreError"]
+
 Source = Literal["any", "live", "backlog"]
 
 

@@ -1,6 +1,6 @@
 """Commands from the cloud to local devices: policy, holding, delivery and answers.
 
-:class:`CommandRouter` takes what :mod:`bridge.uplink.downlink` parsed and gives every command exactly one
+:class:`CommandRouter` takes what :mod:`bridge.protocol.commands` parsed and gives every command exactly one
 answer on the control lane, or forwards it to the device (whose own response then goes up):
 
 - rejected by the parser, or a name not in ``downlink.allowed_commands`` -> ``rejected``;
@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.mqtt.errors import BridgeError
+from bridge.protocol.commands import NOT_ALLOWED, RETAINED, Command, CommandId, CommandRejected
+from bridge.protocol.records import ControlOut, Response
 from bridge.protocol.topics import TopicPattern
-from bridge.uplink.downlink import NOT_ALLOWED, RETAINED, Command, CommandId, CommandRejected
 from gateway.config import DownlinkSection
 from gateway.control.answered import AnsweredCommands
 from gateway.errors import GatewayError
@@ -43,7 +44,6 @@ from gateway.observe.latency import LatencyHistogram
 log = logging.getLogger(__name__)
 
 Deliver = Callable[[str, bytes], Awaitable[None]]
-ControlOut = Callable[[str, dict[str, Any]], None]
 DEVICE_STATUSES = frozenset({"ok", "error", "unknown_command", "expired"})
 GATEWAY_STATUSES = ("rejected", "expired", "undeliverable")  # answers the gateway gives itself
 RETAINED_WITHOUT_ID = "retained_without_id"  # ignored: a retained command with no id to answer
@@ -53,14 +53,14 @@ DELIVER_TIMEOUT_S = 5.0  # an external local broker that does not acknowledge th
 
 
 def response_record(device: str, command: str | None, cid: Any, status: str, result: Any, *,
-                    source: str, rtt_ms: float | None) -> dict[str, Any]:
-    """The control record sent on ``{prefix}/responses`` (``gw``/``seq`` are added by the lane)."""
-    return {"kind": "response", "device": device, "command": command, "id": cid, "status": status,
-            "result": result, "source": source, "rtt_ms": rtt_ms}
+                    source: str, rtt_ms: float | None) -> Response:
+    """The control record sent on ``{prefix}/responses`` (the lane stamps it with ``gw``/``stream``/``seq``)."""
+    return Response(device=device, command=command, id=cid, status=status, result=result, source=source,
+                    rtt_ms=rtt_ms)
 
 
 def device_response(device: str, body: dict[str, Any], command: str | None = None,
-                    rtt_ms: float | None = None) -> dict[str, Any]:
+                    rtt_ms: float | None = None) -> Response:
     """A device's response body ``{"id", "status", "result"}`` as a response record."""
     status = body.get("status")
     result = body.get("result")
@@ -208,17 +208,17 @@ class CommandRouter:
         self.counters.rejected[reason] += 1
         self.counters.answered["rejected"] += 1
         log.info("command %r/%r id=%r rejected: %s (%s)", device, name, cid, reason, detail)
-        self._answer("response", response_record(device, name, cid, "rejected", {"reason": reason, "detail": detail},
-                                                 source="gateway", rtt_ms=None))
+        self._answer(response_record(device, name, cid, "rejected", {"reason": reason, "detail": detail},
+                                     source="gateway", rtt_ms=None))
 
     def _gateway_answer(self, cmd: Command, status: str, detail: str) -> None:
         self._settled.add((cmd.device, cmd.id))
         self.counters.answered[status] += 1
         log.info("command %s/%s id=%r: %s (%s)", cmd.device, cmd.name, cmd.id, status, detail)
-        self._answer("response", response_record(cmd.device, cmd.name, cmd.id, status, {"reason": detail},
-                                                 source="gateway", rtt_ms=None))
+        self._answer(response_record(cmd.device, cmd.name, cmd.id, status, {"reason": detail},
+                                     source="gateway", rtt_ms=None))
 
-    def device_response(self, device: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    def device_response(self, device: str, body: dict[str, Any]) -> Response | None:
         """Build the record for a device's response; the command name and RTT when it answers a
         command we forwarded. None (refused, counted) when it answers a command that is awaiting
         another device's answer: only the device a command was sent to may answer it."""

@@ -36,6 +36,7 @@ from pydantic import ValidationError
 from bridge.mqtt.types import Message
 from bridge.protocol.codec import Compression
 from bridge.protocol.model import Reading
+from bridge.protocol.records import ConfigStatus, ControlOut
 from gateway.config import BatchSection, PushedConfig, RuleSpec, problems_of, read_toml
 from gateway.errors import ConfigError, StorageError
 from gateway.process.batcher import Batcher
@@ -49,7 +50,6 @@ APPLIED, REJECTED, STALE, LOAD_ERRORS = "applied", "rejected", "stale", "load_er
 CLEARED = "cleared"  # empty messages (an operator clearing the retained document): no answer
 
 Problem = tuple[str, str]
-ControlOut = Callable[[str, dict[str, Any]], None]  # (kind, record) -> control lane
 
 
 class Encoding(Protocol):
@@ -230,7 +230,7 @@ class ConfigPusher:
         """The downlink router's callback for the config topic (runs on the event loop)."""
         self.handle(msg.payload)
 
-    def handle(self, payload: bytes) -> dict[str, Any] | None:
+    def handle(self, payload: bytes) -> ConfigStatus | None:
         """Handle one message from the config topic; returns the status record it sent
         (None for an empty payload: that only clears a retained document on the broker)."""
         if not payload:
@@ -265,19 +265,15 @@ class ConfigPusher:
         if full is not None:
             self._write_batch(full)
 
-    def _ack(self, version: int | None, status: str, problems: list[Problem]) -> dict[str, Any]:
+    def _ack(self, version: int | None, status: str, problems: list[Problem]) -> ConfigStatus:
         self.counts[status] += 1
-        record = {
-            "kind": "config_status",
-            "version": version,
-            "status": status,
-            "errors": [{"key": key, "reason": reason} for key, reason in problems],
-            "current_version": self.version,
-        }
+        record = ConfigStatus(version=version, status=status,
+                              errors=[{"key": key, "reason": reason} for key, reason in problems],
+                              current_version=self.version)
         if status == APPLIED:
             log.info("pushed config version %s applied", version)
         else:
             log.warning("pushed config version %s %s%s", version, status,
                         "".join(f"\n  {k}: {r}" for k, r in problems))
-        self._on_control("config_status", record)
+        self._on_control(record)
         return record

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from bridge.protocol.model import Reading
+from bridge.protocol.records import Alert as AlertRecord
+from bridge.protocol.records import ControlOut, Event, Response
 from gateway.control.commands import device_response
 from gateway.observe.accounting import Accounting
 from gateway.process.batcher import Batcher
@@ -14,24 +16,14 @@ from gateway.process.decode import Decoder, DeviceEvent, DeviceResponse, Rejecti
 from gateway.process.rejects import RejectLog
 from gateway.process.rules.engine import Alert, RuleEngine
 
-ControlOut = Callable[[str, dict[str, Any]], None]  # (kind, record) -> control lane
 BatchOut = Callable[[list[Reading]], None]  # full batch -> telemetry lane
-ResponseRecord = Callable[[str, dict[str, Any]], dict[str, Any] | None]  # (device, body) -> record or None
+ResponseRecord = Callable[[str, dict[str, Any]], Response | None]  # (device, body) -> record or None
 
 
-def alert_record(alert: Alert) -> dict[str, Any]:
+def alert_record(alert: Alert) -> AlertRecord:
     r = alert.reading
-    return {
-        "kind": "alert",
-        "device": r.device,
-        "metric": r.metric,
-        "level": alert.change.level,
-        "state": alert.change.state,
-        "value": r.value,
-        "threshold": alert.change.threshold,
-        "ts_ms": r.ts_ms,
-        "rule": alert.rule,
-    }
+    return AlertRecord(device=r.device, metric=r.metric, level=alert.change.level, state=alert.change.state,
+                       value=r.value, threshold=alert.change.threshold, ts_ms=r.ts_ms, rule=alert.rule)
 
 
 class Pipeline:
@@ -69,12 +61,12 @@ class Pipeline:
             self._reject(topic, msg)
         elif isinstance(msg, DeviceEvent):
             acc.events += 1
-            self._on_control("event", {"kind": "event", "device": msg.device, "ts_ms": msg.ts_ms, "event": msg.body})
+            self._on_control(Event(msg.device, msg.ts_ms, msg.body))
         elif isinstance(msg, DeviceResponse):
             acc.responses += 1
             record = self._on_response(msg.device, msg.body)
             if record is not None:  # None: refused (an answer to another device's command)
-                self._on_control("response", record)
+                self._on_control(record)
 
     def _reject(self, topic: str, rej: Rejection) -> None:
         self._acc.readings_in += 1
@@ -87,7 +79,7 @@ class Pipeline:
         outcome = self.rules.process(reading)
         for alert in outcome.alerts:
             acc.alerts += 1
-            self._on_control("alert", alert_record(alert))
+            self._on_control(alert_record(alert))
         if outcome.verdict == "pass":
             full = self.batcher.add(reading)
             if full is not None:

@@ -11,10 +11,10 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
-from bridge.protocol.codec import CodecError, Compression, encode_batch, encode_control
+from bridge.protocol.codec import CodecError, Compression, encode_batch
 from bridge.protocol.model import Reading
+from bridge.protocol.records import ControlRecord, Stamp, encode_control
 from bridge.protocol.topics import CloudTopics
 from bridge.uplink.store import Record
 from gateway.errors import StorageError
@@ -24,7 +24,6 @@ from gateway.store.buffer import DiskBuffer
 log = logging.getLogger(__name__)
 
 MAX_HELD_CONTROL = 10_000  # control records kept in memory while the disk refuses writes
-_CONTROL_TOPICS = {"alert": "alerts", "event": "events", "response": "responses", "config_status": "config/status"}
 
 
 class LaneWriter:
@@ -68,13 +67,14 @@ class LaneWriter:
         self._acc.batches_written += 1
         self._on_written()
 
-    def write_control(self, kind: str, record: dict[str, Any]) -> None:
-        topic = f"{self._topics.prefix}/{_CONTROL_TOPICS.get(kind, kind)}"
+    def write_control(self, record: ControlRecord) -> None:
+        kind = record.kind
+        topic = self._topics.control(kind)
         gw = self._topics.gateway_id
         stream = self._buffer.stream
 
         def build(seq: int) -> bytes:
-            return encode_control({**record, "gw": gw, "stream": stream, "seq": seq})
+            return encode_control(record, Stamp(gw, seq, stream))
 
         if self._held:  # keep control records in order behind those waiting for the disk
             self._hold(kind, topic, build)

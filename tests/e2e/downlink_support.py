@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from bridge.mqtt.connection import MqttConnection
 from bridge.mqtt.types import ClientSettings, Message
-from bridge.protocol.codec import decode_control
+from bridge.protocol.records import decode_control
 from device_sim.builtin_profiles import BUILTIN_PROFILES
 from device_sim.runner import Runner
 from device_sim.settings import BrokerSettings, DeviceSettings, RunSettings

@@ -16,7 +16,8 @@ from bridge.mqtt.connect import connect_with_backoff
 from bridge.mqtt.connection import MqttConnection
 from bridge.mqtt.errors import UplinkStopped
 from bridge.mqtt.types import ClientSettings, Message
-from bridge.protocol.codec import decode_batch, decode_control
+from bridge.protocol.codec import decode_batch
+from bridge.protocol.records import decode_control
 from gateway.config import GatewayConfig, Secrets, parse_config
 from gateway.service import GatewayService
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from bridge.mqtt.types import Message
-from bridge.protocol.codec import decode_batch, decode_control
+from bridge.protocol.codec import decode_batch
+from bridge.protocol.records import decode_control
 from gateway.service import GatewayService
 from tests.e2e.downlink_support import CloudOperator, sim_devices
 from tests.e2e.harness import CloudCollector, Devices, gateway_config, local_url, running_gateway

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bridge.cloud.errors import SinkStoreError
 from bridge.cloud.report import build_report
 from bridge.cloud.sink import Protocol, Sink, run_sink
 from bridge.cloud.sink_store import SinkStore
@@ -19,8 +19,9 @@ from bridge.mqtt.backoff import DecorrelatedJitter
 from bridge.mqtt.connection import MqttConnection
 from bridge.mqtt.errors import PermanentBridgeError
 from bridge.mqtt.types import ClientSettings
-from bridge.protocol.codec import Batch, encode_batch, encode_control
+from bridge.protocol.codec import Batch, encode_batch
 from bridge.protocol.model import Reading
+from bridge.protocol.records import json_bytes
 from bridge.protocol.topics import CloudTopics
 from gateway.source.broker import EmbeddedBroker
 from tests.support import Mosquitto, eventually
@@ -44,7 +45,7 @@ def control(gateway: str, seq: int, kind: str) -> bytes:
         "response": {"device": "dev-1", "command": "ping", "id": "c-1", "status": "ok", "result": None,
                      "source": "device", "rtt_ms": 2.0},
     }
-    return encode_control({"kind": kind, "gw": gateway, "seq": seq, **shapes[kind]})
+    return json_bytes({"kind": kind, "gw": gateway, "seq": seq, **shapes[kind]})
 
 
 class FlakyStore(SinkStore):
@@ -57,7 +58,7 @@ class FlakyStore(SinkStore):
     def store_batch(self, batch: Batch, received_ms: int) -> bool:
         if self.failures > 0:
             self.failures -= 1
-            raise sqlite3.OperationalError("database or disk is full")
+            raise SinkStoreError("sink database: write: database or disk is full")
         return super().store_batch(batch, received_ms)
 
 
@@ -220,7 +221,7 @@ async def test_run_sink_while_reporting(mosquitto: Mosquitto, tmp_path: Path) ->
             def status_seen() -> bool:  # retained, so it also proves the sink has subscribed
                 try:
                     gateways = build_report(db)["gateways"]
-                except (FileNotFoundError, PermanentBridgeError, sqlite3.Error):  # not created yet
+                except (FileNotFoundError, PermanentBridgeError, SinkStoreError):  # not created yet
                     return False
                 return bool(gateways) and gateways["gw-9"]["status"] is not None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from bridge.protocol.records import Event
 from bridge.protocol.topics import CloudTopics
 from gateway.observe.accounting import Accounting
 from gateway.store.buffer import Budget, DiskBuffer
@@ -78,10 +79,10 @@ def test_a_full_disk_drops_oldest_telemetry_keeps_control_and_recovers(tmp_path:
     taken = buf.take("telemetry", 10**6)
     n = 0
     while lanes.held_control == 0 and n < 200:
-        lanes.write_control("alert", {"kind": "alert", "n": n, "pad": "z" * 3000})
+        lanes.write_control(Event("dev", n, {"n": n, "pad": "z" * 3000}))
         n += 1
     assert lanes.held_control == 1
-    lanes.write_control("alert", {"kind": "alert", "n": n, "pad": "z"})  # queued behind, not reordered
+    lanes.write_control(Event("dev", n, {"n": n, "pad": "z"}))  # queued behind, not reordered
     assert lanes.held_control == 2
     # the cloud acknowledges the telemetry: space returns and the held records go to disk
     for rec in taken:

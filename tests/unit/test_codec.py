@@ -18,9 +18,7 @@ from bridge.protocol.codec import (
     CodecError,
     carried,
     decode_batch,
-    decode_control,
     encode_batch,
-    encode_control,
     is_replay,
     set_replay,
     unpack_object,
@@ -107,15 +105,6 @@ def test_decompression_bomb_is_refused() -> None:
 def test_empty_batch_round_trips() -> None:
     batch = decode_batch(encode_batch("g", 1, [], stream="s1", created_ms=0))
     assert batch.readings == [] and batch.stream == "s1" and batch.version == 2
-
-
-def test_control_records_are_strict_json() -> None:
-    rec = {"kind": "alert", "value": 1.5, "gw": "g", "seq": 3}
-    assert decode_control(encode_control(rec)) == rec
-    with pytest.raises(ValueError, match="JSON compliant"):
-        encode_control({"value": math.nan})
-    with pytest.raises(CodecError):
-        decode_control(b"[1]")
 
 
 def _expected_json(path: Path) -> dict[str, Any]:

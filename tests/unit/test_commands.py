@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.uplink.downlink import RETAINED, Command, CommandRejected
+from bridge.protocol.commands import RETAINED, Command, CommandRejected
 from gateway.config import DownlinkSection
 from gateway.control.answered import AnsweredCommands
 from gateway.control.commands import CommandRouter, device_response
@@ -34,7 +35,7 @@ class Rig:
         self.answers: list[dict[str, Any]] = []
         self.router = CommandRouter(
             DownlinkSection(**cfg), "devices/{device_id}/commands/{name}", deliver=self.deliver,
-            answer=lambda kind, rec: self.answers.append(rec), has_subscriber=lambda t, _level: t in self.present,
+            answer=lambda rec: self.answers.append(asdict(rec)), has_subscriber=lambda t, _level: t in self.present,
             wall=self.clock, monotonic=self.clock,
         )
 
@@ -61,9 +62,9 @@ async def test_allowlist_duplicates_and_delivery() -> None:
     assert r.counters.duplicates == 1 and r.counters.forwarded == 1
     rig.clock.t += 0.25
     rec = r.device_response("d1", {"id": "a", "status": "ok", "result": {"ts": 1}})
-    assert (rec["command"], rec["rtt_ms"], rec["source"], rec["status"]) == ("ping", 250.0, "device", "ok")
+    assert rec is not None and (rec.command, rec.rtt_ms, rec.source, rec.status) == ("ping", 250.0, "device", "ok")
     again = r.device_response("d1", {"id": "a", "status": "ok"})  # no longer tracked
-    assert (again["command"], again["rtt_ms"]) == (None, None)
+    assert again is not None and (again.command, again.rtt_ms) == (None, None)
     assert r.counters.responses_matched == 1 and r.counters.responses_unmatched == 1
 
 
@@ -109,13 +110,14 @@ async def test_tracking_is_forgotten_after_track_responses_s() -> None:
     rig.clock.t += 6
     await rig.settle()
     assert rig.router.counters.forgotten == 1
-    assert rig.router.device_response("d1", {"id": 1, "status": "ok"})["rtt_ms"] is None
+    answer = rig.router.device_response("d1", {"id": 1, "status": "ok"})
+    assert answer is not None and answer.rtt_ms is None
 
 
 def test_device_response_with_a_bad_status_becomes_an_error() -> None:
     rec = device_response("d1", {"id": "x", "status": "weird", "result": 5})
-    assert rec["status"] == "error" and rec["result"]["device_result"] == 5
-    assert device_response("d1", {"status": "ok"})["id"] is None
+    assert rec.status == "error" and rec.result["device_result"] == 5
+    assert device_response("d1", {"status": "ok"}).id is None
 
 
 def test_topic_matches() -> None:
@@ -173,7 +175,7 @@ async def test_settled_commands_are_not_answered_again_after_a_restart(tmp_path:
         answered.open()
         rig.router = CommandRouter(
             DownlinkSection(hold_offline_s=0), "devices/{device_id}/commands/{name}", deliver=rig.deliver,
-            answer=lambda kind, rec: rig.answers.append(rec), has_subscriber=lambda t, _l: t in rig.present,
+            answer=lambda rec: rig.answers.append(asdict(rec)), has_subscriber=lambda t, _l: t in rig.present,
             answered=answered, wall=rig.clock, monotonic=rig.clock)
         return answered
 
@@ -223,7 +225,7 @@ def test_every_command_gets_exactly_one_answer_and_a_retained_one_never_runs(
             answered.open()
             rig.router = CommandRouter(
                 DownlinkSection(hold_offline_s=0), "devices/{device_id}/commands/{name}", deliver=rig.deliver,
-                answer=lambda kind, rec: rig.answers.append(rec), has_subscriber=lambda t, _l: t in rig.present,
+                answer=lambda rec: rig.answers.append(asdict(rec)), has_subscriber=lambda t, _l: t in rig.present,
                 answered=answered, wall=rig.clock, monotonic=rig.clock)
 
         restart()

@@ -10,6 +10,7 @@ import pytest
 
 from bridge.protocol.codec import Compression
 from bridge.protocol.model import Reading
+from bridge.protocol.records import ConfigStatus, ControlRecord
 from gateway.config import BatchSection, RuleSpec
 from gateway.control.config_push import MAX_DOCUMENT_BYTES, ConfigPusher, PushedConfigFile, read_document
 from gateway.process.batcher import Batcher
@@ -32,13 +33,13 @@ class Rig:
     batcher: Batcher = field(default_factory=lambda: Batcher(100, 65536, 5.0))
     encoding: Encoding = field(default_factory=Encoding)
     batches: list[list[Reading]] = field(default_factory=list)
-    acks: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    acks: list[ControlRecord] = field(default_factory=list)
 
     def pusher(self) -> ConfigPusher:
         return ConfigPusher(
             PushedConfigFile(self.path), file_rules=list(FILE_RULES), file_batch=FILE_BATCH,
             rules=self.rules, batcher=self.batcher, encoding=self.encoding,
-            write_batch=self.batches.append, on_control=lambda kind, rec: self.acks.append((kind, rec)),
+            write_batch=self.batches.append, on_control=self.acks.append,
         )
 
     def alerts(self, value: float, ts: int = 0) -> int:
@@ -60,8 +61,8 @@ RULES_50 = [{"name": "pushed", "metrics": "temp", "alert": {"max": 50}}]
 def test_valid_push_is_persisted_applied_and_acked(rig: Rig) -> None:
     p = rig.pusher()
     ack = p.handle(doc(version=3, rules=RULES_50, batch={"max_count": 10, "compression": "none"}))
-    assert ack == {"kind": "config_status", "version": 3, "status": "applied", "errors": [], "current_version": 3}
-    assert rig.acks == [("config_status", ack)]
+    assert ack == ConfigStatus(version=3, status="applied", errors=[], current_version=3)
+    assert rig.acks == [ack]
     assert p.version == 3 and p.snapshot() == {"applied": 1, "rejected": 0, "stale": 0, "load_errors": 0, "cleared": 0}
     assert rig.alerts(40) == 0 and rig.alerts(51) == 1  # threshold moved from 30 to 50
     assert rig.batcher.max_count == 10 and rig.encoding.compression == "none" and rig.encoding.level == 6
@@ -116,10 +117,10 @@ def test_invalid_push_is_rejected_naming_the_key_and_changes_nothing(
     p = rig.pusher()
     p.handle(doc(version=1, rules=RULES_50))
     ack = p.handle(payload)
-    assert ack is not None and ack["status"] == "rejected" and ack["version"] == version
-    assert ack["current_version"] == 1 and p.version == 1
-    assert key in [e["key"] for e in ack["errors"]], ack["errors"]
-    assert all(e["reason"] for e in ack["errors"])
+    assert ack is not None and ack.status == "rejected" and ack.version == version
+    assert ack.current_version == 1 and p.version == 1
+    assert key in [e["key"] for e in ack.errors], ack.errors
+    assert all(e["reason"] for e in ack.errors)
     assert rig.alerts(40) == 0 and rig.alerts(51) == 1  # version 1 still in force
     assert json.loads(rig.path.read_text())["version"] == 1
 
@@ -130,7 +131,7 @@ def test_version_not_newer_is_stale(rig: Rig) -> None:
     before = rig.path.read_bytes()
     for v in (5, 4):
         ack = p.handle(doc(version=v, rules=[]))
-        assert ack is not None and (ack["status"], ack["version"], ack["current_version"]) == ("stale", v, 5)
+        assert ack is not None and (ack.status, ack.version, ack.current_version) == ("stale", v, 5)
     assert rig.alerts(40) == 0 and rig.alerts(51) == 1 and rig.path.read_bytes() == before
     assert p.snapshot()["stale"] == 2
 
@@ -152,8 +153,8 @@ def test_failed_persist_rejects_and_applies_nothing(rig: Rig, monkeypatch: pytes
     monkeypatch.setattr(os, "replace", fail)
     ack = p.handle(doc(version=2, rules=[], batch={"max_count": 2}))
     monkeypatch.undo()
-    assert ack is not None and ack["status"] == "rejected" and ack["errors"][0]["key"] == "(storage)"
-    assert "No space left" in ack["errors"][0]["reason"]
+    assert ack is not None and ack.status == "rejected" and ack.errors[0]["key"] == "(storage)"
+    assert "No space left" in ack.errors[0]["reason"]
     assert p.version == 1 and rig.alerts(51) == 1 and rig.batcher.max_count == 100
     assert rig.path.read_bytes() == before
     assert sorted(os.listdir(rig.path.parent)) == [rig.path.name]  # the temp file is gone
@@ -163,7 +164,7 @@ def test_unwritable_location_rejects(tmp_path: Path) -> None:
     (tmp_path / "not-a-dir").write_text("")
     rig = Rig(tmp_path / "not-a-dir" / "pushed-config.json")
     ack = rig.pusher().handle(doc(version=1, rules=[]))
-    assert ack is not None and ack["status"] == "rejected" and ack["errors"][0]["key"] == "(storage)"
+    assert ack is not None and ack.status == "rejected" and ack.errors[0]["key"] == "(storage)"
     assert rig.alerts(99) == 1
 
 
@@ -174,7 +175,8 @@ def test_persisted_document_is_applied_at_start(rig: Rig) -> None:
     p.load_persisted()
     assert p.version == 4 and fresh.alerts(40) == 0 and fresh.alerts(51) == 1
     assert fresh.batcher.max_age_s == 1.5 and fresh.acks == []
-    assert p.handle(doc(version=4))["status"] == "stale"  # type: ignore[index]
+    stale = p.handle(doc(version=4))
+    assert stale is not None and stale.status == "stale"
 
 
 def test_no_persisted_document_keeps_the_file_config(rig: Rig) -> None:
@@ -197,7 +199,8 @@ def test_corrupt_persisted_file_is_set_aside(rig: Rig, content: bytes) -> None:
     assert rig.alerts(31) == 1  # file rules in force
     assert not rig.path.exists()
     assert (rig.path.parent / "pushed-config.json.bad").read_bytes() == content
-    assert p.handle(doc(version=1, rules=[]))["status"] == "applied"  # type: ignore[index]
+    applied = p.handle(doc(version=1, rules=[]))
+    assert applied is not None and applied.status == "applied"
 
 
 def test_example_document_is_valid() -> None:

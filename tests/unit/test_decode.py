@@ -125,14 +125,14 @@ def test_subscriptions_cover_the_contract() -> None:
 def test_event_with_msgpack_extension_types_becomes_plain_json() -> None:
     import datetime
 
-    from bridge.protocol.codec import encode_control
+    from bridge.protocol.records import Event, Stamp, encode_control
 
     payload = msgpack.packb({"event": "x", "at": msgpack.Timestamp(1700000000), "big": 2**70, "raw": b"\x01",
                              "nan": float("nan"), "nested": {"t": datetime.datetime(2024, 1, 1)}},
                             datetime=False, default=str)
     ev = decoder().decode("devices/a/events", payload, NOW)
     assert isinstance(ev, d.DeviceEvent)
-    encode_control({"kind": "event", "event": ev.body})  # must not raise
+    encode_control(Event(ev.device, ev.ts_ms, ev.body), Stamp("gw", 1))  # must not raise
     assert ev.body["big"] == str(2**70) and ev.body["raw"] == "01" and ev.body["nan"] is None
     assert isinstance(ev.body["at"], str)
 

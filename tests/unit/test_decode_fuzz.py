@@ -112,7 +112,7 @@ def _pipeline(acc: Accounting, batches: list[list[Reading]]) -> Pipeline:
                                                  "deadband": {"abs": 0.1}})])
     decoder = d.Decoder(TopicsSection(), DecodeSection(max_past_s=10**12, max_future_s=10**12))
     return Pipeline(decoder, rules, Batcher(3, 10**6, 60), acc, RejectLog(), on_batch=batches.append,
-                    on_control=lambda kind, record: None)
+                    on_control=lambda record: None)
 
 
 DECODER = d.Decoder(TopicsSection(), DecodeSection(max_payload_bytes=1 << 20))

@@ -1,4 +1,4 @@
-"""bridge.uplink.downlink: command parsing and validation, and dispatch by topic (pure)."""
+"""bridge.protocol.commands: command parsing and validation; bridge.uplink.downlink: dispatch by topic."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 
 from bridge.mqtt.types import Message
-from bridge.protocol.topics import CloudTopics
-from bridge.uplink.downlink import (
+from bridge.protocol.commands import (
     BAD_ARGS,
     BAD_DEVICE,
     BAD_EXPIRY,
@@ -22,9 +21,10 @@ from bridge.uplink.downlink import (
     Command,
     CommandLimits,
     CommandRejected,
-    DownlinkRouter,
     parse_command,
 )
+from bridge.protocol.topics import CloudTopics
+from bridge.uplink.downlink import DownlinkRouter
 
 NOW = 1_700_000_000.0
 LIMITS = CommandLimits(max_bytes=4096)

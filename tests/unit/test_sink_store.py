@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 
-from bridge.cloud.sink_store import GapSummary, InvalidRecord, SinkStore, parse_control
+from bridge.cloud.errors import SinkStoreError, StoreUnavailable
+from bridge.cloud.sink_store import GapSummary, InvalidRecord, SinkStore
 from bridge.mqtt.errors import PermanentBridgeError
 from bridge.protocol.codec import Batch
 from bridge.protocol.model import Reading
+from bridge.protocol.records import Response, parse_control
 
 T0 = 1_700_000_000_000
 
@@ -179,11 +181,12 @@ def test_parse_control_event_needs_an_object_body() -> None:
 
 
 
-def test_parse_control_response_keeps_the_flat_fields_and_allows_an_empty_device() -> None:
-    assert parse_control(response(3)).fields == {
-        "body_json": '{"command":"ping","id":"c1","result":{"ts":1},"rtt_ms":1.5,"source":"device","status":"ok"}'}
+def test_a_response_is_stored_with_its_flat_fields_and_may_have_an_empty_device(store: SinkStore) -> None:
+    assert store.store_control(response(3), 0)
+    assert rows(store, "SELECT body_json FROM responses") == [
+        ('{"command":"ping","id":"c1","result":{"ts":1},"rtt_ms":1.5,"source":"device","status":"ok"}',)]
     rejected = {**response(4), "device": "", "command": "", "id": None, "status": "rejected", "source": "gateway"}
-    assert parse_control(rejected).device == ""
+    assert parse_control(rejected).record == Response("", "", None, "rejected", {"ts": 1}, "gateway", 1.5)
     with pytest.raises(InvalidRecord, match="'status'"):
         parse_control({**response(5), "status": None})
 
@@ -215,7 +218,7 @@ def test_dedup_survives_reopen_and_readonly_sees_data(tmp_path: Path) -> None:
         with SinkStore.open_readonly(path) as ro:  # a report while the sink is open
             assert ro.seqs("gw-1") == [1]
             assert ro.duplicate_counts() == {("gw-1", "telemetry"): 1}
-            with pytest.raises(sqlite3.OperationalError):
+            with pytest.raises(SinkStoreError, match="readonly"):
                 ro.record_invalid("gw-1", "x")
 
 
@@ -226,3 +229,28 @@ def test_readonly_needs_an_existing_sink_database(tmp_path: Path) -> None:
     sqlite3.connect(other).close()
     with pytest.raises(PermanentBridgeError, match="not a sink database"):
         SinkStore.open_readonly(other)
+
+
+def test_sqlite_errors_come_out_as_sink_store_errors(tmp_path: Path) -> None:
+    path = tmp_path / "sink.sqlite"
+    SinkStore(path).close()
+    with sqlite3.connect(path) as db:  # a control insert that SQLite refuses
+        db.execute("CREATE TRIGGER boom BEFORE INSERT ON alerts BEGIN SELECT RAISE(ABORT, 'injected failure'); END")
+    with SinkStore(path) as store:
+        with pytest.raises(SinkStoreError, match="injected failure") as err:
+            store.store_control(alert(1), 0)
+        assert isinstance(err.value.__cause__, sqlite3.Error)
+        assert store.seqs("gw-1", "control") == []  # rolled back with the ledger row
+        with sqlite3.connect(path) as db:  # a table gone under the open store
+            db.execute("DROP TABLE status")
+        with pytest.raises(SinkStoreError, match="no such table"):
+            store.statuses()
+        with pytest.raises(SinkStoreError, match="no such table"):
+            store.record_status("gw-1", "online", 0)
+
+
+def test_a_file_that_is_not_a_database_is_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "sink.sqlite"
+    path.write_bytes(b"not a database" * 100)
+    with pytest.raises(StoreUnavailable):
+        SinkStore.open_readonly(path)

@@ -1,0 +1,181 @@
+"""The cloud-side commands of ``edge-gateway``: ``sink`` (store every gateway's uplink in SQLite),
+``report`` (what the sink stored: readings, duplicates, gaps, streams) and ``command`` (send a
+command to a device through its gateway and print the answer). ``gateway.cli`` adds them to its
+group; they keep their names, options and exit codes there.
+
+Exit codes: 0 ok, 1 runtime failure (or the answer/report says so), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+import click
+from rich.console import Console
+
+from bridge.cloud.cli_common import (
+    PREFIX_HELP,
+    ask_gateway,
+    err_console,
+    exit_failed,
+    login_options,
+    operator_topics,
+    require_plot,
+    run_until_signal,
+    setup_logging,
+    show_answer,
+)
+from bridge.mqtt.types import Login
+from bridge.protocol.records import ControlRecord, Response
+from bridge.protocol.topics import DEFAULT_PREFIX, ID_RULE, valid_id
+
+__all__ = ["command", "report", "sink"]
+
+
+@click.command()
+@click.option("--url", required=True, help="Cloud broker, e.g. mqtt://127.0.0.1:1883 or mqtts://host.")
+@click.option("--db", "db_path", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="SQLite file to store readings and alerts in (created if missing).")
+@click.option("--shared", "shared_group", default=None,
+              help="Join an MQTT 5 shared subscription group so several sinks split the load.")
+@click.option("--protocol", type=click.Choice(["5", "3.1.1"]), default="5", show_default=True)
+@click.option("--client-id", default=None,
+              help="MQTT client id (default: derived from the database path). Give each sink of a --shared "
+                   "group its own stable one.")
+@click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help=PREFIX_HELP)
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--start-timeout", "start_timeout_s", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Exit 1 when no broker accepts the first connection within S seconds (0 = keep trying). "
+                   "Later reconnects always keep trying.")
+@login_options
+def sink(url: str, db_path: Path, shared_group: str | None, protocol: Literal["5", "3.1.1"], client_id: str | None,
+         prefix: str, log_level: str, start_timeout_s: float, login: Login) -> None:
+    """Cloud side: store every gateway's batches and alerts in SQLite, dropping duplicates
+    by (gateway, stream, lane, seq) and recording sequence gaps."""
+    from bridge.cloud.sink import run_sink
+    from bridge.mqtt.errors import BridgeError
+
+    setup_logging(log_level)
+    if shared_group and protocol != "5":
+        raise click.UsageError("--shared needs --protocol 5")
+
+    async def go(stop: asyncio.Event) -> None:
+        await run_sink(url, db_path, protocol=protocol, shared_group=shared_group, prefix=prefix, stop=stop,
+                       client_id=client_id, start_timeout_s=start_timeout_s or None, login=login)
+
+    try:
+        run_until_signal(go)
+    except BridgeError as exc:
+        exit_failed(exc)
+
+
+@click.command()
+@click.option("--db", "db_path", required=True, type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="SQLite file written by 'edge-gateway sink'.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--device", default=None, help="Only this device (and the gateways its data came through).")
+@click.option("--fail-on-gaps", is_flag=True, help="Exit 1 when any reported gateway misses seqs (for scripts).")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also write a timeline PNG (readings per minute, replayed batches); needs the 'plot' extra.")
+def report(db_path: Path, as_json: bool, device: str | None, fail_on_gaps: bool, plot_path: Path | None) -> None:
+    """Per gateway and device: readings, alerts, duplicate batches dropped, sequence gaps.
+
+    Exits 0, or 1 with --fail-on-gaps when seqs are missing."""
+    from bridge.cloud.report import build_report, has_gaps, render_report
+
+    if plot_path is not None:
+        require_plot()
+    data = build_report(db_path, device)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        render_report(data, Console())
+    if plot_path is not None:
+        from bridge.cloud.plot import write_png
+        from bridge.cloud.timeline import from_sink
+
+        write_png(from_sink(db_path, device), plot_path)
+        err_console.print(f"timeline written to {plot_path}", highlight=False, markup=False)
+    if fail_on_gaps and has_gaps(data):
+        missing = data["totals"]["missing"]
+        err_console.print(f"[red]gaps:[/red] {missing['telemetry']} telemetry and {missing['control']} control "
+                          "records missing", highlight=False)
+        raise SystemExit(1)
+
+
+@click.command("command")
+@click.option("--url", required=True, help="Cloud broker, e.g. mqtt://127.0.0.1:1883 or mqtts://host.")
+@click.option("--gateway", "gateway_id", required=True, help="Id of the gateway the device is behind.")
+@click.argument("device")
+@click.argument("name")
+@click.option("--args", "args_json", default=None, help='Arguments as a JSON object, e.g. \'{"rate_hz": 5}\'.')
+@click.option("--ttl", "ttl_s", type=click.FloatRange(min=0), default=None,
+              help="Seconds the command stays valid; after that it is answered 'expired' instead of run.")
+@click.option("--id", "command_id", default=None, help="Command id (1-64 characters); default: a random one.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True, help="Seconds to wait for the answer.")
+@click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help=PREFIX_HELP)
+@click.option("--protocol", type=click.Choice(["5", "3.1.1"]), default="5", show_default=True,
+              help="MQTT version to speak to the cloud broker.")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+@login_options
+def command(url: str, gateway_id: str, device: str, name: str, args_json: str | None, ttl_s: float | None,
+            command_id: str | None, timeout_s: float, prefix: str, protocol: Literal["5", "3.1.1"],
+            as_json: bool, login: Login) -> None:
+    """Send command NAME to DEVICE through a gateway and print the answer.
+
+    Exits 0 when the answer's status is ok, 1 for any other status (error, unknown_command,
+    expired, undeliverable, rejected) or when no answer came in time, 2 for bad arguments."""
+    topics = operator_topics(url, gateway_id, prefix)
+    payload = command_payload(device, name, args_json, ttl_s, command_id)
+    cid = payload["id"]
+
+    def answers_this(record: ControlRecord) -> bool:
+        return isinstance(record, Response) and record.id == cid and record.device == device
+
+    answer = ask_gateway(url, f"{topics.prefix}/commands/{device}/{name}", json.dumps(payload).encode(),
+                         topics.responses, answers_this, timeout_s, no_answer=f"to command {cid}", protocol=protocol,
+                         login=login)
+    show_answer(answer, as_json, lambda: render_response(answer), ok="ok")
+
+
+def command_payload(device: str, name: str, args_json: str | None, ttl_s: float | None,
+                    command_id: str | None) -> dict[str, Any]:
+    """Check the command's arguments locally (exit 2 naming the bad one) and build its payload."""
+    for value, hint in ((device, "DEVICE"), (name, "NAME")):
+        if not valid_id(value):
+            raise click.BadParameter(f"{value[:64]!r} must be {ID_RULE} (it becomes a topic level)",
+                                     param_hint=hint)
+    args: Any = {}
+    if args_json is not None:
+        try:
+            args = json.loads(args_json)
+        except ValueError as exc:
+            raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--args") from exc
+        if not isinstance(args, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="--args")
+    cid = command_id if command_id is not None else f"cli-{uuid.uuid4().hex[:12]}"
+    if not 0 < len(cid) <= 64:
+        raise click.BadParameter("must be 1 to 64 characters", param_hint="--id")
+    payload: dict[str, Any] = {"id": cid, "args": args}
+    if ttl_s is not None:
+        payload["ttl_s"] = ttl_s
+    return payload
+
+
+def render_response(answer: dict[str, Any]) -> None:
+    status = str(answer.get("status"))
+    colour = "green" if status == "ok" else "red"
+    rtt = answer.get("rtt_ms")
+    out = Console(soft_wrap=True, highlight=False)
+    took = f" (round trip {rtt:.1f} ms)" if isinstance(rtt, (int, float)) else ""
+    out.print(f"[{colour}]{status}[/{colour}] from {answer.get('source')}: {answer.get('device')} "
+              f"{answer.get('command')} id={answer.get('id')}{took}")
+    if answer.get("result") is not None:
+        out.print(f"  result: {json.dumps(answer['result'])}", markup=False)
+
+

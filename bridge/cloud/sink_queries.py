@@ -1,0 +1,197 @@
+"""What the sink database answers: ledger figures, duplicates, invalid messages, gaps, streams,
+devices, statuses and reading buckets (the report and the timeline ask these).
+
+:class:`SinkQueries` holds the read side of :class:`~bridge.cloud.sink_store.SinkStore`; every
+SQLite failure comes out as :class:`~bridge.cloud.errors.SinkStoreError`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from bridge.cloud.errors import SinkStoreError
+from bridge.protocol.model import Lane
+
+_READINGS_BY_BATCH = (" FROM readings r JOIN batches b ON b.gateway = r.gateway AND b.stream = r.stream"
+                      " AND b.lane = 'telemetry' AND b.seq = r.batch_seq")
+_HOLES = (
+    "SELECT gateway, stream, lane, seq + 1 AS lo, nxt - 1 AS hi FROM ("
+    " SELECT gateway, stream, lane, seq,"
+    " LEAD(seq) OVER (PARTITION BY gateway, stream, lane ORDER BY seq) AS nxt"
+    " FROM batches) WHERE nxt > seq + 1"
+)
+
+
+@dataclass(frozen=True)
+class LaneStats:
+    """Ledger figures of one gateway's lane."""
+
+    records: int
+    readings: int
+    replayed: int
+    first_seq: int
+    last_seq: int
+    last_received_ms: int
+
+
+@dataclass(frozen=True)
+class GapSummary:
+    """Missing seqs of one gateway's lane: ``ranges`` is the number of holes, ``missing`` the number
+    of seqs in them, ``first`` the first holes as inclusive ``(from_seq, to_seq)`` pairs."""
+
+    ranges: int
+    missing: int
+    first: list[tuple[int, int]]
+    first_streams: list[str] = field(default_factory=list, compare=False)  # the stream of each range in ``first``
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """One stream of a gateway (``''``: messages of envelope version 1, which had no stream id)."""
+
+    stream: str
+    batches: int
+    control_records: int
+    readings: int
+    first_received_ms: int
+    last_received_ms: int
+
+
+@dataclass(frozen=True)
+class DeviceStats:
+    """Stored data of one gateway's device."""
+
+    readings: int = 0
+    metrics: int = 0
+    first_ts_ms: int | None = None
+    last_ts_ms: int | None = None
+    alerts_raised: int = 0
+    alerts_cleared: int = 0
+    events: int = 0
+    responses: int = 0
+
+
+@dataclass(frozen=True)
+class GatewayStatus:
+    """Last retained status of a gateway: ``since_ms`` when this state was first seen."""
+
+    state: str
+    since_ms: int
+    received_ms: int
+
+
+class SinkQueries:
+    """The read side of the sink database (``_db`` is the store's connection)."""
+
+    path: Path
+    _db: sqlite3.Connection
+
+    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise SinkStoreError(f"sink database {self.path}: {exc}") from exc
+
+    def gateways(self) -> list[str]:
+        """Every gateway the store has heard of, sorted."""
+        rows = self._rows("SELECT gateway FROM batches UNION SELECT gateway FROM status"
+                          " UNION SELECT gateway FROM invalid UNION SELECT gateway FROM duplicates ORDER BY 1")
+        return [str(r[0]) for r in rows]
+
+    def lane_stats(self) -> dict[tuple[str, str], LaneStats]:
+        """Ledger figures per ``(gateway, lane)``."""
+        rows = self._rows(
+            "SELECT gateway, lane, COUNT(*), SUM(readings), SUM(replay), MIN(seq), MAX(seq), MAX(received_ms)"
+            " FROM batches GROUP BY gateway, lane")
+        return {(gw, lane): LaneStats(n, int(readings), int(replayed), lo, hi, last)
+                for gw, lane, n, readings, replayed, lo, hi, last in rows}
+
+    def duplicate_counts(self) -> dict[tuple[str, str], int]:
+        """Duplicates dropped per ``(gateway, lane)``."""
+        return {(gw, lane): int(n) for gw, lane, n in self._rows("SELECT gateway, lane, count FROM duplicates")}
+
+    def invalid_counts(self) -> dict[str, dict[str, int]]:
+        """Invalid messages per gateway and reason."""
+        out: dict[str, dict[str, int]] = {}
+        for gw, reason, n in self._rows("SELECT gateway, reason, count FROM invalid ORDER BY 1, 2"):
+            out.setdefault(gw, {})[reason] = int(n)
+        return out
+
+    def gaps(self, limit: int = 20) -> dict[tuple[str, str], GapSummary]:
+        """Holes in the seqs seen per ``(gateway, lane)`` (only pairs that have holes), each
+        computed within its stream: seqs of different streams never fill or open each other's
+        holes. ``first`` is ordered by stream (first seen first), then seq."""
+        out: dict[tuple[str, str], GapSummary] = {}
+        rows = self._rows(f"SELECT gateway, lane, COUNT(*), SUM(hi - lo + 1) FROM ({_HOLES}) GROUP BY gateway, lane")
+        for gw, lane, ranges, missing in rows:
+            first = self._rows(
+                f"SELECT h.stream, lo, hi FROM ({_HOLES}) h JOIN (SELECT gateway, stream, MIN(received_ms) AS born"
+                " FROM batches GROUP BY gateway, stream) s ON s.gateway = h.gateway AND s.stream = h.stream"
+                " WHERE h.gateway = ? AND h.lane = ? ORDER BY s.born, h.stream, lo LIMIT ?",
+                (gw, lane, limit),
+            )
+            out[(gw, lane)] = GapSummary(int(ranges), int(missing), [(int(lo), int(hi)) for _, lo, hi in first],
+                                         [str(stream) for stream, _, _ in first])
+        return out
+
+    def reading_span(self, device: str | None = None) -> tuple[int, int] | None:
+        """``(first ts_ms, last received_ms)`` of the stored readings (of ``device``), None when none."""
+        where, args = ("WHERE r.device = ?", (device,)) if device is not None else ("", ())
+        lo, hi = self._rows(f"SELECT MIN(r.ts_ms), MAX(b.received_ms){_READINGS_BY_BATCH} {where}", args)[0]
+        return None if lo is None else (int(lo), int(hi))
+
+    def reading_buckets(self, bucket_ms: int, device: str | None = None) -> list[tuple[int, int, bool, int]]:
+        """Stored readings (of ``device``) counted per ``(ts bucket, received bucket, replayed)``: when
+        they were measured, when their batch reached the sink, whether it was replayed from backlog.
+        A bucket is ``ms // bucket_ms``."""
+        where, args = ("WHERE r.device = ?", (device,)) if device is not None else ("", ())
+        rows = self._rows(
+            f"SELECT r.ts_ms / ?1, b.received_ms / ?1, b.replay, COUNT(*){_READINGS_BY_BATCH}"
+            f" {where.replace('?', '?2')} GROUP BY 1, 2, 3", (bucket_ms, *args))
+        return [(int(t), int(rx), bool(rep), int(n)) for t, rx, rep, n in rows]
+
+    def streams(self) -> dict[str, list[StreamStats]]:
+        """The streams of each gateway, in the order the sink first heard of them."""
+        rows = self._rows(
+            "SELECT gateway, stream, MIN(received_ms), MAX(received_ms),"
+            " SUM(lane = 'telemetry'), SUM(lane = 'control'), SUM(readings) FROM batches"
+            " GROUP BY gateway, stream ORDER BY gateway, MIN(received_ms), stream")
+        out: dict[str, list[StreamStats]] = {}
+        for gw, stream, first, last, batches, control, readings in rows:
+            out.setdefault(gw, []).append(StreamStats(stream, int(batches), int(control), int(readings),
+                                                      int(first), int(last)))
+        return out
+
+    def device_stats(self) -> dict[tuple[str, str], DeviceStats]:
+        """Readings, alerts, events and responses per ``(gateway, device)``."""
+        acc: dict[tuple[str, str], dict[str, Any]] = {}
+        for gw, device, n, metrics, lo, hi in self._rows(
+            "SELECT gateway, device, COUNT(*), COUNT(DISTINCT metric), MIN(ts_ms), MAX(ts_ms)"
+            " FROM readings GROUP BY gateway, device"
+        ):
+            acc.setdefault((gw, device), {}).update(readings=n, metrics=metrics, first_ts_ms=lo, last_ts_ms=hi)
+        for gw, device, state, n in self._rows(
+            "SELECT gateway, device, state, COUNT(*) FROM alerts GROUP BY gateway, device, state"
+        ):
+            acc.setdefault((gw, device), {})[f"alerts_{state}"] = n
+        for table in ("events", "responses"):
+            for gw, device, n in self._rows(f"SELECT gateway, device, COUNT(*) FROM {table} GROUP BY gateway, device"):
+                acc.setdefault((gw, device), {})[table] = n
+        return {key: DeviceStats(**values) for key, values in sorted(acc.items())}
+
+    def statuses(self) -> dict[str, GatewayStatus]:
+        """Last known status per gateway."""
+        rows = self._rows("SELECT gateway, state, since_ms, received_ms FROM status")
+        return {gw: GatewayStatus(state, since, received) for gw, state, since, received in rows}
+
+    def seqs(self, gateway: str, lane: Lane = "telemetry") -> list[int]:
+        """Stored seqs of one gateway's lane, ascending."""
+        rows = self._rows("SELECT seq FROM batches WHERE gateway = ? AND lane = ? ORDER BY seq", (gateway, lane))
+        return [int(r[0]) for r in rows]
+
+    def count(self, table: Literal["readings", "alerts", "events", "responses", "batches", "config_acks"]) -> int:
+        """Row count of one data table."""
+        return int(self._rows(f"SELECT COUNT(*) FROM {table}")[0][0])
