@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +20,12 @@ from bridge.protocol.codec import decode_batch, decode_control
 from gateway.config import GatewayConfig, Secrets, parse_config
 from gateway.service import GatewayService
 
+Section = Mapping[str, Any] | Sequence[Mapping[str, Any]]  # a config table, or an array of tables (rules)
 
-def gateway_config(tmp: Path, cloud_url: str, protocol: str = "5", **sections: dict[str, Any]) -> GatewayConfig:
+
+def gateway_config(tmp: Path, cloud_url: str, protocol: str = "5", **sections: Section) -> GatewayConfig:
+    """A gateway config in ``tmp`` sending to ``cloud_url``; each keyword is a config section (a table
+    is merged into the default one, an array of tables such as ``rules`` replaces it)."""
     data: dict[str, Any] = {
         "gateway": {"id": "gw-test", "data_dir": str(tmp / "data")},
         "local_broker": {"listen": "127.0.0.1:0"},
@@ -30,7 +34,7 @@ def gateway_config(tmp: Path, cloud_url: str, protocol: str = "5", **sections: d
         "batch": {"max_count": 200, "max_age_s": 0.2},
     }
     for key, value in sections.items():
-        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, Mapping) else list(value)
     return parse_config(data, "<test>")
 
 

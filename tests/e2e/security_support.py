@@ -86,6 +86,7 @@ class Client:
 
     async def subscribe(self, topic: str) -> list[int]:
         _rc, mid = self.c.subscribe(topic, qos=1)
+        assert mid is not None, f"SUBSCRIBE to {topic} not sent"
         await eventually(lambda: mid in self.subacks, message=f"no SUBACK for {topic}")
         return self.subacks[mid]
 

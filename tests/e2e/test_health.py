@@ -65,7 +65,7 @@ async def test_probes_follow_the_gateway_and_need_no_auth(tmp_path: Path, mosqui
             mosquitto.start()
 
             async def uplink_reported() -> bool:
-                return (await aget(f"{base}/readyz"))[1]["uplink"] == "connected"
+                return bool((await aget(f"{base}/readyz"))[1]["uplink"] == "connected")
 
             await eventually(uplink_reported, timeout=30)
         except BaseException:

@@ -37,7 +37,7 @@ def guard(wall_s: float, **kw: object) -> tuple[ClockGuard, FakeClocks]:
 
 
 def decoder(clock: ClockGuard | None, **limits: object) -> d.Decoder:
-    return d.Decoder(TopicsSection(), DecodeSection(**limits), clock)  # type: ignore[arg-type]
+    return d.Decoder(TopicsSection(), DecodeSection(**limits), clock)
 
 
 def test_a_clock_before_the_floor_date_is_unsynced_and_device_timestamps_are_kept() -> None:

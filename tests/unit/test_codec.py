@@ -200,8 +200,8 @@ def test_every_double_round_trips_alone(value: float) -> None:
 def test_every_int64_and_uint64_round_trips_exactly(value: int) -> None:
     kept = carried(value)
     assert kept == value
-    out = decode_batch(encode_batch("g", 1, [Reading("d", "m", 0, kept)], stream="s", created_ms=0)).readings  # type: ignore[arg-type]
-    assert out[0].value == value and _same(out[0].value, kept)  # type: ignore[arg-type]
+    out = decode_batch(encode_batch("g", 1, [Reading("d", "m", 0, kept)], stream="s", created_ms=0)).readings
+    assert out[0].value == value and _same(out[0].value, kept)
 
 
 @given(st.one_of(st.integers(max_value=INT_MIN - 1), st.integers(min_value=UINT_MAX + 1),

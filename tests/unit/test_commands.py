@@ -61,8 +61,10 @@ async def test_allowlist_duplicates_and_delivery() -> None:
     assert r.counters.duplicates == 1 and r.counters.forwarded == 1
     rig.clock.t += 0.25
     rec = r.device_response("d1", {"id": "a", "status": "ok", "result": {"ts": 1}})
+    assert rec is not None
     assert (rec["command"], rec["rtt_ms"], rec["source"], rec["status"]) == ("ping", 250.0, "device", "ok")
     again = r.device_response("d1", {"id": "a", "status": "ok"})  # no longer tracked
+    assert again is not None
     assert (again["command"], again["rtt_ms"]) == (None, None)
     assert r.counters.responses_matched == 1 and r.counters.responses_unmatched == 1
 
@@ -109,7 +111,8 @@ async def test_tracking_is_forgotten_after_track_responses_s() -> None:
     rig.clock.t += 6
     await rig.settle()
     assert rig.router.counters.forgotten == 1
-    assert rig.router.device_response("d1", {"id": 1, "status": "ok"})["rtt_ms"] is None
+    late = rig.router.device_response("d1", {"id": 1, "status": "ok"})
+    assert late is not None and late["rtt_ms"] is None
 
 
 def test_device_response_with_a_bad_status_becomes_an_error() -> None:

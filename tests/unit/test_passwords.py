@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import CredentialsError
-from gateway.source.credentials import CredentialStore
+from gateway.source.credentials import Changes, CredentialStore
 from gateway.source.passwords import (
     PasswordHash,
     PasswordVerifier,
@@ -130,7 +130,8 @@ async def test_watch_reloads_on_wake_without_a_file_change(tmp_path: Path) -> No
     provision(passwd, tmp_path / "creds", ["d1"], iterations=1000)
     store = CredentialStore(passwd, None)
     store.load()
-    stop, wake, seen = asyncio.Event(), asyncio.Event(), []
+    stop, wake = asyncio.Event(), asyncio.Event()
+    seen: list[Changes] = []
     task = asyncio.create_task(store.watch(stop, 3600, wake, seen.append))
     wake.set()
     await eventually(lambda: store.reloads == 1, message="SIGHUP-style wake did not reload")
