@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import pytest
 
@@ -22,6 +22,25 @@ DEFAULT_TIMEOUT_S = 20.0
 
 
 _HANDED_OUT: set[int] = set()
+
+N = TypeVar("N", int, float)
+
+
+class FakeClock(Generic[N]):
+    """A clock that moves only when the test moves it: call it for the time; set ``now`` or
+    :meth:`advance` it. Seconds as a float (``FakeClock(100.0)``) or whole milliseconds as an int
+    (``FakeClock(1_700_000_000_000)``), whichever the code under test reads."""
+
+    def __init__(self, now: N) -> None:
+        self.now: N = now
+
+    def __call__(self) -> N:
+        return self.now
+
+    def advance(self, by: N) -> N:
+        """Move forward by ``by`` and return the new time."""
+        self.now += by
+        return self.now
 
 
 def free_port() -> int:

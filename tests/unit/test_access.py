@@ -20,6 +20,7 @@ from gateway.source.access import (
     topic_matches,
 )
 from tests.e2e.harness import gateway_config
+from tests.support import FakeClock
 
 LEVEL = st.sampled_from(["a", "b", "devices", "d1", "d2", "x"])
 topics = st.lists(LEVEL, min_size=1, max_size=5).map("/".join)
@@ -73,13 +74,13 @@ def test_client_id_exact_or_suffix(suffix: str) -> None:
 
 
 def test_denials_are_counted_always_and_logged_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
-    now = [0.0]
-    denials = Denials(clock=lambda: now[0])
+    clock = FakeClock(0.0)
+    denials = Denials(clock=clock)
     with caplog.at_level(logging.WARNING, logger="gateway.source.access"):
         for _ in range(5):
             denials.deny("acl_publish", "d1", "publish to 'devices/d2/telemetry'")
         denials.deny("acl_subscribe", "d1", "subscribe to '#'")
-        now[0] = 11.0
+        clock.now = 11.0
         denials.deny("acl_publish", "d1", "again")
     assert denials.counts == {"acl_publish": 6, "acl_subscribe": 1}
     lines = [r.getMessage() for r in caplog.records]
