@@ -75,12 +75,13 @@ async def eventually(
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = DEFAULT_TIMEOUT_S, interval: float = 0.02,
-               message: str = "condition not met") -> None:
+               message: str | Callable[[], str] = "condition not met") -> None:
     """Blocking twin of :func:`eventually` for synchronous tests."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s: {message}")
+            text = message() if callable(message) else message
+            raise AssertionError(f"timed out after {timeout}s: {text}")
         time.sleep(interval)
 
 
