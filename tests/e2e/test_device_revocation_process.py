@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from gateway.cli import main
 from tests.e2e.gateway_process import GatewayProcess, write_config
-from tests.e2e.security_support import Client, write_passwords
-from tests.support import Mosquitto, eventually, free_port
+from tests.e2e.security_support import write_passwords
+from tests.support import Mosquitto, RecordingClient, eventually, free_port
 
 
 @pytest.fixture
@@ -34,14 +34,14 @@ reload_interval_s = 3600.0
 async def test_remove_then_sighup_disconnects_the_device_at_once(
         gateway_process: GatewayProcess, tmp_path: Path) -> None:
     port, metric = gateway_process.local_port, gateway_process.metric
-    a = await Client(port, "dev-a", "dev-a", "pw-a").start().connected()
-    b = await Client(port, "dev-b", "dev-b", "pw-b").start().connected()
+    a = await RecordingClient(port, "dev-a", "dev-a", "pw-a").start().connected()
+    b = await RecordingClient(port, "dev-b", "dev-b", "pw-b").start().connected()
     res = CliRunner().invoke(main, ["devices", "--password-file", str(tmp_path / "passwd"),
                                     "--pki-dir", str(tmp_path / "pki"), "remove", "dev-a"])
     assert res.exit_code == 0, res.output
     gateway_process.send_signal(signal.SIGHUP)
     await eventually(lambda: a.disconnects > 0, message="dev-a still connected after remove + SIGHUP")
-    again = Client(port, "dev-a", "dev-a", "pw-a").start()
+    again = RecordingClient(port, "dev-a", "dev-a", "pw-a").start()
     await again.refused()
     assert b.disconnects == 0
     # the endpoint serves a snapshot rebuilt every metrics.refresh_s: wait for the one after the reload

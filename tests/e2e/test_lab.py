@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 from gateway.lab import SPARE_PREFIX, TEMPORARY_SINK
-from tests.e2e.security_support import Client
-from tests.support import free_port
+from tests.support import RecordingClient, free_port
 
 REFUSED = {0x86, 0x87}  # MQTT 3.1.1 CONNACK 4 (bad user name or password) and 5 (not authorised), as paho reports them
 
@@ -53,17 +52,16 @@ def test_lab_runs_end_to_end_and_reports(tmp_path: Path) -> None:
 
 async def attempt(port: int, username: str | None = None, password: str | None = None) -> int | None:
     """One connection attempt; its CONNACK code, or None when nothing listens yet."""
-    client = Client(port, username or "anonymous-probe", username, password).start()
+    client = RecordingClient(port, username or "anonymous-probe", username, password).start()
     try:
         deadline = time.monotonic() + 5
-        while client.connack is None and client.error is None and client.disconnects == 0:
+        while not client.settled():
             if time.monotonic() > deadline:
                 return None
             await asyncio.sleep(0.02)
         return client.connack
     finally:
-        client.c.disconnect()
-        client.c.loop_stop()
+        client.stop()
 
 
 async def test_lab_devices_need_their_passwords(tmp_path: Path) -> None:

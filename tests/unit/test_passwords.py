@@ -22,8 +22,7 @@ from gateway.source.passwords import (
     read_password_file,
     write_password_file,
 )
-from tests.e2e.security_support import Client
-from tests.support import Mosquitto, eventually, require_tool
+from tests.support import Mosquitto, RecordingClient, eventually, require_tool
 
 
 @settings(max_examples=25, deadline=None)
@@ -51,8 +50,8 @@ async def test_mosquitto_accepts_the_file_we_write() -> None:
         conf = mosq._conf.read_text().replace("allow_anonymous true", "allow_anonymous false")
         mosq._conf.write_text(conf + f"password_file {passwd}\n")
         mosq.start()
-        good = await Client(mosq.port, "dev-1", "dev-1", "s3cret").start().connected()
-        bad = Client(mosq.port, "dev-1x", "dev-1", "wrong").start()
+        good = await RecordingClient(mosq.port, "dev-1", "dev-1", "s3cret").start().connected()
+        bad = RecordingClient(mosq.port, "dev-1x", "dev-1", "wrong").start()
         await bad.refused()
         good.stop()
         bad.stop()
