@@ -241,7 +241,7 @@ class RecordingClient:
         if will is not None:
             self.c.will_set(will[0], b"gone", qos=1, retain=will[1])
         self.connack: int | None = None  # the CONNACK's code, as paho reports it (0: accepted)
-        self.reason: str | None = None  # "Success", the refusal, or why it ended before a CONNACK
+        self.reason = ""  # "Success", the refusal, or why it ended before a CONNACK ("": not yet)
         self.error: BaseException | None = None  # the connection or TLS handshake failed
         self.disconnects = 0
         self.disconnected = threading.Event()
@@ -263,7 +263,7 @@ class RecordingClient:
         self.reason = str(rc)
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
-        if self.reason is None:
+        if not self.reason:
             self.reason = f"closed before CONNACK ({rc})"
         self.disconnects += 1
         self.disconnected.set()
@@ -336,7 +336,7 @@ class RecordingClient:
 
     def _check_refused(self) -> str:
         assert self.connack != 0, f"connection accepted: {self._state()}"
-        return self.reason or ""
+        return self.reason
 
     # waits on the event loop
     async def _until(self, predicate: Callable[[], bool], what: str) -> None:
@@ -379,7 +379,7 @@ class RecordingClient:
     def wait_settled(self) -> str:
         """Block until the attempt has an outcome; ``reason``: "Success", the refusal, or the failure."""
         self._wait(self.settled, "no answer")
-        return self.reason or ""
+        return self.reason
 
     def wait_subscribe(self, *filters: str) -> list[int]:
         mid = self._send_subscribe(filters)
