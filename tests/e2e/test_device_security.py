@@ -127,7 +127,8 @@ async def test_retained_publishes_are_refused_and_never_delivered(gateway: Gatew
     assert denied(gateway, "retain_denied") == 1
     b = await device(gateway, "dev-b")
     assert await b.subscribe("devices/dev-b/commands/#") == [1]
-    inner = await RecordingClient(port(gateway), "spy", *gateway.embedded.internal_credentials).start().connected()  # type: ignore[union-attr]
+    assert gateway.embedded is not None
+    inner = await RecordingClient(port(gateway), "spy", *gateway.embedded.internal_credentials).start().connected()
     assert await inner.subscribe("#") == [1]
     await a.publish("devices/dev-a/events", b'{"e": 1}')
     await eventually(lambda: "devices/dev-a/events" in inner.topics(), message="the gateway's own client sees events")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -41,8 +42,8 @@ def test_every_filter_covers_itself_and_hash_covers_all(f: str) -> None:
     assert filter_covers("#", f)
 
 
-def test_default_policy_confines_a_device_to_its_own_topics(tmp_path: object) -> None:
-    policy = acl_policy(gateway_config(tmp_path, "mqtt://127.0.0.1:1"))  # type: ignore[arg-type]
+def test_default_policy_confines_a_device_to_its_own_topics(tmp_path: Path) -> None:
+    policy = acl_policy(gateway_config(tmp_path, "mqtt://127.0.0.1:1"))
     g = policy.grants("d1")
     for topic in ("devices/d1/telemetry", "devices/d1/telemetry/temp", "devices/d1/events", "devices/d1/responses"):
         assert g.may_publish(topic), topic
