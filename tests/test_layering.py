@@ -26,8 +26,8 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     "gateway": ("gateway", "bridge.protocol", "bridge.mqtt", "bridge.uplink"),  # never bridge.cloud
 }
 
-# Entries below name a module without ".py": "gateway/cli" is gateway/cli.py, or every module of the
-# package gateway/cli/ once it is split.
+# COMPOSITION_ROOTS and ADAPTERS name modules without ".py": "gateway/cli" is gateway/cli.py, or every
+# module of the package gateway/cli/ once it is split. The allowlists further down name files.
 
 # The composition roots: the `edge-gateway` entry point (which also carries the cloud tools' commands)
 # and the lab put the gateway and the cloud side together, so only they may import both.
