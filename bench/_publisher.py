@@ -16,11 +16,12 @@ import threading
 import time
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 
 def main(host: str, port: int, count: int, qos: int, devices: int, rate: float = 0.0,
          username: str | None = None, password: str | None = None) -> None:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=username or f"bench-pub-{time.time_ns()}",
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=username or f"bench-pub-{time.time_ns()}",
                          protocol=mqtt.MQTTv311)
     if username is not None:
         client.username_pw_set(username, password)

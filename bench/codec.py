@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,7 +39,8 @@ def _child(root: str, rounds: int) -> dict[str, float]:
     readings = [Reading(f"dev-{d:04d}", f"m{k}", now + 1000 * i, round(20 + rng.gauss(0, 0.3), 2), i)
                 for i in range(10) for d in range(20) for k in range(5)]
     decoder = Decoder(TopicsSection(), DecodeSection())
-    kwargs = {"stream": "5f3a9c01d2e4b687"} if "stream" in inspect.signature(encode_batch).parameters else {}
+    takes_stream = "stream" in inspect.signature(encode_batch).parameters  # older commits have no stream id
+    kwargs: dict[str, Any] = {"stream": "5f3a9c01d2e4b687"} if takes_stream else {}
     best_decode = best_encode = float("inf")
     for _ in range(rounds):
         t = time.perf_counter()

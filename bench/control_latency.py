@@ -186,22 +186,24 @@ class Probe:
             return None
 
     async def alert(self) -> float | None:
-        assert self.device is not None
+        device = self.device
+        assert device is not None
         self.n += 1
         ts_ms = int(time.time() * 1000) + self.n  # strictly increasing: a unique key per sample
         self.alerts += 1
         value = 90.0 if self.alerts % 2 else 20.0  # raised, cleared, raised, ...
         payload = json.dumps({"ts": ts_ms, "temperature": value}).encode()
         return await self._timed(("alert", ts_ms),
-                                 lambda: self.device.publish(f"devices/{DEVICE}/telemetry", payload, 1))  # type: ignore[union-attr]
+                                 lambda: device.publish(f"devices/{DEVICE}/telemetry", payload, 1))
 
     async def command(self) -> float | None:
-        assert self.cloud is not None
+        cloud = self.cloud
+        assert cloud is not None
         self.n += 1
         cid = f"c-{self.n}"
         topic = f"{self.topics.prefix}/commands/{DEVICE}/ping"
         return await self._timed(("command", cid),
-                                 lambda: self.cloud.publish(topic, json.dumps({"id": cid}).encode(), 1))  # type: ignore[union-attr]
+                                 lambda: cloud.publish(topic, json.dumps({"id": cid}).encode(), 1))
 
     async def ready(self) -> None:
         """Wait until a command goes all the way round (gateway subscribed, device subscribed)."""

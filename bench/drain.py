@@ -54,7 +54,7 @@ class CloudClock:
             self.live_latency_ms.extend(now_ms - r.ts_ms for r in batch.readings if r.device.startswith("bench-"))
 
 
-def pct(values: list[float], q: float) -> float:
+def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) >= 100 else float("nan")
 
 

@@ -16,6 +16,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,9 +28,9 @@ from gateway.source.broker import EmbeddedBroker  # noqa: E402
 from tests.chaos import ChaosProxy  # noqa: E402
 
 
-async def until(pred: object, timeout: float) -> None:
+async def until(pred: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while not pred():  # type: ignore[operator]
+    while not pred():
         if time.monotonic() > deadline:
             raise TimeoutError("condition not reached")
         await asyncio.sleep(0.01)

@@ -21,6 +21,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,9 +40,9 @@ async def publish(port: int, count: int, qos: int, devices: int, login: tuple[st
     await proc.communicate()
 
 
-async def wait_for(pred: object, timeout: float = 300.0) -> None:
+async def wait_for(pred: Callable[[], bool], timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
-    while not pred():  # type: ignore[operator]
+    while not pred():
         if time.monotonic() > deadline:
             raise TimeoutError("benchmark did not finish")
         await asyncio.sleep(0.005)

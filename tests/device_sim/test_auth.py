@@ -21,9 +21,9 @@ from device_sim.credentials import Credentials, load_password_file
 from device_sim.errors import SimConfigError
 from device_sim.runner import Runner
 from device_sim.topics import ID_PATTERN
-from tests.device_sim.helpers import Collector, broker_at, run_settings
+from tests.device_sim.helpers import broker_at, device_responses, device_telemetry, run_settings
 from tests.secure_mosquitto import Deployment, secure_mosquitto
-from tests.support import eventually, wait_until
+from tests.support import RecordingClient, eventually
 
 DEVICES = ["dev-0001", "dev-0002", "dev-0003"]
 GATEWAY = ("edge-gateway", "pw-gw")
@@ -46,11 +46,10 @@ def deployment() -> Iterator[Deployment]:
 
 
 @pytest.fixture
-def gateway_view(deployment: Deployment) -> Iterator[Collector]:
+def gateway_view(deployment: Deployment) -> Iterator[RecordingClient]:
     """What the gateway's own user receives: every device topic the ACL lets devices publish."""
-    col = Collector("127.0.0.1", deployment.port, username=GATEWAY[0], password=GATEWAY[1])
-    col.connect()
-    wait_until(col.ready, message="gateway collector subscribed")
+    col = RecordingClient(deployment.port, username=GATEWAY[0], password=GATEWAY[1]).start().wait_connected()
+    assert col.wait_subscribe("devices/#") == [1]
     try:
         yield col
     finally:
@@ -63,8 +62,8 @@ def password_file(folder: Path, entries: dict[str, str]) -> Path:
     return path
 
 
-def devices_seen(view: Collector) -> set[str]:
-    return set(view.telemetry())
+def devices_seen(view: RecordingClient) -> set[str]:
+    return set(device_telemetry(view))
 
 
 # ---- options and files, no broker -----------------------------------------------------------------
@@ -150,7 +149,7 @@ def test_templates_put_the_device_id_in_place(device_id: str, before: str, after
 # ---- against the shipped mosquitto ---------------------------------------------------------------
 
 async def test_run_with_a_password_template_and_from_the_environment(deployment: Deployment,
-                                                                     gateway_view: Collector) -> None:
+                                                                     gateway_view: RecordingClient) -> None:
     port = str(deployment.port)
     result = await invoke_async("run", "-p", port, "--devices", "2", "--count", "3", "--rate-hz", "50",
                                 "--password", "pw-{device_id}", "--json")
@@ -162,7 +161,7 @@ async def test_run_with_a_password_template_and_from_the_environment(deployment:
     await eventually(lambda: devices_seen(gateway_view) == set(DEVICES))
 
 
-async def test_run_with_a_password_file(deployment: Deployment, gateway_view: Collector, tmp_path: Path) -> None:
+async def test_run_with_a_password_file(deployment: Deployment, gateway_view: RecordingClient, tmp_path: Path) -> None:
     pwfile = password_file(tmp_path, {d: f"pw-{d}" for d in DEVICES})
     result = await invoke_async("run", "-p", str(deployment.port), "--devices", "3", "--count", "2",
                                 "--rate-hz", "50", "--password-file", str(pwfile), "--json")
@@ -187,22 +186,22 @@ async def test_a_wrong_password_is_reported_clearly(deployment: Deployment, tmp_
     assert "broker refused: Not authorized (client id 'dev-0003' as 'dev-0003')" in wrong.output
 
 
-async def test_devices_answer_commands_through_the_acl(deployment: Deployment, gateway_view: Collector) -> None:
+async def test_devices_answer_commands_through_the_acl(deployment: Deployment, gateway_view: RecordingClient) -> None:
     broker = broker_at("127.0.0.1", deployment.port, credentials=Credentials(password="pw-{device_id}"))
     runner = Runner(run_settings(BUILTIN_PROFILES["room"], devices=2, rate_hz=5.0), broker)
     task = asyncio.create_task(runner.run())
     try:
         await eventually(lambda: devices_seen(gateway_view) == {"dev-0001", "dev-0002"})
-        gateway_view.publish("devices/dev-0002/commands/ping", json.dumps({"id": "c-1"}))
-        await eventually(lambda: "c-1" in gateway_view.responses("dev-0002"))
-        assert gateway_view.responses("dev-0002")["c-1"]["status"] == "ok"
+        gateway_view.send("devices/dev-0002/commands/ping", json.dumps({"id": "c-1"}))
+        await eventually(lambda: "c-1" in device_responses(gateway_view, "dev-0002"))
+        assert device_responses(gateway_view, "dev-0002")["c-1"]["status"] == "ok"
     finally:
         runner.request_stop()
         summary = await asyncio.wait_for(task, 30)
     assert summary["commands_answered"] == 1 and summary["failed"] == 0
 
 
-async def test_publish_and_replay_authenticate_as_the_device(deployment: Deployment, gateway_view: Collector,
+async def test_publish_and_replay_authenticate_as_the_device(deployment: Deployment, gateway_view: RecordingClient,
                                                              tmp_path: Path) -> None:
     port = str(deployment.port)
     one = await invoke_async("publish", "-p", port, "--device", "dev-0003", "--metric", "t", "--value", "7",
@@ -217,7 +216,7 @@ async def test_publish_and_replay_authenticate_as_the_device(deployment: Deploym
     await eventually(lambda: devices_seen(gateway_view) == set(DEVICES))
 
 
-async def test_run_with_client_certificates(deployment: Deployment, gateway_view: Collector) -> None:
+async def test_run_with_client_certificates(deployment: Deployment, gateway_view: RecordingClient) -> None:
     certs = deployment.ca.folder
     for device in DEVICES[:2]:
         deployment.ca.client(device)

@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 
 from device_sim.cli import main
 from gateway.source.broker import EmbeddedBroker
-from tests.device_sim.helpers import Collector
+from tests.device_sim.helpers import devices_watcher
 from tests.support import eventually, free_port
 
 SCRIPT = Path(sys.executable).parent / "device-sim"
@@ -112,9 +112,7 @@ async def test_run_text_summary(amqtt_broker: EmbeddedBroker) -> None:
 
 async def test_publish_reading_and_event(amqtt_broker: EmbeddedBroker) -> None:
     addr = amqtt_broker.address
-    collector = Collector(addr.host, addr.port)
-    await asyncio.to_thread(collector.connect)
-    await eventually(collector.ready)
+    collector = await devices_watcher(addr.host, addr.port)
     try:
         port = str(addr.port)
         result = await invoke_async("publish", "-p", port, "--device", "d1", "--metric", "temperature",
@@ -148,9 +146,7 @@ async def test_replay_fast(amqtt_broker: EmbeddedBroker, tmp_path: Path) -> None
     csv_file.write_text("device,metric,ts,value\n"
                         + "".join(f"d{n % 2},temperature,{1700000000000 + n * 1000},{20 + n / 10}\n"
                                   for n in range(20)))
-    collector = Collector(addr.host, addr.port)
-    await asyncio.to_thread(collector.connect)
-    await eventually(collector.ready)
+    collector = await devices_watcher(addr.host, addr.port)
     try:
         result = await invoke_async("replay", str(csv_file), "-p", str(addr.port), "--fast", "--json")
         assert result.exit_code == 0, result.output

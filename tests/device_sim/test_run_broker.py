@@ -13,18 +13,23 @@ import pytest
 from device_sim.builtin_profiles import BUILTIN_PROFILES
 from device_sim.runner import Runner
 from gateway.source.broker import EmbeddedBroker
-from tests.device_sim.helpers import Collector, broker_at, run_settings, seqs_by_device
-from tests.support import eventually
+from tests.device_sim.helpers import (
+    broker_at,
+    device_responses,
+    device_telemetry,
+    devices_watcher,
+    run_settings,
+    seqs_by_device,
+)
+from tests.support import RecordingClient, eventually
 
 ROOM = BUILTIN_PROFILES["room"]
 
 
 @pytest.fixture
-async def collector(amqtt_broker: EmbeddedBroker) -> AsyncIterator[Collector]:
+async def collector(amqtt_broker: EmbeddedBroker) -> AsyncIterator[RecordingClient]:
     addr = amqtt_broker.address
-    col = Collector(addr.host, addr.port)
-    await asyncio.to_thread(col.connect)
-    await eventually(col.ready, message="collector subscribed")
+    col = await devices_watcher(addr.host, addr.port)
     try:
         yield col
     finally:
@@ -38,7 +43,7 @@ def _broker(amqtt_broker: EmbeddedBroker) -> Any:
 
 @pytest.mark.parametrize("shared", [False, True], ids=["per-device", "shared"])
 async def test_run_delivers_every_message_with_contiguous_seq(
-        amqtt_broker: EmbeddedBroker, collector: Collector, shared: bool) -> None:
+        amqtt_broker: EmbeddedBroker, collector: RecordingClient, shared: bool) -> None:
     devices, count = 4, 25
     runner = Runner(run_settings(ROOM, devices=devices, count=count, shared=shared), _broker(amqtt_broker))
     summary = await runner.run()
@@ -48,8 +53,8 @@ async def test_run_delivers_every_message_with_contiguous_seq(
     assert summary["reconnects"] == 0
     assert {d: s["sent"] for d, s in summary["per_device"].items()} == {
         f"dev-{n:04d}": count for n in range(1, devices + 1)}
-    await eventually(lambda: sum(len(v) for v in collector.telemetry().values()) >= devices * count)
-    telemetry = collector.telemetry()
+    await eventually(lambda: sum(len(v) for v in device_telemetry(collector).values()) >= devices * count)
+    telemetry = device_telemetry(collector)
     assert sorted(telemetry) == [f"dev-{n:04d}" for n in range(1, devices + 1)]
     for device, seqs in seqs_by_device(telemetry).items():
         assert seqs == list(range(1, count + 1)), device
@@ -58,7 +63,7 @@ async def test_run_delivers_every_message_with_contiguous_seq(
     assert isinstance(first["ts"], int) and first["ts"] > 1_600_000_000_000
 
 
-async def test_msgpack_and_one_metric_per_message(amqtt_broker: EmbeddedBroker, collector: Collector) -> None:
+async def test_msgpack_and_one_metric_per_message(amqtt_broker: EmbeddedBroker, collector: RecordingClient) -> None:
     runner = Runner(run_settings(ROOM, devices=1, count=5, fmt="msgpack", one_metric_per_message=True),
                     _broker(amqtt_broker))
     summary = await runner.run()
@@ -72,7 +77,7 @@ async def test_msgpack_and_one_metric_per_message(amqtt_broker: EmbeddedBroker, 
 
 
 async def test_bare_format_publishes_numbers_per_metric_topic(
-        amqtt_broker: EmbeddedBroker, collector: Collector) -> None:
+        amqtt_broker: EmbeddedBroker, collector: RecordingClient) -> None:
     runner = Runner(run_settings(ROOM, devices=1, count=4, fmt="bare"), _broker(amqtt_broker))
     summary = await runner.run()
 
@@ -93,23 +98,23 @@ async def _start(runner: Runner) -> asyncio.Task[dict[str, Any]]:
     return task
 
 
-async def test_commands_get_responses(amqtt_broker: EmbeddedBroker, collector: Collector) -> None:
+async def test_commands_get_responses(amqtt_broker: EmbeddedBroker, collector: RecordingClient) -> None:
     runner = Runner(run_settings(ROOM, devices=2, rate_hz=5, duration_s=60, reboot_pause_s=0.2),
                     _broker(amqtt_broker))
     task = await _start(runner)
     cmd = "devices/dev-0001/commands/"
-    collector.publish(cmd + "ping", json.dumps({"id": "p1"}))
-    collector.publish(cmd + "set_rate", json.dumps({"id": "r1", "args": {"rate_hz": 20}}))
-    collector.publish(cmd + "set_rate", json.dumps({"id": "r2", "args": {"rate_hz": -1}}))
-    collector.publish(cmd + "set_setpoint", json.dumps({"id": "s1", "args": {"metric": "temperature",
+    collector.send(cmd + "ping", json.dumps({"id": "p1"}))
+    collector.send(cmd + "set_rate", json.dumps({"id": "r1", "args": {"rate_hz": 20}}))
+    collector.send(cmd + "set_rate", json.dumps({"id": "r2", "args": {"rate_hz": -1}}))
+    collector.send(cmd + "set_setpoint", json.dumps({"id": "s1", "args": {"metric": "temperature",
                                                                              "value": 25}}))
-    collector.publish(cmd + "self_destruct", json.dumps({"id": "u1"}))
-    collector.publish(cmd + "ping", json.dumps({"id": "e1", "expires": 1}))
-    collector.publish(cmd + "ping", b"{not json")
-    collector.publish(cmd + "ping", json.dumps({"id": "m1", "args": [1, 2]}))
+    collector.send(cmd + "self_destruct", json.dumps({"id": "u1"}))
+    collector.send(cmd + "ping", json.dumps({"id": "e1", "expires": 1}))
+    collector.send(cmd + "ping", b"{not json")
+    collector.send(cmd + "ping", json.dumps({"id": "m1", "args": [1, 2]}))
     expected = {"p1", "r1", "r2", "s1", "u1", "e1", "m1"}
-    await eventually(lambda: set(collector.responses("dev-0001")) >= expected, message="all responses")
-    responses = collector.responses("dev-0001")
+    await eventually(lambda: set(device_responses(collector, "dev-0001")) >= expected, message="all responses")
+    responses = device_responses(collector, "dev-0001")
 
     assert responses["p1"]["status"] == "ok" and isinstance(responses["p1"]["result"]["ts"], int)
     assert responses["r1"] == {"id": "r1", "status": "ok", "result": {"rate_hz": 20.0}}
@@ -118,15 +123,15 @@ async def test_commands_get_responses(amqtt_broker: EmbeddedBroker, collector: C
     assert responses["u1"]["status"] == "unknown_command"
     assert responses["e1"]["status"] == "expired"
     assert responses["m1"]["status"] == "error" and "args" in responses["m1"]["result"]["reason"]
-    assert collector.responses("dev-0002") == {}
+    assert device_responses(collector, "dev-0002") == {}
 
     # the sampling rate follows set_rate (20 Hz instead of 5 Hz)
     before = len(collector.on("devices/dev-0001/telemetry"))
     await eventually(lambda: len(collector.on("devices/dev-0001/telemetry")) >= before + 30, timeout=10)
 
     # reboot: response, "rebooted" event, disconnect, reconnect, telemetry continues with contiguous seq
-    collector.publish(cmd + "reboot", json.dumps({"id": "b1"}))
-    await eventually(lambda: "b1" in collector.responses("dev-0001"))
+    collector.send(cmd + "reboot", json.dumps({"id": "b1"}))
+    await eventually(lambda: "b1" in device_responses(collector, "dev-0001"))
     await eventually(lambda: any(json.loads(e)["event"] == "rebooted"
                                  for e in collector.on("devices/dev-0001/events")))
     after_reboot = len(collector.on("devices/dev-0001/telemetry"))
@@ -145,22 +150,22 @@ async def test_commands_get_responses(amqtt_broker: EmbeddedBroker, collector: C
     dev1 = summary["per_device"]["dev-0001"]
     assert dev1["failed"] == 0 and dev1["sent"] == dev1["last_seq"]
     await eventually(lambda: len(collector.on("devices/dev-0001/telemetry")) >= dev1["sent"])
-    seqs = seqs_by_device(collector.telemetry())["dev-0001"]
+    seqs = seqs_by_device(device_telemetry(collector))["dev-0001"]
     assert sorted(set(seqs)) == list(range(1, dev1["last_seq"] + 1))
 
 
-async def test_shared_connection_answers_commands(amqtt_broker: EmbeddedBroker, collector: Collector) -> None:
+async def test_shared_connection_answers_commands(amqtt_broker: EmbeddedBroker, collector: RecordingClient) -> None:
     runner = Runner(run_settings(ROOM, devices=3, shared=True, rate_hz=2, duration_s=60), _broker(amqtt_broker))
     task = await _start(runner)
-    collector.publish("devices/dev-0003/commands/ping", json.dumps({"id": 42}))
-    collector.publish("devices/dev-0003/commands/nope", json.dumps({"id": 43}))
-    collector.publish("devices/other-1/commands/ping", json.dumps({"id": 44}))  # not ours: ignored
-    await eventually(lambda: {42, 43} <= set(collector.responses("dev-0003")))
+    collector.send("devices/dev-0003/commands/ping", json.dumps({"id": 42}))
+    collector.send("devices/dev-0003/commands/nope", json.dumps({"id": 43}))
+    collector.send("devices/other-1/commands/ping", json.dumps({"id": 44}))  # not ours: ignored
+    await eventually(lambda: {42, 43} <= set(device_responses(collector, "dev-0003")))
     runner.request_stop()
     summary = await task
 
-    assert collector.responses("dev-0003")[42]["status"] == "ok"
-    assert collector.responses("dev-0003")[43]["status"] == "unknown_command"
+    assert device_responses(collector, "dev-0003")[42]["status"] == "ok"
+    assert device_responses(collector, "dev-0003")[43]["status"] == "unknown_command"
     assert collector.on("devices/other-1/responses") == []
     assert summary["commands_received"] == 2
 

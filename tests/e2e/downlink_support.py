@@ -8,6 +8,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from bridge.mqtt.connection import MqttConnection
 from bridge.mqtt.types import ClientSettings, Message
@@ -16,7 +17,7 @@ from device_sim.builtin_profiles import BUILTIN_PROFILES
 from device_sim.runner import Runner
 from device_sim.settings import BrokerSettings, DeviceSettings, RunSettings
 from gateway.service import GatewayService
-from tests.support import eventually
+from tests.support import RecordingClient, eventually
 
 
 class CloudOperator:
@@ -69,34 +70,37 @@ class CloudOperator:
 
 
 class LocalSpy:
-    """A real MQTT 3.1.1 client on the gateway's local broker recording everything on ``devices/#``.
-    Its wildcard subscription makes no device look connected; ``present`` device ids each get a
-    second client subscribed to their own command topic (``devices/{id}/commands/+``), as the
-    device itself would be."""
+    """A recording client on the gateway's local broker, subscribed to ``devices/#``. Its wildcard
+    subscription makes no device look connected; ``present`` device ids each get a second client
+    subscribed to their own command topic (``devices/{id}/commands/+``), as the device itself would be."""
 
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, bytes]] = []
-        self.conn: MqttConnection | None = None
-        self.devices: list[MqttConnection] = []
+    def __init__(self, watcher: RecordingClient, devices: list[RecordingClient]) -> None:
+        self.watcher = watcher
+        self.devices = devices
 
     @classmethod
     async def connect(cls, url: str, filters: str = "devices/#", present: tuple[str, ...] = ()) -> LocalSpy:
-        spy = cls()
-        spy.conn = await MqttConnection.open(url, ClientSettings(client_id="test-spy", protocol="3.1.1"),
-                                             on_message=lambda m: spy.messages.append((m.topic, m.payload)))
-        await spy.conn.subscribe([(filters, 1)])
+        where = urlsplit(url)
+        assert where.hostname is not None and where.port is not None, url
+        watcher = await RecordingClient(where.port, "test-spy", host=where.hostname).start().connected()
+        await watcher.subscribe(filters)
+        devices = []
         for device in present:
-            conn = await MqttConnection.open(url, ClientSettings(client_id=f"test-{device}", protocol="3.1.1"))
-            await conn.subscribe([(f"devices/{device}/commands/+", 1)])
-            spy.devices.append(conn)
-        return spy
+            client = await RecordingClient(where.port, f"test-{device}", host=where.hostname).start().connected()
+            await client.subscribe(f"devices/{device}/commands/+")
+            devices.append(client)
+        return cls(watcher, devices)
+
+    @property
+    def messages(self) -> list[tuple[str, bytes]]:
+        return self.watcher.matching("")
 
     def topics(self, contains: str = "/commands") -> list[str]:
-        return [t for t, _ in self.messages if contains in t]
+        return [t for t in self.watcher.topics() if contains in t]
 
     async def close(self) -> None:
-        for conn in [*self.devices, *([self.conn] if self.conn is not None else [])]:
-            await conn.close()
+        for client in [*self.devices, self.watcher]:
+            await asyncio.to_thread(client.stop)
 
 
 def local_broker_settings(svc: GatewayService) -> BrokerSettings:

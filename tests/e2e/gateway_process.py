@@ -1,8 +1,9 @@
-"""Helpers for tests that run the gateway as a real process: the process, its config file, its
-log and its /metrics."""
+"""The one way tests run the gateway as a real process: the process, its config file, its log and
+its /metrics."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -11,44 +12,85 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from tests.support import wait_until
+from tests.support import eventually, wait_until
 
 # MQTT 3.1.1 CONNECT (clean session, keepalive 60, client id "probe") followed by DISCONNECT
 _CONNECT_DISCONNECT = bytes([0x10, 17, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 60, 0, 5]) + b"probe" + bytes([0xE0, 0])
 
 
 class GatewayProcess:
-    """``edge-gateway run -c CONFIG`` as a child process; its log (stderr) goes to a file
-    beside the config."""
+    """``edge-gateway run -c CONFIG`` as a child process, its log (stderr) in a file (a pipe could fill
+    up and stall it): ``log`` if given, else a new file beside the config.
 
-    def __init__(self, config: Path, local_port: int) -> None:
-        self._log = tempfile.NamedTemporaryFile(prefix="gateway-", suffix=".log", dir=config.parent, delete=False)  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(config)],
-                                     stdout=subprocess.DEVNULL, stderr=self._log)
+    The waits fail at once, with the gateway's log, when the process exits instead of starting, so a
+    gateway that cannot start never costs a timeout. Use it as a context manager to have it stopped
+    (SIGTERM) however the test ends."""
+
+    def __init__(self, config: Path, local_port: int, metrics_port: int | None = None, *,
+                 log: Path | None = None) -> None:
         self.local_port = local_port
+        self.metrics_port = metrics_port
+        if log is None:
+            fd, name = tempfile.mkstemp(prefix="gateway-", suffix=".log", dir=config.parent)
+            os.close(fd)
+            log = Path(name)
+        self.log_path = log
+        with log.open("wb") as out:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(config)],
+                                         stdout=subprocess.DEVNULL, stderr=out)
+
+    def __enter__(self) -> GatewayProcess:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.proc.poll() is None:
+            self.terminate()
 
     def log(self) -> str:
         """Everything the process has logged so far."""
-        return Path(self._log.name).read_text(errors="replace")
+        return self.log_path.read_text(errors="replace")
 
-    def wait_listening(self) -> None:
-        def up() -> bool:
-            assert self.proc.poll() is None, self.log()
-            try:
-                with socket.create_connection(("127.0.0.1", self.local_port), 0.5) as sock:
-                    sock.sendall(_CONNECT_DISCONNECT)  # a well-behaved client: the broker logs nothing
-                    sock.recv(4)  # CONNACK
-                return True
-            except OSError:
-                return False
+    def alive(self) -> None:
+        """Fail, with the log, if the process has exited."""
+        assert self.proc.poll() is None, f"gateway exited with {self.proc.returncode}:\n{self.log()}"
 
-        wait_until(up, message="gateway did not start listening")
+    def _ready(self) -> bool:
+        """The local broker answers an MQTT CONNECT and, with a metrics port, /metrics is served."""
+        self.alive()
+        if self.metrics_port is not None and self.metric("edge_readings_received") is None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", self.local_port), 0.5) as sock:
+                sock.sendall(_CONNECT_DISCONNECT)  # a well-behaved client: the broker logs nothing
+                return len(sock.recv(4)) > 0  # CONNACK
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Block until the gateway is up (see :meth:`_ready`)."""
+        wait_until(self._ready, timeout, message=lambda: f"gateway did not start:\n{self.log()}")
+
+    async def ready(self, timeout: float = 30) -> None:
+        """Wait, on the event loop, until the gateway is up (see :meth:`_ready`)."""
+        await eventually(self._ready, timeout, message=lambda: f"gateway did not start:\n{self.log()}")
+
+    def metric(self, name: str) -> float | None:
+        assert self.metrics_port is not None, "started without a metrics port"
+        return scrape(self.metrics_port, name)
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        self.alive()
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        """kill -9, and wait until it is gone."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
 
     def terminate(self) -> int:
+        """SIGTERM (the gateway flushes and stops); its exit code."""
         self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(30)
-        self._log.close()
-        return code
+        return self.proc.wait(30)
 
 
 def write_config(tmp: Path, local_port: int, metrics_port: int, cloud_url: str, *, max_count: int,

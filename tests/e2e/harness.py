@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,13 +16,18 @@ from bridge.mqtt.connect import connect_with_backoff
 from bridge.mqtt.connection import MqttConnection
 from bridge.mqtt.errors import UplinkStopped
 from bridge.mqtt.types import ClientSettings, Message
-from bridge.protocol.codec import decode_batch
+from bridge.protocol.codec import Batch, decode_batch
+from bridge.protocol.model import Reading
 from bridge.protocol.records import decode_control
 from gateway.config import GatewayConfig, Secrets, parse_config
 from gateway.service import GatewayService
 
+Section = Mapping[str, Any] | Sequence[Mapping[str, Any]]  # a config table, or an array of tables (rules)
 
-def gateway_config(tmp: Path, cloud_url: str, protocol: str = "5", **sections: dict[str, Any]) -> GatewayConfig:
+
+def gateway_config(tmp: Path, cloud_url: str, protocol: str = "5", **sections: Section) -> GatewayConfig:
+    """A gateway config in ``tmp`` sending to ``cloud_url``; each keyword is a config section (a table
+    is merged into the default one, an array of tables such as ``rules`` replaces it)."""
     data: dict[str, Any] = {
         "gateway": {"id": "gw-test", "data_dir": str(tmp / "data")},
         "local_broker": {"listen": "127.0.0.1:0"},
@@ -31,7 +36,7 @@ def gateway_config(tmp: Path, cloud_url: str, protocol: str = "5", **sections: d
         "batch": {"max_count": 200, "max_age_s": 0.2},
     }
     for key, value in sections.items():
-        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, Mapping) else list(value)
     return parse_config(data, "<test>")
 
 
@@ -85,16 +90,22 @@ def telemetry(device: str, seq: int, ts_ms: int, **metrics: float) -> tuple[str,
     return f"devices/{device}/telemetry", json.dumps({"ts": ts_ms, "seq": seq, **metrics}).encode()
 
 
+def device_seq(reading: Reading) -> int:
+    """The device's seq of a reading that must carry one (every reading the test devices publish)."""
+    assert reading.seq is not None, reading
+    return reading.seq
+
+
 @dataclass
 class Collected:
-    batches: list[Any] = field(default_factory=list)  # every envelope received, duplicates included
+    batches: list[Batch] = field(default_factory=list)  # every envelope received, duplicates included
     control: list[dict[str, Any]] = field(default_factory=list)
     status: list[bytes] = field(default_factory=list)
 
-    def unique_batches(self) -> dict[int, Any]:
+    def unique_batches(self) -> dict[int, Batch]:
         return {b.seq: b for b in self.batches}
 
-    def readings(self) -> list[Any]:
+    def readings(self) -> list[Reading]:
         return [r for b in sorted(self.unique_batches().values(), key=lambda b: b.seq) for r in b.readings]
 
     def unique_control(self) -> dict[int, dict[str, Any]]:
@@ -102,11 +113,13 @@ class Collected:
 
 
 class CloudCollector:
-    """A real subscriber on the cloud broker with a persistent session (MQTT 5) that reconnects."""
+    """A real subscriber on the cloud broker with a persistent session (MQTT 5) that reconnects;
+    ``on_batch`` is called with each telemetry batch as it arrives (after it is recorded)."""
 
-    def __init__(self, url: str, prefix: str = "edge/gw-test") -> None:
+    def __init__(self, url: str, prefix: str = "edge/gw-test", on_batch: Callable[[Batch], None] | None = None) -> None:
         self.url = url
         self.prefix = prefix
+        self._on_batch = on_batch
         self.data = Collected()
         self.connects = 0
         self._stop = asyncio.Event()
@@ -115,7 +128,10 @@ class CloudCollector:
     def _on(self, msg: Message) -> None:
         rel = msg.topic.removeprefix(self.prefix + "/")
         if rel == "telemetry":
-            self.data.batches.append(decode_batch(msg.payload))
+            batch = decode_batch(msg.payload)
+            self.data.batches.append(batch)
+            if self._on_batch is not None:
+                self._on_batch(batch)
         elif rel == "status":
             self.data.status.append(msg.payload)
         elif rel in {"stats", "config"} or rel.startswith("commands/"):

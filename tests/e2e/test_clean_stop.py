@@ -19,8 +19,8 @@ async def test_sigterm_with_records_in_flight_is_quiet_and_loses_nothing(tmp_pat
         local_port, metrics_port = free_port(), free_port()
         config = write_config(tmp_path, local_port, metrics_port, f"mqtt://127.0.0.1:{proxy.port}",
                               max_count=20, max_age_s=30.0, log_level="info")
-        gw = GatewayProcess(config, local_port)
-        gw.wait_listening()
+        gw = GatewayProcess(config, local_port, metrics_port)
+        await gw.ready()
         await eventually(lambda: scrape(metrics_port, "edge_uplink_connected") == 1)
         proxy.stall()  # the broker's PUBACKs never come back: what is sent stays in flight
         t0 = int(time.time() * 1000) - 10_000
@@ -45,8 +45,8 @@ async def test_sigterm_with_records_in_flight_is_quiet_and_loses_nothing(tmp_pat
         proxy.cut()  # the old (stalled) connection is gone; the next one flows
         cloud = CloudCollector(mosquitto.url)
         await cloud.connect()
-        gw = GatewayProcess(config, local_port)
-        gw.wait_listening()
+        gw = GatewayProcess(config, local_port, metrics_port)
+        await gw.ready()
         await eventually(lambda: len(cloud.data.readings()) == 200, timeout=30,
                          message=lambda: f"{len(cloud.data.readings())} readings arrived")
         await eventually(lambda: scrape(metrics_port, "edge_readings_delivered") == 200)

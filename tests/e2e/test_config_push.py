@@ -26,7 +26,7 @@ RULES_50 = [{"name": "pushed", "metrics": "temp", "alert": {"max": 50}}]
 
 
 def config(tmp: Path, url: str) -> GatewayConfig:
-    return gateway_config(tmp, url, rules=FILE_RULES)  # type: ignore[arg-type]
+    return gateway_config(tmp, url, rules=FILE_RULES)
 
 
 async def push(url: str, document: dict[str, Any] | bytes, retain: bool = False) -> None:

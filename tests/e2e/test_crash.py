@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
@@ -39,7 +36,7 @@ from bridge.cloud.sink_store import SinkStore
 from bridge.mqtt.backoff import DecorrelatedJitter
 from bridge.protocol.codec import decode_batch
 from gateway.store.buffer import Budget, DiskBuffer
-from tests.e2e.gateway_process import metrics_text, scrape, write_config
+from tests.e2e.gateway_process import GatewayProcess, metrics_text, write_config
 from tests.e2e.harness import CloudCollector, PacedDevices
 from tests.support import Mosquitto, eventually, free_port
 
@@ -48,41 +45,12 @@ MAX_AGE_S = 0.5  # batch.max_age_s: the documented kill -9 window
 MARGIN_S = 1.0  # scheduling slack on a busy 2-core machine (processor tick, fsync, ingest queue)
 
 
-class GatewayRun:
-    """One ``python -m gateway run`` process, its log in a file (a pipe could fill up and stall it)."""
-
-    def __init__(self, config: Path, log: Path, local_port: int, metrics_port: int) -> None:
-        self.log = log
-        self.local_port = local_port
-        self.metrics_port = metrics_port
-        self._log_file: IO[bytes] = log.open("wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(config)],
-                                     stdout=subprocess.DEVNULL, stderr=self._log_file)
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def _up(self) -> bool:
-        assert self.proc.poll() is None, f"gateway exited with {self.proc.returncode}:\n{self.log_text()}"
-        # (No TCP probe of the local port: amqtt logs an ERROR for a connection that sends nothing.)
-        return "gateway gw-test running" in self.log_text() and self.metric("edge_readings_received") is not None
-
-    async def wait_running(self) -> None:
-        await eventually(self._up, timeout=30, message=lambda: f"gateway did not come up:\n{self.log_text()}")
-
-    def metric(self, name: str) -> float | None:
-        return scrape(self.metrics_port, name)
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self._log_file.close()
-
-    def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(30)
-        self._log_file.close()
-        return code
+async def gateway_run(config: Path, log: Path, local_port: int, metrics_port: int) -> GatewayProcess:
+    """A gateway process that has come up: serving /metrics, answering MQTT, and saying it runs."""
+    run = GatewayProcess(config, local_port, metrics_port, log=log)
+    await run.ready()
+    await eventually(lambda: "gateway gw-test running" in run.log(), message=run.log)
+    return run
 
 
 @dataclass
@@ -111,8 +79,8 @@ def read_buffer(data_dir: Path) -> DiskState:
     return state
 
 
-def assert_clean_log(run: GatewayRun, restored: int) -> None:
-    text = run.log_text()
+def assert_clean_log(run: GatewayProcess, restored: int) -> None:
+    text = run.log()
     bad = [line for line in text.splitlines() if " ERROR " in line or " CRITICAL " in line or "Traceback" in line]
     assert not bad, "\n".join(bad)
     if restored:
@@ -166,9 +134,8 @@ async def crash_cycle(tmp: Path, cloud: Mosquitto, *, kills: int, devices: int, 
         await asyncio.to_thread(cloud.stop)  # a clean stop: the broker keeps both sessions
 
         for k in range(kills):
-            run = GatewayRun(config, tmp / f"gw-{k}.log", local_port, metrics_port)
             started = time.monotonic()
-            await run.wait_running()
+            run = await gateway_run(config, tmp / f"gw-{k}.log", local_port, metrics_port)
             assert run.metric("edge_readings_restored") == disk.readings, "restored = what was on disk"
             if k == 0:
                 pub.start()
@@ -187,8 +154,7 @@ async def crash_cycle(tmp: Path, cloud: Mosquitto, *, kills: int, devices: int, 
             disk = after
 
         # The last start; then the cloud comes up and everything drains while the devices keep publishing.
-        run = GatewayRun(config, tmp / "gw-final.log", local_port, metrics_port)
-        await run.wait_running()
+        run = await gateway_run(config, tmp / "gw-final.log", local_port, metrics_port)
         assert run.metric("edge_readings_restored") == disk.readings
         await asyncio.to_thread(cloud.start)
         target = pub.acked_total + rng.randint(100, 400)
@@ -202,7 +168,7 @@ async def crash_cycle(tmp: Path, cloud: Mosquitto, *, kills: int, devices: int, 
                     and delivered == readings_in + disk.readings
                     and run.metric("edge_readings_buffered") == 0 and run.metric("edge_readings_pending") == 0)
 
-        await eventually(drained, timeout=60, message=lambda: run.log_text()[-3000:])
+        await eventually(drained, timeout=60, message=lambda: run.log()[-3000:])
         final_in = int(run.metric("edge_readings_received") or 0)
         dropped = [line for line in metrics_text(metrics_port).splitlines()
                    if line.startswith("edge_readings_dropped_total{")]

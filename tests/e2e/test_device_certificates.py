@@ -14,8 +14,8 @@ import pytest
 from gateway.service import GatewayService
 from gateway.source.pki import Pki
 from tests.e2e.harness import gateway_config, running_gateway
-from tests.e2e.security_support import Client, write_passwords
-from tests.support import Mosquitto, eventually
+from tests.e2e.security_support import write_passwords
+from tests.support import Mosquitto, RecordingClient, eventually
 
 
 @pytest.fixture
@@ -54,10 +54,10 @@ def denied(svc: GatewayService, reason: str) -> int:
 
 async def test_a_certificate_from_the_gateway_ca_is_the_identity(gateway: GatewayService, pki: Pki) -> None:
     pki.issue_device("dev-a")
-    a = await Client(tls_port(gateway), "dev-a", tls=tls(pki, "dev-a")).start().connected()
+    a = await RecordingClient(tls_port(gateway), "dev-a", tls=tls(pki, "dev-a")).start().connected()
     assert await a.subscribe("devices/dev-a/commands/#") == [1]
     assert await a.subscribe("devices/dev-b/commands/#") == [0x80]
-    impostor = Client(tls_port(gateway), "dev-b", "dev-b", tls=tls(pki, "dev-a")).start()
+    impostor = RecordingClient(tls_port(gateway), "dev-b", "dev-b", tls=tls(pki, "dev-a")).start()
     await impostor.refused()  # username and client id must be the certificate's identity
     assert denied(gateway, "identity_mismatch") == 1
     a.stop()
@@ -70,12 +70,12 @@ async def test_foreign_ca_expired_and_missing_certificates_are_refused(gateway: 
     foreign_opts = tls(pki, None) | {"certfile": str(foreign.dir / "devices/dev-a.pem"),
                                      "keyfile": str(foreign.dir / "devices/dev-a.key")}
     pki.issue_device("old", days=1, now=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=30))
-    for attempt in (Client(tls_port(gateway), "dev-a", tls=foreign_opts),
-                    Client(tls_port(gateway), "old", tls=tls(pki, "old"))):
+    for attempt in (RecordingClient(tls_port(gateway), "dev-a", tls=foreign_opts),
+                    RecordingClient(tls_port(gateway), "old", tls=tls(pki, "old"))):
         attempt.start()
         await attempt.refused()  # the TLS handshake fails
         assert attempt.connack is None
-    anonymous = Client(tls_port(gateway), "dev-a", tls=tls(pki, None)).start()
+    anonymous = RecordingClient(tls_port(gateway), "dev-a", tls=tls(pki, None)).start()
     await anonymous.refused()
     assert denied(gateway, "cert_required") == 1
 
@@ -83,11 +83,11 @@ async def test_foreign_ca_expired_and_missing_certificates_are_refused(gateway: 
 async def test_a_revoked_certificate_is_disconnected_and_refused(gateway: GatewayService, pki: Pki) -> None:
     pki.issue_device("dev-a")
     pki.issue_device("dev-b")
-    a = await Client(tls_port(gateway), "dev-a", tls=tls(pki, "dev-a")).start().connected()
-    b = await Client(tls_port(gateway), "dev-b", tls=tls(pki, "dev-b")).start().connected()
+    a = await RecordingClient(tls_port(gateway), "dev-a", tls=tls(pki, "dev-a")).start().connected()
+    b = await RecordingClient(tls_port(gateway), "dev-b", tls=tls(pki, "dev-b")).start().connected()
     assert pki.revoke_device("dev-a")
     await eventually(lambda: a.disconnects > 0, message="revoked device still connected")
-    again = Client(tls_port(gateway), "dev-a", tls=tls(pki, "dev-a")).start()
+    again = RecordingClient(tls_port(gateway), "dev-a", tls=tls(pki, "dev-a")).start()
     await again.refused()
     assert denied(gateway, "cert_revoked") == 1 and b.disconnects == 0
     b.stop()
@@ -103,13 +103,13 @@ async def test_either_and_both_modes(tmp_path: Path, mosquitto: Mosquitto, pki: 
                  "client_id": "{device_id}-*"}})  # several connections of one device at once
     async with running_gateway(cfg) as svc:
         port = tls_port(svc)
-        cert_only = Client(port, "dev-a-1", tls=tls(pki, "dev-a")).start()
-        password_only = Client(port, "dev-b-1", "dev-b", "pw-b", tls=tls(pki, None)).start()
-        both = Client(port, "dev-a-2", "dev-a", "pw-a", tls=tls(pki, "dev-a")).start()
-        both_wrong = Client(port, "dev-a-3", "dev-a", "pw-b", tls=tls(pki, "dev-a")).start()
+        cert_only = RecordingClient(port, "dev-a-1", tls=tls(pki, "dev-a")).start()
+        password_only = RecordingClient(port, "dev-b-1", "dev-b", "pw-b", tls=tls(pki, None)).start()
+        both = RecordingClient(port, "dev-a-2", "dev-a", "pw-a", tls=tls(pki, "dev-a")).start()
+        both_wrong = RecordingClient(port, "dev-a-3", "dev-a", "pw-b", tls=tls(pki, "dev-a")).start()
         ctx12 = ssl.create_default_context(cafile=str(pki.ca_file))
         ctx12.maximum_version = ssl.TLSVersion.TLSv1_2
-        tls12 = Client(port, "dev-b-2", "dev-b", "pw-b", tls={"context": ctx12}).start()
+        tls12 = RecordingClient(port, "dev-b-2", "dev-b", "pw-b", tls=ctx12).start()
         await both.connected()
         if mode == "either":  # a certificate, or else a password
             await cert_only.connected()

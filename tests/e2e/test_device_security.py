@@ -16,8 +16,8 @@ from gateway.source.access import INTERNAL_IDENTITY
 from gateway.source.passwords import read_password_file
 from tests.e2e.downlink_support import CloudOperator
 from tests.e2e.harness import CloudCollector, gateway_config, running_gateway
-from tests.e2e.security_support import Client, write_passwords
-from tests.support import Mosquitto, eventually
+from tests.e2e.security_support import write_passwords
+from tests.support import Mosquitto, RecordingClient, eventually
 
 PASSWORDS = {"dev-a": "secret-a", "dev-b": "secret-b"}
 BAD_CREDENTIALS, NOT_AUTHORIZED, IDENTIFIER_REJECTED = 0x86, 0x87, 0x85  # as paho reports the MQTT 3.1.1 codes 4, 5, 2
@@ -52,8 +52,8 @@ def denied(svc: GatewayService, reason: str) -> int:
     return int(svc.snapshot()["security"]["denied"].get(reason, 0))
 
 
-async def device(svc: GatewayService, who: str, client_id: str | None = None) -> Client:
-    return await Client(port(svc), client_id or who, who, PASSWORDS[who]).start().connected()
+async def device(svc: GatewayService, who: str, client_id: str | None = None) -> RecordingClient:
+    return await RecordingClient(port(svc), client_id or who, who, PASSWORDS[who]).start().connected()
 
 
 def reading(value: float) -> bytes:
@@ -61,8 +61,9 @@ def reading(value: float) -> bytes:
 
 
 async def test_anonymous_unknown_and_wrong_password_are_refused(gateway: GatewayService) -> None:
-    attempts = [Client(port(gateway), "anon"), Client(port(gateway), "dev-a", "dev-a", "wrong"),
-                Client(port(gateway), "nobody", "nobody", "secret-a"), Client(port(gateway), "dev-a", "dev-a")]
+    attempts = [RecordingClient(port(gateway), "anon"), RecordingClient(port(gateway), "dev-a", "dev-a", "wrong"),
+                RecordingClient(port(gateway), "nobody", "nobody", "secret-a"),
+                RecordingClient(port(gateway), "dev-a", "dev-a")]
     for attempt in attempts:
         attempt.start()
     for attempt in attempts:
@@ -126,7 +127,8 @@ async def test_retained_publishes_are_refused_and_never_delivered(gateway: Gatew
     assert denied(gateway, "retain_denied") == 1
     b = await device(gateway, "dev-b")
     assert await b.subscribe("devices/dev-b/commands/#") == [1]
-    inner = await Client(port(gateway), "spy", *gateway.embedded.internal_credentials).start().connected()  # type: ignore[union-attr]
+    assert gateway.embedded is not None
+    inner = await RecordingClient(port(gateway), "spy", *gateway.embedded.internal_credentials).start().connected()
     assert await inner.subscribe("#") == [1]
     await a.publish("devices/dev-a/events", b'{"e": 1}')
     await eventually(lambda: "devices/dev-a/events" in inner.topics(), message="the gateway's own client sees events")
@@ -171,7 +173,7 @@ async def test_nobody_takes_over_another_identity_but_a_reconnect_replaces_the_o
         gateway: GatewayService, mosquitto: Mosquitto) -> None:
     b = await device(gateway, "dev-b")
     assert await b.subscribe("devices/dev-b/commands/#") == [1]
-    thief = Client(port(gateway), "dev-b", "dev-a", "secret-a").start()
+    thief = RecordingClient(port(gateway), "dev-b", "dev-a", "secret-a").start()
     await thief.refused()
     assert thief.connack == IDENTIFIER_REJECTED
     assert denied(gateway, "client_id_mismatch") == 1
@@ -198,7 +200,7 @@ async def test_a_removed_device_is_disconnected_and_cannot_reconnect(gateway: Ga
                                     "--pki-dir", str(tmp_path / "pki"), "remove", "dev-a"])
     assert res.exit_code == 0, res.output  # picked up by the file poll (0.1 s here)
     await eventually(lambda: a.disconnects > 0, message="dev-a still connected after removal")
-    again = Client(port(gateway), "dev-a", "dev-a", PASSWORDS["dev-a"]).start()
+    again = RecordingClient(port(gateway), "dev-a", "dev-a", PASSWORDS["dev-a"]).start()
     await again.refused()
     assert again.connack == BAD_CREDENTIALS
     assert b.disconnects == 0 and denied(gateway, "revoked") == 1
@@ -207,7 +209,7 @@ async def test_a_removed_device_is_disconnected_and_cannot_reconnect(gateway: Ga
 
 async def test_the_internal_identity_cannot_be_used_by_a_device(gateway: GatewayService, tmp_path: Path) -> None:
     for password in ("", "secret-a", "guess"):
-        attempt = Client(port(gateway), "x", INTERNAL_IDENTITY, password).start()
+        attempt = RecordingClient(port(gateway), "x", INTERNAL_IDENTITY, password).start()
         await attempt.refused()
         attempt.stop()
     assert denied(gateway, "auth_failed") == 3
@@ -218,11 +220,11 @@ async def test_the_internal_identity_cannot_be_used_by_a_device(gateway: Gateway
 
 async def test_a_will_on_another_devices_topic_or_retained_is_refused(gateway: GatewayService) -> None:
     for will in (("devices/dev-b/events", False), ("devices/dev-a/events", True)):
-        attempt = Client(port(gateway), "dev-a", "dev-a", PASSWORDS["dev-a"], will=will).start()
+        attempt = RecordingClient(port(gateway), "dev-a", "dev-a", PASSWORDS["dev-a"], will=will).start()
         await attempt.refused()
         assert attempt.connack == NOT_AUTHORIZED
     assert denied(gateway, "acl_will") == 1 and denied(gateway, "retain_denied") == 1
-    ok = await Client(port(gateway), "dev-a", "dev-a", PASSWORDS["dev-a"], will=("devices/dev-a/events", False)
+    ok = await RecordingClient(port(gateway), "dev-a", "dev-a", PASSWORDS["dev-a"], will=("devices/dev-a/events", False)
                       ).start().connected()
     ok.stop()
 
@@ -241,9 +243,9 @@ async def test_a_burst_then_disconnect_loses_nothing(gateway: GatewayService) ->
 
 
 async def test_simultaneous_connections_of_one_client_id_leave_exactly_one(gateway: GatewayService) -> None:
-    clients = [Client(port(gateway), "dev-a", "dev-a", PASSWORDS["dev-a"]).start() for _ in range(4)]
+    clients = [RecordingClient(port(gateway), "dev-a", "dev-a", PASSWORDS["dev-a"]).start() for _ in range(4)]
 
-    def live() -> list[Client]:
+    def live() -> list[RecordingClient]:
         return [c for c in clients if c.connack == 0 and c.disconnects == 0]
 
     await eventually(lambda: all(c.connack is not None or c.disconnects for c in clients) and len(live()) == 1,

@@ -145,11 +145,9 @@ def test_the_image_health_check_passes_while_the_gateway_runs(tmp_path: Path) ->
         return subprocess.run(check, capture_output=True, check=False, timeout=30).returncode == 0
 
     assert not passes()  # nothing listens yet
-    gw = GatewayProcess(cfg, local)
-    try:
-        gw.wait_listening()
+    with GatewayProcess(cfg, local) as gw:
+        gw.wait_ready()
         wait_until(passes, message="the image's health check never passed")  # the uplink is down: still ready
-    finally:
         assert gw.terminate() == 0
     assert not passes()
     assert "ERROR" not in gw.log(), gw.log()

@@ -10,10 +10,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from gateway.lab import SPARE_PREFIX, TEMPORARY_SINK
-from tests.e2e.security_support import Client
-from tests.support import free_port
+from tests.support import RecordingClient, free_port
 
 REFUSED = {0x86, 0x87}  # MQTT 3.1.1 CONNACK 4 (bad user name or password) and 5 (not authorised), as paho reports them
 
@@ -23,7 +23,7 @@ def lab_command(*extra: str) -> list[str]:
             "--cloud-port", "0", "--json", *extra]
 
 
-def check_report(stdout: str) -> dict[str, object]:
+def check_report(stdout: str) -> dict[str, Any]:
     out = json.loads(stdout)
     gw = out["gateway"]
     assert out["ok"] is True
@@ -47,23 +47,22 @@ def test_lab_runs_end_to_end_and_reports(tmp_path: Path) -> None:
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data.endswith(b"IEND\xaeB`\x82")
     assert 20_000 < len(data) < 500_000
     # the temporary directory is gone: the report names no path in it
-    assert out["data_dir"] is None and out["report"]["db"] == TEMPORARY_SINK  # type: ignore[index]
+    assert out["data_dir"] is None and out["report"]["db"] == TEMPORARY_SINK
     assert "edge-lab-" not in res.stdout
 
 
 async def attempt(port: int, username: str | None = None, password: str | None = None) -> int | None:
     """One connection attempt; its CONNACK code, or None when nothing listens yet."""
-    client = Client(port, username or "anonymous-probe", username, password).start()
+    client = RecordingClient(port, username or "anonymous-probe", username, password).start()
     try:
         deadline = time.monotonic() + 5
-        while client.connack is None and client.error is None and client.disconnects == 0:
+        while not client.settled():
             if time.monotonic() > deadline:
                 return None
             await asyncio.sleep(0.02)
         return client.connack
     finally:
-        client.c.disconnect()
-        client.c.loop_stop()
+        client.stop()
 
 
 async def test_lab_devices_need_their_passwords(tmp_path: Path) -> None:
@@ -85,8 +84,8 @@ async def test_lab_devices_need_their_passwords(tmp_path: Path) -> None:
         stdout, stderr = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 0, stderr.decode()[-2000:]
     out = check_report(stdout.decode())
-    assert out["report"]["db"] == str(tmp_path / "sink.sqlite") and out["data_dir"] == str(tmp_path)  # type: ignore[index]
-    assert out["security"]["denied"]  # type: ignore[index]  # the refused attempts were counted
+    assert out["report"]["db"] == str(tmp_path / "sink.sqlite") and out["data_dir"] == str(tmp_path)
+    assert out["security"]["denied"]  # the refused attempts were counted
 
 
 def test_lab_moves_to_a_free_port_when_1883_is_taken() -> None:

@@ -18,8 +18,8 @@ async def test_sigterm_flushes_and_restart_drains_without_seq_reuse(tmp_path: Pa
     config = write_config(tmp_path, local_port, metrics_port, mosquitto.url, max_count=100, max_age_s=30.0)
     t0 = int(time.time() * 1000) - 10_000
 
-    gw = GatewayProcess(config, local_port)
-    gw.wait_listening()
+    gw = GatewayProcess(config, local_port, metrics_port)
+    await gw.ready()
     devices = await Devices.connect(f"mqtt://127.0.0.1:{local_port}")
     await devices.publish_all(telemetry(f"d{d}", i, t0 + i, v=float(i)) for i in range(1, 251) for d in range(2))
     await devices.close()
@@ -34,8 +34,8 @@ async def test_sigterm_flushes_and_restart_drains_without_seq_reuse(tmp_path: Pa
     mosquitto.start()
     cloud = CloudCollector(mosquitto.url)
     await cloud.connect()
-    gw = GatewayProcess(config, local_port)
-    gw.wait_listening()
+    gw = GatewayProcess(config, local_port, metrics_port)
+    await gw.ready()
     await eventually(lambda: len(cloud.data.readings()) == 500, timeout=30)
     assert scrape(metrics_port, "edge_readings_restored") == 500  # accounted on the input side after restart
     # the PUBACK may trail the collector

@@ -6,6 +6,7 @@ answers the check's SUBSCRIBE, then hangs up)."""
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 from bridge.mqtt.connection import MqttConnection
 from bridge.mqtt.types import ClientSettings, Message
@@ -51,10 +52,11 @@ async def test_a_message_whose_check_cannot_finish_is_handed_on_as_retained() ->
 
 
 async def test_outside_the_prefixes_and_on_mqtt5_nothing_waits(mosquitto: Mosquitto) -> None:
-    for protocol in ("3.1.1", "5"):
+    protocols: tuple[Literal["3.1.1", "5"], ...] = ("3.1.1", "5")
+    for protocol in protocols:
         got: list[Message] = []
         conn = await MqttConnection.open(mosquitto.url, ClientSettings(
-            client_id=f"check-{protocol}", protocol=protocol, retain_check_prefixes=("cmd/",),  # type: ignore[arg-type]
+            client_id=f"check-{protocol}", protocol=protocol, retain_check_prefixes=("cmd/",),
             retain_as_published=True), on_message=got.append)
         pub = await MqttConnection.open(mosquitto.url, ClientSettings(client_id="pub", protocol="3.1.1"))
         try:
@@ -62,8 +64,11 @@ async def test_outside_the_prefixes_and_on_mqtt5_nothing_waits(mosquitto: Mosqui
             await pub.publish("other/x", b"a", 1, retain=True)
             await pub.publish("cmd/d1/ping", b"b", 1, retain=True)  # live, published retained
             await pub.publish("cmd/d1/ping", b"c", 1)
-            await eventually(lambda got=got: ("cmd/d1/ping", b"c", False) in [(m.topic, m.payload, m.retain)
-                                                                              for m in got])
+
+            def live_one_arrived(got: list[Message] = got) -> bool:
+                return ("cmd/d1/ping", b"c", False) in [(m.topic, m.payload, m.retain) for m in got]
+
+            await eventually(live_one_arrived)
             seen = [(m.topic, m.payload, m.retain) for m in got]
             if protocol == "5":  # Retain As Published: the flag survives live delivery, no check
                 assert seen == [("other/x", b"a", True), ("cmd/d1/ping", b"b", True), ("cmd/d1/ping", b"c", False)]

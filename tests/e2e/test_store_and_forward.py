@@ -13,6 +13,7 @@ from tests.e2e.harness import (
     CloudCollector,
     Devices,
     PacedDevices,
+    device_seq,
     gateway_config,
     local_url,
     running_gateway,
@@ -30,16 +31,9 @@ async def test_a_100k_backlog_drains_interleaved_with_live_data(tmp_path: Path, 
     # byte-rate cap (the metered-link setting) stretches the drain to ~4 s so interleaving shows.
     cfg = gateway_config(tmp_path, mosquitto.url, batch={"max_count": 1000, "max_age_s": 0.2},
                          uplink={"backlog_per_live": 4, "max_bytes_per_s": size / 4})
-    cloud = CloudCollector(mosquitto.url)
     arrivals: list[tuple[float, bool, int]] = []  # (time, replay, readings) in arrival order
-    on = cloud._on
-
-    def stamp(msg):  # type: ignore[no-untyped-def]
-        on(msg)
-        if msg.topic.endswith("/telemetry"):
-            b = cloud.data.batches[-1]
-            arrivals.append((time.monotonic(), b.replay, len(b.readings)))
-    cloud._on = stamp  # type: ignore[method-assign]
+    cloud = CloudCollector(mosquitto.url,
+                           on_batch=lambda b: arrivals.append((time.monotonic(), b.replay, len(b.readings))))
     await cloud.connect()
     try:
         async with running_gateway(cfg) as gw:
@@ -66,8 +60,8 @@ async def test_a_100k_backlog_drains_interleaved_with_live_data(tmp_path: Path, 
     for b in cloud.data.batches:
         if b.replay:
             for r in b.readings:
-                assert r.seq > seen.get(r.device, 0)
-                seen[r.device] = r.seq
+                assert device_seq(r) > seen.get(r.device, 0)
+                seen[r.device] = device_seq(r)
 
 
 async def test_the_budget_during_an_outage_drops_oldest_telemetry_and_keeps_every_alert(
@@ -106,7 +100,7 @@ async def test_the_budget_during_an_outage_drops_oldest_telemetry_and_keeps_ever
         assert acc.control_delivered == alerts and not acc.control_dropped
         # the oldest were dropped: per device, what arrived is the tail, without holes
         for d in range(devices_n):
-            seqs = sorted(r.seq for r in readings if r.device == f"dev-{d}")
+            seqs = sorted(device_seq(r) for r in readings if r.device == f"dev-{d}")
             assert seqs == list(range(seqs[0], per_device + 1))
         assert acc.balance() == 0
 
@@ -141,6 +135,6 @@ async def test_failover_moves_traffic_to_the_next_endpoint_without_loss(
     got: dict[str, set[int]] = {}
     for cloud in (primary_cloud, secondary_cloud):
         for r in cloud.data.readings():
-            got.setdefault(r.device, set()).add(r.seq)
+            got.setdefault(r.device, set()).add(device_seq(r))
     for device, acked in devices.acked.items():
         assert set(acked) <= got.get(device, set()), f"{device} lost readings in the failover"

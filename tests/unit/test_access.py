@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -20,6 +21,7 @@ from gateway.source.access import (
 )
 from gateway.source.local import acl_policy
 from tests.e2e.harness import gateway_config
+from tests.support import FakeClock
 
 LEVEL = st.sampled_from(["a", "b", "devices", "d1", "d2", "x"])
 topics = st.lists(LEVEL, min_size=1, max_size=5).map("/".join)
@@ -40,8 +42,8 @@ def test_every_filter_covers_itself_and_hash_covers_all(f: str) -> None:
     assert filter_covers("#", f)
 
 
-def test_default_policy_confines_a_device_to_its_own_topics(tmp_path: object) -> None:
-    policy = acl_policy(gateway_config(tmp_path, "mqtt://127.0.0.1:1"))  # type: ignore[arg-type]
+def test_default_policy_confines_a_device_to_its_own_topics(tmp_path: Path) -> None:
+    policy = acl_policy(gateway_config(tmp_path, "mqtt://127.0.0.1:1"))
     g = policy.grants("d1")
     for topic in ("devices/d1/telemetry", "devices/d1/telemetry/temp", "devices/d1/events", "devices/d1/responses"):
         assert g.may_publish(topic), topic
@@ -73,13 +75,13 @@ def test_client_id_exact_or_suffix(suffix: str) -> None:
 
 
 def test_denials_are_counted_always_and_logged_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
-    now = [0.0]
-    denials = Denials(clock=lambda: now[0])
+    clock = FakeClock(0.0)
+    denials = Denials(clock=clock)
     with caplog.at_level(logging.WARNING, logger="gateway.source.access"):
         for _ in range(5):
             denials.deny("acl_publish", "d1", "publish to 'devices/d2/telemetry'")
         denials.deny("acl_subscribe", "d1", "subscribe to '#'")
-        now[0] = 11.0
+        clock.now = 11.0
         denials.deny("acl_publish", "d1", "again")
     assert denials.counts == {"acl_publish": 6, "acl_subscribe": 1}
     lines = [r.getMessage() for r in caplog.records]

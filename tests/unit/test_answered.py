@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,9 +17,9 @@ keys = st.tuples(st.sampled_from(["d1", "d2", "dev-3"]), st.one_of(st.integers(-
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(keys, max_size=60), st.integers(1, 8))
-def test_a_reopen_remembers_what_was_remembered(tmp_path_factory: object, added: list[tuple[str, str | int]],
-                                                capacity: int) -> None:
-    path = Path(tmp_path_factory.mktemp("answered")) / "answered.jsonl"  # type: ignore[attr-defined]
+def test_a_reopen_remembers_what_was_remembered(tmp_path_factory: pytest.TempPathFactory,
+                                                added: list[tuple[str, str | int]], capacity: int) -> None:
+    path = tmp_path_factory.mktemp("answered") / "answered.jsonl"
     log = AnsweredCommands(path, capacity)
     log.open()
     for key in added:

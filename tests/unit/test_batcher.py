@@ -2,14 +2,7 @@ from __future__ import annotations
 
 from bridge.protocol.model import Reading
 from gateway.process.batcher import READING_COST_BYTES, Batcher
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support import FakeClock
 
 
 def rd(i: int) -> Reading:
@@ -17,14 +10,14 @@ def rd(i: int) -> Reading:
 
 
 def test_count_trigger() -> None:
-    b = Batcher(3, 10**6, 60, Clock())
+    b = Batcher(3, 10**6, 60, FakeClock(100.0))
     assert b.add(rd(1)) is None and b.add(rd(2)) is None
     assert b.add(rd(3)) == [rd(1), rd(2), rd(3)]
     assert len(b) == 0
 
 
 def test_bytes_trigger() -> None:
-    b = Batcher(10**6, 40 + 5 * READING_COST_BYTES, 60, Clock())
+    b = Batcher(10**6, 40 + 5 * READING_COST_BYTES, 60, FakeClock(100.0))
     out = None
     n = 0
     while out is None:
@@ -35,7 +28,7 @@ def test_bytes_trigger() -> None:
 
 
 def test_age_trigger_uses_first_reading_time() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     b = Batcher(100, 10**6, 5, clock)
     assert b.poll() is None and b.deadline() is None
     b.add(rd(1))
@@ -48,7 +41,7 @@ def test_age_trigger_uses_first_reading_time() -> None:
 
 
 def test_flush_and_reconfigure() -> None:
-    b = Batcher(100, 10**6, 5, Clock())
+    b = Batcher(100, 10**6, 5, FakeClock(100.0))
     assert b.flush() is None
     for i in range(5):
         b.add(rd(i))

@@ -5,23 +5,18 @@ from pathlib import Path
 import pytest
 
 from gateway.store.buffer import RECORD_OVERHEAD_BYTES, Budget, DiskBuffer
+from tests.support import FakeClock
+
+EPOCH_MS = 1_700_000_000_000
 
 
-class ClockMs:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000_000
-
-    def __call__(self) -> int:
-        return self.now
-
-
-def make(tmp_path: Path, tele_bytes: int = 10**9, tele_age: float = 0, clock: ClockMs | None = None,
+def make(tmp_path: Path, tele_bytes: int = 10**9, tele_age: float = 0, clock: FakeClock[int] | None = None,
          dropped: list[tuple[int, str]] | None = None) -> DiskBuffer:
     sink = dropped if dropped is not None else []
     buf = DiskBuffer(
         tmp_path / "buf",
         {"telemetry": Budget(tele_bytes, tele_age), "control": Budget(2000)},
-        clock_ms=clock or ClockMs(),
+        clock_ms=clock or FakeClock(EPOCH_MS),
         on_dropped=lambda rec, reason: sink.append((rec.seq, reason)),
     )
     buf.open()
@@ -96,7 +91,7 @@ def test_control_lane_is_never_dropped_for_capacity(tmp_path: Path) -> None:
 
 
 def test_expire_by_age(tmp_path: Path) -> None:
-    clock = ClockMs()
+    clock = FakeClock(EPOCH_MS)
     dropped: list[tuple[int, str]] = []
     buf = make(tmp_path, tele_age=60, clock=clock, dropped=dropped)
     put(buf)

@@ -11,6 +11,7 @@ import socket
 import struct
 import time
 from collections.abc import AsyncIterator
+from typing import Literal
 
 import pytest
 
@@ -342,7 +343,8 @@ async def test_mqtt_blackhole_leaves_publishes_unanswered_on_an_open_link(mosqui
 
 
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
-async def test_mqtt_drop_publish_drops_one_chosen_publish_on_a_live_link(mosquitto: Mosquitto, protocol: str) -> None:
+async def test_mqtt_drop_publish_drops_one_chosen_publish_on_a_live_link(mosquitto: Mosquitto,
+                                                                        protocol: Literal["3.1.1", "5"]) -> None:
     received: list[Message] = []
     observer = await MqttConnection.open(mosquitto.url, ClientSettings(client_id="obs", connect_timeout_s=5.0),
                                          on_message=received.append)
@@ -350,7 +352,7 @@ async def test_mqtt_drop_publish_drops_one_chosen_publish_on_a_live_link(mosquit
         await observer.subscribe([("chaos/#", 1)])
         async with ChaosProxy(mosquitto.host, mosquitto.port) as chaos:
             conn = await MqttConnection.open(f"mqtt://127.0.0.1:{chaos.port}", ClientSettings(
-                client_id="via-chaos", protocol=protocol, connect_timeout_s=5.0))  # type: ignore[arg-type]
+                client_id="via-chaos", protocol=protocol, connect_timeout_s=5.0))
             try:
                 await asyncio.wait_for(conn.publish("chaos/other", b"first", qos=1), 10)
                 chaos.drop_publish("chaos/t", after=1)  # armed on the open connection

@@ -16,6 +16,7 @@ from bridge.protocol.codec import (
     UINT_MAX,
     Batch,
     CodecError,
+    Compression,
     carried,
     decode_batch,
     encode_batch,
@@ -40,9 +41,9 @@ def _readings() -> list[Reading]:
 
 
 @pytest.mark.parametrize("compression", ["none", "zlib", *(["zstd"] if zstd_available() else [])])
-def test_round_trip_keeps_every_reading_exactly(compression: str) -> None:
+def test_round_trip_keeps_every_reading_exactly(compression: Compression) -> None:
     readings = _readings()
-    env = encode_batch("gw-1", 42, readings, stream="s1", created_ms=1700000002000, compression=compression)  # type: ignore[arg-type]
+    env = encode_batch("gw-1", 42, readings, stream="s1", created_ms=1700000002000, compression=compression)
     batch = decode_batch(env)
     assert batch.gateway == "gw-1"
     assert batch.seq == 42
@@ -165,14 +166,15 @@ def _same(a: Value, b: Value) -> bool:
 
 @given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), values), max_size=40),
        st.sampled_from(["none", "zlib"]))
-def test_every_carried_value_round_trips_bit_exactly(rows: list[tuple[str, Value]], compression: str) -> None:
+def test_every_carried_value_round_trips_bit_exactly(rows: list[tuple[str, Value]],
+                                                    compression: Compression) -> None:
     readings = []
     for i, (metric, raw) in enumerate(rows):
         value = carried(raw)
         assert value is not None  # every finite double and every int64/uint64 is carried
         assert value == raw
         readings.append(Reading("d", metric, 1_700_000_000_000 + i, value, i))
-    env = encode_batch("g", 9, readings, stream="s1", created_ms=0, compression=compression)  # type: ignore[arg-type]
+    env = encode_batch("g", 9, readings, stream="s1", created_ms=0, compression=compression)
     out = decode_batch(env).readings
     assert sorted(out, key=lambda r: r.seq or 0) == readings
     for got, want in zip(sorted(out, key=lambda r: r.seq or 0), readings, strict=True):
@@ -189,8 +191,8 @@ def test_every_double_round_trips_alone(value: float) -> None:
 def test_every_int64_and_uint64_round_trips_exactly(value: int) -> None:
     kept = carried(value)
     assert kept == value
-    out = decode_batch(encode_batch("g", 1, [Reading("d", "m", 0, kept)], stream="s", created_ms=0)).readings  # type: ignore[arg-type]
-    assert out[0].value == value and _same(out[0].value, kept)  # type: ignore[arg-type]
+    out = decode_batch(encode_batch("g", 1, [Reading("d", "m", 0, kept)], stream="s", created_ms=0)).readings
+    assert out[0].value == value and _same(out[0].value, kept)
 
 
 @given(st.one_of(st.integers(max_value=INT_MIN - 1), st.integers(min_value=UINT_MAX + 1),

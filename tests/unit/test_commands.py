@@ -17,19 +17,12 @@ from gateway.config import DownlinkSection
 from gateway.control.answered import AnsweredCommands
 from gateway.control.commands import CommandRouter, device_response
 from gateway.source.access import topic_matches
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
+from tests.support import FakeClock
 
 
 class Rig:
     def __init__(self, present: set[str] | None = None, **cfg: Any) -> None:
-        self.clock = Clock()
+        self.clock = FakeClock(1000.0)
         self.present = present if present is not None else set()
         self.sent: list[tuple[str, bytes]] = []
         self.answers: list[dict[str, Any]] = []
@@ -60,7 +53,7 @@ async def test_allowlist_duplicates_and_delivery() -> None:
     assert [(a["id"], a["status"], a["result"]["reason"]) for a in rig.answers] == [
         ("b", "rejected", "not_allowed"), (None, "rejected", "bad_topic")]
     assert r.counters.duplicates == 1 and r.counters.forwarded == 1
-    rig.clock.t += 0.25
+    rig.clock.now += 0.25
     rec = r.device_response("d1", {"id": "a", "status": "ok", "result": {"ts": 1}})
     assert rec is not None and (rec.command, rec.rtt_ms, rec.source, rec.status) == ("ping", 250.0, "device", "ok")
     again = r.device_response("d1", {"id": "a", "status": "ok"})  # no longer tracked
@@ -75,14 +68,14 @@ async def test_held_command_expires_or_gives_up_or_is_released() -> None:
     r.handle(Command("d2", "ping", "gone"))
     r.handle(Command("d3", "ping", "later"))
     assert r.held == 3
-    rig.clock.t = 1006.0
+    rig.clock.now = 1006.0
     await rig.settle()
     assert [(a["id"], a["status"]) for a in rig.answers] == [("exp", "expired")]
     rig.present.add("devices/d3/commands/ping")
     r.presence_changed()
     await rig.settle()
     assert rig.sent == [("devices/d3/commands/ping", b'{"id":"later","args":{}}')]
-    rig.clock.t = 1010.0
+    rig.clock.now = 1010.0
     await rig.settle()
     assert [(a["id"], a["status"]) for a in rig.answers][1:] == [("gone", "undeliverable")]
     assert r.held == 0
@@ -107,7 +100,7 @@ async def test_tracking_is_forgotten_after_track_responses_s() -> None:
     rig = Rig(present={"devices/d1/commands/ping"}, track_responses_s=5)
     rig.router.handle(Command("d1", "ping", 1))
     await rig.settle()
-    rig.clock.t += 6
+    rig.clock.now += 6
     await rig.settle()
     assert rig.router.counters.forgotten == 1
     answer = rig.router.device_response("d1", {"id": 1, "status": "ok"})

@@ -13,7 +13,7 @@ NOW = 1_700_000_000_000
 
 
 def decoder(**limits: object) -> d.Decoder:
-    return d.Decoder(TopicsSection(), DecodeSection(**limits))  # type: ignore[arg-type]
+    return d.Decoder(TopicsSection(), DecodeSection(**limits))
 
 
 def test_json_object_with_several_metrics_ts_in_ms_and_seq() -> None:

@@ -3,18 +3,11 @@ from __future__ import annotations
 import pytest
 
 from bridge.uplink.pacing import RateMeter, TokenBucket
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support import FakeClock
 
 
 def test_token_bucket_allows_a_burst_then_paces_to_the_rate() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     bucket = TokenBucket(rate=1000, burst=2000, clock=clock)
     sent = 0
     while bucket.wait_s() == 0:
@@ -36,7 +29,7 @@ def test_token_bucket_refuses_nonsense() -> None:
 
 
 def test_rate_meter_counts_a_sliding_window() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     meter = RateMeter(window_s=10, clock=clock)
     assert meter.rate() == 0
     for _ in range(10):

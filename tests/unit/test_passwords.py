@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import CredentialsError
-from gateway.source.credentials import CredentialStore
+from gateway.source.credentials import Changes, CredentialStore
 from gateway.source.passwords import (
     PasswordHash,
     PasswordVerifier,
@@ -22,8 +22,7 @@ from gateway.source.passwords import (
     read_password_file,
     write_password_file,
 )
-from tests.e2e.security_support import Client
-from tests.support import Mosquitto, eventually, require_tool
+from tests.support import Mosquitto, RecordingClient, eventually, require_tool
 
 
 @settings(max_examples=25, deadline=None)
@@ -51,8 +50,8 @@ async def test_mosquitto_accepts_the_file_we_write() -> None:
         conf = mosq._conf.read_text().replace("allow_anonymous true", "allow_anonymous false")
         mosq._conf.write_text(conf + f"password_file {passwd}\n")
         mosq.start()
-        good = await Client(mosq.port, "dev-1", "dev-1", "s3cret").start().connected()
-        bad = Client(mosq.port, "dev-1x", "dev-1", "wrong").start()
+        good = await RecordingClient(mosq.port, "dev-1", "dev-1", "s3cret").start().connected()
+        bad = RecordingClient(mosq.port, "dev-1x", "dev-1", "wrong").start()
         await bad.refused()
         good.stop()
         bad.stop()
@@ -130,7 +129,8 @@ async def test_watch_reloads_on_wake_without_a_file_change(tmp_path: Path) -> No
     provision(passwd, tmp_path / "creds", ["d1"], iterations=1000)
     store = CredentialStore(passwd, None)
     store.load()
-    stop, wake, seen = asyncio.Event(), asyncio.Event(), []
+    stop, wake = asyncio.Event(), asyncio.Event()
+    seen: list[Changes] = []
     task = asyncio.create_task(store.watch(stop, 3600, wake, seen.append))
     wake.set()
     await eventually(lambda: store.reloads == 1, message="SIGHUP-style wake did not reload")

@@ -16,7 +16,7 @@ def test_valid_range() -> None:
 def test_threshold_raises_once_and_clears_with_hysteresis() -> None:
     spec = AlertSpec(max=30, hysteresis=1)
     active: frozenset[threshold.Level] = frozenset()
-    states = []
+    states: list[str] = []
     for v in [29, 31, 30.5, 31, 29.5, 29.0, 31]:
         active, changes = threshold.evaluate(spec, active, v)
         states.extend(f"{c.level}:{c.state}@{v}" for c in changes)

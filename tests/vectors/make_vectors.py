@@ -16,7 +16,7 @@ from typing import Any
 
 import msgpack
 
-from bridge.protocol.codec import Batch, CodecError, decode_batch, encode_batch
+from bridge.protocol.codec import Batch, CodecError, Compression, decode_batch, encode_batch
 from bridge.protocol.model import Reading
 
 HERE = Path(__file__).resolve().parent
@@ -36,7 +36,7 @@ READINGS = [
 ]
 
 # name -> (readings, compression, replay)
-CASES: dict[str, tuple[list[Reading], str, bool]] = {
+CASES: dict[str, tuple[list[Reading], Compression, bool]] = {
     "batch_v2_none": (READINGS, "none", False),
     "batch_v2_zlib": (READINGS, "zlib", False),
     "batch_v2_zlib_replay": (READINGS, "zlib", True),
@@ -97,7 +97,7 @@ def main() -> None:
         _write(name, (HERE / f"{name}.bin").read_bytes())
     for name, (readings, compression, replay) in CASES.items():
         _write(name, encode_batch(GW, 7, readings, stream=STREAM, created_ms=CREATED,
-                                  compression=compression, replay=replay))  # type: ignore[arg-type]
+                                  compression=compression, replay=replay))
     # hand-built: what a decoder must accept (and ignore) and what it must refuse
     _write("accept_v2_unknown_key_and_long_series", _raw(_body(
         later={"x": 1}, series=[["d1", "m", [T0], 1, [215], [5], "a later element"]])))
