@@ -46,7 +46,7 @@ from gateway.source.identity import Gatekeeper
 from gateway.source.ingest import Ingest
 from gateway.source.pki import Pki
 from gateway.store.buffer import Budget, DiskBuffer
-from gateway.store.lanes import LaneWriter
+from gateway.store.lanes import LaneWriter, drop_counter
 
 if sys.version_info >= (3, 11):
     from asyncio import TaskGroup
@@ -125,7 +125,7 @@ class GatewayService:
             "telemetry": Budget(cfg.buffer.telemetry.max_bytes, cfg.buffer.telemetry.max_age_s),
             "control": Budget(cfg.buffer.control.max_bytes, cfg.buffer.control.max_age_s),
         }, sync=cfg.buffer.sync, min_free_bytes=cfg.buffer.min_free_bytes,
-            write_behind_s=cfg.buffer.write_behind_s)
+            write_behind_s=cfg.buffer.write_behind_s, on_dropped=drop_counter(acc))
         self.forwarder = Forwarder(
             self.buffer,
             {"control": LanePolicy(cfg.uplink.control_qos, cfg.uplink.control_max_inflight),

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ADAPTERS = {
     "amqtt": {"gateway/source/broker.py"},
     "paho": {"bridge/mqtt/connection.py", "device_sim/publisher.py"},
-    "diskcache": {"gateway/store/buffer.py"},
+    "diskcache": {"gateway/store/rows.py"},
     "msgpack": {"bridge/protocol/codec.py", "device_sim/payloads.py"},
     "zstandard": {"bridge/protocol/codec.py"},
     "matplotlib": {"bridge/cloud/plot.py"},

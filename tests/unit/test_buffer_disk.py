@@ -9,7 +9,7 @@ from pathlib import Path
 from bridge.protocol.topics import CloudTopics
 from gateway.observe.accounting import Accounting
 from gateway.store.buffer import Budget, DiskBuffer
-from gateway.store.lanes import LaneWriter
+from gateway.store.lanes import LaneWriter, drop_counter
 
 
 def make(tmp_path: Path, dropped: list[tuple[int, str]], **kwargs: object) -> DiskBuffer:
@@ -61,7 +61,7 @@ def test_a_disk_below_its_headroom_keeps_telemetry_from_growing(tmp_path: Path) 
 def test_a_full_disk_drops_oldest_telemetry_keeps_control_and_recovers(tmp_path: Path) -> None:
     acc = Accounting()
     buf = DiskBuffer(tmp_path / "buf", {"telemetry": Budget(10**9), "control": Budget(10**9)},
-                     sqlite_pragmas={"max_page_count": 40}, sync="normal")
+                     sqlite_pragmas={"max_page_count": 40}, sync="normal", on_dropped=drop_counter(acc))
     buf.open()
     lanes = LaneWriter(buf, CloudTopics("gw"), acc, compression="none", level=0, on_written=lambda: None)
     payload = b"y" * 3000
