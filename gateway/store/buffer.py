@@ -121,6 +121,7 @@ class DiskBuffer:
         restored = {lane: self._ledger.depth(lane) for lane in LANES}
         if any(restored.values()):
             log.info("buffer reopened with %s records waiting", restored)
+            self._retention.check_control()
         self._stream.count_unclean_start(rows)
         if self._stream.unclean_start:
             for lane in LANES:
