@@ -184,3 +184,20 @@ def test_records_older_than_their_lanes_age_limit_expire_unless_in_flight(kit: K
     store.release(inflight[0].key)
     assert store.expire() == 1 and dropped[-1] == (lane, 1, "expired")
     assert store.depth(lane) == 1
+
+
+def test_a_payload_that_cannot_be_built_uses_no_sequence_number_and_drops_nothing(kit: Kit) -> None:
+    dropped: list[tuple[int, str]] = []
+    store = kit.open({"telemetry": Budget(2 * PER_RECORD), "control": Budget(10**9)},
+                     on_dropped=lambda rec, reason: dropped.append((rec.seq, reason)))
+    put(store)
+    put(store)
+
+    def failing(seq: int) -> bytes:
+        raise ValueError("simulated: the payload could not be encoded")
+
+    with pytest.raises(ValueError, match="simulated"):
+        store.append("telemetry", TOPIC, failing, 5)
+    assert dropped == [] and store.depth("telemetry") == 2
+    assert put(store).seq == 3  # the failed attempt did not use up a sequence number
+    assert dropped == [(1, "overflow")]
