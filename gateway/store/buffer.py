@@ -31,7 +31,7 @@ from typing import Literal
 from bridge.uplink.store import LANES, Lane, Record, Source, StoreError
 from gateway.errors import StorageError
 from gateway.observe.accounting import DISK_ERROR, DISK_FULL
-from gateway.store.ledger import Entry, Ledger
+from gateway.store.ledger import Ledger, RecordMeta
 from gateway.store.retention import Budget, Retention
 from gateway.store.rows import DiskFull, Rows, record_key, reserve_key, seq_key
 from gateway.store.stream import Stream
@@ -110,9 +110,8 @@ class DiskBuffer:
         rows = self._rows
         used = {lane: rows.get_int(seq_key(lane)) for lane in LANES}  # highest seq known used
         reserved = {lane: rows.get_int(reserve_key(lane)) for lane in LANES}  # by write-behind
-        for row in rows.records():  # in sequence order = send order
-            self._ledger.add(row.lane, Entry(row.key, row.seq, row.topic, row.readings, row.created_ms, row.size,
-                                             replay=True))
+        for meta in rows.records():  # in sequence order = send order
+            self._ledger.add(meta, replay=True)
         highest = {lane: self._ledger.next_seq(lane) - 1 for lane in LANES}
         for lane in LANES:
             self._ledger.start_seq(lane, max(used[lane], reserved[lane], highest[lane]) + 1)
@@ -195,17 +194,16 @@ class DiskBuffer:
         payload = build(seq)
         size = len(payload) + len(topic) + RECORD_OVERHEAD_BYTES
         self._retention.make_room(lane, size)
-        row = record_key(lane, seq, readings, self._clock_ms(), size, topic)
+        meta = record_key(lane, seq, readings, self._clock_ms(), size, topic)
         if self._behind.applies(lane):
             self._behind.reserve(lane, seq)
-            self._behind.stage(row.key, payload)
+            self._behind.stage(meta.key, payload)
         else:
-            self._write({row.key: payload})
-        entry = Entry(row.key, seq, topic, readings, row.created_ms, size, replay=False)
-        self._ledger.add(lane, entry)
+            self._write({meta.key: payload})
+        self._ledger.add(meta, replay=False)
         if lane == "control":
             self._retention.check_control()
-        return self._record(lane, entry, payload)
+        return self._record(meta, payload)
 
     def _write(self, rows: Mapping[str, object]) -> None:
         """Write ``rows`` in one transaction. A full disk makes the oldest telemetry batch that is
@@ -238,27 +236,29 @@ class DiskBuffer:
 
     # ------------------------------------------------------------------ deleting: one path
 
-    def _delete(self, keys: list[str]) -> dict[str, tuple[Lane, Entry]]:
+    def _delete(self, keys: list[str]) -> dict[str, Record]:
         """Remove the records of ``keys`` that the buffer holds: from disk in one transaction (with
         the sequence counters of their lanes; none at all for records only in memory), then from
-        memory. Returns them by key; raises StorageError (and removes nothing) if the disk fails."""
-        found = {key: where for key in dict.fromkeys(keys) if (where := self._ledger.find(key)) is not None}
-        on_disk = [key for key in found if not self._behind.is_staged(key)]
+        memory. Returns them by key, without payload; raises StorageError (and removes nothing) if
+        the disk fails."""
+        found = [meta for key in dict.fromkeys(keys) if (meta := self._ledger.find(key)) is not None]
+        on_disk = [meta for meta in found if not self._behind.is_staged(meta.key)]
         if on_disk:
-            lanes = {found[key][0] for key in on_disk}
-            self._rows.delete(on_disk, {seq_key(lane): self._ledger.next_seq(lane) - 1 for lane in lanes})
-        for key, (lane, _entry) in found.items():  # memory changes only once the disk has
-            self._behind.unstage(key)
-            self._ledger.remove(lane, key)
-        if any(lane == "control" for lane, _ in found.values()):
+            counters = {seq_key(meta.lane): self._ledger.next_seq(meta.lane) - 1 for meta in on_disk}
+            self._rows.delete([meta.key for meta in on_disk], counters)
+        removed = {meta.key: self._record(meta, b"") for meta in found}
+        for meta in found:  # memory changes only once the disk has
+            self._behind.unstage(meta.key)
+            self._ledger.remove(meta)
+        if any(meta.lane == "control" for meta in found):
             self._retention.check_control()
-        return found
+        return removed
 
-    def _drop(self, lane: Lane, key: str, reason: str) -> bool:
+    def _drop(self, key: str, reason: str) -> bool:
         """Remove one record without an ack and report it to ``on_dropped``."""
         removed = self._delete([key]).get(key)
         if removed is not None:
-            self._on_dropped(self._record(lane, removed[1], b""), reason)
+            self._on_dropped(removed, reason)
         return removed is not None
 
     # ------------------------------------------------------------------ RecordStore
@@ -270,23 +270,24 @@ class DiskBuffer:
             if not self._rows.is_open:
                 raise StorageError("buffer is not open")
             out: list[Record] = []
-            missing: list[Entry] = []
-            for entry in self._ledger.candidates(lane, limit, source):
+            missing: list[RecordMeta] = []
+            for meta in self._ledger.candidates(lane, limit, source):
                 try:
-                    payload = self._behind.payload(entry.key) or self._rows.get(entry.key)
+                    payload = self._behind.payload(meta.key) or self._rows.get(meta.key)
                 except StorageError:
                     if not out:
                         raise
                     break  # send what was read; the rest is tried again next time
                 if payload is None:
-                    missing.append(entry)
+                    missing.append(meta)
                     continue
-                out.append(self._record(lane, entry, payload))
-                self._ledger.lease(lane, entry)
-        for entry in missing:  # the ledger says on disk, the disk disagrees: count it, never keep a phantom
-            log.error("buffer record %s is missing on disk", entry.key)
-            self._ledger.remove(lane, entry.key)
-            self._on_dropped(self._record(lane, entry, b""), DISK_ERROR)
+                out.append(self._record(meta, payload))
+                self._ledger.lease(meta)
+        for meta in missing:  # the ledger says on disk, the disk disagrees: count it, never keep a phantom
+            log.error("buffer record %s is missing on disk", meta.key)
+            record = self._record(meta, b"")
+            self._ledger.remove(meta)
+            self._on_dropped(record, DISK_ERROR)
         return out
 
     def release(self, key: str) -> None:
@@ -305,8 +306,7 @@ class DiskBuffer:
         with _port("buffer delete failed"):
             if not self._rows.is_open:
                 raise StorageError("buffer is not open")
-            removed = self._delete(list(keys))
-        return {key: self._record(lane, entry, b"") for key, (lane, entry) in removed.items()}
+            return self._delete(list(keys))
 
     def depth(self, lane: Lane) -> int:
         return self._ledger.depth(lane)
@@ -335,6 +335,6 @@ class DiskBuffer:
         """What the buffer occupies on disk: the database, its write-ahead log and value files."""
         return sum(p.stat().st_size for p in self._dir.rglob("*") if p.is_file())
 
-    @staticmethod
-    def _record(lane: Lane, entry: Entry, payload: bytes) -> Record:
-        return Record(entry.key, lane, entry.seq, entry.topic, payload, entry.readings, entry.created_ms, entry.replay)
+    def _record(self, meta: RecordMeta, payload: bytes) -> Record:
+        return Record(meta.key, meta.lane, meta.seq, meta.topic, payload, meta.readings, meta.created_ms,
+                      self._ledger.is_replay(meta.key))

@@ -20,15 +20,17 @@ from dataclasses import dataclass
 from bridge.uplink.store import LANES, Lane, Source
 
 
-@dataclass
-class Entry:
+@dataclass(frozen=True)
+class RecordMeta:
+    """What the store knows of a record besides its payload (on disk: its key)."""
+
+    lane: Lane
     key: str
     seq: int
     topic: str
     readings: int
     created_ms: int
-    size: int
-    replay: bool
+    size: int  # what it counts against the lane's budget
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,8 @@ class _Lease:
 class Ledger:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._entries: dict[Lane, OrderedDict[str, Entry]] = {lane: OrderedDict() for lane in LANES}
+        self._entries: dict[Lane, OrderedDict[str, RecordMeta]] = {lane: OrderedDict() for lane in LANES}
+        self._replay: set[str] = set()  # backlog: sent with the replay flag
         # live records (never taken since they were written or the connection came up), in order
         self._live: dict[Lane, OrderedDict[str, None]] = {lane: OrderedDict() for lane in LANES}
         self._leases: dict[str, _Lease] = {}  # in take order: the first one is the oldest
@@ -61,47 +64,52 @@ class Ledger:
 
     # ------------------------------------------------------------------ records
 
-    def add(self, lane: Lane, entry: Entry) -> None:
-        """Append a record (a sequence number past every other): live unless flagged replay."""
-        self._entries[lane][entry.key] = entry
-        self._bytes[lane] += entry.size
-        self._readings[lane] += entry.readings
-        self._next_seq[lane] = max(self._next_seq[lane], entry.seq + 1)
-        if not entry.replay:
-            self._live[lane][entry.key] = None
+    def add(self, meta: RecordMeta, *, replay: bool) -> None:
+        """Append a record (a sequence number past every other of its lane): live, or backlog."""
+        lane = meta.lane
+        self._entries[lane][meta.key] = meta
+        self._bytes[lane] += meta.size
+        self._readings[lane] += meta.readings
+        self._next_seq[lane] = max(self._next_seq[lane], meta.seq + 1)
+        if replay:
+            self._replay.add(meta.key)
+        else:
+            self._live[lane][meta.key] = None
 
-    def find(self, key: str) -> tuple[Lane, Entry] | None:
+    def find(self, key: str) -> RecordMeta | None:
         for lane in LANES:
-            entry = self._entries[lane].get(key)
-            if entry is not None:
-                return lane, entry
+            meta = self._entries[lane].get(key)
+            if meta is not None:
+                return meta
         return None
 
-    def remove(self, lane: Lane, key: str) -> Entry | None:
-        entry = self._entries[lane].pop(key, None)
-        if entry is None:
-            return None
-        self._bytes[lane] -= entry.size
-        self._readings[lane] -= entry.readings
-        self._live[lane].pop(key, None)
-        self._end_lease(key)
-        return entry
+    def remove(self, meta: RecordMeta) -> None:
+        if self._entries[meta.lane].pop(meta.key, None) is None:
+            return
+        self._bytes[meta.lane] -= meta.size
+        self._readings[meta.lane] -= meta.readings
+        self._live[meta.lane].pop(meta.key, None)
+        self._replay.discard(meta.key)
+        self._end_lease(meta.key)
 
-    def entries(self, lane: Lane) -> Iterator[Entry]:
+    def is_replay(self, key: str) -> bool:
+        return key in self._replay
+
+    def entries(self, lane: Lane) -> Iterator[RecordMeta]:
         """The lane's records in order, leased or not (copy first to remove while iterating)."""
         return iter(self._entries[lane].values())
 
-    def oldest_free(self, lane: Lane, skip: Callable[[str], bool] = lambda key: False) -> Entry | None:
+    def oldest_free(self, lane: Lane, skip: Callable[[str], bool] = lambda key: False) -> RecordMeta | None:
         """The oldest record of ``lane`` that is not leased (nor skipped)."""
         return next((e for k, e in self._entries[lane].items() if k not in self._leases and not skip(k)), None)
 
     # ------------------------------------------------------------------ leases and replay
 
-    def candidates(self, lane: Lane, limit: int, source: Source = "any") -> list[Entry]:
+    def candidates(self, lane: Lane, limit: int, source: Source = "any") -> list[RecordMeta]:
         """Up to ``limit`` oldest records not leased: of any kind, only ``live`` ones or only
         ``backlog`` ones (in order; lease the ones actually handed out with :meth:`lease`)."""
         entries, live = self._entries[lane], self._live[lane]
-        out: list[Entry] = []
+        out: list[RecordMeta] = []
         for key in live if source == "live" else entries:
             if len(out) >= limit:
                 break
@@ -109,21 +117,21 @@ class Ledger:
                 out.append(entries[key])
         return out
 
-    def lease(self, lane: Lane, entry: Entry) -> bool:
+    def lease(self, meta: RecordMeta) -> bool:
         """Lease one record; once sent, it is no longer live (a resend is a replay)."""
-        if entry.key in self._leases or entry.key not in self._entries[lane]:
+        key, lane = meta.key, meta.lane
+        if key in self._leases or key not in self._entries[lane]:
             return False
-        self._leases[entry.key] = _Lease(lane, entry.replay, self._clock())
-        self._leased[lane, entry.replay] += 1
-        self._live[lane].pop(entry.key, None)
+        replay = key in self._replay
+        self._leases[key] = _Lease(lane, replay, self._clock())
+        self._leased[lane, replay] += 1
+        self._live[lane].pop(key, None)
         return True
 
     def release(self, key: str) -> None:
         """The record is available again, keeps its place, and is backlog from now on."""
         if self._end_lease(key):
-            found = self.find(key)
-            if found is not None:
-                found[1].replay = True
+            self._replay.add(key)
 
     def release_all(self) -> int:
         keys = list(self._leases)
@@ -144,8 +152,7 @@ class Ledger:
     def mark_backlog(self) -> None:
         """Everything waiting is backlog from now on (a connection came up)."""
         for lane in LANES:
-            for entry in self._entries[lane].values():
-                entry.replay = True
+            self._replay.update(self._entries[lane])
             self._live[lane].clear()
 
     # ------------------------------------------------------------------ counts

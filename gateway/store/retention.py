@@ -32,9 +32,9 @@ class Budget:
     max_age_s: float = 0.0  # 0 = no limit
 
 
-# drop(lane, key, reason): remove the record and report it; False if it was not there (StorageError
-# if the delete fails)
-Drop = Callable[[Lane, str, str], bool]
+# drop(key, reason): remove the record and report it; False if it was not there (StorageError if the
+# delete fails)
+Drop = Callable[[str, str], bool]
 
 
 class Retention:
@@ -69,7 +69,7 @@ class Retention:
         if entry is None:
             return False
         try:
-            return self._drop("telemetry", entry.key, reason)
+            return self._drop(entry.key, reason)
         except StorageError as exc:
             log.error("cannot drop %s to make room: %s", entry.key, exc)
             return False
@@ -87,7 +87,7 @@ class Retention:
             for entry in list(self._ledger.entries(lane)):
                 if entry.created_ms > cutoff:
                     break
-                if not self._ledger.is_leased(entry.key) and self._drop(lane, entry.key, EXPIRED):
+                if not self._ledger.is_leased(entry.key) and self._drop(entry.key, EXPIRED):
                     removed += 1
         return removed
 

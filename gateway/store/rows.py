@@ -13,7 +13,6 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -21,6 +20,7 @@ import diskcache
 
 from bridge.uplink.store import Lane
 from gateway.errors import StorageError
+from gateway.store.ledger import RecordMeta
 
 WAL_LIMIT_BYTES = 8 * 1024 * 1024  # the write-ahead log is truncated back to this after a checkpoint
 WAL_CHECKPOINT_PAGES = 1000  # checkpoint every ~4 MB of log: hot pages reach the database once per checkpoint
@@ -35,31 +35,18 @@ class DiskFull(StorageError):
     """The disk (or SQLite's page limit) refused a write: room may come back after a delete."""
 
 
-@dataclass(frozen=True)
-class RowKey:
-    """What a record's key says about it."""
-
-    lane: Lane
-    key: str
-    seq: int
-    topic: str
-    readings: int
-    created_ms: int
-    size: int
-
-
-def record_key(lane: Lane, seq: int, readings: int, created_ms: int, size: int, topic: str) -> RowKey:
+def record_key(lane: Lane, seq: int, readings: int, created_ms: int, size: int, topic: str) -> RecordMeta:
     key = f"{_PREFIX[lane]}:{seq:020d}:{readings}:{created_ms}:{size}:{topic}"
-    return RowKey(lane, key, seq, topic, readings, created_ms, size)
+    return RecordMeta(lane, key, seq, topic, readings, created_ms, size)
 
 
-def parse_key(key: object) -> RowKey | None:
+def parse_key(key: object) -> RecordMeta | None:
     """The record a row's key names; None for the other rows (counters, stream, foreign keys)."""
     if not isinstance(key, str) or key[:2] not in ("t:", "c:"):
         return None
     try:
         seq, readings, created_ms, size, topic = key[2:].split(":", 4)
-        return RowKey(_LANE_OF[key[0]], key, int(seq), topic, int(readings), int(created_ms), int(size))
+        return RecordMeta(_LANE_OF[key[0]], key, int(seq), topic, int(readings), int(created_ms), int(size))
     except ValueError:
         return None
 
@@ -125,7 +112,7 @@ class Rows:
             raise StorageError("buffer is not open")
         return self._cache
 
-    def records(self) -> list[RowKey]:
+    def records(self) -> list[RecordMeta]:
         """Every record on disk, in sequence order (the send order)."""
         cache = self._require()
         with _translated("buffer read failed"):

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 SEQ_RESERVE = 64  # with write-behind, sequence numbers are reserved on disk this many at a time
 
 Write = Callable[[Mapping[str, object]], None]  # rows in one transaction; StorageError on failure
-Drop = Callable[[Lane, str, str], bool]  # remove a record and report it (see retention.Drop)
+Drop = Callable[[str, str], bool]  # remove a record and report it (see retention.Drop)
 
 
 @dataclass
@@ -105,7 +105,7 @@ class WriteBehind:
                 self._write({key: self._staged[key].payload})
             except StorageError as exc:
                 log.error("batch %s could not be written at stop: %s", key, exc)
-                self._drop("telemetry", key, DISK_FULL)
+                self._drop(key, DISK_FULL)
                 continue
             del self._staged[key]
             written += 1
