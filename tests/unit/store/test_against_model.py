@@ -124,6 +124,16 @@ class DiskAgreesWithModel(RuleBasedStateMachine):
             assert self.model.next_seq(lane) == self.disk.next_seq(lane)
         assert self.model.control_over_budget == self.disk.control_over_budget
 
+    @invariant()
+    def every_record_is_either_available_or_in_flight(self) -> None:
+        for store in self.both():
+            for lane in LANES:
+                assert store.depth(lane) == store.available(lane) + store.in_flight(lane)
+                assert store.available(lane) == store.available(lane, "live") + store.available(lane, "backlog")
+                assert store.in_flight(lane) == store.in_flight(lane, "live") + store.in_flight(lane, "backlog")
+            if not any(store.in_flight(lane) for lane in LANES):
+                assert store.oldest_lease_s() == 0.0
+
     def teardown(self) -> None:
         self.disk_kit.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
