@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -45,13 +44,10 @@ RECORD_OVERHEAD_BYTES = 160  # SQLite row, index entry and meta row per record (
 _WRITE_ATTEMPTS = 4  # a full disk: drop the oldest telemetry and try again, this many times in all
 
 
-@contextmanager
-def _port(what: str) -> Iterator[None]:
-    """At the RecordStore port the gateway's StorageError becomes the bridge's StoreError."""
-    try:
-        yield
-    except StorageError as exc:
-        raise StoreError(f"{what}: {exc}") from exc
+def _port_error(exc: StorageError) -> StoreError:
+    """At the RecordStore port the gateway's StorageError becomes the bridge's StoreError (raised
+    ``from`` it)."""
+    return StoreError(str(exc))
 
 
 class DiskBuffer:
@@ -266,23 +262,22 @@ class DiskBuffer:
     def take(self, lane: Lane, limit: int, source: Source = "any") -> list[Record]:
         """Up to ``limit`` oldest records not in flight: of any kind, only ``live`` ones (written
         since the connection came up) or only ``backlog`` ones (replay)."""
-        with _port("buffer read failed"):
-            if not self._rows.is_open:
-                raise StorageError("buffer is not open")
-            out: list[Record] = []
-            missing: list[RecordMeta] = []
-            for meta in self._ledger.candidates(lane, limit, source):
-                try:
-                    payload = self._behind.payload(meta.key) or self._rows.get(meta.key)
-                except StorageError:
-                    if not out:
-                        raise
-                    break  # send what was read; the rest is tried again next time
-                if payload is None:
-                    missing.append(meta)
-                    continue
-                out.append(self._record(meta, payload))
-                self._ledger.lease(meta)
+        if not self._rows.is_open:
+            raise StoreError("buffer is not open")
+        out: list[Record] = []
+        missing: list[RecordMeta] = []
+        for meta in self._ledger.candidates(lane, limit, source):
+            try:
+                payload = self._behind.payload(meta.key) or self._rows.get(meta.key)
+            except StorageError as exc:
+                if not out:
+                    raise _port_error(exc) from exc
+                break  # send what was read; the rest is tried again next time
+            if payload is None:
+                missing.append(meta)
+                continue
+            out.append(self._record(meta, payload))
+            self._ledger.lease(meta)
         for meta in missing:  # the ledger says on disk, the disk disagrees: count it, never keep a phantom
             log.error("buffer record %s is missing on disk", meta.key)
             record = self._record(meta, b"")
@@ -303,10 +298,12 @@ class DiskBuffer:
     def ack(self, *keys: str) -> dict[str, Record]:
         """Delete acknowledged records in one transaction (one fsync; none at all for records that
         never left memory). Returns those deleted, by key, without their payload."""
-        with _port("buffer delete failed"):
-            if not self._rows.is_open:
-                raise StorageError("buffer is not open")
+        if not self._rows.is_open:
+            raise StoreError("buffer is not open")
+        try:
             return self._delete(list(keys))
+        except StorageError as exc:
+            raise _port_error(exc) from exc
 
     def depth(self, lane: Lane) -> int:
         return self._ledger.depth(lane)

@@ -11,8 +11,7 @@ is turned into :class:`StorageError` here (``full`` tells a full disk apart).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -65,13 +64,12 @@ def _is_disk_full(exc: BaseException) -> bool:
     return "full" in str(exc).lower()  # sqlite3: "database or disk is full"
 
 
-@contextmanager
-def _translated(what: str) -> Iterator[None]:
-    try:
-        yield
-    except (OSError, sqlite3.Error) as exc:
-        cls = DiskFull if _is_disk_full(exc) else StorageError
-        raise cls(f"{what}: {exc}") from exc
+_FAILURES = (OSError, sqlite3.Error)  # what diskcache lets through
+
+
+def _translated(what: str, exc: OSError | sqlite3.Error) -> StorageError:
+    """The StorageError to raise (``from exc``) for a failure of the database or the disk."""
+    return (DiskFull if _is_disk_full(exc) else StorageError)(f"{what}: {exc}")
 
 
 class Rows:
@@ -85,7 +83,7 @@ class Rows:
         self._cache: diskcache.Cache | None = None
 
     def open(self) -> None:
-        with _translated(f"cannot open buffer in {self._dir}"):
+        try:
             self._cache = diskcache.Cache(
                 str(self._dir),
                 eviction_policy="none",
@@ -97,6 +95,8 @@ class Rows:
                 disk_min_file_size=2**22,
                 **{f"sqlite_{name}": value for name, value in self._pragmas.items()},
             )
+        except _FAILURES as exc:
+            raise _translated(f"cannot open buffer in {self._dir}", exc) from exc
 
     def close(self) -> None:
         cache, self._cache = self._cache, None
@@ -115,39 +115,49 @@ class Rows:
     def records(self) -> list[RecordMeta]:
         """Every record on disk, in sequence order (the send order)."""
         cache = self._require()
-        with _translated("buffer read failed"):
+        try:
             found = [parsed for key in cache.iterkeys() if (parsed := parse_key(key)) is not None]
+        except _FAILURES as exc:
+            raise _translated("buffer read failed", exc) from exc
         return sorted(found, key=lambda row: row.seq)
 
-    def get(self, key: str) -> bytes | None:
+    def _get(self, key: str) -> object:
         cache = self._require()
-        with _translated("buffer read failed"):
-            value = cache.get(key)
+        try:
+            return cache.get(key)
+        except _FAILURES as exc:
+            raise _translated("buffer read failed", exc) from exc
+
+    def get(self, key: str) -> bytes | None:
+        value = self._get(key)
         return value if isinstance(value, bytes) else None
 
     def get_int(self, key: str) -> int:
-        cache = self._require()
-        with _translated("buffer read failed"):
-            return int(cache.get(key, 0))
+        value = self._get(key)
+        return value if isinstance(value, int) else 0
 
     def get_str(self, key: str) -> str | None:
-        cache = self._require()
-        with _translated("buffer read failed"):
-            value = cache.get(key)
+        value = self._get(key)
         return value if isinstance(value, str) else None
 
     def put(self, rows: Mapping[str, object]) -> None:
         """Write ``rows`` in one transaction (:class:`DiskFull` if the disk refuses them)."""
         cache = self._require()
-        with _translated("buffer write failed"), cache.transact():
-            for key, value in rows.items():
-                cache.set(key, value)
+        try:
+            with cache.transact():
+                for key, value in rows.items():
+                    cache.set(key, value)
+        except _FAILURES as exc:
+            raise _translated("buffer write failed", exc) from exc
 
     def delete(self, keys: list[str], counters: Mapping[str, int]) -> None:
         """Delete ``keys`` and write ``counters`` in one transaction (one fsync)."""
         cache = self._require()
-        with _translated("buffer delete failed"), cache.transact():
-            for key in keys:
-                cache.delete(key)
-            for key, value in counters.items():
-                cache.set(key, value)
+        try:
+            with cache.transact():
+                for key in keys:
+                    cache.delete(key)
+                for key, value in counters.items():
+                    cache.set(key, value)
+        except _FAILURES as exc:
+            raise _translated("buffer delete failed", exc) from exc
