@@ -12,14 +12,7 @@ from bridge.protocol.errors import BridgeError
 from bridge.uplink.store import StoreError
 from gateway.errors import GatewayError, StorageError
 from gateway.store.buffer import Budget, DiskBuffer
-
-
-class ClockMs:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000_000
-
-    def __call__(self) -> int:
-        return self.now
+from tests.unit.store.kits import ClockMs
 
 
 def make(tmp_path: Path) -> DiskBuffer:
