@@ -10,6 +10,7 @@ the state view that reads them all. Nothing is linked in after construction. Run
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridge.mqtt.backoff import DecorrelatedJitter
@@ -18,6 +19,7 @@ from bridge.protocol.topics import CloudTopics
 from bridge.uplink.downlink import CommandLimits, DownlinkRouter
 from bridge.uplink.forwarder import DrainPolicy, Forwarder, LanePolicy
 from bridge.uplink.link import UplinkLink
+from bridge.uplink.store import Record
 from gateway.config import GatewayConfig, Secrets
 from gateway.control.answered import AnsweredCommands
 from gateway.control.commands import CommandRouter
@@ -36,7 +38,7 @@ from gateway.source.access import FORGED_RESPONSE
 from gateway.source.ingest import Ingest
 from gateway.source.local import LocalSide, build_local
 from gateway.store.buffer import Budget, DiskBuffer
-from gateway.store.lanes import LaneWriter
+from gateway.store.lanes import LaneWriter, drop_counter
 
 
 def uplink_settings(cfg: GatewayConfig, secrets: Secrets) -> ClientSettings:
@@ -67,11 +69,13 @@ def uplink_settings(cfg: GatewayConfig, secrets: Secrets) -> ClientSettings:
     )
 
 
-def build_buffer(cfg: GatewayConfig) -> DiskBuffer:
+def build_buffer(cfg: GatewayConfig, on_dropped: Callable[[Record, str], None]) -> DiskBuffer:
+    """The disk buffer; every record it removes without an ack is reported to ``on_dropped``."""
     return DiskBuffer(cfg.buffer_dir, {
         "telemetry": Budget(cfg.buffer.telemetry.max_bytes, cfg.buffer.telemetry.max_age_s),
         "control": Budget(cfg.buffer.control.max_bytes, cfg.buffer.control.max_age_s),
-    }, sync=cfg.buffer.sync, min_free_bytes=cfg.buffer.min_free_bytes, write_behind_s=cfg.buffer.write_behind_s)
+    }, sync=cfg.buffer.sync, min_free_bytes=cfg.buffer.min_free_bytes, write_behind_s=cfg.buffer.write_behind_s,
+        on_dropped=on_dropped)
 
 
 def build_forwarder(cfg: GatewayConfig, buffer: DiskBuffer, delivery: DeliveryAccounting) -> Forwarder:
@@ -153,9 +157,12 @@ class Parts:
 def build_parts(cfg: GatewayConfig, secrets: Secrets) -> Parts:
     """Every part, in dependency order. A bad credentials file raises ``CredentialsError``."""
     topics = CloudTopics(cfg.gateway.id, cfg.topics.cloud_prefix)
-    buffer, stages, rejects = build_buffer(cfg), build_processing(cfg), RejectLog(cfg.decode.keep_last_rejects)
+    stages, rejects = build_processing(cfg), RejectLog(cfg.decode.keep_last_rejects)
+    # the accounting reads the buffer's gauges and the buffer reports its drops to the accounting:
+    # the gauges are looked up only when read, after the buffer below exists
     acc = Accounting(buffered_fn=lambda: buffer.readings("telemetry"), pending_fn=stages.batcher.__len__,
                      restored_fn=lambda: buffer.restored_readings)
+    buffer = build_buffer(cfg, on_dropped=drop_counter(acc))
     delivery = DeliveryAccounting(acc, rejects, topics.alerts)
     forwarder = build_forwarder(cfg, buffer, delivery)
     lanes = LaneWriter(buffer, topics, acc, compression=cfg.batch.compression, level=cfg.batch.level,

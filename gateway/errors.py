@@ -7,8 +7,6 @@ message) will not. Only the CLI turns these into exit codes.
 
 from __future__ import annotations
 
-from bridge.uplink.store import StoreError
-
 
 class GatewayError(Exception):
     """Base of every error the gateway raises on purpose."""
@@ -52,8 +50,9 @@ class MetricsError(TransientError):
     """The metrics endpoint could not be started (address not available, unreadable TLS files)."""
 
 
-class StorageError(TransientError, StoreError):
-    """The durable buffer could not be written or read (disk full, I/O error)."""
+class StorageError(TransientError):
+    """The durable buffer could not be written or read (disk full, I/O error). The forwarder, on the
+    bridge's side of the RecordStore port, sees it as :class:`bridge.uplink.store.StoreError`."""
 
 
 class CredentialsError(PermanentError):

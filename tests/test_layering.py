@@ -38,7 +38,7 @@ ROOTS_MAY_ALSO_IMPORT = ("bridge.cloud",)
 ADAPTERS: dict[str, frozenset[str]] = {
     "amqtt": frozenset({"gateway/source/broker"}),
     "paho": frozenset({"bridge/mqtt/connection", "device_sim/publisher"}),
-    "diskcache": frozenset({"gateway/store/buffer"}),
+    "diskcache": frozenset({"gateway/store/rows"}),
     "msgpack": frozenset({"bridge/protocol/codec", "device_sim/payloads"}),
     "zstandard": frozenset({"bridge/protocol/codec"}),
     "matplotlib": frozenset({"bridge/cloud/plot"}),
@@ -53,21 +53,12 @@ MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 # Modules and functions over the limits today, each to be split. The list can only shrink: a test
 # fails when an entry is no longer oversized, so remove it then.
-KNOWN_OVERSIZE: frozenset[str] = frozenset({
-    "gateway/store/buffer.py",
-})
+KNOWN_OVERSIZE: frozenset[str] = frozenset()
 KNOWN_LONG_FUNCTIONS: frozenset[str] = frozenset()
 
 DEVELOPMENT_MD = ROOT / "docs" / "DEVELOPMENT.md"
 # Modules missing from the module map in docs/DEVELOPMENT.md today; the list can only shrink.
-KNOWN_UNMAPPED: frozenset[str] = frozenset({
-    "bridge/cloud/errors.py",
-    "bridge/mqtt/errors.py",
-    "bridge/uplink/store.py",
-    "gateway/errors.py",
-    "gateway/observe/latency.py",
-    "gateway/process/rejects.py",
-})
+KNOWN_UNMAPPED: frozenset[str] = frozenset()
 NOT_IN_MAP = frozenset({"__init__.py", "__main__.py"})  # package glue, not modules with a job
 
 

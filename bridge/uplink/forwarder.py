@@ -8,6 +8,9 @@ unacknowledged record is released back to the store and keeps its place in the o
 again on the next connection with the replay flag set. A record the broker refuses for good
 (MQTT 5 reason codes such as "not authorized" or "packet too large") is removed and reported, so
 it cannot block the lane forever.
+
+What is in flight and what is backlog is the store's state (its leases and replay flags); the
+forwarder asks the store and keeps no copy of it.
 """
 
 from __future__ import annotations
@@ -66,18 +69,17 @@ class Forwarder:
         self._bucket = TokenBucket(drain.max_bytes_per_s, max(drain.burst_bytes, drain.max_bytes_per_s)) \
             if drain.max_bytes_per_s > 0 else None
         self._wake = asyncio.Event()
-        self._inflight: dict[Lane, dict[str, Record]] = {lane: {} for lane in LANES}
         self._paused_until: dict[Lane, float] = dict.fromkeys(LANES, 0.0)  # after a "retry later" PUBACK
         self._backlog_credit = 0
         # The backlog's share of the telemetry window. A drain on a fast link would otherwise keep
         # the one event loop busy (reads, publishes, deletes) and delay devices and control messages:
         # it halves while the loop lags more than max_loop_lag_s and grows back by one when it does not.
         self._backlog_window = policies["telemetry"].window
-        self._backlog_inflight = 0
         self._loop_lag = 0.0
         self._acked: list[tuple[Record, int]] = []  # PUBACKed, to be deleted in the next flush
-        # loop time each in-flight record was sent, in send order (the first entry is the oldest)
-        self._sent_at: dict[str, float] = {}
+        # one per connection: a publish of an earlier connection that completes late is ignored
+        # (its record was released when that connection ended)
+        self._connection = 0
         self.backlog_rate = RateMeter()  # backlog (replay) readings acknowledged per second
         self.live_sent = 0
         self.backlog_sent = 0
@@ -90,14 +92,10 @@ class Forwarder:
         """Everything waiting now is backlog and will be sent with the replay flag."""
         self._store.mark_backlog()
 
-    def inflight(self, lane: Lane) -> int:
-        return len(self._inflight[lane])
-
     def oldest_unacked_s(self) -> float:
         """How long the oldest record in flight has waited for its PUBACK (0 when none is in flight).
         PUBACKs of other records do not reset it: one lost publish is noticed while the rest flow."""
-        oldest = next(iter(self._sent_at.values()), None)
-        return 0.0 if oldest is None else asyncio.get_running_loop().time() - oldest
+        return self._store.oldest_lease_s()
 
     async def pump(self, conn: MqttConnection, stop: asyncio.Event, drain_timeout_s: float = 5.0) -> None:
         """Send over ``conn`` until it closes or ``stop`` is set (then wait for in-flight acks)."""
@@ -129,7 +127,7 @@ class Forwarder:
         while not conn.closed and loop.time() < deadline:
             self._wake.clear()
             hint = self._fill_all(conn)
-            if not any(self._inflight.values()) and hint is None:
+            if not any(self._store.in_flight(lane) for lane in LANES) and hint is None:
                 break
             try:
                 await asyncio.wait_for(self._wake.wait(), min(hint or 1e9, deadline - loop.time()))
@@ -140,11 +138,11 @@ class Forwarder:
         """How many more records of ``lane`` may go out now. Telemetry never takes the connection
         slots reserved for control, so a broker with a small Receive Maximum cannot be filled with
         telemetry while an alert waits."""
-        free = min(self._policies[lane].window - len(self._inflight[lane]), conn.free_slots)
+        free = min(self._policies[lane].window - self._store.in_flight(lane), conn.free_slots)
         if lane == "telemetry":
             window = conn.info.inflight_window
             reserve = min(self._policies["control"].window, max(1, window // 3)) if window > 1 else 0
-            reserve_unused = max(0, reserve - len(self._inflight["control"]))
+            reserve_unused = max(0, reserve - self._store.in_flight("control"))
             free = min(free, conn.free_slots - reserve_unused)
         return free
 
@@ -204,7 +202,8 @@ class Forwarder:
             self._backlog_credit = self._drain_policy.backlog_per_live
             return "live"
         # while the loop is busy the backlog waits for an ack (live batches still go)
-        if self._backlog_inflight < self._backlog_window and self._store.available("telemetry", "backlog"):
+        backlog_busy = self._store.in_flight("telemetry", "backlog") >= self._backlog_window
+        if not backlog_busy and self._store.available("telemetry", "backlog"):
             self._backlog_credit -= 1
             return "backlog"
         return "live" if live else None
@@ -230,10 +229,6 @@ class Forwarder:
                 level = logging.DEBUG if isinstance(exc, (UplinkBusy, ConnectionLost)) else logging.WARNING
                 log.log(level, "publish of %s not sent: %s", rec.key, exc)
                 return False
-            self._inflight[lane][rec.key] = rec
-            self._sent_at[rec.key] = asyncio.get_running_loop().time()
-            if lane == "telemetry" and rec.replay:
-                self._backlog_inflight += 1
             if self._bucket is not None:
                 self._bucket.spend(len(payload) + len(rec.topic))
             if lane == "telemetry":
@@ -241,17 +236,14 @@ class Forwarder:
                     self.backlog_sent += 1
                 else:
                     self.live_sent += 1
-            fut.add_done_callback(functools.partial(self._done, rec, len(payload)))
+            fut.add_done_callback(functools.partial(self._done, self._connection, rec, len(payload)))
         return True
 
-    def _done(self, rec: Record, size: int, fut: asyncio.Future[None]) -> None:
+    def _done(self, connection: int, rec: Record, size: int, fut: asyncio.Future[None]) -> None:
         if not fut.cancelled():
             fut.exception()  # retrieved here, whatever follows: a record released at a stop fails later
-        if self._inflight[rec.lane].pop(rec.key, None) is None:
+        if connection != self._connection:
             return  # already released (connection ended): it stays on disk for the next connection
-        self._sent_at.pop(rec.key, None)
-        if rec.lane == "telemetry" and rec.replay:
-            self._backlog_inflight -= 1
         try:
             self._settle(rec, size, fut)
         except StoreError as exc:  # the delete failed (disk full): keep it, send again later
@@ -264,7 +256,7 @@ class Forwarder:
         exc = None if fut.cancelled() else fut.exception()
         if fut.cancelled() or exc is not None:
             if isinstance(exc, PublishRejected) and exc.reason_code in PERMANENT_PUBACK_CODES:
-                acked = self._store.ack(rec.key)
+                acked = self._store.ack(rec.key).get(rec.key)
                 if acked is not None:
                     self._on_rejected(acked, f"broker refused it: {exc}")
             else:
@@ -285,7 +277,7 @@ class Forwarder:
         if not acked:
             return
         try:
-            removed = self._store.ack_many([rec.key for rec, _ in acked])
+            removed = self._store.ack(*(rec.key for rec, _ in acked))
         except StoreError as exc:
             log.warning("could not delete %d acknowledged records: %s", len(acked), exc)
             for rec, _ in acked:
@@ -301,12 +293,7 @@ class Forwarder:
         self._wake.set()
 
     def _release_all(self) -> None:
-        self._backlog_inflight = 0
-        self._sent_at.clear()
-        unacked = sum(len(records) for records in self._inflight.values())
+        self._connection += 1
+        unacked = self._store.release_all()
         if unacked:
             log.info("%d record(s) sent without a PUBACK stay on disk and go again on the next connection", unacked)
-        for lane in LANES:
-            for key in list(self._inflight[lane]):
-                self._store.release(key)
-            self._inflight[lane].clear()

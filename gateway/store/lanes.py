@@ -26,6 +26,20 @@ log = logging.getLogger(__name__)
 MAX_HELD_CONTROL = 10_000  # control records kept in memory while the disk refuses writes
 
 
+def drop_counter(accounting: Accounting) -> Callable[[Record, str], None]:
+    """The buffer's ``on_dropped``: count each record it removes without an ack (``overflow``,
+    ``disk_full``, ``expired`` or ``disk_error``)."""
+
+    def count_dropped(rec: Record, reason: str) -> None:
+        if rec.lane == "telemetry":
+            accounting.drop(reason, rec.readings)
+            log.warning("dropped telemetry batch seq=%d (%d readings): %s", rec.seq, rec.readings, reason)
+        else:
+            accounting.control_dropped[reason] += 1
+
+    return count_dropped
+
+
 class LaneWriter:
     def __init__(
         self,
@@ -44,7 +58,6 @@ class LaneWriter:
         self.level = level
         self._on_written = on_written
         self._held: deque[tuple[str, str, Callable[[int], bytes]]] = deque()
-        buffer.on_dropped = self.count_dropped
 
     def write_batch(self, readings: list[Reading]) -> None:
         gw = self._topics.gateway_id
@@ -128,10 +141,3 @@ class LaneWriter:
         except StorageError as exc:  # they stay in memory and are tried again next time
             log.warning("write-behind batches not written yet: %s", exc)
 
-    def count_dropped(self, rec: Record, reason: str) -> None:
-        """The buffer removed a record without an ack (``overflow`` or ``expired``): count it."""
-        if rec.lane == "telemetry":
-            self._acc.drop(reason, rec.readings)
-            log.warning("dropped telemetry batch seq=%d (%d readings): %s", rec.seq, rec.readings, reason)
-        else:
-            self._acc.control_dropped[reason] += 1

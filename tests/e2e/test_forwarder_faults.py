@@ -12,9 +12,8 @@ from bridge.mqtt.connection import MqttConnection
 from bridge.mqtt.errors import BridgeError
 from bridge.mqtt.types import ClientSettings
 from bridge.uplink.forwarder import Forwarder, LanePolicy
-from bridge.uplink.store import Lane, Record
+from bridge.uplink.store import Lane, Record, StoreError
 from gateway.config import Secrets
-from gateway.errors import StorageError
 from gateway.service import GatewayService
 from gateway.store.buffer import Budget, DiskBuffer
 from tests.e2e.fake_broker import publish_topic_and_id, read_packet
@@ -48,11 +47,11 @@ class FlakyDeleteBuffer(DiskBuffer):
 
     failures = 1
 
-    def ack_many(self, keys: list[str]) -> dict[str, Record]:
+    def ack(self, *keys: str) -> dict[str, Record]:
         if self.failures:
             self.failures -= 1
-            raise StorageError("buffer delete failed: database or disk is full")
-        return super().ack_many(keys)
+            raise StoreError("buffer delete failed: database or disk is full")
+        return super().ack(*keys)
 
 
 async def test_a_failed_delete_keeps_the_record_and_the_lane_moving(tmp_path: Path, mosquitto: Mosquitto) -> None:

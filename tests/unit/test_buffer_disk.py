@@ -1,5 +1,5 @@
-"""Live/backlog separation, the free-space headroom and a disk that refuses writes (SQLite's
-``max_page_count`` makes the real SQLite return "database or disk is full")."""
+"""The free-space headroom and a disk that refuses writes (SQLite's ``max_page_count`` makes the
+real SQLite return "database or disk is full")."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from bridge.protocol.records import Event
 from bridge.protocol.topics import CloudTopics
 from gateway.observe.accounting import Accounting
 from gateway.store.buffer import Budget, DiskBuffer
-from gateway.store.lanes import LaneWriter
+from gateway.store.lanes import LaneWriter, drop_counter
 
 
 def make(tmp_path: Path, dropped: list[tuple[int, str]], **kwargs: object) -> DiskBuffer:
@@ -22,24 +22,6 @@ def make(tmp_path: Path, dropped: list[tuple[int, str]], **kwargs: object) -> Di
 
 def put(buf: DiskBuffer, lane: str = "telemetry", size: int = 10) -> int:
     return buf.append(lane, "t", lambda seq: b"x" * size, 3).seq  # type: ignore[arg-type]
-
-
-def test_live_and_backlog_are_taken_separately_in_order(tmp_path: Path) -> None:
-    buf = make(tmp_path, [])
-    for _ in range(3):
-        put(buf)
-    buf.mark_backlog()  # a connection came up: 1..3 are backlog
-    for _ in range(2):
-        put(buf)  # 4, 5 are live
-    assert (buf.available("telemetry", "live"), buf.available("telemetry", "backlog")) == (2, 3)
-    live = buf.take("telemetry", 1, "live")
-    assert [(r.seq, r.replay) for r in live] == [(4, False)]
-    assert [(r.seq, r.replay) for r in buf.take("telemetry", 10, "backlog")] == [(1, True), (2, True), (3, True)]
-    buf.release(live[0].key)  # sent and failed: it is backlog now and goes out flagged replay
-    assert buf.available("telemetry", "live") == 1
-    assert [(r.seq, r.replay) for r in buf.take("telemetry", 10, "backlog")] == [(4, True)]
-    assert [r.seq for r in buf.take("telemetry", 10, "live")] == [5]
-    assert buf.take("telemetry", 10) == []
 
 
 def test_a_disk_below_its_headroom_keeps_telemetry_from_growing(tmp_path: Path) -> None:
@@ -62,7 +44,7 @@ def test_a_disk_below_its_headroom_keeps_telemetry_from_growing(tmp_path: Path) 
 def test_a_full_disk_drops_oldest_telemetry_keeps_control_and_recovers(tmp_path: Path) -> None:
     acc = Accounting()
     buf = DiskBuffer(tmp_path / "buf", {"telemetry": Budget(10**9), "control": Budget(10**9)},
-                     sqlite_pragmas={"max_page_count": 40}, sync="normal")
+                     sqlite_pragmas={"max_page_count": 40}, sync="normal", on_dropped=drop_counter(acc))
     buf.open()
     lanes = LaneWriter(buf, CloudTopics("gw"), acc, compression="none", level=0, on_written=lambda: None)
     payload = b"y" * 3000

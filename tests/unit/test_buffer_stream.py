@@ -6,7 +6,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from gateway.store.buffer import CLOSED_MARKER, Budget, DiskBuffer
+from gateway.store.buffer import Budget, DiskBuffer
+from gateway.store.stream import CLOSED_MARKER
 from tests.unit.test_buffer import put
 
 

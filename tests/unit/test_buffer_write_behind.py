@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.store.buffer import SEQ_RESERVE, Budget, DiskBuffer
+from gateway.store.buffer import Budget, DiskBuffer
+from gateway.store.write_behind import SEQ_RESERVE
 
 
 def make(path: Path, write_behind_s: float = 0.0) -> DiskBuffer:
@@ -23,7 +24,7 @@ def test_a_clean_close_leaves_no_gap_and_no_crash_mark(tmp_path: Path) -> None:
     buf = make(tmp_path / "b")
     for _ in range(3):
         put(buf)
-    buf.ack_many([r.key for r in buf.take("telemetry", 3)])
+    buf.ack(*(r.key for r in buf.take("telemetry", 3)))
     buf.close()
     again = make(tmp_path / "b")
     assert not again.unclean_start and again.next_seq("telemetry") == 4 and again.depth("telemetry") == 0
@@ -36,7 +37,7 @@ def test_acknowledged_in_time_never_touches_the_disk_and_seqs_survive_a_crash(tm
     seqs = [put(buf) for _ in range(3)]
     taken = buf.take("telemetry", 2)
     assert [r.payload for r in taken] == [b"p1", b"p2"]  # served from memory
-    buf.ack_many([r.key for r in taken])
+    buf.ack(*(r.key for r in taken))
     crashed = make(tmp_path / "b")  # kill -9 now: seq 3 was only in memory
     assert crashed.unclean_start and crashed.unclean_starts == 1
     assert crashed.depth("telemetry") == 0  # nothing of it reached the disk
@@ -81,9 +82,9 @@ def test_deletes_never_lower_a_reservation(tmp_path: Path) -> None:
     for _ in range(5):
         put(buf)  # seqs 2..6 in memory only
     first = buf.take("telemetry", 1)
-    buf.ack_many([first[0].key])  # a delete on disk writes the counter: it must stay >= the reservation
+    buf.ack(first[0].key)  # a delete on disk writes the counter: it must stay >= the reservation
     for rec in buf.take("telemetry", 10):
-        buf.ack_many([rec.key])
+        buf.ack(rec.key)
     crashed = make(tmp_path / "b")
     assert crashed.next_seq("telemetry") > 6
     crashed.close()
@@ -94,7 +95,7 @@ def test_without_write_behind_a_crash_skips_no_numbers(tmp_path: Path) -> None:
     buf = make(tmp_path / "b")
     for _ in range(10):
         put(buf)
-    buf.ack_many([r.key for r in buf.take("telemetry", 10)])
+    buf.ack(*(r.key for r in buf.take("telemetry", 10)))
     crashed = make(tmp_path / "b")  # kill -9 after everything was delivered
     assert crashed.unclean_start and crashed.skipped_seqs == {} and crashed.next_seq("telemetry") == 11
     crashed.close()

@@ -1,0 +1,163 @@
+"""diskcache adapter: the buffer's rows on disk (the only module that imports diskcache).
+
+One row per record. The record's metadata is part of its key
+(``t:{seq:020d}:{readings}:{created_ms}:{size}:{topic}``, ``c:`` for the control lane), so an
+append writes one row and reopening reads only keys. Beside the records: ``seq:{lane}`` (the
+highest sequence number used, written with every delete), ``reserve:{lane}`` (sequence numbers
+reserved by write-behind), ``stream`` and ``unclean_starts``. Every diskcache, SQLite or OS error
+is turned into :class:`StorageError` here (``full`` tells a full disk apart).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import diskcache
+
+from bridge.uplink.store import Lane
+from gateway.errors import StorageError
+from gateway.store.ledger import RecordMeta
+
+WAL_LIMIT_BYTES = 8 * 1024 * 1024  # the write-ahead log is truncated back to this after a checkpoint
+WAL_CHECKPOINT_PAGES = 1000  # checkpoint every ~4 MB of log: hot pages reach the database once per checkpoint
+DB_FILE: str = diskcache.core.DBNAME  # "cache.db": the database file
+STREAM_KEY = "stream"
+UNCLEAN_STARTS_KEY = "unclean_starts"
+_PREFIX: dict[Lane, str] = {"control": "c", "telemetry": "t"}
+_LANE_OF = {v: k for k, v in _PREFIX.items()}
+
+
+class DiskFull(StorageError):
+    """The disk (or SQLite's page limit) refused a write: room may come back after a delete."""
+
+
+def record_key(lane: Lane, seq: int, readings: int, created_ms: int, size: int, topic: str) -> RecordMeta:
+    key = f"{_PREFIX[lane]}:{seq:020d}:{readings}:{created_ms}:{size}:{topic}"
+    return RecordMeta(lane, key, seq, topic, readings, created_ms, size)
+
+
+def parse_key(key: object) -> RecordMeta | None:
+    """The record a row's key names; None for the other rows (counters, stream, foreign keys)."""
+    if not isinstance(key, str) or key[:2] not in ("t:", "c:"):
+        return None
+    try:
+        seq, readings, created_ms, size, topic = key[2:].split(":", 4)
+        return RecordMeta(_LANE_OF[key[0]], key, int(seq), topic, int(readings), int(created_ms), int(size))
+    except ValueError:
+        return None
+
+
+def seq_key(lane: Lane) -> str:
+    return f"seq:{lane}"
+
+
+def reserve_key(lane: Lane) -> str:
+    return f"reserve:{lane}"
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno == 28  # ENOSPC
+    return "full" in str(exc).lower()  # sqlite3: "database or disk is full"
+
+
+_FAILURES = (OSError, sqlite3.Error)  # what diskcache lets through
+
+
+def _translated(what: str, exc: OSError | sqlite3.Error) -> StorageError:
+    """The StorageError to raise (``from exc``) for a failure of the database or the disk."""
+    return (DiskFull if _is_disk_full(exc) else StorageError)(f"{what}: {exc}")
+
+
+class Rows:
+    """The database of one buffer directory: records, counters and the stream id."""
+
+    def __init__(self, directory: Path, *, sync: Literal["normal", "full"] = "full",
+                 pragmas: Mapping[str, int] | None = None) -> None:
+        self._dir = directory
+        self._sync = sync
+        self._pragmas = dict(pragmas or {})
+        self._cache: diskcache.Cache | None = None
+
+    def open(self) -> None:
+        try:
+            self._cache = diskcache.Cache(
+                str(self._dir),
+                eviction_policy="none",
+                size_limit=2**62,
+                cull_limit=0,
+                sqlite_synchronous=2 if self._sync == "full" else 1,
+                sqlite_wal_autocheckpoint=WAL_CHECKPOINT_PAGES,
+                sqlite_journal_size_limit=WAL_LIMIT_BYTES,
+                disk_min_file_size=2**22,
+                **{f"sqlite_{name}": value for name, value in self._pragmas.items()},
+            )
+        except _FAILURES as exc:
+            raise _translated(f"cannot open buffer in {self._dir}", exc) from exc
+
+    def close(self) -> None:
+        cache, self._cache = self._cache, None
+        if cache is not None:
+            cache.close()
+
+    @property
+    def is_open(self) -> bool:
+        return self._cache is not None
+
+    def _require(self) -> diskcache.Cache:
+        if self._cache is None:
+            raise StorageError("buffer is not open")
+        return self._cache
+
+    def records(self) -> list[RecordMeta]:
+        """Every record on disk, in sequence order (the send order)."""
+        cache = self._require()
+        try:
+            found = [parsed for key in cache.iterkeys() if (parsed := parse_key(key)) is not None]
+        except _FAILURES as exc:
+            raise _translated("buffer read failed", exc) from exc
+        return sorted(found, key=lambda row: row.seq)
+
+    def _get(self, key: str) -> object:
+        cache = self._require()
+        try:
+            return cache.get(key)
+        except _FAILURES as exc:
+            raise _translated("buffer read failed", exc) from exc
+
+    def get(self, key: str) -> bytes | None:
+        value = self._get(key)
+        return value if isinstance(value, bytes) else None
+
+    def get_int(self, key: str) -> int:
+        value = self._get(key)
+        return value if isinstance(value, int) else 0
+
+    def get_str(self, key: str) -> str | None:
+        value = self._get(key)
+        return value if isinstance(value, str) else None
+
+    def put(self, rows: Mapping[str, object]) -> None:
+        """Write ``rows`` in one transaction (:class:`DiskFull` if the disk refuses them)."""
+        cache = self._require()
+        try:
+            with cache.transact():
+                for key, value in rows.items():
+                    cache.set(key, value)
+        except _FAILURES as exc:
+            raise _translated("buffer write failed", exc) from exc
+
+    def delete(self, keys: list[str], counters: Mapping[str, int]) -> None:
+        """Delete ``keys`` and write ``counters`` in one transaction (one fsync)."""
+        cache = self._require()
+        try:
+            with cache.transact():
+                for key in keys:
+                    cache.delete(key)
+                for key, value in counters.items():
+                    cache.set(key, value)
+        except _FAILURES as exc:
+            raise _translated("buffer delete failed", exc) from exc
