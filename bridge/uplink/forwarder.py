@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 PERMANENT_PUBACK_CODES = frozenset({0x87, 0x90, 0x95, 0x99})
 _RETRY_PAUSE_S = 1.0
 _LAG_PROBE_S = 0.01
+# Acknowledged telemetry is deleted in groups: one transaction (one fsync) for the PUBACKs of up to
+# this long, or this many records. A draining backlog then deletes runs of neighbouring rows, not
+# one row per transaction. Control records are deleted at once (their delivery is timed).
+ACK_GROUP_S = 0.025
+ACK_GROUP_MAX = 128
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,10 @@ class Forwarder:
         self._backlog_window = policies["telemetry"].window
         self._loop_lag = 0.0
         self._acked: list[tuple[Record, int]] = []  # PUBACKed, to be deleted in the next flush
+        # of those, per (lane, replay): they stay leased in the store until deleted, but no longer
+        # take a place in the window
+        self._awaiting_delete: dict[tuple[Lane, bool], int] = {(lane, r): 0 for lane in LANES for r in (False, True)}
+        self._flush_timer: asyncio.TimerHandle | None = None
         # one per connection: a publish of an earlier connection that completes late is ignored
         # (its record was released when that connection ended)
         self._connection = 0
@@ -138,11 +147,11 @@ class Forwarder:
         """How many more records of ``lane`` may go out now. Telemetry never takes the connection
         slots reserved for control, so a broker with a small Receive Maximum cannot be filled with
         telemetry while an alert waits."""
-        free = min(self._policies[lane].window - self._store.in_flight(lane), conn.free_slots)
+        free = min(self._policies[lane].window - self._in_flight(lane), conn.free_slots)
         if lane == "telemetry":
             window = conn.info.inflight_window
             reserve = min(self._policies["control"].window, max(1, window // 3)) if window > 1 else 0
-            reserve_unused = max(0, reserve - self._store.in_flight("control"))
+            reserve_unused = max(0, reserve - self._in_flight("control"))
             free = min(free, conn.free_slots - reserve_unused)
         return free
 
@@ -202,11 +211,18 @@ class Forwarder:
             self._backlog_credit = self._drain_policy.backlog_per_live
             return "live"
         # while the loop is busy the backlog waits for an ack (live batches still go)
-        backlog_busy = self._store.in_flight("telemetry", "backlog") >= self._backlog_window
+        backlog_busy = self._in_flight("telemetry", "backlog") >= self._backlog_window
         if not backlog_busy and self._store.available("telemetry", "backlog"):
             self._backlog_credit -= 1
             return "backlog"
         return "live" if live else None
+
+    def _in_flight(self, lane: Lane, source: Source = "any") -> int:
+        """Records of ``lane`` published and not yet acknowledged (acknowledged ones waiting for
+        their grouped delete are still leased in the store, but no longer count)."""
+        live, backlog = self._awaiting_delete[lane, False], self._awaiting_delete[lane, True]
+        done = live if source == "live" else backlog if source == "backlog" else live + backlog
+        return self._store.in_flight(lane, source) - done
 
     def _take(self, lane: Lane, limit: int, source: Source) -> list[Record]:
         try:
@@ -264,16 +280,30 @@ class Forwarder:
                     self._paused_until[rec.lane] = asyncio.get_running_loop().time() + _RETRY_PAUSE_S
                     log.warning("broker asked us to retry %s later: %s", rec.key, exc)
                 self._store.release(rec.key)
-        else:  # deleted together with the other acks of this loop iteration: one transaction
-            if not self._acked:
-                asyncio.get_running_loop().call_soon(self._flush_acks)
+        else:  # deleted together with the other acks of a short while: one transaction
             self._acked.append((rec, size))
+            self._awaiting_delete[rec.lane, rec.replay] += 1
+            self._schedule_flush(0.0 if rec.lane == "control" or len(self._acked) >= ACK_GROUP_MAX
+                                 else ACK_GROUP_S)
+
+    def _schedule_flush(self, delay: float) -> None:
+        timer = self._flush_timer
+        if timer is not None and (delay > 0 or timer.when() <= asyncio.get_running_loop().time()):
+            return  # a flush is already due (at once, or no later than this one would be)
+        if timer is not None:
+            timer.cancel()
+        self._flush_timer = asyncio.get_running_loop().call_later(delay, self._flush_acks)
 
     def _flush_acks(self) -> None:
         """Delete the acknowledged records from disk in one transaction (one fsync for a burst of
         PUBACKs, not one each), then count them as delivered. If the delete fails they stay on
         disk and are sent again (the sink drops the duplicates)."""
         acked, self._acked = self._acked, []
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        for rec, _ in acked:
+            self._awaiting_delete[rec.lane, rec.replay] -= 1
         if not acked:
             return
         try:

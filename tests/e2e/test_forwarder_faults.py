@@ -7,11 +7,12 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from bridge.mqtt.connection import MqttConnection
 from bridge.mqtt.errors import BridgeError
 from bridge.mqtt.types import ClientSettings
-from bridge.uplink.forwarder import Forwarder, LanePolicy
+from bridge.uplink.forwarder import ACK_GROUP_MAX, Forwarder, LanePolicy
 from bridge.uplink.store import Lane, Record, StoreError
 from gateway.config import Secrets
 from gateway.service import GatewayService
@@ -70,6 +71,49 @@ async def test_a_failed_delete_keeps_the_record_and_the_lane_moving(tmp_path: Pa
     await pump
     await conn.close()
     assert sorted(delivered) == [1, 2, 3]  # seq 1 was published twice (its first delete failed), counted once
+    buf.close()
+
+
+class CountingBuffer(DiskBuffer):
+    """A real disk buffer that records the keys of each delete transaction."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deletes: list[tuple[str, ...]] = []
+
+    def ack(self, *keys: str) -> dict[str, Record]:
+        self.deletes.append(keys)
+        return super().ack(*keys)
+
+
+async def test_a_drain_deletes_acknowledged_telemetry_in_groups(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """A backlog goes out with one delete transaction per group of PUBACKs, not one per record, and
+    each record is still delivered once and removed; control records are deleted one by one, at once."""
+    buf = CountingBuffer(tmp_path / "buf", {"telemetry": Budget(10**9), "control": Budget(10**9)})
+    buf.open()
+    for _ in range(400):
+        buf.append("telemetry", "edge/gw/telemetry", lambda s: b"\x01\x00" + bytes(200), 1)
+    for _ in range(3):
+        buf.append("control", "edge/gw/alerts", lambda s: b"{}", 0)
+    buf.mark_backlog()
+    delivered: list[tuple[str, int]] = []
+    policies: dict[Lane, LanePolicy] = {"control": LanePolicy(1, 10), "telemetry": LanePolicy(1, 20)}
+    fw = Forwarder(buf, policies, on_delivered=lambda r, n: delivered.append((r.lane, r.seq)),
+                   on_rejected=lambda r, w: None)
+    conn = await MqttConnection.open(mosquitto.url, ClientSettings(client_id="gw", protocol="5"))
+    stop = asyncio.Event()
+    pump = asyncio.create_task(fw.pump(conn, stop))
+    await eventually(lambda: buf.depth("telemetry") == buf.depth("control") == 0,
+                     message=lambda: f"{len(delivered)} delivered")
+    stop.set()
+    await pump
+    await conn.close()
+    assert sorted(seq for lane, seq in delivered if lane == "telemetry") == list(range(1, 401))
+    assert sorted(seq for lane, seq in delivered if lane == "control") == [1, 2, 3]
+    telemetry_deletes = [keys for keys in buf.deletes if any(k.startswith("t:") for k in keys)]
+    assert sum(k.startswith("t:") for keys in telemetry_deletes for k in keys) == 400
+    assert len(telemetry_deletes) <= 400 // 4, f"{len(telemetry_deletes)} delete transactions for 400 records"
+    assert max(len(keys) for keys in telemetry_deletes) <= ACK_GROUP_MAX
     buf.close()
 
 
