@@ -73,6 +73,8 @@ async def _until_stopped(aw: Awaitable[T], stop: asyncio.Event | None) -> T:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, BridgeError):
                 await task
+        elif not task.cancelled():
+            task.exception()  # retrieved even when this coroutine is being cancelled
     if not task.cancelled():
         return task.result()
     raise UplinkStopped("stopped before connecting")

@@ -118,10 +118,13 @@ class UplinkLink:
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopping.cancel()
+            if not work.done():
+                work.cancel()
+            elif not work.cancelled():
+                work.exception()  # retrieved even when this coroutine is being cancelled
         if work in done:
             work.result()
             return True
-        work.cancel()
         if stop.is_set():
             return False
         conn.abort()
