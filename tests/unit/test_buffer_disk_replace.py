@@ -13,6 +13,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridge.uplink.store import Record
 from gateway.observe.accounting import Accounting
 from gateway.store.buffer import RECORD_OVERHEAD_BYTES, Budget, DiskBuffer
 from gateway.store.lanes import drop_counter
@@ -24,9 +25,9 @@ sizes = st.lists(st.integers(min_value=50, max_value=4000), min_size=5, max_size
 def _buffer(directory: Path, acc: Accounting, dropped: list[tuple[int, str]], **kwargs: object) -> DiskBuffer:
     count = drop_counter(acc)
 
-    def on_dropped(rec: object, reason: str) -> None:
-        dropped.append((rec.seq, reason))  # type: ignore[attr-defined]
-        count(rec, reason)  # type: ignore[arg-type]
+    def on_dropped(rec: Record, reason: str) -> None:
+        dropped.append((rec.seq, reason))
+        count(rec, reason)
 
     buf = DiskBuffer(directory, {"telemetry": Budget(10**12), "control": Budget(10**9)}, sync="normal",
                      on_dropped=on_dropped, **kwargs)  # type: ignore[arg-type]
@@ -43,7 +44,8 @@ def _append(buf: DiskBuffer, size: int, readings: int) -> int:
 def test_below_the_headroom_each_batch_replaces_the_oldest_by_size(backlog: list[int], incoming: list[int]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp) / "buf"
-        acc, dropped = Accounting(), []
+        acc = Accounting()
+        dropped: list[tuple[int, str]] = []
         buf = _buffer(directory, acc, dropped)
         for size in backlog:
             _append(buf, size, readings=size // 10)
@@ -74,7 +76,8 @@ def test_below_the_headroom_each_batch_replaces_the_oldest_by_size(backlog: list
 def test_a_long_run_on_a_tight_disk_holds_the_backlog_steady(tmp_path: Path) -> None:
     """~1.5 old readings per new one used to be dropped (a smaller oldest batch took a second one
     with it): over a long run the backlog dwindled to almost nothing."""
-    acc, dropped = Accounting(), []
+    acc = Accounting()
+    dropped: list[tuple[int, str]] = []
     buf = _buffer(tmp_path / "buf", acc, dropped)
     pattern = [3000, 1000, 2000, 500, 2500]  # batches of varying size
     for i in range(50):
@@ -93,7 +96,8 @@ def test_a_long_run_on_a_tight_disk_holds_the_backlog_steady(tmp_path: Path) -> 
 def test_a_database_that_refuses_writes_keeps_its_size_and_loses_the_oldest(tmp_path: Path) -> None:
     """SQLite answers "database or disk is full" (its page limit): from then on each new batch
     replaces the oldest; none of the new ones is lost."""
-    acc, dropped = Accounting(), []
+    acc = Accounting()
+    dropped: list[tuple[int, str]] = []
     buf = _buffer(tmp_path / "buf", acc, dropped, sqlite_pragmas={"max_page_count": 60})
     sizes = [3000, 1200, 2500, 800]
     n = 0

@@ -17,6 +17,7 @@ import pytest
 
 from bridge.protocol.records import Event
 from bridge.protocol.topics import CloudTopics
+from bridge.uplink.store import Record
 from gateway.observe.accounting import Accounting
 from gateway.store.buffer import Budget, DiskBuffer
 from gateway.store.lanes import LaneWriter, drop_counter
@@ -40,7 +41,8 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
     with open(image, "wb") as f:
         f.truncate(IMAGE_MB * 1024 * 1024)
     subprocess.run([mkfs, "-q", "-F", "-m", "0", str(image)], check=True)
-    mounted = subprocess.run([mount, "-o", "loop", str(image), str(mnt)], capture_output=True, text=True)
+    mounted = subprocess.run([mount, "-o", "loop", str(image), str(mnt)], check=False,
+                             capture_output=True, text=True)
     if mounted.returncode != 0:
         if os.environ.get("CI"):
             pytest.fail(f"cannot loop-mount the test file system: {mounted.stderr}")
@@ -48,16 +50,16 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
     try:
         yield mnt
     finally:
-        if subprocess.run([umount, str(mnt)]).returncode != 0:  # still busy (a failed test left files open)
+        if subprocess.run([umount, str(mnt)], check=False).returncode != 0:  # busy: a failed test left files open
             subprocess.run([umount, "-l", str(mnt)], check=True)
 
 
 def _open(directory: Path, acc: Accounting, dropped: list[int]) -> DiskBuffer:
     count = drop_counter(acc)
 
-    def on_dropped(rec: object, reason: str) -> None:
-        dropped.append(rec.seq)  # type: ignore[attr-defined]
-        count(rec, reason)  # type: ignore[arg-type]
+    def on_dropped(rec: Record, reason: str) -> None:
+        dropped.append(rec.seq)
+        count(rec, reason)
 
     buf = DiskBuffer(directory, {"telemetry": Budget(10**12), "control": Budget(10**9)}, sync="normal",
                      min_free_bytes=0, on_dropped=on_dropped)
@@ -67,7 +69,8 @@ def _open(directory: Path, acc: Accounting, dropped: list[int]) -> DiskBuffer:
 
 def test_a_really_full_disk_loses_the_oldest_not_the_newest(small_fs: Path) -> None:
     rng = random.Random(13)
-    acc, dropped = Accounting(), []
+    acc = Accounting()
+    dropped: list[int] = []
     directory = small_fs / "buf"
     buf = _open(directory, acc, dropped)
     lanes = LaneWriter(buf, CloudTopics("gw"), acc, compression="none", level=0, on_written=lambda: None)
