@@ -12,6 +12,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.observe.metrics import serve
+from gateway.observe.snapshot import AccountingBlock
 from tests.e2e.harness import PacedDevices, gateway_config, local_url, running_gateway
 from tests.support import Mosquitto, eventually, free_port
 
@@ -95,3 +96,43 @@ async def test_metrics_scraped_in_a_tight_loop_under_load(tmp_path: Path, mosqui
     assert scraper.scrapes > 50
     assert gw.accounting.balance() == 0 and gw.accounting.delivered == devices.acked_total
     print(f"{scraper.scrapes} scrapes, {scraper.during_drain} during the drain, {devices.acked_total} readings")
+
+
+def _off_by(acc: AccountingBlock) -> int:
+    return acc.readings_in + acc.restored - (acc.delivered + sum(acc.filtered.values()) + sum(acc.dropped.values())
+                                             + acc.buffered + acc.pending)
+
+
+async def test_every_scrape_balances_while_the_buffer_drops_on_a_full_disk(tmp_path: Path) -> None:
+    """A long outage on a disk that is full for telemetry: batches keep replacing the oldest
+    (``disk_full``) and the lane's budget drops more (``overflow``). A snapshot built at every turn
+    of the event loop, and every /metrics scrape, balances exactly."""
+    port = free_port()
+    cfg = gateway_config(tmp_path, f"mqtt://127.0.0.1:{free_port()}",  # nobody listens: the uplink is down
+                         batch={"max_count": 7, "max_age_s": 0.02},
+                         buffer={"telemetry": {"max_bytes": 40_000}, "min_free_bytes": 10**15},
+                         metrics={"listen": f"127.0.0.1:{port}", "refresh_s": 0.005})
+    async with running_gateway(cfg) as gw:
+        server = serve(gw.cfg.metrics, None, gw.board)
+        scraper = Scraper(port)
+        scraper.start()
+        devices = PacedDevices(local_url(gw), devices=20, rate_hz=50)
+        devices.start()
+        snapshots, off = 0, []
+        try:
+            while gw.accounting.dropped["disk_full"] < 2000 or scraper.scrapes < 100:
+                acc = gw.typed_snapshot().accounting
+                snapshots += 1
+                if _off_by(acc):
+                    off.append(acc)
+                await asyncio.sleep(0)
+                assert snapshots < 10**7, "no drops under load"
+            await devices.stop()
+        finally:
+            scraper.stop.set()
+            await asyncio.to_thread(scraper.join, 10)
+            server.shutdown()
+    assert not off, off[:3]
+    assert not scraper.errors, scraper.errors[:5]
+    assert gw.accounting.balance() == 0
+    print(f"{snapshots} snapshots, {scraper.scrapes} scrapes, dropped {dict(gw.accounting.dropped)}")
