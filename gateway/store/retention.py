@@ -24,7 +24,7 @@ from bridge.uplink.store import LANES, Lane
 from gateway.errors import StorageError
 from gateway.observe.accounting import BUFFER_OVERFLOW, DISK_FULL, EXPIRED
 from gateway.store.ledger import Ledger
-from gateway.store.reserve import RESERVE_FILE, Reserve
+from gateway.store.reserve import RESERVE_FILE, RESERVE_STEP_BYTES, Reserve
 from gateway.store.rows import DiskFull
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class Retention:
         self._disk_tight = False
         self._tight_bytes: int | None = None  # the telemetry lane's size when the disk became tight
         self._refused = False  # the file system refused a write in this run (cleared once the reserve is whole)
-        self.reserve = Reserve(directory / RESERVE_FILE)
+        self._reserve = Reserve(directory / RESERVE_FILE)
         self.control_over_budget = False
 
     def make_room(self, lane: Lane, incoming: int) -> None:
@@ -97,7 +97,7 @@ class Retention:
             try:
                 return self._drop(entry.key, reason)
             except DiskFull as exc:
-                if not self.reserve.release():
+                if not self._reserve.release():
                     log.error("cannot drop %s to make room (the disk reserve is used up): %s", entry.key, exc)
                     return False
             except StorageError as exc:
@@ -137,8 +137,8 @@ class Retention:
             return
         self._free_checked = now
         free = self.free_disk_bytes()
-        self.reserve.refill(free)
-        if self._refused and self.reserve.whole():  # the file system has room again
+        self._reserve.refill(free)
+        if self._refused and self._reserve.whole() and free > RESERVE_STEP_BYTES:  # the file system has room again
             self._refused = False
         tight = self._refused or (self._min_free > 0 and free - incoming < self._min_free)
         if tight != self._disk_tight:
