@@ -8,7 +8,8 @@ within one batch of that size; it neither grows nor dwindles). When the file sys
 refuses even the delete, a step of the disk reserve (:mod:`gateway.store.reserve`) is given back
 and the delete is tried again, so the oldest records give way, not the newest. The control lane is never
 dropped for capacity, only flagged (:attr:`Retention.control_over_budget`). Records older than
-their lane's ``max_age_s`` expire (never while in flight).
+their lane's ``max_age_s`` expire (never while in flight); on a full file system those deletes
+use the disk reserve as well.
 """
 
 from __future__ import annotations
@@ -88,20 +89,22 @@ class Retention:
 
     def drop_oldest_telemetry(self, reason: str, skip: Callable[[str], bool] = lambda key: False) -> bool:
         """Drop the oldest telemetry record not in flight (nor ``skip``-ped); False if there is none
-        (or the delete itself fails). A delete refused by a full file system is tried again after
-        each step of the disk reserve given back."""
+        (or the delete itself fails)."""
         entry = self._ledger.oldest_free("telemetry", skip)
-        if entry is None:
-            return False
+        return entry is not None and self._drop_on_any_disk(entry.key, reason)
+
+    def _drop_on_any_disk(self, key: str, reason: str) -> bool:
+        """Drop one record; a delete refused by a full file system is tried again after each step
+        of the disk reserve given back. False if it cannot be deleted (logged)."""
         while True:
             try:
-                return self._drop(entry.key, reason)
+                return self._drop(key, reason)
             except DiskFull as exc:
                 if not self._reserve.release():
-                    log.error("cannot drop %s to make room (the disk reserve is used up): %s", entry.key, exc)
+                    log.error("cannot drop %s (the disk reserve is used up): %s", key, exc)
                     return False
             except StorageError as exc:
-                log.error("cannot drop %s to make room: %s", entry.key, exc)
+                log.error("cannot drop %s: %s", key, exc)
                 return False
 
     def expire(self) -> int:
@@ -117,8 +120,11 @@ class Retention:
             for entry in list(self._ledger.entries(lane)):
                 if entry.created_ms > cutoff:
                     break
-                if not self._ledger.is_leased(entry.key) and self._drop(entry.key, EXPIRED):
-                    removed += 1
+                if self._ledger.is_leased(entry.key):
+                    continue
+                if not self._drop_on_any_disk(entry.key, EXPIRED):
+                    break  # the disk refuses (logged): the next pass tries again
+                removed += 1
         return removed
 
     def check_control(self) -> None:
