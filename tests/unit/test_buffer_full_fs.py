@@ -22,7 +22,7 @@ from gateway.observe.accounting import Accounting
 from gateway.store.buffer import Budget, DiskBuffer
 from gateway.store.lanes import LaneWriter, drop_counter
 from gateway.store.reserve import RESERVE_BYTES, RESERVE_FILE
-from tests.support import require_tool, wait_until
+from tests.support import FakeClock, require_tool, wait_until
 
 IMAGE_MB = 24
 BATCH_BYTES = 20_000
@@ -113,4 +113,21 @@ def test_a_really_full_disk_loses_the_oldest_not_the_newest(small_fs: Path) -> N
     buf = _open(directory, acc, [])
     assert not buf.unclean_start
     assert buf.next_seq("telemetry") == buf.take("telemetry", 10**6)[-1].seq + 1
+    buf.close()
+
+
+def test_old_batches_expire_on_a_really_full_disk(small_fs: Path) -> None:
+    rng = random.Random(7)
+    clock = FakeClock(1_700_000_000_000)
+    dropped: list[int] = []
+    buf = DiskBuffer(small_fs / "buf", {"telemetry": Budget(10**12, max_age_s=60), "control": Budget(10**9)},
+                     sync="normal", clock_ms=clock, on_dropped=lambda rec, reason: dropped.append(rec.seq))
+    buf.open()
+    while buf.disk_full_events == 0:
+        buf.append("telemetry", "t", lambda seq: rng.randbytes(BATCH_BYTES), 10)
+    depth = buf.depth("telemetry")
+    clock.advance(61_000)
+    assert buf.expire() == depth  # every delete got through, oldest first
+    assert dropped[-depth:] == sorted(dropped[-depth:]) and buf.depth("telemetry") == 0
+    buf.append("telemetry", "t", lambda seq: rng.randbytes(BATCH_BYTES), 10)  # and there is room again
     buf.close()
