@@ -29,7 +29,7 @@ from typing import Literal
 
 from bridge.uplink.store import LANES, Lane, Record, Source, StoreError
 from gateway.errors import StorageError
-from gateway.observe.accounting import DISK_ERROR, DISK_FULL
+from gateway.observe.accounting import DISK_ERROR
 from gateway.store.ledger import Ledger, RecordMeta
 from gateway.store.retention import Budget, Retention
 from gateway.store.rows import DiskFull, Rows, record_key, reserve_key, seq_key
@@ -210,8 +210,7 @@ class DiskBuffer:
                 return
             except DiskFull:
                 self.disk_full_events += 1
-                if attempt == _WRITE_ATTEMPTS or not self._retention.drop_oldest_telemetry(
-                        DISK_FULL, skip=self._behind.is_staged):
+                if attempt == _WRITE_ATTEMPTS or not self._retention.give_way(skip=self._behind.is_staged):
                     raise
                 log.warning("disk full: dropped the oldest telemetry batch to make room")
 
