@@ -65,6 +65,11 @@ class CloudOperator:
                 continue
         raise AssertionError("the gateway never answered a probe command")
 
+    def probes_answered(self) -> int:
+        """How many probes the gateway answered (each is a ``bad_topic`` rejection). Exact once an
+        answer to a later command has arrived: the gateway answers in order, on one topic."""
+        return sum(1 for r in self.responses if str(r.get("id", "")).startswith("probe-"))
+
     async def close(self) -> None:
         await self.conn.close()
 

@@ -37,7 +37,8 @@ async def test_round_trip_through_device_sim(tmp_path: Path, mosquitto: Mosquitt
         assert isinstance(ping["rtt_ms"], float) and ping["rtt_ms"] > 0
         assert (rate["command"], rate["status"], rate["result"]) == ("set_rate", "ok", {"rate_hz": 4.0})
         c = gw.snapshot()["commands"]
-        assert (c["forwarded"], c["responses_matched"], c["answered"]) == (2, 2, {"rejected": 1})  # the probe
+        probes = operator.probes_answered()  # one, or more on a slow machine
+        assert (c["forwarded"], c["responses_matched"], c["answered"]) == (2, 2, {"rejected": probes})
     assert len(operator.answers("c-1")) == 1 and len(operator.answers(2)) == 1
 
 
@@ -53,7 +54,8 @@ async def test_unknown_and_not_allowed_commands(tmp_path: Path, mosquitto: Mosqu
         assert (unknown["status"], unknown["source"], unknown["command"]) == ("unknown_command", "device", "dance")
         assert (refused["status"], refused["source"], refused["rtt_ms"]) == ("rejected", "gateway", None)
         assert refused["result"]["reason"] == "not_allowed" and refused["device"] == "dev-0001"
-        assert gw.snapshot()["commands"]["rejected"] == {"bad_topic": 1, "not_allowed": 1}
+        probes = operator.probes_answered()
+        assert gw.snapshot()["commands"]["rejected"] == {"bad_topic": probes, "not_allowed": 1}
 
 
 async def test_expired_commands_are_answered_and_not_delivered(tmp_path: Path, mosquitto: Mosquitto,
@@ -156,7 +158,7 @@ async def test_injection_attempts_are_rejected_and_nothing_reaches_a_wrong_topic
         assert {t for t, _ in spy.messages} == {"devices/dev-1/commands/ping"}
         await spy.close()
         c = gw.snapshot()["commands"]
-        assert c["forwarded"] == 1 and c["answered"]["rejected"] == len(attempts) + 2 + 1  # + the probe
+        assert c["forwarded"] == 1 and c["answered"]["rejected"] == len(attempts) + 2 + operator.probes_answered()
 
 
 async def test_a_retained_command_is_rejected_not_replayed(tmp_path: Path, mosquitto: Mosquitto,
