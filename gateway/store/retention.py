@@ -84,7 +84,7 @@ class Retention:
             if max_age <= 0:
                 continue
             cutoff = now - max_age * 1000
-            for entry in list(self._ledger.entries(lane)):
+            for entry in self._ledger.entries(lane):
                 if entry.created_ms > cutoff:
                     break
                 if not self._ledger.is_leased(entry.key) and self._drop(entry.key, EXPIRED):
