@@ -13,6 +13,7 @@ Printed per size: seconds until the local broker accepts a device (CONNACK), the
 from __future__ import annotations
 
 import argparse
+import random
 import shutil
 import sys
 import tempfile
@@ -22,12 +23,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bridge.protocol.codec import encode_batch  # noqa: E402
+from bridge.protocol.model import Reading  # noqa: E402
 from gateway.store.buffer import Budget, DiskBuffer  # noqa: E402
 from tests.e2e.gateway_process import GatewayProcess, write_config  # noqa: E402
 from tests.support import Mosquitto, free_port  # noqa: E402
 
-READINGS_PER_RECORD = 40
+BYTES_PER_READING = 45  # an uncompressed reading in a batch envelope, roughly
 TOPIC = "edge/gw-test/telemetry"
+
+
+def batch_payload(readings: int) -> bytes:
+    """One real, uncompressed batch envelope (each record carries a copy: the gateway forwards
+    payloads as they are)."""
+    rng = random.Random(7)
+    batch = [Reading(f"old-{i % 50:02d}", "temperature", 1_700_000_000_000 + i * 1000, rng.random(), i)
+             for i in range(readings)]
+    return encode_batch("gw-test", 1, batch, stream="bench", created_ms=1_700_000_000_000, compression="none")
 
 
 def build_backlog(directory: Path, records: int, record_bytes: int) -> None:
@@ -36,11 +48,11 @@ def build_backlog(directory: Path, records: int, record_bytes: int) -> None:
                      write_behind_s=3600)
     buf.open()
     buf.set_link_up(True)  # write-behind: many records per transaction, so building is quick
-    body = bytes(range(256)) * (record_bytes // 256 + 1)
+    per_record = max(1, record_bytes // BYTES_PER_READING)
+    payload = batch_payload(per_record)
     try:
         for i in range(records):
-            buf.append("telemetry", TOPIC, lambda seq: seq.to_bytes(8, "big") + body[:record_bytes - 8],
-                       READINGS_PER_RECORD)
+            buf.append("telemetry", TOPIC, lambda seq: payload, per_record)
             if i % 1000 == 999:
                 buf.persist_due(force=True)
         buf.set_link_up(False)
@@ -75,7 +87,8 @@ def run_one(size_mb: int, record_bytes: int, timeout_s: float) -> dict[str, floa
                 time.sleep(0.01)
             accept_s = time.perf_counter() - start
             rss_open = rss_mb(gw.proc.pid)
-            expected = records * READINGS_PER_RECORD
+            per_record = max(1, record_bytes // BYTES_PER_READING)
+            expected = records * per_record
             drain_start = time.perf_counter()
             deadline = drain_start + timeout_s
             while (gw.metric("edge_readings_delivered") or 0) < expected and time.perf_counter() < deadline:
@@ -86,7 +99,7 @@ def run_one(size_mb: int, record_bytes: int, timeout_s: float) -> dict[str, floa
             gw.terminate()
         return {"size_mb": size_mb, "records": records, "build_s": built_s, "accept_s": accept_s,
                 "rss_open_mb": rss_open, "rss_drained_mb": rss_drained,
-                "drain_rec_s": delivered / READINGS_PER_RECORD / drain_s if records else 0.0,
+                "drain_rec_s": delivered / per_record / drain_s if records else 0.0,
                 "complete": float(delivered >= expected)}
     finally:
         cloud.cleanup()

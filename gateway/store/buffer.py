@@ -90,6 +90,7 @@ class DiskBuffer:
         self._stream = Stream(self._dir)
         self.disk_full_events = 0  # writes refused by the disk (SQLITE_FULL / ENOSPC)
         self.skipped_seqs: dict[Lane, tuple[int, int]] = {}  # reserved by a crashed run, maybe unused
+        self._counted = False  # every record found on disk at open has been counted
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -102,6 +103,7 @@ class DiskBuffer:
         except OSError as exc:
             raise StorageError(f"cannot open buffer in {self._dir}: {exc}") from exc
         self._rows.open()
+        self._counted = False
         try:
             self._load()
             while scan and not self.scan(SCAN_CHUNK, enforce=False):
@@ -134,12 +136,13 @@ class DiskBuffer:
         """Count up to ``limit`` more of the records found on disk at open (their readings count
         as restored and as buffered at the same moment); True once all are counted. With
         ``enforce``, telemetry over its budget drops its oldest records as they are found."""
-        if not self._ledger.scanning:
+        if self._counted:
             return True
-        done = self._ledger.scan(limit)
+        done = not self._ledger.scanning or self._ledger.scan(limit)
         if enforce:
             self._retention.make_room("telemetry", 0)
         if done or not self._ledger.scanning:
+            self._counted = True
             restored = {lane: self._ledger.depth(lane) for lane in LANES}
             if any(restored.values()):
                 log.info("buffer reopened with %s records waiting", restored)
