@@ -44,7 +44,7 @@ __all__ = ["RECORD_OVERHEAD_BYTES", "Budget", "DiskBuffer"]
 log = logging.getLogger(__name__)
 
 RECORD_OVERHEAD_BYTES = 160  # SQLite row, index entry and meta row per record (measured roughly)
-SCAN_CHUNK = 2000  # records counted per scan step (a few milliseconds)
+SCAN_CHUNK = 500  # records counted per scan step (a few milliseconds)
 _WRITE_ATTEMPTS = 4  # a full disk: drop the oldest telemetry and try again, this many times in all
 
 
@@ -353,6 +353,10 @@ class DiskBuffer:
 
     def bytes_used(self, lane: Lane) -> int:
         return self._ledger.bytes_used(lane)
+
+    def records_in_memory(self) -> int:
+        """Records whose metadata the buffer holds in memory now (bounded, whatever the backlog)."""
+        return self._ledger.in_memory()
 
     def free_disk_bytes(self) -> int:
         return self._retention.free_disk_bytes()

@@ -65,6 +65,7 @@ class _Lane:
     tail: OrderedDict[str, RecordMeta] = field(default_factory=OrderedDict)  # after the gap, in order
     gap: tuple[int, int] = (1, 0)  # seqs whose records are on disk only (none when first > last)
     scan: tuple[int, int] = (1, 0)  # seqs on disk at open, not counted yet
+    early: set[str] = field(default_factory=set)  # in the scan's range, but counted (taken or dropped) already
     records: int = 0
     bytes: int = 0
     readings: int = 0
@@ -76,8 +77,8 @@ class _Lane:
     def in_gap(self, seq: int) -> bool:
         return self.gap[0] <= seq <= self.gap[1]
 
-    def counted(self, seq: int) -> bool:
-        return not self.scan[0] <= seq <= self.scan[1]
+    def counted(self, meta: RecordMeta) -> bool:
+        return not self.scan[0] <= meta.seq <= self.scan[1] or meta.key in self.early
 
 
 class Ledger:
@@ -115,7 +116,8 @@ class Ledger:
             found = self._pager(lane, first, last, limit)
             for meta in found:
                 if meta.key not in lane_.head and meta.key not in lane_.tail:
-                    self._count(lane_, meta, +1, restored=True)
+                    self._count_found(lane_, meta)
+                lane_.early.discard(meta.key)
             lane_.scan = (found[-1].seq + 1 if len(found) == limit else last + 1, last)
             return False
         return True
@@ -171,14 +173,20 @@ class Ledger:
             return
         found = self._pager(lane, first, last, max(want, 1))
         for meta in found:
-            if not lane_.counted(meta.seq):
-                self._count(lane_, meta, +1, restored=True)
+            self._count_found(lane_, meta)
+            lane_.early.discard(meta.key)
             lane_.head[meta.key] = meta
         if found and lane_.scan[0] <= found[-1].seq:
             lane_.scan = (found[-1].seq + 1, lane_.scan[1])
         lane_.gap = (found[-1].seq + 1 if len(found) >= want else last + 1, last)
         if lane_.gap[0] > lane_.gap[1]:
             self._fill(lane)
+
+    def _count_found(self, lane_: _Lane, meta: RecordMeta) -> None:
+        """Count a record found on disk at open, unless that is done already."""
+        if not lane_.counted(meta):
+            self._count(lane_, meta, +1, restored=True)
+            lane_.early.add(meta.key)
 
     def _count(self, lane_: _Lane, meta: RecordMeta, sign: int, restored: bool = False) -> None:
         lane_.records += sign
@@ -205,8 +213,10 @@ class Ledger:
             return
         if self._is_live(meta):
             lane_.live -= 1
-        if in_memory is not None or lane_.counted(meta.seq):
-            self._count(lane_, meta, -1)
+        if in_memory is None:  # a record in the gap, maybe not counted yet: it is, before it leaves
+            self._count_found(lane_, meta)
+        self._count(lane_, meta, -1)
+        lane_.early.discard(meta.key)
         self._released.discard(meta.key)
         self._end_lease(meta.key)
 
@@ -261,6 +271,8 @@ class Ledger:
             return False
         if self._is_live(meta):
             lane_.live -= 1
+        if key not in lane_.head and key not in lane_.tail:
+            self._count_found(lane_, meta)
         replay = self.is_replay(key, meta.seq, meta.lane)
         self._leases[key] = _Lease(meta, replay, self._clock())
         self._leased[meta.lane, replay] += 1
@@ -314,6 +326,13 @@ class Ledger:
     def oldest_lease_s(self) -> float:
         oldest = next(iter(self._leases.values()), None)
         return 0.0 if oldest is None else self._clock() - oldest.since
+
+    def in_memory(self) -> int:
+        """Records whose metadata is held in memory (the windows and the leases), all lanes."""
+        keys = set(self._leases)
+        for lane_ in self._lanes.values():
+            keys.update(lane_.head, lane_.tail)
+        return len(keys)
 
     def bytes_used(self, lane: Lane) -> int:
         return self._lanes[lane].bytes
