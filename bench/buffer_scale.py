@@ -67,7 +67,7 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def run_one(size_mb: int, record_bytes: int, timeout_s: float) -> dict[str, float]:
+def run_one(size_mb: int, record_bytes: int, timeout_s: float, cache: Path | None, drain: bool) -> dict[str, float]:
     records = size_mb * 1024 * 1024 // record_bytes
     tmp = Path(tempfile.mkdtemp(prefix="buffer-scale-"))
     cloud = Mosquitto()
@@ -77,7 +77,10 @@ def run_one(size_mb: int, record_bytes: int, timeout_s: float) -> dict[str, floa
         cfg = write_config(tmp, local, metrics, "mqtt://127.0.0.1:1", max_count=1000, max_age_s=0.2,
                            extra=f'[buffer]\ntelemetry = {{ max_bytes = {1 << 42}, max_age_s = 0.0 }}\n')
         t0 = time.perf_counter()
-        build_backlog(tmp / "data" / "buffer", records, record_bytes)
+        built = cache / f"{size_mb}mb-{record_bytes}" if cache else tmp / "built"
+        if not built.exists():
+            build_backlog(built, records, record_bytes)
+        shutil.copytree(built, tmp / "data" / "buffer")
         built_s = time.perf_counter() - t0
         text = cfg.read_text().replace("mqtt://127.0.0.1:1", cloud.url)
         cfg.write_text(text)
@@ -86,11 +89,13 @@ def run_one(size_mb: int, record_bytes: int, timeout_s: float) -> dict[str, floa
             while not gw._ready():
                 time.sleep(0.01)
             accept_s = time.perf_counter() - start
-            rss_open = rss_mb(gw.proc.pid)
             per_record = max(1, record_bytes // BYTES_PER_READING)
             expected = records * per_record
+            while (gw.metric("edge_readings_restored") or 0) < expected:  # the whole backlog is known
+                time.sleep(0.05)
+            rss_open = rss_mb(gw.proc.pid)
             drain_start = time.perf_counter()
-            deadline = drain_start + timeout_s
+            deadline = drain_start + (timeout_s if drain else 0)
             while (gw.metric("edge_readings_delivered") or 0) < expected and time.perf_counter() < deadline:
                 time.sleep(0.2)
             drain_s = time.perf_counter() - drain_start
@@ -111,20 +116,23 @@ def main() -> None:
     ap.add_argument("--sizes-mb", default="0,250,1024", help="backlog sizes in MB (0 = the baseline)")
     ap.add_argument("--record-bytes", type=int, default=4000)
     ap.add_argument("--timeout-s", type=float, default=1800, help="give up on a drain after this long")
+    ap.add_argument("--cache", type=Path, help="keep built backlogs here and reuse them (same figures, less waiting)")
+    ap.add_argument("--drain-max-mb", type=int, default=1 << 30, help="drain only backlogs up to this size")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes_mb.split(",")]
     if 0 not in sizes:
         sizes.insert(0, 0)
-    results = [run_one(size, args.record_bytes, args.timeout_s) for size in sizes]
-    base = results[0]
     print(f"{'backlog':>9} {'records':>8} {'accept s':>14} {'RSS open MB':>16} {'RSS drained MB':>16} "
-          f"{'drain rec/s':>11} complete")
-    for r in results:
+          f"{'drain rec/s':>11} complete", flush=True)
+    base: dict[str, float] = {}
+    for size in sizes:
+        r = run_one(size, args.record_bytes, args.timeout_s, args.cache, size <= args.drain_max_mb)
+        base = base or r
         print(f"{r['size_mb']:>6} MB {int(r['records']):>8} "
               f"{r['accept_s']:>6.2f} ({r['accept_s'] - base['accept_s']:+5.2f}) "
               f"{r['rss_open_mb']:>7.1f} ({r['rss_open_mb'] - base['rss_open_mb']:+6.1f}) "
               f"{r['rss_drained_mb']:>7.1f} ({r['rss_drained_mb'] - base['rss_drained_mb']:+6.1f}) "
-              f"{r['drain_rec_s']:>11.0f} {'yes' if r['complete'] else 'NO'}")
+              f"{r['drain_rec_s']:>11.0f} {'yes' if r['complete'] else 'NO'}", flush=True)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ from gateway.store.ledger import RecordMeta
 
 WAL_LIMIT_BYTES = 8 * 1024 * 1024  # the write-ahead log is truncated back to this after a checkpoint
 WAL_CHECKPOINT_PAGES = 1000  # checkpoint every ~4 MB of log: hot pages reach the database once per checkpoint
+# the backlog is read once, in order: a small page cache and no memory map keep the process' memory
+# independent of the size of the database (diskcache's defaults: 32 MB of cache, 64 MB mapped)
+READ_PRAGMAS = {"cache_size": 1024, "mmap_size": 0}
 DB_FILE: str = diskcache.core.DBNAME  # "cache.db": the database file
 STREAM_KEY = "stream"
 UNCLEAN_STARTS_KEY = "unclean_starts"
@@ -93,7 +96,7 @@ class Rows:
                 sqlite_wal_autocheckpoint=WAL_CHECKPOINT_PAGES,
                 sqlite_journal_size_limit=WAL_LIMIT_BYTES,
                 disk_min_file_size=2**22,
-                **{f"sqlite_{name}": value for name, value in self._pragmas.items()},
+                **{f"sqlite_{name}": value for name, value in {**READ_PRAGMAS, **self._pragmas}.items()},
             )
         except _FAILURES as exc:
             raise _translated(f"cannot open buffer in {self._dir}", exc) from exc
