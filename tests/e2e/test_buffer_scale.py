@@ -27,7 +27,7 @@ def prefill(buffer_dir: Path, records: int, readings: int = 1) -> None:
     buf = DiskBuffer(buffer_dir, BUDGETS, sync="normal", write_behind_s=3600)
     buf.open()
     buf.set_link_up(True)
-    lanes = LaneWriter(buf, CloudTopics("gw-test", "edge"), Accounting(), compression="none", level=0,
+    lanes = LaneWriter(buf, CloudTopics("gw-test"), Accounting(), compression="none", level=0,
                        on_written=lambda: None)
     n = 0
     for i in range(records):
@@ -60,7 +60,7 @@ def wait_accepting(gw: GatewayProcess, timeout: float = 60) -> float:
 @pytest.mark.timeout(900)
 async def test_kill_9_while_the_backlog_is_counted_loses_nothing_and_reuses_no_seq(
         tmp_path: Path, mosquitto: Mosquitto) -> None:
-    records = 20_000
+    records = 10_000
     prefill(tmp_path / "data" / "buffer", records)
     collector = CloudCollector(mosquitto.url)
     await collector.connect()
@@ -83,13 +83,15 @@ async def test_kill_9_while_the_backlog_is_counted_loses_nothing_and_reuses_no_s
                 return len(seen) > records and any(r.device == "new" for b in collector.data.batches
                                                    for r in b.readings)
 
-            await eventually(complete, timeout=300, message=gw.log)
+            await eventually(complete, timeout=300, message=lambda: f"{len({b.seq for b in collector.data.batches})} "
+                             f"batches, max seq {max((b.seq for b in collector.data.batches), default=0)}:\n{gw.log()}")
             await eventually(lambda: "backlog counted" in gw.log(), message=gw.log)
         by_seq: dict[int, set[bytes]] = {}
         for batch in collector.data.batches:
             by_seq.setdefault(batch.seq, set()).add(repr([tuple(r) for r in batch.readings]).encode())
         assert all(len(contents) == 1 for contents in by_seq.values())  # a seq always names one batch
-        old = sorted(device_seq(r) for b in collector.data.unique_batches().values() for r in b.readings if r.device == "old")
+        batches = collector.data.unique_batches().values()
+        old = sorted(device_seq(r) for b in batches for r in b.readings if r.device == "old")
         assert old == list(range(1, records + 1))  # nothing lost, each once
         new = [b.seq for b in collector.data.unique_batches().values() if any(r.device == "new" for r in b.readings)]
         assert new and min(new) > records  # never a number the backlog had
@@ -114,10 +116,10 @@ async def test_a_backlog_too_big_to_hold_in_memory_opens_drains_in_order_and_com
     with gw:
         wait_accepting(gw)
         baseline = peak_address_space(gw)
-    # at ~1 KB of metadata per record, holding all of them would need ~60 MB more than the empty
-    # gateway; the cap allows 32 MB, and the payloads on disk are far more than that
-    records = 60_000
-    cap = baseline + 32 * 1024 * 1024
+    # at ~1 KB of metadata per record, holding all of them would need ~30 MB more than the empty
+    # gateway; the cap allows 16 MB, and the payloads on disk are far more than that
+    records = 30_000
+    cap = baseline + 16 * 1024 * 1024
     prefill(tmp_path / "data" / "buffer", records, readings=20)
     collector = CloudCollector(mosquitto.url)
     await collector.connect()
