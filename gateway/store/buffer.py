@@ -224,7 +224,7 @@ class DiskBuffer:
             self._behind.stage(meta.key, payload)
         else:
             self._write({meta.key: payload})
-        self._ledger.add(meta, replay=False)
+        self._ledger.add(meta)
         self._ledger.trim(lane, self._behind.is_staged)
         if lane == "control":
             self._retention.check_control()

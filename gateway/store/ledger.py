@@ -131,16 +131,13 @@ class Ledger:
 
     # ------------------------------------------------------------------ records
 
-    def add(self, meta: RecordMeta, *, replay: bool) -> None:
-        """Append a record (a sequence number past every other of its lane): live, or backlog."""
+    def add(self, meta: RecordMeta) -> None:
+        """Append a new record (a sequence number past every other of its lane): live."""
         lane_ = self._lanes[meta.lane]
         (lane_.tail if lane_.gap[0] <= lane_.gap[1] or lane_.tail else lane_.head)[meta.key] = meta
         self._count(lane_, meta, +1)
         lane_.next_seq = max(lane_.next_seq, meta.seq + 1)
-        if replay:
-            lane_.watermark = max(lane_.watermark, meta.seq + 1)
-        else:
-            lane_.live += 1
+        lane_.live += 1
 
     def trim(self, lane: Lane, pinned: Callable[[str], bool]) -> None:
         """Keep the memory bounded: the oldest records of the tail that are on disk (not
