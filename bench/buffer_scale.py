@@ -104,7 +104,7 @@ def run_one(size_mb: int, record_bytes: int, timeout_s: float, cache: Path | Non
             gw.terminate()
         return {"size_mb": size_mb, "records": records, "build_s": built_s, "accept_s": accept_s,
                 "rss_open_mb": rss_open, "rss_drained_mb": rss_drained,
-                "drain_rec_s": delivered / per_record / drain_s if records else 0.0,
+                "drain_rec_s": delivered / per_record / drain_s if records and drain else 0.0,
                 "complete": float(delivered >= expected)}
     finally:
         cloud.cleanup()
