@@ -1,10 +1,11 @@
 """Wiring only: build every part from the config (:mod:`gateway.assemble`), then run them under one
 task group.
 
-Start order: buffer (fail fast on a bad disk) -> uplink (the sink side) -> local broker (the
-source) -> processing. Stop order is the reverse for sources: the broker stops taking messages,
-the processor drains what was queued and flushes the open batch to disk, then the uplink waits
-for in-flight acks, says ``offline`` and disconnects, and the buffer closes.
+Start order: buffer (fail fast on a bad disk; opening reads a few keys) -> uplink (the sink side)
+-> local broker (the source) -> processing, and the count of the backlog found on disk. Stop order
+is the reverse for sources: the broker stops taking messages, the processor drains what was queued
+and flushes the open batch to disk, then the uplink waits for in-flight acks, says ``offline`` and
+disconnects, and the buffer closes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from gateway.errors import GatewayError
 from gateway.observe.snapshot import Snapshot
 from gateway.observe.stats import SnapshotBoard, publish_periodically, refresh_periodically
 from gateway.observe.status import write_periodically
+from gateway.store.scan import count_backlog
 
 if sys.version_info >= (3, 11):
     from asyncio import TaskGroup
@@ -80,7 +82,7 @@ class GatewayService:
 
     async def run(self, stop: asyncio.Event) -> None:
         p = self.parts
-        self.buffer.open()
+        self.buffer.open(scan=False)  # the backlog is counted once devices can connect
         p.answered.open()
         if self.cfg.downlink.config_push:
             p.config_pusher.load_persisted()  # before anything is processed
@@ -101,6 +103,7 @@ class GatewayService:
                 self.snapshot, lambda b: p.link.publish_now(p.topics.stats, b),
                 cfg.uplink.stats_interval_s, uplink_stop), name="stats")
             source = await p.local.start(tg, source_stop, cfg, self.reload_credentials)
+            tg.create_task(count_backlog(self.buffer, uplink_stop), name="backlog-count")
             proc = tg.create_task(p.processor.run(proc_stop), name="processor")
             commands = tg.create_task(p.commands.run(source_stop), name="commands")
             tg.create_task(refresh_periodically(self.board, self.typed_snapshot, cfg.metrics.refresh_s,

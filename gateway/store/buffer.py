@@ -4,7 +4,8 @@ Records are whole encoded batches (telemetry) or single control records. The buf
 one part per job:
 
 - :mod:`gateway.store.rows`: the diskcache adapter (keys, transactions, pragmas);
-- :mod:`gateway.store.ledger`: order, leases (in flight) and the replay flag, in memory;
+- :mod:`gateway.store.ledger`: order, counters, leases (in flight) and the replay flag, in
+  bounded memory (a window of the oldest records; the rest is read from disk in order);
 - :mod:`gateway.store.retention`: byte budgets, expiry and the disk's free-space headroom;
 - :mod:`gateway.store.write_behind`: batches kept in memory on a healthy link, and the sequence
   numbers reserved for them;
@@ -14,7 +15,9 @@ A record is deleted only by :meth:`DiskBuffer.ack`, after the cloud broker's PUB
 (over budget, expired, or to make room on a full disk), each drop reported to ``on_dropped``. The
 lane's sequence counter is written with every delete (and, with write-behind, reserved in blocks),
 and on open the next number is one past the larger of the counter, the reservation and the
-highest key, so a sequence number is never reused even after kill -9. Errors of the disk are
+highest key, so a sequence number is never reused even after kill -9. Opening reads a few keys
+(not the whole backlog): the records found on disk are counted afterwards by :meth:`DiskBuffer.scan`
+(all at once by :meth:`DiskBuffer.open` unless ``scan=False``). Errors of the disk are
 :class:`~gateway.errors.StorageError` for the gateway; through the RecordStore port the forwarder
 sees them as :class:`~bridge.uplink.store.StoreError`.
 """
@@ -30,7 +33,7 @@ from typing import Literal
 from bridge.uplink.store import LANES, Lane, Record, Source, StoreError
 from gateway.errors import StorageError
 from gateway.observe.accounting import DISK_ERROR
-from gateway.store.ledger import Ledger, RecordMeta
+from gateway.store.ledger import WINDOW, Ledger, RecordMeta
 from gateway.store.retention import Budget, Retention
 from gateway.store.rows import DiskFull, Rows, record_key, reserve_key, seq_key
 from gateway.store.stream import Stream
@@ -41,6 +44,7 @@ __all__ = ["RECORD_OVERHEAD_BYTES", "Budget", "DiskBuffer"]
 log = logging.getLogger(__name__)
 
 RECORD_OVERHEAD_BYTES = 160  # SQLite row, index entry and meta row per record (measured roughly)
+SCAN_CHUNK = 500  # records counted per scan step (a few milliseconds)
 _WRITE_ATTEMPTS = 4  # a full disk: drop the oldest telemetry and try again, this many times in all
 
 
@@ -62,6 +66,7 @@ class DiskBuffer:
         on_dropped: Callable[[Record, str], None] = lambda rec, reason: None,
         sqlite_pragmas: dict[str, int] | None = None,
         write_behind_s: float = 0.0,
+        window: int = WINDOW,
     ) -> None:
         """``on_dropped(record, reason)`` is called for every record removed without an ack
         (reason ``overflow``, ``disk_full``, ``expired`` or ``disk_error``).
@@ -71,32 +76,38 @@ class DiskBuffer:
         on its own; control records may use the headroom. ``sqlite_pragmas`` (e.g.
         ``{"max_page_count": n}``) are applied to the database connection; tests use it to make
         SQLite hit a full disk. ``write_behind_s``: see :mod:`gateway.store.write_behind` (0 =
-        every record is written before it is sent).
+        every record is written before it is sent). ``window``: records per lane kept in memory
+        beyond those in flight (see :mod:`gateway.store.ledger`).
         """
         self._dir = Path(directory)
         self._clock_ms = clock_ms
         self._on_dropped = on_dropped
         self._rows = Rows(self._dir, sync=sync, pragmas=sqlite_pragmas)
-        self._ledger = Ledger()
+        self._ledger = Ledger(self._rows.page, self._rows.find, window=window)
         self._retention = Retention(self._dir, budgets, self._ledger, self._drop, min_free_bytes=min_free_bytes,
                                     clock_ms=clock_ms)
         self._behind = WriteBehind(write_behind_s, self._write, self._drop)
         self._stream = Stream(self._dir)
         self.disk_full_events = 0  # writes refused by the disk (SQLITE_FULL / ENOSPC)
-        self.restored_readings = 0  # telemetry readings found on disk at open (from an earlier run)
         self.skipped_seqs: dict[Lane, tuple[int, int]] = {}  # reserved by a crashed run, maybe unused
+        self._counted = False  # every record found on disk at open has been counted
 
     # ------------------------------------------------------------------ lifecycle
 
-    def open(self) -> None:
+    def open(self, *, scan: bool = True) -> None:
+        """Open the buffer; with ``scan`` also count every record found on disk (else call
+        :meth:`scan` until it returns True: the counters grow meanwhile)."""
         try:
             self._dir.mkdir(parents=True, exist_ok=True)
             self._stream.before_open()  # before SQLite touches the file
         except OSError as exc:
             raise StorageError(f"cannot open buffer in {self._dir}: {exc}") from exc
         self._rows.open()
+        self._counted = False
         try:
             self._load()
+            while scan and not self.scan(SCAN_CHUNK, enforce=False):
+                pass
             self._stream.open(self._rows, {lane: self._ledger.next_seq(lane) for lane in LANES})
         except (OSError, StorageError) as exc:
             self._rows.close()
@@ -106,17 +117,11 @@ class DiskBuffer:
         rows = self._rows
         used = {lane: rows.get_int(seq_key(lane)) for lane in LANES}  # highest seq known used
         reserved = {lane: rows.get_int(reserve_key(lane)) for lane in LANES}  # by write-behind
-        for meta in rows.records():  # in sequence order = send order
-            self._ledger.add(meta, replay=True)
-        highest = {lane: self._ledger.next_seq(lane) - 1 for lane in LANES}
-        for lane in LANES:
-            self._ledger.start_seq(lane, max(used[lane], reserved[lane], highest[lane]) + 1)
+        highest = {lane: rows.highest_seq(lane) for lane in LANES}  # in sequence order = send order
+        for lane in LANES:  # everything on disk is backlog; the oldest records are loaded, the rest counted later
+            self._ledger.open_lane(lane, highest[lane], max(used[lane], reserved[lane], highest[lane]) + 1)
             self._behind.reserved[lane] = self._ledger.next_seq(lane) - 1
-        self.restored_readings = self._ledger.readings("telemetry")
-        restored = {lane: self._ledger.depth(lane) for lane in LANES}
-        if any(restored.values()):
-            log.info("buffer reopened with %s records waiting", restored)
-            self._retention.check_control()
+        self._retention.check_control()
         self._stream.count_unclean_start(rows)
         if self._stream.unclean_start:
             for lane in LANES:
@@ -126,6 +131,29 @@ class DiskBuffer:
             log.warning("the previous run ended without closing the buffer (kill -9, crash or power loss): "
                         "readings it had not written to disk are lost; sequence numbers skipped: %s",
                         self.skipped_seqs or "none")
+
+    def scan(self, limit: int = SCAN_CHUNK, *, enforce: bool = True) -> bool:
+        """Count up to ``limit`` more of the records found on disk at open (their readings count
+        as restored and as buffered at the same moment); True once all are counted. With
+        ``enforce``, telemetry over its budget drops its oldest records as they are found."""
+        if self._counted:
+            return True
+        done = not self._ledger.scanning or self._ledger.scan(limit)
+        if enforce:
+            self._retention.make_room("telemetry", 0)
+        if done or not self._ledger.scanning:
+            self._counted = True
+            restored = {lane: self._ledger.depth(lane) for lane in LANES}
+            if any(restored.values()):
+                log.info("buffer reopened with %s records waiting", restored)
+            self._retention.check_control()
+            return True
+        return False
+
+    @property
+    def restored_readings(self) -> int:
+        """Telemetry readings found on disk at open (from an earlier run), as far as counted."""
+        return self._ledger.restored_readings("telemetry")
 
     def close(self) -> None:
         """Write what is still only in memory, record the exact sequence counters (a clean stop
@@ -196,7 +224,8 @@ class DiskBuffer:
             self._behind.stage(meta.key, payload)
         else:
             self._write({meta.key: payload})
-        self._ledger.add(meta, replay=False)
+        self._ledger.add(meta)
+        self._ledger.trim(lane, self._behind.is_staged)
         if lane == "control":
             self._retention.check_control()
         return self._record(meta, payload)
@@ -324,6 +353,10 @@ class DiskBuffer:
     def bytes_used(self, lane: Lane) -> int:
         return self._ledger.bytes_used(lane)
 
+    def records_in_memory(self) -> int:
+        """Records whose metadata the buffer holds in memory now (bounded, whatever the backlog)."""
+        return self._ledger.in_memory()
+
     def free_disk_bytes(self) -> int:
         return self._retention.free_disk_bytes()
 
@@ -333,4 +366,4 @@ class DiskBuffer:
 
     def _record(self, meta: RecordMeta, payload: bytes) -> Record:
         return Record(meta.key, meta.lane, meta.seq, meta.topic, payload, meta.readings, meta.created_ms,
-                      self._ledger.is_replay(meta.key))
+                      self._ledger.is_replay(meta.key, meta.seq, meta.lane))

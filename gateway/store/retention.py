@@ -117,7 +117,7 @@ class Retention:
             if max_age <= 0:
                 continue
             cutoff = now - max_age * 1000
-            for entry in list(self._ledger.entries(lane)):
+            for entry in self._ledger.entries(lane):
                 if entry.created_ms > cutoff:
                     break
                 if self._ledger.is_leased(entry.key):

@@ -23,6 +23,9 @@ from gateway.store.ledger import RecordMeta
 
 WAL_LIMIT_BYTES = 8 * 1024 * 1024  # the write-ahead log is truncated back to this after a checkpoint
 WAL_CHECKPOINT_PAGES = 1000  # checkpoint every ~4 MB of log: hot pages reach the database once per checkpoint
+# the backlog is read once, in order: a small page cache and no memory map keep the process' memory
+# independent of the size of the database (diskcache's defaults: 32 MB of cache, 64 MB mapped)
+READ_PRAGMAS = {"cache_size": 1024, "mmap_size": 0}
 DB_FILE: str = diskcache.core.DBNAME  # "cache.db": the database file
 STREAM_KEY = "stream"
 UNCLEAN_STARTS_KEY = "unclean_starts"
@@ -93,7 +96,7 @@ class Rows:
                 sqlite_wal_autocheckpoint=WAL_CHECKPOINT_PAGES,
                 sqlite_journal_size_limit=WAL_LIMIT_BYTES,
                 disk_min_file_size=2**22,
-                **{f"sqlite_{name}": value for name, value in self._pragmas.items()},
+                **{f"sqlite_{name}": value for name, value in {**READ_PRAGMAS, **self._pragmas}.items()},
             )
         except _FAILURES as exc:
             raise _translated(f"cannot open buffer in {self._dir}", exc) from exc
@@ -112,14 +115,33 @@ class Rows:
             raise StorageError("buffer is not open")
         return self._cache
 
-    def records(self) -> list[RecordMeta]:
-        """Every record on disk, in sequence order (the send order)."""
+    def _keys(self, query: str, args: tuple[object, ...]) -> list[str]:
         cache = self._require()
         try:
-            found = [parsed for key in cache.iterkeys() if (parsed := parse_key(key)) is not None]
+            return [row[0] for row in cache._sql(query, args).fetchall()]  # diskcache's own SQL, on its key index
         except _FAILURES as exc:
             raise _translated("buffer read failed", exc) from exc
-        return sorted(found, key=lambda row: row.seq)
+
+    def page(self, lane: Lane, first: int, last: int, limit: int) -> list[RecordMeta]:
+        """Up to ``limit`` records of ``lane`` on disk with ``first <= seq <= last``, in sequence
+        order (zero-padded keys sort in sequence order; read through the key index)."""
+        keys = self._keys("SELECT key FROM Cache WHERE key >= ? AND key < ? ORDER BY key LIMIT ?",
+                          (f"{_PREFIX[lane]}:{first:020d}", f"{_PREFIX[lane]}:{last + 1:020d}", limit))
+        return [parsed for key in keys if (parsed := parse_key(key)) is not None]
+
+    def highest_seq(self, lane: Lane) -> int:
+        """The highest sequence number of a record of ``lane`` on disk (0 if there is none)."""
+        keys = self._keys("SELECT key FROM Cache WHERE key >= ? AND key < ? ORDER BY key DESC LIMIT 1",
+                          (f"{_PREFIX[lane]}:", f"{_PREFIX[lane]};"))
+        parsed = parse_key(keys[0]) if keys else None
+        return parsed.seq if parsed is not None else 0
+
+    def find(self, key: str) -> RecordMeta | None:
+        """The record of ``key`` if it is on disk."""
+        parsed = parse_key(key)
+        if parsed is None or not self._keys("SELECT key FROM Cache WHERE key = ? LIMIT 1", (key,)):
+            return None
+        return parsed
 
     def _get(self, key: str) -> object:
         cache = self._require()

@@ -4,6 +4,7 @@ its /metrics."""
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -27,7 +28,8 @@ class GatewayProcess:
     (SIGTERM) however the test ends."""
 
     def __init__(self, config: Path, local_port: int, metrics_port: int | None = None, *,
-                 log: Path | None = None) -> None:
+                 log: Path | None = None, memory_cap: int = 0) -> None:
+        """``memory_cap``: the process' address space limit in bytes (RLIMIT_AS; 0 = none)."""
         self.local_port = local_port
         self.metrics_port = metrics_port
         if log is None:
@@ -37,7 +39,10 @@ class GatewayProcess:
         self.log_path = log
         with log.open("wb") as out:  # the child keeps its own descriptor
             self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(config)],
-                                         stdout=subprocess.DEVNULL, stderr=out)
+                                         stdout=subprocess.DEVNULL, stderr=out,
+                                         env={**os.environ, "MALLOC_ARENA_MAX": "2"} if memory_cap else None)
+        if memory_cap:  # set at once, long before the interpreter has imported the gateway
+            resource.prlimit(self.proc.pid, resource.RLIMIT_AS, (memory_cap, memory_cap))
 
     def __enter__(self) -> GatewayProcess:
         return self

@@ -12,7 +12,9 @@ from gateway.store.buffer import Budget, DiskBuffer
 from tests.support import FakeClock
 from tests.unit.store.memory import MemoryStore
 
-KINDS = ("memory", "disk", "disk-write-behind")
+# "-window": a buffer that keeps a single record per lane in memory, so nearly everything is read
+# from disk in pages (the path a large backlog takes)
+KINDS = ("memory", "disk", "disk-write-behind", "disk-window", "disk-window-write-behind")
 
 
 class Store(RecordStore, Protocol):
@@ -57,9 +59,9 @@ class Kit:
             if isinstance(previous, MemoryStore):
                 return previous.reopen()
             return MemoryStore(budgets, clock_ms=clock, on_dropped=on_dropped)
-        write_behind = self.kind == "disk-write-behind"
+        write_behind = self.kind.endswith("write-behind")
         buf = DiskBuffer(self._dir, budgets, sync="normal", clock_ms=clock, on_dropped=on_dropped,
-                         write_behind_s=60 if write_behind else 0)
+                         write_behind_s=60 if write_behind else 0, window=1 if "-window" in self.kind else 256)
         buf.open()
         buf.set_link_up(write_behind)
         self._open.append(buf)

@@ -31,6 +31,7 @@ def view(rec: Record) -> tuple[str, int, str, bytes, int, int, bool]:
 
 class DiskAgreesWithModel(RuleBasedStateMachine):
     write_behind = False
+    window = False  # a buffer that keeps a single record per lane in memory
 
     def __init__(self) -> None:
         super().__init__()
@@ -38,7 +39,8 @@ class DiskAgreesWithModel(RuleBasedStateMachine):
         self.clock = clock_ms()
         self.dropped: dict[str, list[tuple[str, int, str]]] = {"model": [], "disk": []}
         self.model_kit = Kit("memory", self.tmp / "unused")
-        self.disk_kit = Kit("disk-write-behind" if self.write_behind else "disk", self.tmp / "buffer")
+        kind = "disk-window" if self.window else "disk"
+        self.disk_kit = Kit(f"{kind}-write-behind" if self.write_behind else kind, self.tmp / "buffer")
         budgets: dict[Lane, Budget] = {"telemetry": Budget(TELEMETRY_BUDGET, MAX_AGE_S),
                                        "control": Budget(CONTROL_BUDGET, MAX_AGE_S)}
         self.model = self.model_kit.open(budgets, self.clock, self._dropped("model"))
@@ -143,7 +145,20 @@ class DiskWithWriteBehindAgreesWithModel(DiskAgreesWithModel):
     write_behind = True
 
 
+class SmallWindowAgreesWithModel(DiskAgreesWithModel):
+    window = True
+
+
+class SmallWindowWithWriteBehindAgreesWithModel(DiskAgreesWithModel):
+    window = True
+    write_behind = True
+
+
 TestDiskAgreesWithModel = DiskAgreesWithModel.TestCase
 TestDiskAgreesWithModel.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
 TestDiskWithWriteBehindAgreesWithModel = DiskWithWriteBehindAgreesWithModel.TestCase
 TestDiskWithWriteBehindAgreesWithModel.settings = TestDiskAgreesWithModel.settings
+TestSmallWindowAgreesWithModel = SmallWindowAgreesWithModel.TestCase
+TestSmallWindowAgreesWithModel.settings = TestDiskAgreesWithModel.settings
+TestSmallWindowWithWriteBehindAgreesWithModel = SmallWindowWithWriteBehindAgreesWithModel.TestCase
+TestSmallWindowWithWriteBehindAgreesWithModel.settings = TestDiskAgreesWithModel.settings
