@@ -113,7 +113,7 @@ class Cloud:
 
 
 class Gateway:
-    def __init__(self, workdir: Path, cloud_url: str, sync: str, max_age_s: float, write_behind_s: float = 0.0) -> None:
+    def __init__(self, workdir: Path, cloud_url: str, mode: Mode, max_age_s: float, status_dir: Path) -> None:
         self.local_port, self.metrics_port = free_port(), free_port()
         config = workdir / "gateway.toml"
         config.write_text(f"""
@@ -128,13 +128,17 @@ backoff_base_s = 0.2
 backoff_cap_s = 1.0
 [batch]
 max_age_s = {max_age_s}
+outage_max_age_s = {mode.outage_max_age_s}
+outage_max_count = {10000 if mode.outage_max_age_s else 0}
 [buffer]
-sync = "{sync}"
-write_behind_s = {write_behind_s}
+sync = "{mode.sync}"
+write_behind_s = {mode.write_behind_s}
 [metrics]
 listen = "127.0.0.1:{self.metrics_port}"
 [log]
 level = "warning"
+[status]
+file = "{status_dir / 'status.json'}"
 """)
         self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(config)], cwd=ROOT,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -210,21 +214,29 @@ HEADER = ["mode", "phase", "seconds", "disk write_bytes", "uplink bytes", "disk/
           "cancelled"]
 
 
-MODES = {  # name -> (buffer.sync, buffer.write_behind_s)
-    "full": ("full", 0.0),
-    "normal": ("normal", 0.0),
-    "write-behind": ("full", 1.0),
+@dataclass(frozen=True)
+class Mode:
+    sync: str  # buffer.sync
+    write_behind_s: float = 0.0  # buffer.write_behind_s
+    outage_max_age_s: float = 0.0  # batch.outage_max_age_s (outage_max_count 10 x max_count with it)
+
+
+MODES = {
+    "full": Mode("full"),
+    "normal": Mode("normal"),
+    "write-behind": Mode("full", write_behind_s=1.0),
+    "outage-batches": Mode("full", write_behind_s=1.0, outage_max_age_s=60.0),
 }
 
 
 def run_one(args: argparse.Namespace, mode: str, base: Path) -> list[Row]:
-    sync_setting, write_behind_s = MODES[mode]
     sync = mode
     workdir = Path(tempfile.mkdtemp(prefix=f"disk-io-{sync}-", dir=base))
     os.chmod(workdir, 0o755)
     cloud = Cloud(workdir)
     cloud.start()
-    gw = Gateway(workdir, cloud.url, sync_setting, args.max_age_s, write_behind_s)
+    status_dir = workdir if args.status_on_disk else Path(tempfile.mkdtemp(prefix="disk-io-status-", dir="/dev/shm"))
+    gw = Gateway(workdir, cloud.url, MODES[mode], args.max_age_s, status_dir)
     devices = subprocess.Popen(
         [sys.executable, "-m", "device_sim", "run", "--port", str(gw.local_port), "--devices", str(args.devices),
          "--rate-hz", str(args.rate_hz), "--profile", "room", "--seed", "1", "--json"],
@@ -260,6 +272,8 @@ def run_one(args: argparse.Namespace, mode: str, base: Path) -> list[Row]:
         cloud.stop()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+        if status_dir != workdir:
+            shutil.rmtree(status_dir, ignore_errors=True)
     return rows
 
 
@@ -276,6 +290,9 @@ def main() -> None:
                     help="comma-separated: full (buffer.sync full), normal (sync normal), "
                          "write-behind (sync full, buffer.write_behind_s = 1)")
     ap.add_argument("--keep", action="store_true", help="keep the data directories")
+    ap.add_argument("--status-on-disk", action="store_true",
+                    help="write the status file in the data directory (default: on /dev/shm, as docs/OPERATIONS.md "
+                         "advises for SD cards; on disk it costs two 4 KiB pages every status.interval_s)")
     args = ap.parse_args()
 
     args.dir.mkdir(parents=True, exist_ok=True)

@@ -92,13 +92,14 @@ def build_forwarder(cfg: GatewayConfig, buffer: DiskBuffer, delivery: DeliveryAc
 
 
 def build_link(cfg: GatewayConfig, secrets: Secrets, topics: CloudTopics, forwarder: Forwarder,
-               downlink: DownlinkRouter, buffer: DiskBuffer, outage: Outage) -> UplinkLink:
-    """The uplink session; its state changes reach the buffer (write-behind only while up) and
-    the outage clock."""
+               downlink: DownlinkRouter, buffer: DiskBuffer, outage: Outage, batcher: Batcher) -> UplinkLink:
+    """The uplink session; its state changes reach the buffer (write-behind only while up), the
+    batcher (outage batching only while down) and the outage clock."""
 
     def link_state(state: str, _url: str | None) -> None:
         up = state == "connected"
         buffer.set_link_up(up)
+        batcher.set_link_up(up)
         outage.changed(up)
 
     return UplinkLink(
@@ -121,7 +122,10 @@ class Processing:
 
 def build_processing(cfg: GatewayConfig) -> Processing:
     clock = ClockGuard(cfg.clock.floor_date, jump_s=cfg.clock.jump_s, sync_file=cfg.clock.sync_file)
-    return Processing(Batcher(cfg.batch.max_count, cfg.batch.max_bytes, cfg.batch.max_age_s), clock,
+    b = cfg.batch
+    batcher = Batcher(b.max_count, b.max_bytes, b.max_age_s, outage_max_age_s=b.outage_max_age_s,
+                      outage_max_count=b.outage_max_count)
+    return Processing(batcher, clock,
                       Decoder(cfg.topics, cfg.decode, clock), RuleEngine(list(cfg.rules)))
 
 
@@ -190,7 +194,7 @@ def build_parts(cfg: GatewayConfig, secrets: Secrets) -> Parts:
         on_config=pusher.on_config if cfg.downlink.config_push else None,
     )
     outage = Outage()
-    link = build_link(cfg, secrets, topics, forwarder, downlink, buffer, outage)
+    link = build_link(cfg, secrets, topics, forwarder, downlink, buffer, outage, stages.batcher)
     state = GatewayState(cfg=cfg, accounting=acc, delivery=delivery, rejects=rejects, buffer=buffer, lanes=lanes,
                          link=link, forwarder=forwarder, outage=outage, local=local, ingest=ingest,
                          processor=processor, commands=commands, downlink=downlink, config_pusher=pusher,

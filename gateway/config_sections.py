@@ -7,7 +7,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from bridge.protocol.topics import DEFAULT_PREFIX, ID_RULE, valid_id
 from gateway.config_types import (
@@ -104,8 +104,20 @@ class BatchSection(Strict):
     max_count: PositiveInt = 1000
     max_bytes: Annotated[int, Field(ge=1024)] = 65536
     max_age_s: PositiveFloat = 5.0
+    # while the uplink is down: batches may stay open this long (0 = max_age_s: off) and hold this
+    # many readings (0 = max_count); fewer, larger records on disk, a longer loss window on power loss
+    outage_max_age_s: NonNegFloat = 0.0
+    outage_max_count: Annotated[int, Field(ge=0)] = 0
     compression: Literal["none", "zlib", "zstd"] = "zlib"
     level: Annotated[int, Field(ge=0, le=22)] = 6
+
+    @field_validator("outage_max_age_s")
+    @classmethod
+    def _outage_age(cls, v: float, info: ValidationInfo) -> float:
+        live = info.data.get("max_age_s")
+        if isinstance(live, float) and 0 < v < live:
+            raise ValueError(f"must be 0 (off) or at least batch.max_age_s ({live})")
+        return v
 
     @model_validator(mode="after")
     def _zstd(self) -> BatchSection:

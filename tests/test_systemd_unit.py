@@ -68,3 +68,13 @@ def test_a_config_error_is_not_restarted_and_the_service_is_hardened() -> None:
     for key, value in (("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("PrivateTmp", "yes"),
                        ("ProtectHome", "yes"), ("PrivateDevices", "yes"), ("CapabilityBoundingSet", "")):
         assert s.get(key) == value, key
+
+
+def test_the_unit_gives_the_status_file_a_ram_disk_where_the_docs_say() -> None:
+    """OPERATIONS and the reference config tell SD-card users to put the status file in
+    /run/edge-gateway: the unit must create that directory (systemd mounts /run as tmpfs)."""
+    section = service_section()
+    assert section["RuntimeDirectory"] == "edge-gateway"
+    documented = '[status] file = "/run/edge-gateway/status.json"'
+    assert documented in (ROOT / "docs" / "OPERATIONS.md").read_text().replace("\n  ", " ")
+    assert "/run/edge-gateway/status.json" in (ROOT / "conf" / "gateway.toml").read_text()

@@ -260,7 +260,9 @@ class ConfigPusher:
         batch = self._file_batch if doc.batch is None else doc.batch
         self._rules.replace_rules(rules)
         self._encoding.compression, self._encoding.level = batch.compression, batch.level
-        full = self._batcher.reconfigure(batch.max_count, batch.max_bytes, batch.max_age_s)
+        full = self._batcher.reconfigure(batch.max_count, batch.max_bytes, batch.max_age_s,
+                                         outage_max_age_s=batch.outage_max_age_s,
+                                         outage_max_count=batch.outage_max_count)
         self.version = doc.version
         if full is not None:
             self._write_batch(full)

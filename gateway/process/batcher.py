@@ -15,7 +15,13 @@ SERIES_COST_BYTES = 24
 
 class Batcher:
     """Collects readings; hands back a full batch when ``max_count`` or ``max_bytes`` is reached,
-    or from :meth:`poll` once the oldest reading waited ``max_age_s``."""
+    or from :meth:`poll` once the oldest reading waited ``max_age_s``.
+
+    Outage batching (off unless ``outage_max_age_s`` > ``max_age_s``): while the uplink is down
+    (:meth:`set_link_up`), nothing is sent anyway, so a batch may stay open for
+    ``outage_max_age_s`` and hold up to ``outage_max_count`` readings (``max_bytes`` still holds):
+    fewer, larger records on disk, at the price of a longer loss window on a power cut. When the
+    link comes back the live limits apply again, and a batch already past them closes at once."""
 
     def __init__(
         self,
@@ -23,10 +29,16 @@ class Batcher:
         max_bytes: int,
         max_age_s: float,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        outage_max_age_s: float = 0.0,
+        outage_max_count: int = 0,
     ) -> None:
         self.max_count = max_count
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
+        self.outage_max_age_s = outage_max_age_s
+        self.outage_max_count = outage_max_count
+        self._link_up = False  # as at start: down until the uplink says it is connected
         self._clock = clock
         self._readings: list[Reading] = []
         self._series: set[tuple[str, str]] = set()
@@ -35,6 +47,21 @@ class Batcher:
 
     def __len__(self) -> int:
         return len(self._readings)
+
+    @property
+    def _outage(self) -> bool:
+        return not self._link_up and self.outage_max_age_s > self.max_age_s
+
+    @property
+    def limits(self) -> tuple[int, float]:
+        """The readings count and the age (s) at which the open batch closes, as things stand."""
+        if self._outage:
+            return max(self.max_count, self.outage_max_count), self.outage_max_age_s
+        return self.max_count, self.max_age_s
+
+    def set_link_up(self, up: bool) -> None:
+        """Tell the batcher whether the uplink is up (outage batching applies only while it is not)."""
+        self._link_up = up
 
     def add(self, reading: Reading) -> list[Reading] | None:
         if not self._readings:
@@ -45,17 +72,19 @@ class Batcher:
             self._series.add(key)
             self._bytes += SERIES_COST_BYTES + len(reading.device) + len(reading.metric)
         self._bytes += READING_COST_BYTES
-        if len(self._readings) >= self.max_count or self._bytes >= self.max_bytes:
-            return self.flush()
-        return None
+        return self.flush() if self._full() else None
+
+    def _full(self) -> bool:
+        return len(self._readings) >= self.limits[0] or self._bytes >= self.max_bytes
 
     def deadline(self) -> float | None:
         """Clock time at which the open batch is due, or None when empty."""
-        return None if self._opened_at is None else self._opened_at + self.max_age_s
+        return None if self._opened_at is None else self._opened_at + self.limits[1]
 
     def poll(self) -> list[Reading] | None:
+        """The open batch if it is due: old enough, or over the limits (the link came back)."""
         due = self.deadline()
-        if due is not None and self._clock() >= due:
+        if due is not None and (self._clock() >= due or self._full()):
             return self.flush()
         return None
 
@@ -66,9 +95,9 @@ class Batcher:
         self._readings, self._series, self._bytes, self._opened_at = [], set(), 0, None
         return out
 
-    def reconfigure(self, max_count: int, max_bytes: int, max_age_s: float) -> list[Reading] | None:
+    def reconfigure(self, max_count: int, max_bytes: int, max_age_s: float, *, outage_max_age_s: float = 0.0,
+                    outage_max_count: int = 0) -> list[Reading] | None:
         """Apply a new policy; returns the open batch if it is already over the new limits."""
         self.max_count, self.max_bytes, self.max_age_s = max_count, max_bytes, max_age_s
-        if len(self._readings) >= max_count or self._bytes >= max_bytes:
-            return self.flush()
-        return None
+        self.outage_max_age_s, self.outage_max_count = outage_max_age_s, outage_max_count
+        return self.flush() if self._readings and self._full() else None

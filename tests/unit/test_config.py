@@ -53,6 +53,8 @@ def test_unset_password_variable_names_the_key(tmp_path: Path, monkeypatch: pyte
     [
         ("[batch]\nmax_count = 0\n", "batch.max_count"),
         ("[batch]\nmax_cuont = 5\n", "batch.max_cuont"),
+        ("[batch]\nmax_age_s = 5.0\noutage_max_age_s = 2.0\n", "batch.outage_max_age_s"),
+        ("[batch]\noutage_max_count = -1\n", "batch.outage_max_count"),
         ("[gateway]\nid = 'a/b'\n", "gateway.id"),
         ("[uplink]\nurls = ['http://x']\n", "uplink.urls"),
         ("[uplink]\nurls = ['mqtt://u:pw@x']\n", "uplink.urls"),
