@@ -16,8 +16,8 @@ batch written before it is sent), ``normal`` (``buffer.sync = "normal"``), ``wri
 (``sync = "full"`` with ``buffer.write_behind_s = 1``: batches acknowledged within a second never
 reach the disk) and ``outage-batches`` (write-behind plus ``batch.outage_max_age_s = 60`` and
 ``outage_max_count = 10000``: while the cloud is down, batches stay open up to 60 s). The status
-file goes to /dev/shm (a RAM disk, as docs/OPERATIONS.md advises for SD cards) unless
-``--status-on-disk``. Keep ``--outage-s`` well above 60 s, or outage batching never closes a batch
+file is where the gateway puts it by default (the data directory), or on /dev/shm with
+``--status-on-ramdisk`` (as docs/OPERATIONS.md suggests for SD cards). Keep ``--outage-s`` well above 60 s, or outage batching never closes a batch
 during the outage and the comparison flatters it.
 
 Phases of each run:
@@ -242,7 +242,7 @@ def run_one(args: argparse.Namespace, mode: str, base: Path) -> list[Row]:
     os.chmod(workdir, 0o755)
     cloud = Cloud(workdir)
     cloud.start()
-    status_dir = workdir if args.status_on_disk else Path(tempfile.mkdtemp(prefix="disk-io-status-", dir="/dev/shm"))
+    status_dir = Path(tempfile.mkdtemp(prefix="disk-io-status-", dir="/dev/shm")) if args.status_on_ramdisk else workdir
     gw = Gateway(workdir, cloud.url, MODES[mode], args.max_age_s, status_dir)
     devices = subprocess.Popen(
         [sys.executable, "-m", "device_sim", "run", "--port", str(gw.local_port), "--devices", str(args.devices),
@@ -298,9 +298,9 @@ def main() -> None:
                          "write-behind (sync full, buffer.write_behind_s = 1), outage-batches (write-behind "
                          "and batch.outage_max_age_s = 60)")
     ap.add_argument("--keep", action="store_true", help="keep the data directories")
-    ap.add_argument("--status-on-disk", action="store_true",
-                    help="write the status file in the data directory (default: on /dev/shm, as docs/OPERATIONS.md "
-                         "advises for SD cards; on disk it costs two 4 KiB pages every status.interval_s)")
+    ap.add_argument("--status-on-ramdisk", action="store_true",
+                    help="write the status file on /dev/shm instead of the data directory (as docs/OPERATIONS.md "
+                         "suggests for SD cards)")
     args = ap.parse_args()
 
     args.dir.mkdir(parents=True, exist_ok=True)

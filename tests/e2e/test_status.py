@@ -13,7 +13,7 @@ from typing import Any
 from click.testing import CliRunner, Result
 
 from gateway.cli import main
-from gateway.observe.status import StatusUnavailable, read_status, write_atomically
+from gateway.observe.status import StatusUnavailable, read_status, write_in_place
 from tests.e2e.harness import Devices, gateway_config, local_url, running_gateway, telemetry
 from tests.support import Mosquitto, eventually
 
@@ -108,15 +108,15 @@ def test_status_of_an_old_file_is_stale(tmp_path: Path) -> None:
 
 
 def test_a_reader_never_sees_half_a_status_file(tmp_path: Path) -> None:
-    """The writer renames a finished temporary file over the old one: readers racing it always
-    parse a whole document."""
+    """The writer rewrites the file in place, longer and shorter documents in turn: readers racing
+    it always parse a whole document."""
     path = tmp_path / "status.json"
-    write_atomically(path, json.dumps({"ts": time.time(), "n": 0}).encode())
+    write_in_place(path, json.dumps({"ts": time.time(), "n": 0}).encode())
     done = threading.Event()
 
     def writer() -> None:
         for n in range(1, 400):
-            write_atomically(path, json.dumps({"ts": time.time(), "n": n, "pad": "x" * (n * 97 % 20_000)}).encode())
+            write_in_place(path, json.dumps({"ts": time.time(), "n": n, "pad": "x" * (n * 97 % 20_000)}).encode())
         done.set()
 
     thread = threading.Thread(target=writer)
@@ -125,3 +125,15 @@ def test_a_reader_never_sees_half_a_status_file(tmp_path: Path) -> None:
         assert read_status(path)["n"] >= 0  # raises StatusUnavailable on a torn file
     thread.join()
     assert read_status(path)["n"] == 399
+
+
+def test_the_status_file_is_rewritten_in_place_never_replaced_or_truncated(tmp_path: Path) -> None:
+    """Same inode, never shorter: the kernel can keep the pages dirty and write them back once in a
+    while instead of a new file (and, on ext4, an immediate write-back) every few seconds."""
+    path = tmp_path / "status.json"
+    write_in_place(path, json.dumps({"ts": time.time(), "n": 1, "pad": "x" * 5000}).encode())
+    inode, size = path.stat().st_ino, path.stat().st_size
+    write_in_place(path, json.dumps({"ts": time.time(), "n": 2}).encode())
+    assert path.stat().st_ino == inode and path.stat().st_size == size
+    assert read_status(path)["n"] == 2 and "pad" not in read_status(path)
+    assert path.stat().st_mode & 0o777 == 0o644
