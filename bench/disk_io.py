@@ -17,8 +17,9 @@ batch written before it is sent), ``normal`` (``buffer.sync = "normal"``), ``wri
 reach the disk) and ``outage-batches`` (write-behind plus ``batch.outage_max_age_s = 60`` and
 ``outage_max_count = 10000``: while the cloud is down, batches stay open up to 60 s). The status
 file is where the gateway puts it by default (the data directory), or on /dev/shm with
-``--status-on-ramdisk`` (as docs/OPERATIONS.md suggests for SD cards). Keep ``--outage-s`` well above 60 s, or outage batching never closes a batch
-during the outage and the comparison flatters it.
+``--status-on-ramdisk`` (as docs/OPERATIONS.md suggests for SD cards). Keep ``--outage-s`` well
+above 60 s, or outage batching never closes a batch during the outage and the comparison flatters
+it.
 
 Phases of each run:
 
