@@ -11,7 +11,8 @@ is turned into :class:`StorageError` here (``full`` tells a full disk apart).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -75,6 +76,26 @@ def _translated(what: str, exc: OSError | sqlite3.Error) -> StorageError:
     return (DiskFull if _is_disk_full(exc) else StorageError)(f"{what}: {exc}")
 
 
+@contextmanager
+def _no_checkpoint_on_open(db: Path) -> Iterator[None]:
+    """Hold a second connection to an existing database while diskcache opens it.
+
+    diskcache writes its settings, closes its connection and opens a new one. SQLite checkpoints
+    the write-ahead log and fsyncs the database file when the *last* connection closes, so each
+    open would wait until every page of the database not yet on disk is written (after a large
+    backlog was written or copied: seconds). With this connection open that close is not the
+    last one; the log is checkpointed later as usual."""
+    if not db.exists():
+        yield
+        return
+    holder = sqlite3.connect(db, isolation_level=None)
+    try:
+        holder.execute("PRAGMA schema_version").fetchall()  # opens the log: a shared lock until closed
+        yield
+    finally:
+        holder.close()
+
+
 class Rows:
     """The database of one buffer directory: records, counters and the stream id."""
 
@@ -87,17 +108,21 @@ class Rows:
 
     def open(self) -> None:
         try:
-            self._cache = diskcache.Cache(
-                str(self._dir),
-                eviction_policy="none",
-                size_limit=2**62,
-                cull_limit=0,
-                sqlite_synchronous=2 if self._sync == "full" else 1,
-                sqlite_wal_autocheckpoint=WAL_CHECKPOINT_PAGES,
-                sqlite_journal_size_limit=WAL_LIMIT_BYTES,
-                disk_min_file_size=2**22,
-                **{f"sqlite_{name}": value for name, value in {**READ_PRAGMAS, **self._pragmas}.items()},
-            )
+            with _no_checkpoint_on_open(self._dir / DB_FILE):
+                cache = diskcache.Cache(
+                    str(self._dir),
+                    eviction_policy="none",
+                    size_limit=2**62,
+                    cull_limit=0,
+                    sqlite_synchronous=1,  # its settings rows need no fsync each: the first real write syncs them
+                    sqlite_wal_autocheckpoint=WAL_CHECKPOINT_PAGES,
+                    sqlite_journal_size_limit=WAL_LIMIT_BYTES,
+                    disk_min_file_size=2**22,
+                    **{f"sqlite_{name}": value for name, value in {**READ_PRAGMAS, **self._pragmas}.items()},
+                )
+            if self._sync == "full":
+                cache.reset("sqlite_synchronous", 2)
+            self._cache = cache
         except _FAILURES as exc:
             raise _translated(f"cannot open buffer in {self._dir}", exc) from exc
 
