@@ -5,15 +5,24 @@ are in :mod:`bridge.cloud.cli_common` (the cloud-side commands use them too)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
-from rich.console import Console
 
 from gateway.config import GatewayConfig, Secrets, load_config
 from gateway.errors import ConfigError
 
-err_console = Console(stderr=True, soft_wrap=True)
+
+class _ErrConsole:
+    """rich's stderr console, imported only when something is printed (not by ``run`` as a service)."""
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        from rich.console import Console
+
+        Console(stderr=True, soft_wrap=True).print(*objects, **options)
+
+
+err_console = _ErrConsole()
 
 
 def exit_invalid(exc: ConfigError) -> NoReturn:

@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 import click
-from rich.console import Console
-from rich.markup import escape
 
 from bridge.mqtt.errors import BridgeError, InvalidUrl
 from bridge.mqtt.types import ANONYMOUS, Login, TlsSettings
@@ -25,13 +23,26 @@ from bridge.mqtt.urls import parse_broker_url
 from bridge.protocol.records import ControlRecord
 from bridge.protocol.topics import ID_RULE, CloudTopics, valid_id
 
-err_console = Console(stderr=True, soft_wrap=True)
+
+class StderrConsole:
+    """Prints to stderr through rich, imported on first use: ``edge-gateway run`` as a service never
+    prints through it, and rich would cost memory for the life of the process."""
+
+    def print(self, *objects: Any, **options: Any) -> None:
+        from rich.console import Console
+
+        Console(stderr=True, soft_wrap=True).print(*objects, **options)
+
+
+err_console = StderrConsole()
 PREFIX_HELP = "Cloud topic prefix pattern."
 
 
 def exit_failed(exc: Exception, fix: str = "") -> NoReturn:
     """An operational error (busy port, unwritable directory, unreachable broker): one line naming
     the cause and, when known, the fix; exit 1. Never a traceback."""
+    from rich.markup import escape
+
     text = " ".join(str(exc).split())
     err_console.print(f"[red]error:[/red] {escape(text)}" + (f"; {escape(fix)}" if fix else ""), highlight=False)
     raise SystemExit(1) from exc
@@ -39,9 +50,10 @@ def exit_failed(exc: Exception, fix: str = "") -> NoReturn:
 
 def setup_logging(level: str) -> None:
     if sys.stderr.isatty():
+        from rich.console import Console
         from rich.logging import RichHandler
 
-        handler: logging.Handler = RichHandler(console=err_console, show_path=False)
+        handler: logging.Handler = RichHandler(console=Console(stderr=True, soft_wrap=True), show_path=False)
         fmt = "%(message)s"
     else:
         handler = logging.StreamHandler()
@@ -125,6 +137,8 @@ def require_plot() -> None:
     try:
         require_matplotlib()
     except PlotUnavailable as exc:
+        from rich.markup import escape
+
         err_console.print(f"[red]error:[/red] --plot: {escape(str(exc))}", highlight=False)
         raise SystemExit(2) from exc
 

@@ -11,7 +11,8 @@ is turned into :class:`StorageError` here (``full`` tells a full disk apart).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -82,21 +83,29 @@ def _translated(what: str, exc: OSError | sqlite3.Error) -> StorageError:
     return (DiskFull if _is_disk_full(exc) else StorageError)(f"{what}: {exc}")
 
 
-def _create_with_page_size(db: Path, page_size: int) -> int:
-    """Create ``db`` (in WAL mode, with ``page_size``) unless it exists; the database's page size.
+@contextmanager
+def _held_open(db: Path, page_size: int) -> Iterator[int]:
+    """Create ``db`` with ``page_size`` (in WAL mode) unless it exists, and hold a connection to it
+    while diskcache opens it; yields the database's page size.
 
-    diskcache sets its pragmas in name order, ``journal_mode`` before anything named
-    ``page_size``, and a database in WAL mode keeps the page size it was created with: so the
-    file is created here first."""
+    - diskcache sets its pragmas in name order, ``journal_mode`` before anything named
+      ``page_size``, and a database in WAL mode keeps the page size it was created with: so the
+      file is created here first.
+    - diskcache writes its settings, closes its connection and opens a new one. SQLite checkpoints
+      the write-ahead log and fsyncs the database file when the *last* connection closes, so each
+      open would wait until every page of the database not yet on disk is written (after a large
+      backlog was written or copied: seconds). With this connection open that close is not the
+      last one; the log is checkpointed later as usual."""
     db.parent.mkdir(parents=True, exist_ok=True)
-    con = sqlite3.connect(db)
+    holder = sqlite3.connect(db, isolation_level=None)
     try:
-        if con.execute("PRAGMA page_count").fetchone()[0] == 0:
-            con.execute(f"PRAGMA page_size = {int(page_size)}")
-            con.execute("PRAGMA journal_mode = wal")
-        return int(con.execute("PRAGMA page_size").fetchone()[0])
+        if holder.execute("PRAGMA page_count").fetchone()[0] == 0:
+            holder.execute(f"PRAGMA page_size = {int(page_size)}")
+            holder.execute("PRAGMA journal_mode = wal")
+        holder.execute("PRAGMA schema_version").fetchall()  # opens the log: a shared lock until closed
+        yield int(holder.execute("PRAGMA page_size").fetchone()[0])
     finally:
-        con.close()
+        holder.close()
 
 
 class Rows:
@@ -111,19 +120,22 @@ class Rows:
 
     def open(self) -> None:
         try:
-            page_size = _create_with_page_size(self._dir / DB_FILE, PAGE_SIZE)
-            self._cache = diskcache.Cache(
-                str(self._dir),
-                eviction_policy="none",
-                size_limit=2**62,
-                cull_limit=0,
-                sqlite_synchronous=2 if self._sync == "full" else 1,
-                sqlite_wal_autocheckpoint=WAL_CHECKPOINT_BYTES // page_size,
-                sqlite_journal_size_limit=WAL_LIMIT_BYTES,
-                disk_min_file_size=2**22,
-                **{f"sqlite_{name}": value
-                   for name, value in {**READ_PRAGMAS, **WRITE_PRAGMAS, **self._pragmas}.items()},
-            )
+            with _held_open(self._dir / DB_FILE, PAGE_SIZE) as page_size:
+                cache = diskcache.Cache(
+                    str(self._dir),
+                    eviction_policy="none",
+                    size_limit=2**62,
+                    cull_limit=0,
+                    sqlite_synchronous=1,  # its settings rows need no fsync each: the first real write syncs them
+                    sqlite_wal_autocheckpoint=WAL_CHECKPOINT_BYTES // page_size,
+                    sqlite_journal_size_limit=WAL_LIMIT_BYTES,
+                    disk_min_file_size=2**22,
+                    **{f"sqlite_{name}": value
+                       for name, value in {**READ_PRAGMAS, **WRITE_PRAGMAS, **self._pragmas}.items()},
+                )
+            if self._sync == "full":
+                cache.reset("sqlite_synchronous", 2)
+            self._cache = cache
         except _FAILURES as exc:
             raise _translated(f"cannot open buffer in {self._dir}", exc) from exc
 

@@ -1,7 +1,7 @@
 """The gateway process with a large backlog on disk: it accepts devices before the backlog is counted,
 a kill -9 while it is being counted loses nothing and reuses no sequence number, and a backlog
-larger than the process' memory headroom (an address-space cap) opens, drains in
-order and completes."""
+whose records' metadata alone is several times the process' memory headroom (an address-space
+cap) opens, drains in order and completes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bridge.protocol.model import Lane, Reading
-from bridge.protocol.topics import CloudTopics
+from bridge.protocol.topics import DEFAULT_PREFIX, CloudTopics
 from gateway.observe.accounting import Accounting
 from gateway.store.buffer import Budget, DiskBuffer
 from gateway.store.lanes import LaneWriter
@@ -22,13 +22,14 @@ from tests.support import Mosquitto, eventually, free_port
 BUDGETS: dict[Lane, Budget] = {"telemetry": Budget(1 << 40), "control": Budget(1 << 30)}
 
 
-def prefill(buffer_dir: Path, records: int, readings: int = 1) -> None:
+def prefill(buffer_dir: Path, records: int, readings: int = 1, prefix: str = DEFAULT_PREFIX) -> None:
     """``records`` telemetry batches of device ``old`` (device seqs 1, 2, ...), written many per
-    transaction, as an earlier run that lost its uplink would have left them."""
+    transaction, as an earlier run that lost its uplink would have left them (topics under
+    ``prefix``)."""
     buf = DiskBuffer(buffer_dir, BUDGETS, sync="normal", write_behind_s=3600)
     buf.open()
     buf.set_link_up(True)
-    lanes = LaneWriter(buf, CloudTopics("gw-test"), Accounting(), compression="none", level=0,
+    lanes = LaneWriter(buf, CloudTopics("gw-test", prefix), Accounting(), compression="none", level=0,
                        on_written=lambda: None)
     n = 0
     for i in range(records):
@@ -43,10 +44,12 @@ def prefill(buffer_dir: Path, records: int, readings: int = 1) -> None:
     buf.close()
 
 
-def start(tmp: Path, cloud: Mosquitto, *, memory_cap: int = 0) -> tuple[GatewayProcess, int]:
+def start(tmp: Path, cloud: Mosquitto, *, memory_cap: int = 0, prefix: str = DEFAULT_PREFIX
+          ) -> tuple[GatewayProcess, int]:
     local = free_port()
     config = write_config(tmp, local, free_port(), cloud.url, max_count=100, max_age_s=0.1, log_level="info",
-                          extra=f"[buffer]\ntelemetry = {{ max_bytes = {1 << 40}, max_age_s = 0.0 }}\n")
+                          extra=f"[buffer]\ntelemetry = {{ max_bytes = {1 << 40}, max_age_s = 0.0 }}\n"
+                                f"[topics]\ncloud_prefix = \"{prefix}\"\n")
     return GatewayProcess(config, local, None, memory_cap=memory_cap), local
 
 
@@ -108,28 +111,36 @@ def peak_address_space(gw: GatewayProcess) -> int:
     raise AssertionError("no VmPeak")
 
 
-@pytest.mark.timeout(900)
-async def test_a_backlog_too_big_to_hold_in_memory_opens_drains_in_order_and_completes(
+# Each record's metadata carries its topic (twice: in its key and on its own), so under this prefix a
+# record held in memory costs about 7 KB: a backlog of 12,000 short batches (quick to build and to
+# drain) holds ~80 MB of metadata, several times the headroom the cap leaves.
+LONG_PREFIX = "site/" + "x" * 3000 + "/edge/{gateway_id}"
+HEADROOM = 16 * 1024 * 1024
+
+
+@pytest.mark.timeout(600)
+async def test_a_backlog_whose_metadata_is_beyond_the_memory_cap_opens_drains_in_order_and_completes(
         tmp_path: Path, mosquitto: Mosquitto) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    gw, _ = start(empty, mosquitto, memory_cap=1 << 40)  # no real cap, but the same malloc settings
+    gw, _ = start(empty, mosquitto, memory_cap=1 << 40, prefix=LONG_PREFIX)  # no real cap, the same malloc settings
     with gw:
         wait_accepting(gw)
         baseline = peak_address_space(gw)
-    # the cap allows 16 MB of address space more than the empty gateway used; the backlog on disk
-    # (30,000 batches of 50 readings) is larger than that
-    records = 30_000
-    cap = baseline + 16 * 1024 * 1024
-    prefill(tmp_path / "data" / "buffer", records, readings=50)
-    assert sum(p.stat().st_size for p in (tmp_path / "data" / "buffer").rglob("*")) > 16 * 1024 * 1024
-    collector = CloudCollector(mosquitto.url)
+    # the cap allows 16 MB of address space more than the empty gateway ever used (its peak, which
+    # includes a thread's malloc arena being set up); holding every record's metadata needs far more
+    records = 12_000
+    cap = baseline + HEADROOM
+    prefill(tmp_path / "data" / "buffer", records, prefix=LONG_PREFIX)
+    prefix = CloudTopics("gw-test", LONG_PREFIX).prefix
+    assert records * 2 * len(prefix) > 4 * HEADROOM
+    collector = CloudCollector(mosquitto.url, prefix=prefix)
     await collector.connect()
     try:
-        gw, _ = start(tmp_path, mosquitto, memory_cap=cap)
+        gw, _ = start(tmp_path, mosquitto, memory_cap=cap, prefix=LONG_PREFIX)
         with gw:
             wait_accepting(gw)
-            await eventually(lambda: len(collector.data.batches) >= records, timeout=600, message=gw.log)
+            await eventually(lambda: len(collector.data.batches) >= records, timeout=300, message=gw.log)
             await eventually(lambda: "backlog counted" in gw.log(), message=gw.log)
             gw.alive()
         seqs = [b.seq for b in collector.data.batches]
