@@ -33,25 +33,26 @@ def cloud_conf(port: int) -> str:
             f"max_inflight_messages 0\nmax_queued_messages 0\n{_LOG}")
 
 
-def local_conf(port: int, data_dir: Path) -> str:
+def local_conf(port: int, data_dir: Path, stock_queue: bool = False) -> str:
     """A local (edge) mosquitto as a deployment runs it: persistent, as conf/mosquitto/mosquitto.conf
     sets it, with a queue as large as the gateway's default telemetry buffer (256 MiB) instead of
-    mosquitto's default of 1000 messages, which would drop messages during any outage."""
+    mosquitto's default of 1000 messages per client, which drops messages whenever the client (the
+    bridge, or the gateway) falls behind or is away. ``stock_queue`` keeps that default."""
     return (
         f"listener {port} 127.0.0.1\n"
         "allow_anonymous true\n"
         # Keep sessions and queued messages across restarts, saved every 60 s (the shipped config).
         f"persistence true\npersistence_location {data_dir}/\nautosave_interval 60\n"
         # Queue without a message limit, bounded by bytes like the gateway's buffer.
-        "max_queued_messages 0\nmax_queued_bytes 268435456\n"
-        f"{_LOG}"
+        + ("" if stock_queue else "max_queued_messages 0\nmax_queued_bytes 268435456\n")
+        + _LOG
     )
 
 
-def bridge_conf(port: int, data_dir: Path, cloud_port: int, client_id: str) -> str:
+def bridge_conf(port: int, data_dir: Path, cloud_port: int, client_id: str, stock_queue: bool = False) -> str:
     """``local_conf`` plus a bridge to the cloud broker, set up as mosquitto.conf(5) describes a
     bridge that must not lose device data across link or broker restarts."""
-    return local_conf(port, data_dir) + "\n".join((
+    return local_conf(port, data_dir, stock_queue) + "\n".join((
         # One bridge, named "cloud"; everything below up to the next `connection` belongs to it.
         "connection cloud",
         f"address 127.0.0.1:{cloud_port}",

@@ -27,6 +27,9 @@ The same publisher (``bench/_shaped_publisher.py``, one separate process, one pa
 - lost: readings sent minus distinct readings delivered once everything arrived or ``--drain-s``
   seconds after the publisher finished; duplicates are counted apart.
 
+``--stock-queue`` leaves mosquitto's default queue of 1000 messages per client on the local brokers
+(bridge and external), to show what a client that falls behind loses with it.
+
 The publisher's own rate is printed too: a setup cannot be faster than it. Durability differs in the
 gateway's favour: it fsyncs each batch to disk before it is acknowledged upstream, while the bridge's
 mosquitto saves its queue every 60 s.
@@ -201,7 +204,8 @@ def wait_bridge(env: Env, client_id: str, timeout: float = 30) -> None:
 def run_bridge(env: Env, shape: int, run: str) -> tuple[Count, float]:
     folder = env.tmp / run
     port = free_port()
-    local = MosquittoProcess(bridge_conf(port, folder, env.cloud_port, f"bridge-{run}"), port, folder)
+    conf = bridge_conf(port, folder, env.cloud_port, f"bridge-{run}", env.args.stock_queue)
+    local = MosquittoProcess(conf, port, folder)
     try:
         local.wait_listening()
         wait_bridge(env, f"bridge-{run}")
@@ -217,7 +221,8 @@ def run_gateway(env: Env, shape: int, run: str, external: bool) -> tuple[Count, 
     folder = env.tmp / run
     folder.mkdir()
     port, metrics_port, gw_id = free_port(), free_port(), f"bench-{run}"
-    local = MosquittoProcess(local_conf(port, folder), port, folder / "mosquitto") if external else None
+    broker_dir = folder / "mosquitto"  # persistence: MosquittoProcess opens it to the user mosquitto
+    local = MosquittoProcess(local_conf(port, broker_dir, env.args.stock_queue), port, broker_dir) if external else None
     section = f'mode = "external"\nurl = "mqtt://127.0.0.1:{port}"' if external else f'listen = "127.0.0.1:{port}"'
     log = folder / "gateway.log"
     try:
@@ -290,6 +295,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--setups", default=",".join(SETUPS), help=f"comma-separated, of {', '.join(SETUPS)}")
     ap.add_argument("--drain-s", type=float, default=60.0, help="wait this long after publishing for the rest")
     ap.add_argument("--warmup", type=float, default=0.1, help="fraction left out at each end of the rate")
+    ap.add_argument("--stock-queue", action="store_true",
+                    help="leave mosquitto's default queue limit (1000 messages per client) on the local brokers")
     args = ap.parse_args()
     args.shapes = [int(s) for s in args.shapes.split(",")]
     args.setups = args.setups.split(",")
