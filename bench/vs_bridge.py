@@ -85,7 +85,7 @@ class Count:
 
     def rate(self, warmup: float) -> float:
         lo, hi = warmup * self.sent, (1 - warmup) * self.sent
-        start = next((t, n) for t, n in self.timeline if n >= lo)
+        start = next(((t, n) for t, n in self.timeline if n >= lo), self.timeline[0])
         end = next(((t, n) for t, n in self.timeline if n >= hi), self.timeline[-1])
         return (end[1] - start[1]) / (end[0] - start[0]) if end[0] > start[0] else float("nan")
 
