@@ -98,8 +98,8 @@ class _Path:
         self.encode_batch = encode_batch
         self.rules = [RuleSpec.model_validate(r) for r in RULES]
         self.batch = BatchSection()
-        self.decoder = lambda: Decoder(TopicsSection(), DecodeSection())
-        self.engine = lambda: RuleEngine(list(self.rules))
+        self.decoder: Callable[[], Any] = lambda: Decoder(TopicsSection(), DecodeSection())
+        self.engine: Callable[[], Any] = lambda: RuleEngine(list(self.rules))
         self.stats: dict[str, Any] = {}
 
         def pipeline(batches: list[Any], control: list[Any]) -> Any:
@@ -107,7 +107,7 @@ class _Path:
             return Pipeline(self.decoder(), self.engine(), Batcher(b.max_count, b.max_bytes, b.max_age_s),
                             Accounting(), RejectLog(), on_batch=batches.append, on_control=control.append)
 
-        self.pipeline = pipeline
+        self.pipeline: Callable[[list[Any], list[Any]], Any] = pipeline
 
     def decode(self, msgs: list[tuple[str, bytes, int]]) -> None:
         decode = self.decoder().decode
