@@ -44,6 +44,7 @@ class Batcher:
         self._series: set[tuple[str, str]] = set()
         self._bytes = 0
         self._opened_at: float | None = None
+        self._max_now = self.limits[0]  # the readings count that closes the batch, kept up to date
 
     def __len__(self) -> int:
         return len(self._readings)
@@ -62,20 +63,25 @@ class Batcher:
     def set_link_up(self, up: bool) -> None:
         """Tell the batcher whether the uplink is up (outage batching applies only while it is not)."""
         self._link_up = up
+        self._max_now = self.limits[0]
 
     def add(self, reading: Reading) -> list[Reading] | None:
-        if not self._readings:
+        readings = self._readings
+        if not readings:
             self._opened_at = self._clock()
-        self._readings.append(reading)
-        key = (reading.device, reading.metric)
-        if key not in self._series:
+        readings.append(reading)
+        key = (reading[0], reading[1])
+        if key in self._series:
+            self._bytes += READING_COST_BYTES
+        else:
             self._series.add(key)
-            self._bytes += SERIES_COST_BYTES + len(reading.device) + len(reading.metric)
-        self._bytes += READING_COST_BYTES
-        return self.flush() if self._full() else None
+            self._bytes += SERIES_COST_BYTES + len(key[0]) + len(key[1]) + READING_COST_BYTES
+        if len(readings) >= self._max_now or self._bytes >= self.max_bytes:
+            return self.flush()
+        return None
 
     def _full(self) -> bool:
-        return len(self._readings) >= self.limits[0] or self._bytes >= self.max_bytes
+        return len(self._readings) >= self._max_now or self._bytes >= self.max_bytes
 
     def deadline(self) -> float | None:
         """Clock time at which the open batch is due, or None when empty."""
@@ -100,4 +106,5 @@ class Batcher:
         """Apply a new policy; returns the open batch if it is already over the new limits."""
         self.max_count, self.max_bytes, self.max_age_s = max_count, max_bytes, max_age_s
         self.outage_max_age_s, self.outage_max_count = outage_max_age_s, outage_max_count
+        self._max_now = self.limits[0]
         return self.flush() if self._readings and self._full() else None

@@ -49,6 +49,9 @@ _NAME_CACHE_MAX = 100_000  # validated ids/metric names remembered (bounded: ids
 _MSGPACK_MAP_FIRST_BYTES = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
 _RESERVED = frozenset({"ts", "seq"})
 _json_decode = json.JSONDecoder().decode
+_isfinite = math.isfinite
+# Reading(...) runs the NamedTuple's Python-level __new__; tuple.__new__ builds the same object in C
+_new_tuple = tuple.__new__
 
 
 @dataclass(frozen=True)
@@ -214,15 +217,20 @@ class Decoder:
         if len(metrics) > self._limits.max_metrics_per_message:
             return Rejection(TOO_MANY_METRICS, f"{len(metrics)} > {self._limits.max_metrics_per_message}")
         out = Telemetry(device, [])
+        readings, good = out.readings, self._good_names
         for metric in metrics:
+            raw = obj[metric]
+            if type(raw) is float and metric in good and _isfinite(raw):  # the common case, inline
+                readings.append(_new_tuple(Reading, (device, metric, ts, raw, seq)))
+                continue
             if not self._valid_name(metric):
                 out.rejections.append(Rejection(BAD_METRIC_NAME, _shown(metric)))
                 continue
-            value = self._value(metric, obj[metric])
+            value = self._value(metric, raw)
             if isinstance(value, Rejection):
                 out.rejections.append(value)
             else:
-                out.readings.append(Reading(device, metric, ts, value, seq))
+                readings.append(_new_tuple(Reading, (device, metric, ts, value, seq)))
         self._mark(obj.get("ts"), ts, recv_ms, len(out.readings))
         return out
 
