@@ -87,9 +87,10 @@ class _Path:
 
     def __init__(self) -> None:
         from bridge.protocol.codec import encode_batch
-        from gateway.config import BatchSection, DecodeSection, RuleSpec, TopicsSection
+        from gateway.config import BatchSection, ClockSection, DecodeSection, RuleSpec, TopicsSection
         from gateway.observe.accounting import Accounting
         from gateway.process.batcher import Batcher
+        from gateway.process.clock import ClockGuard
         from gateway.process.decode import Decoder
         from gateway.process.pipeline import Pipeline
         from gateway.process.rejects import RejectLog
@@ -98,7 +99,9 @@ class _Path:
         self.encode_batch = encode_batch
         self.rules = [RuleSpec.model_validate(r) for r in RULES]
         self.batch = BatchSection()
-        self.decoder: Callable[[], Any] = lambda: Decoder(TopicsSection(), DecodeSection())
+        c = ClockSection()
+        clock = ClockGuard(c.floor_date, jump_s=c.jump_s, sync_file=c.sync_file)  # as the gateway builds it
+        self.decoder: Callable[[], Any] = lambda: Decoder(TopicsSection(), DecodeSection(), clock)
         self.engine: Callable[[], Any] = lambda: RuleEngine(list(self.rules))
         self.stats: dict[str, Any] = {}
 
