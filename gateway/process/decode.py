@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,7 @@ _NAME_CACHE_MAX = 100_000  # validated ids/metric names remembered (bounded: ids
 _MSGPACK_MAP_FIRST_BYTES = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
 _RESERVED = frozenset({"ts", "seq"})
 _json_decode = json.JSONDecoder().decode
+_json_scan = json.JSONDecoder().raw_decode
 _isfinite = math.isfinite
 # Reading(...) runs the NamedTuple's Python-level __new__; tuple.__new__ builds the same object in C
 _new_tuple = tuple.__new__
@@ -81,6 +83,7 @@ class DeviceResponse:
 
 
 Decoded = Telemetry | DeviceEvent | DeviceResponse | Rejection
+_Handler = Callable[[str, dict[str, str], bytes, int], Decoded]
 
 
 class Decoder:
@@ -100,6 +103,8 @@ class Decoder:
             (self._responses, self._decode_response),
         )
         self._good_names: set[str] = set()
+        # topic -> (handler, device, topic fields) of topics seen with a valid device id (bounded)
+        self._known_topics: dict[str, tuple[_Handler, str, dict[str, str]]] = {}
 
     def _valid_name(self, name: str, regex: Any = NAME_RE) -> bool:
         """Regex check with a bounded cache of names already seen valid (hot path)."""
@@ -131,6 +136,9 @@ class Decoder:
     def decode(self, topic: str, payload: bytes, recv_ms: int) -> Decoded:
         if len(payload) > self._limits.max_payload_bytes:
             return Rejection(TOO_LARGE, f"{len(payload)} bytes > {self._limits.max_payload_bytes}")
+        known = self._known_topics.get(topic)
+        if known is not None:  # the fields are only read by the handlers: shared between messages
+            return known[0](known[1], known[2], payload, recv_ms)
         for pattern, handler in self._routes:
             fields = pattern.match(topic)
             if fields is None:
@@ -138,6 +146,9 @@ class Decoder:
             device = fields.get("device_id", "")
             if not self._valid_name(device):
                 return Rejection(BAD_DEVICE_ID, f"device id {device[:80]!r} in topic {topic[:120]!r}")
+            if len(self._known_topics) >= _NAME_CACHE_MAX:
+                self._known_topics.clear()
+            self._known_topics[topic] = (handler, device, fields)
             return handler(device, fields, payload, recv_ms)
         return Rejection(UNKNOWN_TOPIC, topic[:200])
 
@@ -151,7 +162,14 @@ class Decoder:
             except CodecError as exc:
                 return Rejection(INVALID_MSGPACK, str(exc)[:200])
         try:
-            return _json_decode(payload.decode("utf-8"))  # UTF-8 per RFC 8259; skips loads()' sniffing
+            text = payload.decode("utf-8")  # UTF-8 per RFC 8259; skips loads()' sniffing
+            try:  # a bare JSON value first: no whitespace to skip before or after it
+                obj, end = _json_scan(text)
+                if end == len(text):
+                    return obj
+            except ValueError:
+                pass
+            return _json_decode(text)  # whitespace around the value, or the error to report
         except (ValueError, UnicodeDecodeError) as exc:
             return Rejection(INVALID_JSON, str(exc)[:200])
         except RecursionError:
