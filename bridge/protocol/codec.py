@@ -173,10 +173,22 @@ def _series(readings: Iterable[Reading]) -> list[list[Any]]:
 def _one(r: Reading) -> list[Any]:
     """A series of one reading: what :func:`_columns` gives for it, without the column passes."""
     device, metric, ts, value, seq = r
-    scale = _first_scale(value)
-    if scale is None or (value == 0 and math.copysign(1.0, value) < 0):  # -0.0: raw, as in _encode_values
+    if value:  # the scale depends on the number only (not its type): remembered for values that recur
+        scale = _SCALE_OF.get(value, _UNKNOWN)
+        if scale == _UNKNOWN:
+            if len(_SCALE_OF) >= _SCALE_CACHE_MAX:
+                _SCALE_OF.clear()
+            scale = _SCALE_OF[value] = _first_scale(value)
+    else:  # 0.0 and 0 have scale 0, -0.0 is raw (as in _encode_values)
+        scale = 0 if math.copysign(1.0, value) > 0 else None
+    if scale is None:
         return [device, metric, [ts], RAW_SCALE, [value], None if seq is None else [seq]]
     return [device, metric, [ts], scale, [round(value * _FACTORS[scale])], None if seq is None else [seq]]
+
+
+_UNKNOWN = -2
+_SCALE_CACHE_MAX = 4096
+_SCALE_OF: dict[Value, int | None] = {}  # value (never a zero) -> its _first_scale
 
 
 def _columns(rows: list[Reading]) -> list[Any]:
