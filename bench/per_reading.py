@@ -40,6 +40,8 @@ STREAM = "5f3a9c01d2e4b687"
 # (metrics per message, 10-second steps, steps fed untimed first: every series seen, caches warm)
 SHAPES = ((1, 50, 10), (10, 12, 2))
 Msgs = list[tuple[str, bytes, int]]
+# CPU time of this process: on a shared machine, time spent waiting for a core is not counted
+_clock = time.process_time
 # metric -> (start, step of the random walk, decimals)
 METRICS: dict[str, tuple[float, float, int]] = {
     "temperature": (21.0, 0.15, 2), "humidity": (45.0, 0.8, 1), "pressure": (1013.0, 0.3, 1),
@@ -116,10 +118,10 @@ class _Path:
         decode = self.decoder().decode
         for topic, payload, recv_ms in warm:
             decode(topic, payload, recv_ms)
-        t = time.perf_counter()
+        t = _clock()
         for topic, payload, recv_ms in msgs:
             decode(topic, payload, recv_ms)
-        return time.perf_counter() - t
+        return _clock() - t
 
     def readings(self, msgs: Msgs) -> list[Any]:
         decode = self.decoder().decode
@@ -129,20 +131,20 @@ class _Path:
         process = self.engine().process
         for r in warm:
             process(r)
-        t = time.perf_counter()
+        t = _clock()
         for r in readings:
             process(r)
-        return time.perf_counter() - t
+        return _clock() - t
 
     def batcher_only(self, readings: list[Any]) -> float:
         from gateway.process.batcher import Batcher
 
         b = self.batch
         add = Batcher(b.max_count, b.max_bytes, b.max_age_s).add
-        t = time.perf_counter()
+        t = _clock()
         for r in readings:
             add(r)
-        return time.perf_counter() - t
+        return _clock() - t
 
     def full(self, warm: Msgs, msgs: Msgs) -> tuple[float, list[Any]]:
         """Seconds for ``msgs`` through a pipeline that has seen ``warm``, and the batches it closed."""
@@ -154,27 +156,27 @@ class _Path:
         p.flush()
         batches.clear()
         control.clear()
-        t = time.perf_counter()
+        t = _clock()
         for topic, payload, recv_ms in msgs:
             p.handle(topic, payload, recv_ms)
         p.flush()
-        elapsed = time.perf_counter() - t
+        elapsed = _clock() - t
         self.stats = {"batches": len(batches), "passed": sum(map(len, batches)), "alerts": len(control)}
         return elapsed, batches
 
     def encode(self, batches: list[Any]) -> float:
-        t = time.perf_counter()
+        t = _clock()
         for i, batch in enumerate(batches):
             self.encode_batch("gw-01", i, batch, stream=STREAM, created_ms=1_790_000_000_000,
                               compression="zlib", level=6)
-        return time.perf_counter() - t
+        return _clock() - t
 
 
 def _json(bodies: list[bytes]) -> float:
-    t = time.perf_counter()
+    t = _clock()
     for b in bodies:
         json.loads(b)
-    return time.perf_counter() - t
+    return _clock() - t
 
 
 def _child(root: str, rounds: int) -> dict[str, Any]:
