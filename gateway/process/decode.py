@@ -95,6 +95,7 @@ class Decoder:
         self._events = TopicPattern(topics.events)
         self._responses = TopicPattern(topics.responses)
         self._limits = limits
+        self._past_ms, self._future_ms = limits.max_past_s * 1000, limits.max_future_s * 1000  # the ts window
         self._clock = clock
         self._routes = (
             (self._telemetry, self._decode_telemetry),
@@ -176,20 +177,23 @@ class Decoder:
             return Rejection(TOO_DEEP, "JSON nested too deeply to parse")
 
     def _in_window(self, ts_ms: int, recv_ms: int) -> bool:
-        lim = self._limits
-        return recv_ms - lim.max_past_s * 1000 <= ts_ms <= recv_ms + lim.max_future_s * 1000
+        return recv_ms - self._past_ms <= ts_ms <= recv_ms + self._future_ms
 
     def _timestamp(self, raw: Any, recv_ms: int) -> int | Rejection:
-        if raw is None:
+        if type(raw) is int and _MS_THRESHOLD <= raw < _MAX_TS_MS:  # milliseconds, the common case
+            ts_ms = raw
+        elif raw is None:
             return recv_ms
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 <= raw < _MAX_TS_MS:
+        elif isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 <= raw < _MAX_TS_MS:
             return Rejection(BAD_TS, f"ts {_shown(raw)} is not a number in [0, 2**53)")
-        ts_ms = int(raw) if raw >= _MS_THRESHOLD else round(raw * 1000)
-        if self._clock is not None and not self._clock.trusted(recv_ms):
+        else:
+            ts_ms = int(raw) if raw >= _MS_THRESHOLD else round(raw * 1000)
+        clock = self._clock
+        if clock is not None and not clock.trusted(recv_ms):
             # The gateway's own clock cannot judge it: only a ts before the floor date is out of window.
-            if ts_ms >= self._clock.floor_ms - self._limits.max_past_s * 1000:
+            if ts_ms >= clock.floor_ms - self._past_ms:
                 return ts_ms
-        elif self._in_window(ts_ms, recv_ms):
+        elif recv_ms - self._past_ms <= ts_ms <= recv_ms + self._future_ms:
             return ts_ms
         if self._limits.out_of_window == "clamp":
             return recv_ms
@@ -227,7 +231,7 @@ class Decoder:
         if isinstance(ts, Rejection):
             return ts
         seq = obj.get("seq")
-        if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < _MAX_SEQ):
+        if seq is not None and (type(seq) is not int or not 0 <= seq < _MAX_SEQ):  # bool is not int here
             return Rejection(BAD_SEQ, f"seq {str(seq)[:40]!r} is not an integer in [0, 2**63)")
         metrics = [k for k in obj if k not in _RESERVED]
         if not metrics:
