@@ -1,7 +1,7 @@
 """CPU cost per reading of decode -> rules -> batcher -> encode, in process (no broker):
 
     python bench/per_reading.py [--baseline /path/to/other/checkout] [--rounds 5] [--repeat 2]
-    python bench/per_reading.py --profile 10 [--sort tottime]     # cProfile of the whole path
+    python bench/per_reading.py --profile 3 [--sort tottime] [--root PATH]   # cProfile of the whole path
 
 300 devices send realistic JSON telemetry (``ts``, ``seq`` and 1 or 10 metrics per message, values
 on a random walk at the sensors' resolution) through the real :class:`Pipeline` (decoder, rule
@@ -240,13 +240,14 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="alternate the trees this many times")
     ap.add_argument("--profile", type=int, metavar="ROUNDS", help="print a cProfile of the whole path")
     ap.add_argument("--sort", default="tottime")
+    ap.add_argument("--root", type=Path, default=ROOT, help="the checkout to profile (default: this one)")
     ap.add_argument("--child")
     args = ap.parse_args()
     if args.child:
         print(json.dumps(_child(args.child, args.rounds)))
         return
     if args.profile:
-        _profile(str(ROOT), args.profile, args.sort)
+        _profile(str(args.root.resolve()), args.profile, args.sort)
         return
     trees = {"this": ROOT, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
     for i in range(args.repeat):
