@@ -41,7 +41,7 @@ class Batcher:
         self._link_up = False  # as at start: down until the uplink says it is connected
         self._clock = clock
         self._readings: list[Reading] = []
-        self._series: set[tuple[str, str]] = set()
+        self._series: dict[str, set[str]] = {}  # device -> metrics in the open batch
         self._bytes = 0
         self._opened_at: float | None = None
         self._max_now = self.limits[0]  # the readings count that closes the batch, kept up to date
@@ -70,15 +70,18 @@ class Batcher:
         if not readings:
             self._opened_at = self._clock()
         readings.append(reading)
-        key = (reading[0], reading[1])
-        if key in self._series:
+        metrics = self._series.get(reading[0])
+        if metrics is not None and reading[1] in metrics:
             self._bytes += READING_COST_BYTES
         else:
-            self._series.add(key)
-            self._bytes += SERIES_COST_BYTES + len(key[0]) + len(key[1]) + READING_COST_BYTES
+            self._new_series(reading[0], reading[1])
         if len(readings) >= self._max_now or self._bytes >= self.max_bytes:
             return self.flush()
         return None
+
+    def _new_series(self, device: str, metric: str) -> None:
+        self._series.setdefault(device, set()).add(metric)
+        self._bytes += SERIES_COST_BYTES + len(device) + len(metric) + READING_COST_BYTES
 
     def _full(self) -> bool:
         return len(self._readings) >= self._max_now or self._bytes >= self.max_bytes
@@ -98,7 +101,7 @@ class Batcher:
         if not self._readings:
             return None
         out = self._readings
-        self._readings, self._series, self._bytes, self._opened_at = [], set(), 0, None
+        self._readings, self._series, self._bytes, self._opened_at = [], {}, 0, None
         return out
 
     def reconfigure(self, max_count: int, max_bytes: int, max_age_s: float, *, outage_max_age_s: float = 0.0,

@@ -65,19 +65,24 @@ def first_match(rules: list[RuleSpec], device: str, metric: str) -> RuleSpec | N
 class RuleEngine:
     def __init__(self, rules: list[RuleSpec]) -> None:
         self._rules = rules
-        self._state: dict[tuple[str, str], _SeriesState] = {}
+        self._state: dict[str, dict[str, _SeriesState]] = {}  # device -> metric -> state
 
     def replace_rules(self, rules: list[RuleSpec]) -> None:
         """Swap the rule set; alert and deadband state carries over where the same series applies."""
         self._rules = rules
-        for (device, metric), st in self._state.items():
-            st.rule = first_match(rules, device, metric)
+        for device, metrics in self._state.items():
+            for metric, st in metrics.items():
+                st.rule = first_match(rules, device, metric)
+
+    def _new_series(self, device: str, metric: str) -> _SeriesState:
+        st = self._state.setdefault(device, {})[metric] = _SeriesState(first_match(self._rules, device, metric))
+        return st
 
     def process(self, r: Reading) -> Outcome:
-        key = (r[0], r[1])
-        st = self._state.get(key)
-        if st is None:
-            st = self._state[key] = _SeriesState(first_match(self._rules, r[0], r[1]))
+        try:  # two lookups by name: cheaper than building and hashing a (device, metric) key
+            st = self._state[r[0]][r[1]]
+        except KeyError:
+            st = self._new_series(r[0], r[1])
         rule = st.rule
         if rule is None:
             return _PASS
