@@ -75,7 +75,7 @@ def payloads(per_message: int, steps: int, now_ms: int) -> list[tuple[str, bytes
                 m = names[(step * per_message + k) % len(names)] if per_message == 1 else names[k]
                 _start, walk, decimals = METRICS[m]
                 state[d, m] += rng.gauss(0, walk)
-                body[m] = round(state[d, m], decimals)
+                body[m] = round(state[d, m], decimals or None)  # no decimals: an integer
             out.append((f"devices/dev-{d:04d}/telemetry", json.dumps(body).encode(), now_ms))
     return out
 

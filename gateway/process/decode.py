@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.protocol.codec import CodecError, carried, unpack_object
+from bridge.protocol.codec import MAX_DECIMAL_INT, CodecError, carried, unpack_object
 from bridge.protocol.model import Reading, Value
 from bridge.protocol.topics import NAME_RE, TopicPattern, valid_id
 from gateway.config import DecodeSection, TopicsSection
@@ -241,9 +241,10 @@ class Decoder:
         out = Telemetry(device, [])
         readings, good = out.readings, self._good_names
         for metric in metrics:
-            raw = obj[metric]
-            if type(raw) is float and metric in good and _isfinite(raw):  # the common case, inline
-                readings.append(_new_tuple(Reading, (device, metric, ts, raw, seq)))
+            raw = obj[metric]  # the common cases inline: a finite float, an integer a double holds exactly
+            if metric in good and ((type(raw) is float and _isfinite(raw))
+                                   or (type(raw) is int and -MAX_DECIMAL_INT <= raw <= MAX_DECIMAL_INT)):
+                readings.append(_new_tuple(Reading, (device, metric, ts, float(raw), seq)))  # as carried()
                 continue
             if not self._valid_name(metric):
                 out.rejections.append(Rejection(BAD_METRIC_NAME, _shown(metric)))
