@@ -1,6 +1,6 @@
-"""The decoder remembers topics it has seen with a valid device id (and metric names seen valid):
-for any sequence of messages, a decoder that has seen the earlier ones decodes each exactly as a
-fresh decoder does."""
+"""The decoder remembers topics it has seen with a valid device id (and metric names seen valid,
+whose plain values then take an inline path): for any sequence of messages, a decoder that has seen
+the earlier ones decodes each exactly as a fresh decoder does."""
 
 from __future__ import annotations
 
@@ -35,4 +35,6 @@ def test_a_warm_decoder_decodes_as_a_fresh_one(messages: list[tuple[str, bytes]]
     warm = Decoder(TopicsSection(), DecodeSection())
     for topic, payload in messages:
         fresh = Decoder(TopicsSection(), DecodeSection())
-        assert warm.decode(topic, payload, NOW) == fresh.decode(topic, payload, NOW), (topic, payload)
+        got, want = warm.decode(topic, payload, NOW), fresh.decode(topic, payload, NOW)
+        assert got == want, (topic, payload)
+        assert repr(got) == repr(want)  # the same types too (5.0 == 5, -0.0 == 0.0)
