@@ -155,19 +155,48 @@ def _undelta(column: Any, what: str, low: int = INT_MIN, high: int = _INT64_MAX)
 
 # ---------------------------------------------------------------- batches
 
-def _series(readings: Iterable[Reading]) -> list[list[Any]]:
+def _series(readings: Iterable[Reading]) -> list[Sequence[Any]]:
+    """The series of a batch, in order of first appearance. Most series of a live batch hold one
+    reading (a batch spans a few seconds of many devices): those skip the column passes."""
     grouped: dict[tuple[str, str], list[Reading]] = {}
+    get = grouped.get
     for r in readings:
-        grouped.setdefault((r.device, r.metric), []).append(r)
-    out: list[list[Any]] = []
-    for (device, metric), rows in grouped.items():
-        scale, values = _encode_values([r.value for r in rows])  # decimal or raw, per series
-        seqs = [r.seq for r in rows]
-        seq_col: list[int] | None = None
-        if all(s is not None for s in seqs):
-            seq_col = _deltas([s for s in seqs if s is not None])
-        out.append([device, metric, _deltas([r.ts_ms for r in rows]), scale, values, seq_col])
-    return out
+        key = (r[0], r[1])
+        rows = get(key)
+        if rows is None:
+            grouped[key] = [r]
+        else:
+            rows.append(r)
+    return [_one(rows[0]) if len(rows) == 1 else _columns(rows) for rows in grouped.values()]
+
+
+def _one(r: Reading) -> tuple[Any, ...]:
+    """A series of one reading: what :func:`_columns` gives for it, without the column passes."""
+    device, metric, ts, value, seq = r
+    if value:  # the scale depends on the number only (not its type): remembered for values that recur
+        scale = _SCALE_OF.get(value, _UNKNOWN)
+        if scale == _UNKNOWN:
+            if len(_SCALE_OF) >= _SCALE_CACHE_MAX:
+                _SCALE_OF.clear()
+            scale = _SCALE_OF[value] = _first_scale(value)
+    else:  # 0.0 and 0 have scale 0, -0.0 is raw (as in _encode_values)
+        scale = 0 if math.copysign(1.0, value) > 0 else None
+    # tuples: msgpack writes them as the same arrays as lists, and they cost one allocation less
+    if scale is None:
+        return (device, metric, (ts,), RAW_SCALE, (value,), None if seq is None else (seq,))
+    return (device, metric, (ts,), scale, (round(value * _FACTORS[scale]),), None if seq is None else (seq,))
+
+
+_UNKNOWN = -2
+_SCALE_CACHE_MAX = 4096
+_SCALE_OF: dict[Value, int | None] = {}  # value (never a zero) -> its _first_scale
+
+
+def _columns(rows: list[Reading]) -> Sequence[Any]:
+    _, _, ts, values, seqs = zip(*rows, strict=True)
+    scale, column = _encode_values(list(values))  # decimal or raw, per series
+    seq_col = None if None in seqs else _deltas(seqs)
+    return [rows[0][0], rows[0][1], _deltas(ts), scale, column, seq_col]
 
 
 def encode_batch(

@@ -41,9 +41,10 @@ class Batcher:
         self._link_up = False  # as at start: down until the uplink says it is connected
         self._clock = clock
         self._readings: list[Reading] = []
-        self._series: set[tuple[str, str]] = set()
+        self._series: dict[str, set[str]] = {}  # device -> metrics in the open batch
         self._bytes = 0
         self._opened_at: float | None = None
+        self._max_now = self.limits[0]  # the readings count that closes the batch, kept up to date
 
     def __len__(self) -> int:
         return len(self._readings)
@@ -62,20 +63,28 @@ class Batcher:
     def set_link_up(self, up: bool) -> None:
         """Tell the batcher whether the uplink is up (outage batching applies only while it is not)."""
         self._link_up = up
+        self._max_now = self.limits[0]
 
     def add(self, reading: Reading) -> list[Reading] | None:
-        if not self._readings:
+        readings = self._readings
+        if not readings:
             self._opened_at = self._clock()
-        self._readings.append(reading)
-        key = (reading.device, reading.metric)
-        if key not in self._series:
-            self._series.add(key)
-            self._bytes += SERIES_COST_BYTES + len(reading.device) + len(reading.metric)
-        self._bytes += READING_COST_BYTES
-        return self.flush() if self._full() else None
+        readings.append(reading)
+        metrics = self._series.get(reading[0])
+        if metrics is not None and reading[1] in metrics:
+            self._bytes += READING_COST_BYTES
+        else:
+            self._new_series(reading[0], reading[1])
+        if len(readings) >= self._max_now or self._bytes >= self.max_bytes:
+            return self.flush()
+        return None
+
+    def _new_series(self, device: str, metric: str) -> None:
+        self._series.setdefault(device, set()).add(metric)
+        self._bytes += SERIES_COST_BYTES + len(device) + len(metric) + READING_COST_BYTES
 
     def _full(self) -> bool:
-        return len(self._readings) >= self.limits[0] or self._bytes >= self.max_bytes
+        return len(self._readings) >= self._max_now or self._bytes >= self.max_bytes
 
     def deadline(self) -> float | None:
         """Clock time at which the open batch is due, or None when empty."""
@@ -92,7 +101,7 @@ class Batcher:
         if not self._readings:
             return None
         out = self._readings
-        self._readings, self._series, self._bytes, self._opened_at = [], set(), 0, None
+        self._readings, self._series, self._bytes, self._opened_at = [], {}, 0, None
         return out
 
     def reconfigure(self, max_count: int, max_bytes: int, max_age_s: float, *, outage_max_age_s: float = 0.0,
@@ -100,4 +109,5 @@ class Batcher:
         """Apply a new policy; returns the open batch if it is already over the new limits."""
         self.max_count, self.max_bytes, self.max_age_s = max_count, max_bytes, max_age_s
         self.outage_max_age_s, self.outage_max_count = outage_max_age_s, outage_max_count
+        self._max_now = self.limits[0]
         return self.flush() if self._readings and self._full() else None

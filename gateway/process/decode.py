@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.protocol.codec import CodecError, carried, unpack_object
+from bridge.protocol.codec import MAX_DECIMAL_INT, CodecError, carried, unpack_object
 from bridge.protocol.model import Reading, Value
 from bridge.protocol.topics import NAME_RE, TopicPattern, valid_id
 from gateway.config import DecodeSection, TopicsSection
@@ -49,6 +50,10 @@ _NAME_CACHE_MAX = 100_000  # validated ids/metric names remembered (bounded: ids
 _MSGPACK_MAP_FIRST_BYTES = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
 _RESERVED = frozenset({"ts", "seq"})
 _json_decode = json.JSONDecoder().decode
+_json_scan = json.JSONDecoder().raw_decode
+_isfinite = math.isfinite
+# Reading(...) runs the NamedTuple's Python-level __new__; tuple.__new__ builds the same object in C
+_new_tuple = tuple.__new__
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,7 @@ class DeviceResponse:
 
 
 Decoded = Telemetry | DeviceEvent | DeviceResponse | Rejection
+_Handler = Callable[[str, dict[str, str], bytes, int], Decoded]
 
 
 class Decoder:
@@ -89,6 +95,7 @@ class Decoder:
         self._events = TopicPattern(topics.events)
         self._responses = TopicPattern(topics.responses)
         self._limits = limits
+        self._past_ms, self._future_ms = limits.max_past_s * 1000, limits.max_future_s * 1000  # the ts window
         self._clock = clock
         self._routes = (
             (self._telemetry, self._decode_telemetry),
@@ -97,6 +104,8 @@ class Decoder:
             (self._responses, self._decode_response),
         )
         self._good_names: set[str] = set()
+        # topic -> (handler, device, topic fields) of topics seen with a valid device id (bounded)
+        self._known_topics: dict[str, tuple[_Handler, str, dict[str, str]]] = {}
 
     def _valid_name(self, name: str, regex: Any = NAME_RE) -> bool:
         """Regex check with a bounded cache of names already seen valid (hot path)."""
@@ -128,6 +137,9 @@ class Decoder:
     def decode(self, topic: str, payload: bytes, recv_ms: int) -> Decoded:
         if len(payload) > self._limits.max_payload_bytes:
             return Rejection(TOO_LARGE, f"{len(payload)} bytes > {self._limits.max_payload_bytes}")
+        known = self._known_topics.get(topic)
+        if known is not None:  # the fields are only read by the handlers: shared between messages
+            return known[0](known[1], known[2], payload, recv_ms)
         for pattern, handler in self._routes:
             fields = pattern.match(topic)
             if fields is None:
@@ -135,6 +147,9 @@ class Decoder:
             device = fields.get("device_id", "")
             if not self._valid_name(device):
                 return Rejection(BAD_DEVICE_ID, f"device id {device[:80]!r} in topic {topic[:120]!r}")
+            if len(self._known_topics) >= _NAME_CACHE_MAX:
+                self._known_topics.clear()
+            self._known_topics[topic] = (handler, device, fields)
             return handler(device, fields, payload, recv_ms)
         return Rejection(UNKNOWN_TOPIC, topic[:200])
 
@@ -148,27 +163,37 @@ class Decoder:
             except CodecError as exc:
                 return Rejection(INVALID_MSGPACK, str(exc)[:200])
         try:
-            return _json_decode(payload.decode("utf-8"))  # UTF-8 per RFC 8259; skips loads()' sniffing
+            text = payload.decode("utf-8")  # UTF-8 per RFC 8259; skips loads()' sniffing
+            try:  # a bare JSON value first: no whitespace to skip before or after it
+                obj, end = _json_scan(text)
+                if end == len(text):
+                    return obj
+            except ValueError:
+                pass
+            return _json_decode(text)  # whitespace around the value, or the error to report
         except (ValueError, UnicodeDecodeError) as exc:
             return Rejection(INVALID_JSON, str(exc)[:200])
         except RecursionError:
             return Rejection(TOO_DEEP, "JSON nested too deeply to parse")
 
     def _in_window(self, ts_ms: int, recv_ms: int) -> bool:
-        lim = self._limits
-        return recv_ms - lim.max_past_s * 1000 <= ts_ms <= recv_ms + lim.max_future_s * 1000
+        return recv_ms - self._past_ms <= ts_ms <= recv_ms + self._future_ms
 
     def _timestamp(self, raw: Any, recv_ms: int) -> int | Rejection:
-        if raw is None:
+        if type(raw) is int and _MS_THRESHOLD <= raw < _MAX_TS_MS:  # milliseconds, the common case
+            ts_ms = raw
+        elif raw is None:
             return recv_ms
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 <= raw < _MAX_TS_MS:
+        elif isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 <= raw < _MAX_TS_MS:
             return Rejection(BAD_TS, f"ts {_shown(raw)} is not a number in [0, 2**53)")
-        ts_ms = int(raw) if raw >= _MS_THRESHOLD else round(raw * 1000)
-        if self._clock is not None and not self._clock.trusted(recv_ms):
+        else:
+            ts_ms = int(raw) if raw >= _MS_THRESHOLD else round(raw * 1000)
+        clock = self._clock
+        if clock is not None and not clock.trusted(recv_ms):
             # The gateway's own clock cannot judge it: only a ts before the floor date is out of window.
-            if ts_ms >= self._clock.floor_ms - self._limits.max_past_s * 1000:
+            if ts_ms >= clock.floor_ms - self._past_ms:
                 return ts_ms
-        elif self._in_window(ts_ms, recv_ms):
+        elif recv_ms - self._past_ms <= ts_ms <= recv_ms + self._future_ms:
             return ts_ms
         if self._limits.out_of_window == "clamp":
             return recv_ms
@@ -206,7 +231,7 @@ class Decoder:
         if isinstance(ts, Rejection):
             return ts
         seq = obj.get("seq")
-        if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < _MAX_SEQ):
+        if seq is not None and (type(seq) is not int or not 0 <= seq < _MAX_SEQ):  # bool is not int here
             return Rejection(BAD_SEQ, f"seq {str(seq)[:40]!r} is not an integer in [0, 2**63)")
         metrics = [k for k in obj if k not in _RESERVED]
         if not metrics:
@@ -214,15 +239,21 @@ class Decoder:
         if len(metrics) > self._limits.max_metrics_per_message:
             return Rejection(TOO_MANY_METRICS, f"{len(metrics)} > {self._limits.max_metrics_per_message}")
         out = Telemetry(device, [])
+        readings, good = out.readings, self._good_names
         for metric in metrics:
+            raw = obj[metric]  # the common cases inline: a finite float, an integer a double holds exactly
+            if metric in good and ((type(raw) is float and _isfinite(raw))
+                                   or (type(raw) is int and -MAX_DECIMAL_INT <= raw <= MAX_DECIMAL_INT)):
+                readings.append(_new_tuple(Reading, (device, metric, ts, float(raw), seq)))  # as carried()
+                continue
             if not self._valid_name(metric):
                 out.rejections.append(Rejection(BAD_METRIC_NAME, _shown(metric)))
                 continue
-            value = self._value(metric, obj[metric])
+            value = self._value(metric, raw)
             if isinstance(value, Rejection):
                 out.rejections.append(value)
             else:
-                out.readings.append(Reading(device, metric, ts, value, seq))
+                readings.append(_new_tuple(Reading, (device, metric, ts, value, seq)))
         self._mark(obj.get("ts"), ts, recv_ms, len(out.readings))
         return out
 

@@ -14,7 +14,7 @@ from gateway.observe.accounting import Accounting
 from gateway.process.batcher import Batcher
 from gateway.process.decode import Decoder, DeviceEvent, DeviceResponse, Rejection, Telemetry
 from gateway.process.rejects import RejectLog
-from gateway.process.rules.engine import Alert, RuleEngine
+from gateway.process.rules.engine import PASS, Alert, Outcome, RuleEngine
 
 BatchOut = Callable[[list[Reading]], None]  # full batch -> telemetry lane
 ResponseRecord = Callable[[str, dict[str, Any]], Response | None]  # (device, body) -> record or None
@@ -55,8 +55,16 @@ class Pipeline:
         if isinstance(msg, Telemetry):
             for rej in msg.rejections:
                 self._reject(topic, rej)
+            process, add = self.rules.process, self.batcher.add
             for reading in msg.readings:
-                self._reading(reading)
+                acc.readings_in += 1
+                outcome = process(reading)
+                if outcome is PASS:  # the common case, inline: no alerts, into the batch
+                    full = add(reading)
+                    if full is not None:
+                        self._on_batch(full)
+                else:
+                    self._outcome(reading, outcome)
         elif isinstance(msg, Rejection):
             self._reject(topic, msg)
         elif isinstance(msg, DeviceEvent):
@@ -73,10 +81,8 @@ class Pipeline:
         self._acc.drop(rej.reason)
         self._rejects.add(topic, rej.reason, rej.detail, self.decoder.device_of(topic))
 
-    def _reading(self, reading: Reading) -> None:
+    def _outcome(self, reading: Reading, outcome: Outcome) -> None:
         acc = self._acc
-        acc.readings_in += 1
-        outcome = self.rules.process(reading)
         for alert in outcome.alerts:
             acc.alerts += 1
             self._on_control(alert_record(alert))

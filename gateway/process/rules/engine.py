@@ -7,7 +7,7 @@ passes unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from bridge.protocol.model import Reading
@@ -39,52 +39,67 @@ class Outcome:
 
 
 _PASS = Outcome("pass")
+PASS = _PASS
+"""The outcome of a reading that passes without alerts (always this object: test it with ``is``)."""
+_OUT_OF_RANGE = Outcome("dropped", OUT_OF_RANGE)
+_DEADBAND = Outcome("filtered", DEADBAND)
+_SAMPLED = Outcome("filtered", SAMPLED)
 
 
-@dataclass
 class _SeriesState:
-    rule: int  # index into rules, -1 = none
-    active: frozenset[threshold.Level] = field(default_factory=frozenset)
-    last_sent: tuple[int, float] | None = None
-    last_sampled: int | None = None
+    """Per-series state, with the series' rule resolved once (first match; None = no rule)."""
+
+    __slots__ = ("active", "last_sampled", "last_sent", "rule")
+
+    def __init__(self, rule: RuleSpec | None) -> None:
+        self.rule = rule
+        self.active: frozenset[threshold.Level] = frozenset()
+        self.last_sent: tuple[int, float] | None = None
+        self.last_sampled: int | None = None
+
+
+def first_match(rules: list[RuleSpec], device: str, metric: str) -> RuleSpec | None:
+    return next((r for r in rules if r.matches(device, metric)), None)
 
 
 class RuleEngine:
     def __init__(self, rules: list[RuleSpec]) -> None:
         self._rules = rules
-        self._state: dict[tuple[str, str], _SeriesState] = {}
-
-    def _series(self, device: str, metric: str) -> _SeriesState:
-        key = (device, metric)
-        st = self._state.get(key)
-        if st is None:
-            idx = next((i for i, r in enumerate(self._rules) if r.matches(device, metric)), -1)
-            st = self._state[key] = _SeriesState(idx)
-        return st
+        self._state: dict[str, dict[str, _SeriesState]] = {}  # device -> metric -> state
 
     def replace_rules(self, rules: list[RuleSpec]) -> None:
         """Swap the rule set; alert and deadband state carries over where the same series applies."""
         self._rules = rules
-        for (device, metric), st in self._state.items():
-            st.rule = next((i for i, r in enumerate(rules) if r.matches(device, metric)), -1)
+        for device, metrics in self._state.items():
+            for metric, st in metrics.items():
+                st.rule = first_match(rules, device, metric)
+
+    def _new_series(self, device: str, metric: str) -> _SeriesState:
+        st = self._state.setdefault(device, {})[metric] = _SeriesState(first_match(self._rules, device, metric))
+        return st
 
     def process(self, r: Reading) -> Outcome:
-        st = self._series(r.device, r.metric)
-        if st.rule < 0:
+        try:  # two lookups by name: cheaper than building and hashing a (device, metric) key
+            st = self._state[r[0]][r[1]]
+        except KeyError:
+            st = self._new_series(r[0], r[1])
+        rule = st.rule
+        if rule is None:
             return _PASS
-        rule = self._rules[st.rule]
-        if rule.valid is not None and not valid.within(rule.valid, r.value):
-            return Outcome("dropped", OUT_OF_RANGE)
+        value = r[3]
+        if rule.valid is not None and not valid.within(rule.valid, value):
+            return _OUT_OF_RANGE
         alerts: tuple[Alert, ...] = ()
         if rule.alert is not None:
-            st.active, changes = threshold.evaluate(rule.alert, st.active, r.value)
-            alerts = tuple(Alert(r, c, rule.name) for c in changes)
-        if rule.deadband is not None and not deadband.passes(rule.deadband, st.last_sent, r.ts_ms, r.value):
-            return Outcome("filtered", DEADBAND, alerts)
+            st.active, changes = threshold.evaluate(rule.alert, st.active, value)
+            if changes:
+                alerts = tuple(Alert(r, c, rule.name) for c in changes)
+        if rule.deadband is not None and not deadband.passes(rule.deadband, st.last_sent, r[2], value):
+            return Outcome("filtered", DEADBAND, alerts) if alerts else _DEADBAND
         if rule.sample_every_s > 0:
-            if not sample.passes(rule.sample_every_s, st.last_sampled, r.ts_ms):
-                return Outcome("filtered", SAMPLED, alerts)
-            st.last_sampled = r.ts_ms
+            if not sample.passes(rule.sample_every_s, st.last_sampled, r[2]):
+                return Outcome("filtered", SAMPLED, alerts) if alerts else _SAMPLED
+            st.last_sampled = r[2]
         if rule.deadband is not None:
-            st.last_sent = (r.ts_ms, r.value)
+            st.last_sent = (r[2], value)
         return Outcome("pass", None, alerts) if alerts else _PASS
