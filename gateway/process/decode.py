@@ -47,6 +47,7 @@ _MAX_SEQ = 2**63  # seq deltas must fit a signed 64-bit msgpack integer
 _MAX_TS_MS = 2**53  # a timestamp is an integer number of ms in [0, 2**53) (the year 287,000)
 MAX_DEPTH = 32  # nesting of objects and arrays kept from an event or response body
 _NAME_CACHE_MAX = 100_000  # validated ids/metric names remembered (bounded: ids come from the network)
+_TOPIC_CACHE_MAX = 20_000  # topics remembered with their route and device (a few per device; bounded: each ~0.3 KB)
 _MSGPACK_MAP_FIRST_BYTES = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
 _RESERVED = frozenset({"ts", "seq"})
 _json_decode = json.JSONDecoder().decode
@@ -147,7 +148,7 @@ class Decoder:
             device = fields.get("device_id", "")
             if not self._valid_name(device):
                 return Rejection(BAD_DEVICE_ID, f"device id {device[:80]!r} in topic {topic[:120]!r}")
-            if len(self._known_topics) >= _NAME_CACHE_MAX:
+            if len(self._known_topics) >= _TOPIC_CACHE_MAX:
                 self._known_topics.clear()
             self._known_topics[topic] = (handler, device, fields)
             return handler(device, fields, payload, recv_ms)
