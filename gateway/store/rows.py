@@ -133,8 +133,12 @@ class Rows:
                     **{f"sqlite_{name}": value
                        for name, value in {**READ_PRAGMAS, **WRITE_PRAGMAS, **self._pragmas}.items()},
                 )
-            if self._sync == "full":
-                cache.reset("sqlite_synchronous", 2)
+            try:
+                if self._sync == "full":
+                    cache.reset("sqlite_synchronous", 2)
+            except _FAILURES:
+                cache.close()  # not left open behind the error
+                raise
             self._cache = cache
         except _FAILURES as exc:
             raise _translated(f"cannot open buffer in {self._dir}", exc) from exc
