@@ -18,6 +18,7 @@ from amqtt.broker import Broker
 from amqtt.contexts import Action
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
 from amqtt.mqtt.connack import BAD_USERNAME_PASSWORD, IDENTIFIER_REJECTED, NOT_AUTHORIZED, ConnackPacket
+from amqtt.mqtt.constants import QOS_0
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.utils import gen_client_id
 
@@ -27,11 +28,21 @@ from gateway.source.broker.listeners import BrokerAddress, ListenerTls
 from gateway.source.identity import ConnectRequest, PeerCert
 
 HANDLER_STOP_S = 1.0
+MAX_ROUTED_TOPICS = 20_000  # topics whose "does any filter match?" answer is remembered
 _LOCK_ATTR = "_edge_gateway_connect_lock"
 _REFUSALS = {"bad_credentials": BAD_USERNAME_PASSWORD, "not_authorized": NOT_AUTHORIZED,
              "identifier_rejected": IDENTIFIER_REJECTED}
 _RESUMED = ("will_flag", "will_message", "will_topic", "will_qos", "will_retain", "keep_alive", "username",
             "password", "ssl_object")
+
+
+@dataclass
+class Routing:
+    """What happened to the messages amqtt would have put in its broadcast queue."""
+
+    queued: int = 0  # devices' messages some subscription matches: amqtt's broadcast queue
+    unrouted: int = 0  # devices' messages no subscription matches: not queued (nobody to send to)
+    direct: int = 0  # the gateway's own messages (commands for devices): delivered at once
 
 
 @dataclass
@@ -50,12 +61,17 @@ class GatewayBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
     - Retained messages go only to sessions allowed to receive them, on their own subscriptions
       (amqtt otherwise sends a connecting client retained messages for *every* subscription).
     - At a DISCONNECT, what amqtt already acknowledged is processed before the session is cleared.
+    - A device's message that no subscription matches never enters amqtt's broadcast queue, and
+      the gateway's own messages (commands) skip that queue: see :meth:`_broadcast_message`.
     """
 
     def __init__(self, config: dict[str, Any], *, guard: Guard | None, tls: ListenerTls | None) -> None:
         self.guard = guard
         self._tls = tls
         self._connect_locks: dict[str, _ConnectLock] = {}
+        self._routed: dict[str, bool] = {}  # topic -> does a subscription filter match it
+        self._sends: set[asyncio.Future[Any]] = set()  # outgoing deliveries of deliver_now
+        self.routing = Routing()
         super().__init__(config)
 
     # ------------------------------------------------------------------ private state, read here only
@@ -172,6 +188,72 @@ class GatewayBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
         if handler is not None:  # amqtt calls this right after starting the handler
             self._release_connect_lock(handler)
         await super()._publish_session_retained_messages(session)
+
+    # ------------------------------------------------------------------ routing
+    def has_route(self, topic: str) -> bool:
+        """Whether any subscription filter matches ``topic`` (remembered per topic until the next
+        SUBSCRIBE: only a new filter can turn a no into a yes)."""
+        routed = self._routed.get(topic)
+        if routed is None:
+            if len(self._routed) >= MAX_ROUTED_TOPICS:
+                self._routed.clear()
+            routed = self._routed[topic] = any(self._matches(topic, f) for f in self._subscriptions)
+        return routed
+
+    async def add_subscription(self, subscription: tuple[str, int], session: Any) -> int:
+        self._routed.clear()
+        return await super().add_subscription(subscription, session)  # type: ignore[no-any-return]
+
+    async def _broadcast_message(self, session: Any, topic: str | None, data: Any,
+                                 force_qos: int | None = None) -> None:
+        """amqtt puts every accepted PUBLISH in one broadcast queue and takes one message from it per
+        pass of the event loop (a task and a wait each), matching it against every filter. Under
+        load that queue grows by hundreds, and a command for a device waited behind all of them.
+        A device's message that no filter matches (telemetry, normally) would only be matched and
+        discarded there, so it is not queued; the gateway's own messages (``session`` None: commands
+        for devices) are delivered at once (:meth:`deliver_now`)."""
+        if topic is not None and not self.has_route(topic):
+            if session is not None:
+                self.routing.unrouted += 1
+            return
+        if session is None and topic is not None and data is not None:
+            self.routing.direct += 1
+            await self.deliver_now(topic, bytes(data), force_qos)
+            return
+        self.routing.queued += 1
+        await super()._broadcast_message(session, topic, data, force_qos)
+
+    async def deliver_now(self, topic: str, data: bytes, force_qos: int | None) -> None:
+        """What amqtt's broadcast loop does with one message, done now: each subscriber allowed to
+        receive it gets it (a disconnected persistent, authenticated session keeps it for later).
+        Called for the gateway's messages one at a time, so they leave in the order given."""
+        broadcast = {"session": None, "topic": topic, "data": data}
+        for topic_filter, subscriptions in list(self._subscriptions.items()):
+            if not self._matches(topic, topic_filter):
+                continue
+            for session, sub_qos in list(subscriptions):
+                qos = sub_qos if force_qos is None else force_qos
+                if not await self._topic_filtering(session, topic=topic, action=Action.RECEIVE):
+                    continue
+                if session.transitions.state != "connected":
+                    if not session.clean_session and qos > QOS_0 and not session.is_anonymous:
+                        await self._retain_broadcast_message(broadcast, qos, session)
+                    continue
+                handler = self._get_handler(session)
+                if handler is not None:
+                    send = asyncio.ensure_future(handler.mqtt_publish(topic, data, qos, retain=False))
+                    self._sends.add(send)
+                    send.add_done_callback(self._sent)
+
+    async def shutdown(self) -> None:
+        for send in list(self._sends):  # as amqtt cancels its own broadcast tasks
+            send.cancel()
+        await super().shutdown()
+
+    def _sent(self, send: asyncio.Future[Any]) -> None:
+        self._sends.discard(send)
+        if not send.cancelled() and send.exception() is not None:
+            self.logger.warning("delivery of a gateway message failed: %r", send.exception())
 
     # ------------------------------------------------------------------ PUBLISH, DISCONNECT, retained
     async def _topic_filtering(self, session: Any, topic: str, action: Any) -> bool:

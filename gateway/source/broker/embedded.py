@@ -3,12 +3,13 @@ hook, and what the gateway asks of it (who is connected, who listens, publish, d
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
 from gateway.errors import AddressInUse, BrokerError
 from gateway.source.access import INTERNAL_IDENTITY, Denials, topic_matches
-from gateway.source.broker.access_broker import GatewayBroker
+from gateway.source.broker.access_broker import GatewayBroker, Routing
 from gateway.source.broker.failures import AMQTT_ERRORS, address_in_use, quiet_amqtt_logs
 from gateway.source.broker.guard import Guard
 from gateway.source.broker.listeners import BrokerAddress, Listeners, ListenerTls
@@ -143,6 +144,12 @@ class EmbeddedBroker:
     @property
     def authenticated_connects(self) -> int:
         return self._guard.admitted if self._guard is not None else 0
+
+    @property
+    def routing(self) -> Routing:
+        """How many messages went through amqtt's broadcast queue, skipped it (no subscriber) or
+        were the gateway's own, delivered at once (a copy; zeros when not running)."""
+        return dataclasses.replace(self._broker.routing) if self._broker is not None else Routing()
 
     @property
     def hook_errors(self) -> int:
