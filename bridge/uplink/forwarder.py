@@ -89,13 +89,19 @@ class Forwarder:
         # one per connection: a publish of an earlier connection that completes late is ignored
         # (its record was released when that connection ended)
         self._connection = 0
+        self._pumping: MqttConnection | None = None  # the connection pump() is sending over
         self.backlog_rate = RateMeter()  # backlog (replay) readings acknowledged per second
         self.live_sent = 0
         self.backlog_sent = 0
 
     def wake(self) -> None:
-        """Something new is in the store."""
+        """Something new is in the store. A control record goes out now, from the caller's step:
+        waking the pump would cost it a few more passes of a busy event loop."""
         self._wake.set()
+        conn = self._pumping
+        if conn is not None and not conn.closed and \
+                self._paused_until["control"] <= asyncio.get_running_loop().time():
+            self._fill_control(conn)
 
     def mark_backlog(self) -> None:
         """Everything waiting now is backlog and will be sent with the replay flag."""
@@ -111,6 +117,7 @@ class Forwarder:
         closed = asyncio.ensure_future(conn.wait_closed())
         stopping = asyncio.ensure_future(stop.wait())
         lag_probe = asyncio.ensure_future(self._probe_loop_lag()) if self._drain_policy.max_loop_lag_s > 0 else None
+        self._pumping = conn
         try:
             while not conn.closed and not stop.is_set():
                 self._wake.clear()
@@ -121,6 +128,7 @@ class Forwarder:
             if stop.is_set() and not conn.closed:
                 await self._drain(conn, drain_timeout_s)
         finally:
+            self._pumping = None
             closed.cancel()
             stopping.cancel()
             if lag_probe is not None:
