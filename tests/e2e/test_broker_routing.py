@@ -10,18 +10,20 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bridge.mqtt.connection import MqttConnection
-from bridge.mqtt.types import ClientSettings, Message
+from bridge.mqtt.types import ClientSettings, Message, Will
 from gateway.source.broker import BrokerAddress, EmbeddedBroker
 from tests.support import eventually
 
 
-async def _client(addr: BrokerAddress, client_id: str, got: list[bytes] | None = None) -> MqttConnection:
+async def _client(addr: BrokerAddress, client_id: str, got: list[bytes] | None = None,
+                  will: Will | None = None) -> MqttConnection:
     def record(msg: Message) -> None:
         if got is not None:
             got.append(msg.payload)
 
     return await MqttConnection.open(f"mqtt://{addr.host}:{addr.port}",
-                                     ClientSettings(client_id=client_id, protocol="3.1.1"), on_message=record)
+                                     ClientSettings(client_id=client_id, protocol="3.1.1", will=will),
+                                     on_message=record)
 
 
 @pytest.fixture
@@ -105,3 +107,25 @@ async def test_a_command_nobody_listens_to_is_not_delivered_and_not_queued(
     finally:
         await device.close()
     assert (broker.routing.queued, broker.routing.unrouted, broker.routing.direct) == (0, 0, 1)
+
+
+async def test_a_will_goes_to_subscribers_but_not_to_ingest_as_before(
+        hooked: tuple[EmbeddedBroker, list[bytes]]) -> None:
+    """Accepted PUBLISHes are handed to ingest by the broker itself (no plugin event); a will was
+    never one of them (amqtt fires no broadcast event for it) and still is not."""
+    broker, seen = hooked
+    watched: list[bytes] = []
+    watcher = await _client(broker.address, "watcher", watched)
+    dying = await _client(broker.address, "d1", will=Will("devices/d1/events", b"gone", qos=1))
+    other = await _client(broker.address, "d2")
+    try:
+        await watcher.subscribe([("devices/+/events", 1)])
+        dying.abort()
+        await eventually(lambda: watched == [b"gone"])
+        await other.publish("devices/d2/events", b"after", 1)
+        await eventually(lambda: seen == [b"after"] and len(watched) == 2)
+    finally:
+        await watcher.close()
+        await dying.close()
+        await other.close()
+    assert watched == [b"gone", b"after"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,10 @@ class GatewayBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
       the gateway's own messages (commands) skip that queue: see :meth:`_broadcast_message`.
     """
 
-    def __init__(self, config: dict[str, Any], *, guard: Guard | None, tls: ListenerTls | None) -> None:
+    def __init__(self, config: dict[str, Any], *, guard: Guard | None, tls: ListenerTls | None,
+                 deliver: Callable[[str, bytes], None] | None = None) -> None:
         self.guard = guard
+        self._deliver = deliver
         self._tls = tls
         self._connect_locks: dict[str, _ConnectLock] = {}
         self._routed: dict[str, bool] = {}  # topic -> does a subscription filter match it
@@ -211,7 +214,13 @@ class GatewayBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
         load that queue grows by hundreds, and a command for a device waited behind all of them.
         A device's message that no filter matches (telemetry, normally) would only be matched and
         discarded there, so it is not queued; the gateway's own messages (``session`` None: commands
-        for devices) are delivered at once (:meth:`deliver_now`)."""
+        for devices) are delivered at once (:meth:`deliver_now`).
+
+        A device's accepted PUBLISH (``session`` set, no ``force_qos``: a will has one) is also
+        handed to the gateway here, in the client's own loop, instead of through a plugin event
+        (a task per message, one more pass of the loop before the ingest queue sees it)."""
+        if session is not None and force_qos is None and topic is not None and self._deliver is not None:
+            self._deliver(str(topic), bytes(data or b""))  # must not raise: EmbeddedBroker guards it
         if topic is not None and not self.has_route(topic):
             if session is not None:
                 self.routing.unrouted += 1

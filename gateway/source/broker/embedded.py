@@ -4,6 +4,7 @@ hook, and what the gateway asks of it (who is connected, who listens, publish, d
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,6 +17,8 @@ from gateway.source.broker.listeners import BrokerAddress, Listeners, ListenerTl
 from gateway.source.broker.plugins import IngestHook, MessageCallback, PresenceCallback, plugin_config
 from gateway.source.broker.shutdown import shut_down
 from gateway.source.identity import Gatekeeper
+
+log = logging.getLogger(__package__)  # the adapter logs under its package name
 
 
 class EmbeddedBroker:
@@ -50,11 +53,12 @@ class EmbeddedBroker:
         self._broker: GatewayBroker | None = None
         self._hook: IngestHook | None = None
         self._hooked = False  # the hook passes messages on (from start() until stop() is done)
+        self._deliver_errors = 0
 
     def _config(self) -> dict[str, Any]:
         return {
             "listeners": self._listeners.config(),
-            "plugins": plugin_config(self._deliver, self._presence, self._guard),
+            "plugins": plugin_config(self._presence, self._guard),
             "session_expiry_interval": self._session_expiry_s,
         }
 
@@ -62,7 +66,7 @@ class EmbeddedBroker:
         quiet_amqtt_logs()
         self._hooked = True
         try:
-            broker = GatewayBroker(self._config(), guard=self._guard, tls=self._tls)
+            broker = GatewayBroker(self._config(), guard=self._guard, tls=self._tls, deliver=self._deliver)
             hook = broker.plugins_manager.get_plugin("IngestHook")
             if not isinstance(hook, IngestHook):
                 raise BrokerError("amqtt did not load the ingest hook plugin")
@@ -153,11 +157,18 @@ class EmbeddedBroker:
 
     @property
     def hook_errors(self) -> int:
-        return self._hook.errors if self._hook else 0
+        """Failures of the ingest and presence callbacks (each logged; the broker went on)."""
+        return (self._hook.errors if self._hook else 0) + self._deliver_errors
 
     def _deliver(self, topic: str, payload: bytes) -> None:
+        """Called by the broker for each accepted PUBLISH, inside the client's loop: that loop must
+        go on whatever the consumer does, so a failure is counted and logged here."""
         if self._hooked and self._on_message is not None:
-            self._on_message(topic, payload)
+            try:
+                self._on_message(topic, payload)
+            except Exception:
+                self._deliver_errors += 1
+                log.exception("ingest callback failed (topic %r)", topic[:120])
 
     def _presence(self) -> None:
         if self._hooked and self.on_presence is not None:

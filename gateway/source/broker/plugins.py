@@ -28,17 +28,16 @@ AUTH_PATH = "amqtt.plugins.authentication.AnonymousAuthPlugin"
 
 
 class IngestHook(BasePlugin[Any]):  # type: ignore[misc]  # amqtt ships no type hints
-    """amqtt plugin that hands every accepted PUBLISH to a callback, and tells ``presence`` when a
-    client connects or subscribes (so held commands can be delivered at once)."""
+    """amqtt plugin that tells ``presence`` when a client connects or subscribes (so held commands
+    can be delivered at once). Accepted PUBLISHes reach the gateway without a plugin event:
+    :meth:`GatewayBroker._broadcast_message` hands them over."""
 
     @dataclass
     class Config:
-        deliver: Any = None  # MessageCallback (amqtt checks the Config's types: Any passes a callable)
-        presence: Any = None  # PresenceCallback
+        presence: Any = None  # PresenceCallback (amqtt checks the Config's types: Any passes a callable)
 
     def __init__(self, context: Any) -> None:
         super().__init__(context)
-        self.deliver: MessageCallback | None = self.config.deliver
         self.presence: PresenceCallback | None = self.config.presence
         self.errors = 0
 
@@ -59,15 +58,6 @@ class IngestHook(BasePlugin[Any]):  # type: ignore[misc]  # amqtt ships no type 
 
     async def on_broker_client_subscribed(self, *, client_id: str, topic: str, **_: Any) -> None:
         self._presence_changed()
-
-    async def on_broker_message_broadcast(self, *, client_id: str, message: Any) -> None:
-        deliver = self.deliver
-        if deliver is not None:
-            self._guarded("ingest callback", _hand_over, deliver, message)
-
-
-def _hand_over(deliver: MessageCallback, message: Any) -> None:
-    deliver(str(message.topic), bytes(message.data or b""))
 
 
 class AccessPlugin(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]  # amqtt ships no type hints
@@ -98,9 +88,9 @@ class AccessPlugin(BaseAuthPlugin, BaseTopicPlugin):  # type: ignore[misc]  # am
         return guard.may_receive(session, topic)
 
 
-def plugin_config(deliver: MessageCallback, presence: PresenceCallback, guard: Guard | None) -> dict[str, Any]:
-    """amqtt's ``plugins`` section: the ingest hook, and the access plugin with a guard (anonymous
+def plugin_config(presence: PresenceCallback, guard: Guard | None) -> dict[str, Any]:
+    """amqtt's ``plugins`` section: the presence hook, and the access plugin with a guard (anonymous
     access without one). No default loggers, no $SYS."""
     auth: dict[str, Any] = {ACCESS_PATH: {"guard": guard}} if guard is not None else {
         AUTH_PATH: {"allow_anonymous": True}}
-    return {**auth, HOOK_PATH: {"deliver": deliver, "presence": presence}}
+    return {**auth, HOOK_PATH: {"presence": presence}}
