@@ -22,7 +22,8 @@ log = logging.getLogger(__package__)  # the adapter logs under its package name
 
 
 class EmbeddedBroker:
-    """An amqtt broker on ``host:port`` (port 0 picks a free one) with the ingest hook installed."""
+    """An amqtt broker on ``host:port`` (port 0 picks a free one) that hands accepted PUBLISHes to
+    ``on_message``."""
 
     def __init__(
         self,
