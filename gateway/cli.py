@@ -13,6 +13,7 @@ import getpass
 import importlib
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +36,11 @@ from bridge.protocol.topics import DEFAULT_PREFIX
 from gateway.cli_common import CONFIG_OPTION, err_console, exit_invalid, load_or_exit
 from gateway.config import MAX_CONFIG_VERSION, GatewayConfig, parse_config, read_toml
 from gateway.errors import AddressInUse, ConfigError, CredentialsError, GatewayError, StorageError
+
+# How long a thread may hold the GIL while another waits for it (Python's default: 5 ms). paho's
+# network thread needs it for every uplink message in or out; with the event loop busy each of
+# those waited up to the full interval (see docs/DEVELOPMENT.md, "Control under load").
+GIL_SWITCH_S = 0.001
 
 
 class LazyGroup(click.Group):
@@ -86,12 +92,18 @@ def run(config_path: Path | None) -> None:
             from gateway.observe.metrics import serve
 
             serve(cfg.metrics, secrets.metrics_password, service.board)
-        # what is built by now lives as long as the process: the garbage collector's full passes skip
-        # it from now on (scanning it paused the loop ~50 ms each time, the first right as devices connect)
-        gc.freeze()
+        settle_process()
         run_until_signal(service.run, on_hup=service.reload_credentials)
     except GatewayError as exc:
         exit_failed(exc, run_fix(exc, cfg, config_path))
+
+
+def settle_process() -> None:
+    """Right before the loop starts. What is built by now lives as long as the process: the garbage
+    collector's full passes skip it from now on (scanning it paused the loop ~50 ms each time, the
+    first right as devices connect). And threads get the GIL sooner (:data:`GIL_SWITCH_S`)."""
+    gc.freeze()
+    sys.setswitchinterval(GIL_SWITCH_S)
 
 
 def run_fix(exc: GatewayError, cfg: GatewayConfig, config_path: Path | None) -> str:

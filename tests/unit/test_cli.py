@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from gateway.cli import main
+from gateway.cli import GIL_SWITCH_S, main, settle_process
 
 REFERENCE = Path(__file__).resolve().parents[2] / "conf" / "gateway.toml"
 
@@ -99,3 +100,16 @@ def test_check_summary_names_every_listener(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "listening on 0.0.0.0:8883 (TLS), auth password" in res.output
     assert "1883" not in res.output
+
+
+def test_run_settles_the_process_with_a_short_gil_switch_interval() -> None:
+    """paho's network thread waits for the GIL on every uplink message; ``run`` shortens Python's
+    default 5 ms switch interval so it does not wait that long behind a busy event loop."""
+    before = sys.getswitchinterval()
+    try:
+        settle_process()
+        assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_S)
+        assert before > GIL_SWITCH_S
+    finally:
+        sys.setswitchinterval(before)
+        gc.unfreeze()
