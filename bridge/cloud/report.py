@@ -18,7 +18,8 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from bridge.cloud.sink_store import GapSummary, SinkStore
+from bridge.cloud.sink_port import open_sink_store
+from bridge.cloud.sink_queries import GapSummary
 
 __all__ = ["MAX_GAP_RANGES", "build_report", "has_gaps", "render_report"]
 
@@ -33,10 +34,12 @@ def _gap_dict(gap: GapSummary | None) -> dict[str, Any]:
             "first_streams": list(gap.first_streams)}
 
 
-def build_report(db_path: Path | str, device: str | None = None) -> dict[str, Any]:
-    """Summarise a sink database. With ``device``, only the gateways that device's data came through
-    and only that device's row. Raises :class:`FileNotFoundError` if it does not exist."""
-    with SinkStore.open_readonly(db_path) as store:
+def build_report(db_path: Path | str, device: str | None = None, *,
+                 password_file: Path | None = None) -> dict[str, Any]:
+    """Summarise a sink database (a SQLite path or a PostgreSQL URL). With ``device``, only the
+    gateways that device's data came through and only that device's row. Raises
+    :class:`FileNotFoundError` if a SQLite file does not exist."""
+    with open_sink_store(db_path, readonly=True, password_file=password_file) as store:
         lanes = store.lane_stats()
         dups = store.duplicate_counts()
         gaps = store.gaps(MAX_GAP_RANGES)

@@ -34,7 +34,7 @@ from typing import Literal
 
 from bridge.cloud.errors import SinkStoreError
 from bridge.cloud.sink_handler import SinkCounters, SinkHandler
-from bridge.cloud.sink_store import SinkStore
+from bridge.cloud.sink_port import SinkStorePort, open_sink_store
 from bridge.mqtt.backoff import DecorrelatedJitter
 from bridge.mqtt.connect import connect_with_backoff
 from bridge.mqtt.connection import MqttConnection
@@ -50,10 +50,12 @@ log = logging.getLogger(__name__)
 Protocol = Literal["5", "3.1.1"]
 
 
-def default_client_id(db: Path) -> str:
+def default_client_id(db: Path | str) -> str:
     """A client id that is stable for one database on one host, so a restarted sink resumes its
-    persistent session (and gets what the broker kept for it) while two sinks never collide."""
-    digest = hashlib.sha1(f"{socket.gethostname()}:{db.resolve()}".encode()).hexdigest()
+    persistent session (and gets what the broker kept for it) while two sinks never collide. ``db``
+    is a store's ``identity`` (a SQLite file's absolute path, a PostgreSQL URL without password)."""
+    name = db.resolve() if isinstance(db, Path) else db
+    digest = hashlib.sha1(f"{socket.gethostname()}:{name}".encode()).hexdigest()
     return f"sink-{digest[:12]}"
 
 
@@ -102,7 +104,7 @@ class Sink:
 
     def __init__(
         self,
-        store: SinkStore,
+        store: SinkStorePort,
         urls: Sequence[str | BrokerUrl],
         *,
         protocol: Protocol = "5",
@@ -133,7 +135,7 @@ class Sink:
         self.urls = list(urls)
         self.filters = subscriptions(prefix, shared_group)
         self.settings = ClientSettings(
-            client_id=client_id or default_client_id(store.path),
+            client_id=client_id or default_client_id(store.identity),
             protocol=protocol,
             clean_start=not persistent,
             session_expiry_s=session_expiry_s if persistent and protocol == "5" else 0,
@@ -245,7 +247,7 @@ class Sink:
 
 async def run_sink(
     url: str | Sequence[str],
-    db: Path,
+    db: Path | str,
     *,
     protocol: Protocol = "5",
     shared_group: str | None = None,
@@ -254,10 +256,12 @@ async def run_sink(
     client_id: str | None = None,
     start_timeout_s: float | None = None,
     login: Login = ANONYMOUS,
+    db_password_file: Path | None = None,
 ) -> None:
-    """Run a sink storing into ``db`` until ``stop`` is set (the ``edge-gateway sink`` command)."""
+    """Run a sink storing into ``db`` (a SQLite path or a PostgreSQL URL, see
+    :func:`~bridge.cloud.sink_port.open_sink_store`) until ``stop`` is set (the ``edge-gateway sink`` command)."""
     urls = [url] if isinstance(url, str) else list(url)
-    store = SinkStore(db)
+    store = open_sink_store(db, password_file=db_password_file)
     try:
         sink = Sink(store, urls, protocol=protocol, shared_group=shared_group, prefix=prefix,
                     client_id=client_id, start_timeout_s=start_timeout_s, login=login)

@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from bridge.cloud.sink_store import SinkStore
+from bridge.cloud.sink_port import SinkStorePort
 from bridge.mqtt.types import Message
 from bridge.protocol.codec import decode_batch
 from bridge.protocol.errors import CodecError, InvalidRecord
@@ -61,7 +61,7 @@ def _reason(exc: CodecError) -> str:
 class SinkHandler:
     """Handles the messages of every gateway under ``prefix`` (a pattern with ``{gateway_id}``)."""
 
-    def __init__(self, store: SinkStore, prefix: str) -> None:
+    def __init__(self, store: SinkStorePort, prefix: str) -> None:
         self.store = store
         self.counters = SinkCounters()
         self.gateway_state: dict[str, str] = {}

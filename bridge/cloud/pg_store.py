@@ -1,0 +1,251 @@
+"""PostgreSQL storage of the cloud sink (``edge-gateway sink --db postgresql://...``): the same
+tables, keys and answers as the SQLite store (:mod:`bridge.cloud.sink_store`), for a fleet whose
+sink runs as several workers writing one database. The only module that imports psycopg.
+
+Each message is one transaction: the ledger row ``(gateway, stream, lane, seq)`` is inserted with
+``ON CONFLICT DO NOTHING``; if it was new, the batch's readings follow through ``COPY``, else the
+duplicate is counted. Two workers storing the same batch at once cannot both win: the second insert
+waits for the first transaction and then finds the key taken. Commits are synchronous (the server
+default), so a message acknowledged after the commit is on the server's disk.
+
+Every psycopg failure comes out as :class:`~bridge.cloud.errors.SinkStoreError` (the sink then
+leaves the message unacknowledged); a lost connection is reopened on the next call. Failing to
+connect at start is :class:`~bridge.cloud.errors.StoreUnavailable`. The password (from the URL,
+``PGPASSWORD``, a ``.pgpass`` file or ``password_file``) never appears in :attr:`identity`, logs or
+error messages.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import psycopg
+
+from bridge.cloud.errors import SinkStoreError, StoreUnavailable
+from bridge.cloud.pg_schema import SCHEMA_VERSION, check_version, current_version, migrate, timescale_available
+from bridge.cloud.sink_queries import SinkQueries
+from bridge.cloud.sink_rows import (
+    CLAIM_SQL,
+    DUPLICATE_SQL,
+    INVALID_SQL,
+    STATUS_SQL,
+    check_batch,
+    control_row,
+    value_columns,
+)
+from bridge.protocol.codec import Batch
+from bridge.protocol.errors import InvalidRecord, PermanentBridgeError
+from bridge.protocol.model import Lane
+from bridge.protocol.records import Json, Stamped, parse_control
+
+__all__ = ["PgSinkStore", "read_password_file", "redact_url"]
+
+log = logging.getLogger(__name__)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# ``ts`` is ``ts_ms`` as a timestamp, clamped to what it can hold (years 1 to 9999); ``ts_ms`` is exact
+_MIN_MS = int((datetime(1, 1, 1, tzinfo=timezone.utc) - _EPOCH).total_seconds() * 1000)
+_MAX_MS = int((datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc) - _EPOCH).total_seconds() * 1000)
+_COPY_READINGS = ("COPY readings (gateway, stream, device, metric, ts, ts_ms, value, value_text, seq, batch_seq,"
+                  " replay) FROM STDIN")
+
+
+def redact_url(url: str) -> str:
+    """``postgresql://user@host:port/dbname``: the URL without its password and query."""
+    parts = urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return f"{parts.scheme}://{user}{at}{hostport}{parts.path}"
+
+
+def _url_has_password(url: str) -> bool:
+    parts = urlsplit(url)
+    return ":" in parts.netloc.rpartition("@")[0] or "password" in parse_qs(parts.query)
+
+
+def read_password_file(path: Path) -> str:
+    """The password a file holds (one trailing newline stripped)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise StoreUnavailable(f"cannot read the database password file {path}: {exc.strerror} "
+                               "(--db-password-file)") from exc
+    return text[:-1] if text.endswith("\n") else text
+
+
+def _ts(ts_ms: int) -> datetime:
+    return _EPOCH + timedelta(milliseconds=min(max(ts_ms, _MIN_MS), _MAX_MS))
+
+
+class PgSinkStore(SinkQueries):
+    """The sink's PostgreSQL database. Opening it applies the missing schema migrations (a
+    ``readonly`` store only checks the version). One store is used from one thread."""
+
+    def __init__(self, url: str, *, readonly: bool = False, password_file: Path | None = None,
+                 connect_timeout_s: int = 10) -> None:
+        self.identity = redact_url(url)
+        self._url = url
+        self._readonly = readonly
+        self._password = read_password_file(password_file) if password_file is not None else None
+        self._timeout = connect_timeout_s
+        if _url_has_password(url):
+            log.warning("the password in --db %s is visible in process lists; use PGPASSWORD, a .pgpass file "
+                        "or --db-password-file", self.identity)
+        self._secret = self._password or urlsplit(url).password or ""
+        try:
+            self._conn: psycopg.Connection[Any] | None = self._connect()
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"cannot connect to the sink database {self.identity}: {self._say(exc)} "
+                                   "(--db)") from exc
+        try:
+            self._open_schema()
+        except psycopg.Error as exc:
+            self.close()
+            raise StoreUnavailable(f"cannot set up the sink database {self.identity}: {self._say(exc)}") from exc
+        except PermanentBridgeError:
+            self.close()
+            raise
+
+    @classmethod
+    def open_readonly(cls, url: str, password_file: Path | None = None) -> PgSinkStore:
+        """A connection for reports that cannot write; sink workers may keep writing meanwhile."""
+        return cls(url, readonly=True, password_file=password_file)
+
+    def _say(self, exc: BaseException) -> str:
+        """The error's text on one line, without the password."""
+        text = " ".join(str(exc).split())
+        return text.replace(self._secret, "***") if self._secret else text
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        extra: dict[str, Any] = {} if self._password is None else {"password": self._password}
+        conn = psycopg.connect(self._url, autocommit=True, connect_timeout=self._timeout,
+                               application_name="edge-gateway-sink", **extra)
+        if self._readonly:
+            conn.execute("SET default_transaction_read_only = on")
+        return conn
+
+    def _open_schema(self) -> None:
+        conn = self._live()
+        if self._readonly:
+            version = current_version(conn)
+            check_version(version, self.identity)
+            if version != SCHEMA_VERSION:
+                raise PermanentBridgeError(f"{self.identity} is not a sink database (schema version {version}, "
+                                           f"expected {SCHEMA_VERSION}); run `edge-gateway sink` on it once")
+            return
+        with conn.transaction():
+            migrate(conn, self.identity)
+        if timescale_available(conn):
+            log.info("TimescaleDB is installed on %s but not created in it; `CREATE EXTENSION timescaledb` "
+                     "there makes readings a hypertable at the next start", self.identity)
+
+    def _live(self) -> psycopg.Connection[Any]:
+        """The connection, reopened if it was lost."""
+        if self._conn is None or self._conn.closed:
+            self._conn = None
+            try:
+                self._conn = self._connect()
+            except psycopg.Error as exc:
+                raise SinkStoreError(f"sink database {self.identity}: reconnect: {self._say(exc)}") from exc
+            log.info("reconnected to the sink database %s", self.identity)
+        return self._conn
+
+    @contextmanager
+    def _failing_as(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except psycopg.Error as exc:
+            if self._conn is not None and (self._conn.closed or self._conn.broken):
+                self._conn.close()
+                self._conn = None
+            raise SinkStoreError(f"sink database {self.identity}: {what}: {self._say(exc)}") from exc
+
+    @contextmanager
+    def _tx(self, what: str) -> Iterator[psycopg.Cursor[Any]]:
+        conn = self._live()
+        with self._failing_as(what), conn.transaction(), conn.cursor() as cur:
+            yield cur
+
+    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        conn = self._live()
+        with self._failing_as("read"):
+            return conn.execute(sql.replace("?", "%s"), args).fetchall()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> PgSinkStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ writes
+    def _claim(self, cur: psycopg.Cursor[Any], gateway: str, stream: str, lane: Lane, seq: int, *,
+               received_ms: int, replay: bool, readings: int, created_ms: int | None) -> bool:
+        """Insert the ledger row; False (and the duplicate counted) if the key is already there."""
+        cur.execute(CLAIM_SQL.replace("?", "%s"), (gateway, stream, lane, seq, received_ms, replay, readings,
+                                                   created_ms))
+        if cur.rowcount == 1:
+            return True
+        cur.execute(DUPLICATE_SQL.replace("?", "%s"), (gateway, lane))
+        return False
+
+    def store_batch(self, batch: Batch, received_ms: int) -> bool:
+        """Store a telemetry batch and its readings in one transaction; False for a duplicate.
+        Raises :class:`InvalidRecord` (nothing stored) for a batch that cannot be stored as is."""
+        check_batch(batch)
+        try:
+            with self._tx("store a batch") as cur:
+                if not self._claim(cur, batch.gateway, batch.stream, "telemetry", batch.seq, received_ms=received_ms,
+                                   replay=batch.replay, readings=len(batch.readings), created_ms=batch.created_ms):
+                    return False
+                with cur.copy(_COPY_READINGS) as copy:
+                    for r in batch.readings:
+                        copy.write_row((batch.gateway, batch.stream, r.device, r.metric, _ts(r.ts_ms), r.ts_ms,
+                                        *value_columns(r.value), r.seq, batch.seq, batch.replay))
+        except SinkStoreError as exc:
+            raise _invalid_if_data(exc) from exc.__cause__
+        return True
+
+    def store_control(self, record: Mapping[str, Json] | Stamped, received_ms: int) -> bool:
+        """Store one control record in one transaction; False for a duplicate. Raises
+        :class:`InvalidRecord` for a malformed record (nothing stored)."""
+        stamped = record if isinstance(record, Stamped) else parse_control(record)
+        sql, values = control_row(stamped, received_ms)
+        st = stamped.stamp
+        try:
+            with self._tx("store a control record") as cur:
+                if not self._claim(cur, st.gateway, st.stream, "control", st.seq, received_ms=received_ms,
+                                   replay=False, readings=0, created_ms=None):
+                    return False
+                cur.execute(sql.replace("?", "%s"), values)
+        except SinkStoreError as exc:
+            raise _invalid_if_data(exc) from exc.__cause__
+        return True
+
+    def record_invalid(self, gateway: str, reason: str) -> None:
+        """Count a message from ``gateway`` that could not be decoded or stored, by short reason."""
+        with self._tx("count an invalid message") as cur:
+            cur.execute(INVALID_SQL.replace("?", "%s"), (gateway, reason))
+
+    def record_status(self, gateway: str, state: str, received_ms: int) -> None:
+        """Remember the gateway's status; ``since_ms`` changes only when the state does."""
+        with self._tx("record a status") as cur:
+            cur.execute(STATUS_SQL.replace("?", "%s"), (gateway, state, received_ms, received_ms))
+
+
+def _invalid_if_data(exc: SinkStoreError) -> Exception:
+    """A value the database refuses (text with a NUL character, a number out of range) will be refused
+    on every redelivery: an invalid record, not a storage failure."""
+    if isinstance(exc.__cause__, psycopg.DataError):
+        return InvalidRecord("malformed batch", str(exc))
+    return exc
