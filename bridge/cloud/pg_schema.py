@@ -105,10 +105,11 @@ def migrate(conn: Executes, where: str) -> int:
     """Apply the missing steps; call inside one transaction (the lock is released at its end).
     Returns the schema version now in force."""
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
-    conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
-                 "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
     version = current_version(conn)
     check_version(version, where)
+    if version == 0:  # no DDL at all when nothing is missing: a role without CREATE can run the sink then
+        conn.execute("CREATE TABLE schema_migrations ("
+                     "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
     for step, sql in MIGRATIONS:
         if step > version:
             conn.execute(sql)
