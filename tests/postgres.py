@@ -4,7 +4,8 @@ PostgreSQL refuses to run as root and CI runs as root: then the server runs as `
 ``runuser``), owning its data and socket directories. The cluster has a superuser ``postgres`` and a
 role ``sink`` (both with scram-sha-256 passwords, no trust login), so tests use real credentials.
 :meth:`PostgresServer.new_database` hands each test a fresh database owned by ``sink``. The server
-runs with ``fsync=off``: it is thrown away after the session, and speed matters more here.
+runs with ``fsync=off`` unless asked (``fsync=True``, for benchmarks): it is thrown away after the
+session, and speed matters more here.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def pg_tool(name: str) -> str:
 class PostgresServer:
     """One PostgreSQL cluster in a temp dir; ``start``/``stop`` it, ask it for fresh databases."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, fsync: bool = False) -> None:
+        self.fsync = fsync
         self.initdb, self.pg_ctl = pg_tool("initdb"), pg_tool("pg_ctl")
         self.dir = Path(tempfile.mkdtemp(prefix="edge-pg-"))
         self.data, self.sockets = self.dir / "data", self.dir / "sock"
@@ -71,7 +73,7 @@ class PostgresServer:
                   f"--pwfile={pwfile}", "-E", "UTF8", "--no-sync", "--no-instructions")
         pwfile.unlink()
         options = (f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.sockets}"
-                   " -c fsync=off -c full_page_writes=off -c max_connections=60")
+                   " -c max_connections=60" + ("" if self.fsync else " -c fsync=off -c full_page_writes=off"))
         self._run(self.pg_ctl, "-D", str(self.data), "-l", str(self.data / "server.log"), "-w", "-t", "30",
                   "-o", options, "start")
         with self.admin() as conn:
