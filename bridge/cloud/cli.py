@@ -4,8 +4,9 @@ PostgreSQL),
 command to a device through its gateway and print the answer). ``gateway.cli`` adds them to its
 group; they keep their names, options and exit codes there.
 
-Exit codes: 0 ok, 1 runtime failure (or the answer/report says so), 2 bad usage (including a ``--db``
-that cannot be opened: unwritable directory, bad URL, unreachable server, refused login).
+Exit codes: 0 ok, 1 runtime failure (or the answer/report says so; a SQLite ``--db`` that cannot be
+opened), 2 bad usage (including a PostgreSQL ``--db`` that cannot be used: bad URL, unreachable
+server, refused login, no such database).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from bridge.cloud.cli_common import (
     show_answer,
 )
 from bridge.cloud.errors import StoreUnavailable
+from bridge.cloud.sink_port import is_postgres_url
 from bridge.mqtt.types import Login
 from bridge.protocol.records import ControlRecord, Response
 from bridge.protocol.topics import DEFAULT_PREFIX, ID_RULE, valid_id
@@ -81,7 +83,7 @@ def sink(url: str, db: str, db_password_file: Path | None, shared_group: str | N
     try:
         run_until_signal(go)
     except StoreUnavailable as exc:
-        exit_failed(exc, code=2)
+        exit_failed(exc, code=2 if is_postgres_url(db) else 1)
     except BridgeError as exc:
         exit_failed(exc)
 
@@ -110,7 +112,7 @@ def report(db: str, db_password_file: Path | None, as_json: bool, device: str | 
     try:
         data = build_report(db_path, device, password_file=db_password_file)
     except StoreUnavailable as exc:
-        exit_failed(exc, code=2)
+        exit_failed(exc, code=2 if is_postgres_url(db) else 1)
     except BridgeError as exc:
         exit_failed(exc)
     if as_json:

@@ -27,18 +27,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import psycopg
 
+from bridge.cloud import sink_rows
 from bridge.cloud.errors import SinkStoreError, StoreUnavailable
 from bridge.cloud.pg_schema import SCHEMA_VERSION, check_version, current_version, migrate, timescale_available
 from bridge.cloud.sink_queries import SinkQueries
-from bridge.cloud.sink_rows import (
-    CLAIM_SQL,
-    DUPLICATE_SQL,
-    INVALID_SQL,
-    STATUS_SQL,
-    check_batch,
-    control_row,
-    value_columns,
-)
 from bridge.protocol.codec import Batch
 from bridge.protocol.errors import InvalidRecord, PermanentBridgeError
 from bridge.protocol.model import Lane
@@ -56,6 +48,15 @@ _MAX_MS = int((datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc) - _EPOCH)
 _COPY_READINGS = ("COPY readings (gateway, stream, device, metric, ts, ts_ms, value, value_text, seq, batch_seq,"
                   " replay) FROM STDIN (FORMAT BINARY)")
 _COPY_TYPES = ["text", "text", "text", "text", "timestamptz", "int8", "float8", "text", "int8", "int8", "bool"]
+
+
+def _pg(sql: str) -> str:
+    """Portable SQL (``?`` placeholders) as psycopg takes it (``%s``)."""
+    return sql.replace("?", "%s")
+
+
+_CLAIM, _DUPLICATE = _pg(sink_rows.CLAIM_SQL), _pg(sink_rows.DUPLICATE_SQL)
+_INVALID, _STATUS = _pg(sink_rows.INVALID_SQL), _pg(sink_rows.STATUS_SQL)
 
 
 def redact_url(url: str) -> str:
@@ -177,7 +178,7 @@ class PgSinkStore(SinkQueries):
     def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         conn = self._live()
         with self._failing_as("read"):
-            return conn.execute(sql.replace("?", "%s"), args).fetchall()
+            return conn.execute(_pg(sql), args).fetchall()
 
     def close(self) -> None:
         if self._conn is not None:
@@ -194,17 +195,16 @@ class PgSinkStore(SinkQueries):
     def _claim(self, cur: psycopg.Cursor[Any], gateway: str, stream: str, lane: Lane, seq: int, *,
                received_ms: int, replay: bool, readings: int, created_ms: int | None) -> bool:
         """Insert the ledger row; False (and the duplicate counted) if the key is already there."""
-        cur.execute(CLAIM_SQL.replace("?", "%s"), (gateway, stream, lane, seq, received_ms, replay, readings,
-                                                   created_ms))
+        cur.execute(_CLAIM, (gateway, stream, lane, seq, received_ms, replay, readings, created_ms))
         if cur.rowcount == 1:
             return True
-        cur.execute(DUPLICATE_SQL.replace("?", "%s"), (gateway, lane))
+        cur.execute(_DUPLICATE, (gateway, lane))
         return False
 
     def store_batch(self, batch: Batch, received_ms: int) -> bool:
         """Store a telemetry batch and its readings in one transaction; False for a duplicate.
         Raises :class:`InvalidRecord` (nothing stored) for a batch that cannot be stored as is."""
-        check_batch(batch)
+        sink_rows.check_batch(batch)
         try:
             with self._tx("store a batch") as cur:
                 if not self._claim(cur, batch.gateway, batch.stream, "telemetry", batch.seq, received_ms=received_ms,
@@ -214,7 +214,7 @@ class PgSinkStore(SinkQueries):
                     copy.set_types(_COPY_TYPES)
                     for r in batch.readings:
                         copy.write_row((batch.gateway, batch.stream, r.device, r.metric, _ts(r.ts_ms), r.ts_ms,
-                                        *value_columns(r.value), r.seq, batch.seq, batch.replay))
+                                        *sink_rows.value_columns(r.value), r.seq, batch.seq, batch.replay))
         except SinkStoreError as exc:
             raise _invalid_if_data(exc) from exc.__cause__
         return True
@@ -223,14 +223,14 @@ class PgSinkStore(SinkQueries):
         """Store one control record in one transaction; False for a duplicate. Raises
         :class:`InvalidRecord` for a malformed record (nothing stored)."""
         stamped = record if isinstance(record, Stamped) else parse_control(record)
-        sql, values = control_row(stamped, received_ms)
+        sql, values = sink_rows.control_row(stamped, received_ms)
         st = stamped.stamp
         try:
             with self._tx("store a control record") as cur:
                 if not self._claim(cur, st.gateway, st.stream, "control", st.seq, received_ms=received_ms,
                                    replay=False, readings=0, created_ms=None):
                     return False
-                cur.execute(sql.replace("?", "%s"), values)
+                cur.execute(_pg(sql), values)
         except SinkStoreError as exc:
             raise _invalid_if_data(exc) from exc.__cause__
         return True
@@ -238,12 +238,12 @@ class PgSinkStore(SinkQueries):
     def record_invalid(self, gateway: str, reason: str) -> None:
         """Count a message from ``gateway`` that could not be decoded or stored, by short reason."""
         with self._tx("count an invalid message") as cur:
-            cur.execute(INVALID_SQL.replace("?", "%s"), (gateway, reason))
+            cur.execute(_INVALID, (gateway, reason))
 
     def record_status(self, gateway: str, state: str, received_ms: int) -> None:
         """Remember the gateway's status; ``since_ms`` changes only when the state does."""
         with self._tx("record a status") as cur:
-            cur.execute(STATUS_SQL.replace("?", "%s"), (gateway, state, received_ms, received_ms))
+            cur.execute(_STATUS, (gateway, state, received_ms, received_ms))
 
 
 def _invalid_if_data(exc: SinkStoreError) -> Exception:

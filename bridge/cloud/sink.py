@@ -1,13 +1,14 @@
 """The cloud-side sink: subscribe to every gateway's uplink topics and store what arrives, once.
 
 Delivery: the sink subscribes with QoS 1 on a persistent session (stable client id, ``clean_start``
-off, MQTT 5 session expiry) and acknowledges each message only AFTER it has been committed to
-SQLite (``ClientSettings.manual_ack``). A sink that dies between receiving and committing leaves
-the message unacknowledged; the broker redelivers it when the session resumes, and the store's
-``(gateway, stream, lane, seq)`` key drops whatever had already been stored. At-least-once delivery plus
-an idempotent store gives each reading once. (This needs a broker that keeps in-flight QoS 1
-messages of a persistent session, as mosquitto does; amqtt 0.12 drops them when the subscriber's
-connection dies, so against amqtt a sink crash can lose the messages it had not acknowledged.)
+off, MQTT 5 session expiry) and acknowledges each message only AFTER it has been committed to its
+store, SQLite or PostgreSQL (``ClientSettings.manual_ack``). A sink that dies between receiving and
+committing leaves the message unacknowledged; the broker redelivers it when the session resumes, and
+the store's ``(gateway, stream, lane, seq)`` key drops whatever had already been stored.
+At-least-once delivery plus an idempotent store gives each reading once. (This needs a broker that
+keeps in-flight QoS 1 messages of a persistent session, as mosquitto does; amqtt 0.12 drops them
+when the subscriber's connection dies, so against amqtt a sink crash can lose the messages it had
+not acknowledged.)
 
 A storage failure (disk full, I/O error, locked database) is not acknowledged either: the sink drops
 the connection and reconnects after a backoff, so the broker redelivers. Messages that can never

@@ -58,6 +58,16 @@ def test_migrations_are_idempotent_and_concurrent_starts_apply_them_once(pg_url:
         assert store._rows("SELECT to_regclass('gaps')::text") == [("gaps",)]
 
 
+def test_the_gaps_view_shows_the_holes_the_report_counts(pg_url: str) -> None:
+    with PgSinkStore(pg_url) as store:
+        for seq in (1, 2, 5, 9):
+            store.store_batch(batch(seq), T0)
+        store.store_batch(replace(batch(4), stream="other"), T0)
+        assert store._rows("SELECT gateway, stream, lane, first_missing, last_missing FROM gaps ORDER BY 4") == [
+            ("gw-1", "", "telemetry", 3, 4), ("gw-1", "", "telemetry", 6, 8)]
+        assert store.gaps()[("gw-1", "telemetry")].first == [(3, 4), (6, 8)]
+
+
 def test_a_database_from_the_future_is_refused(pg_url: str) -> None:
     with PgSinkStore(pg_url) as store:
         store._rows("INSERT INTO schema_migrations (version) VALUES (?) RETURNING version", (SCHEMA_VERSION + 1,))
