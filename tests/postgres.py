@@ -56,7 +56,8 @@ class PostgresServer:
             self._as_user = ["runuser", "-u", "nobody", "--"]
 
     def _run(self, *args: str) -> None:
-        done = subprocess.run([*self._as_user, *args], capture_output=True, text=True, timeout=60, check=False)
+        done = subprocess.run([*self._as_user, *args], capture_output=True, text=True, timeout=60, check=False,
+                              cwd=self.dir)
         if done.returncode != 0:
             raise RuntimeError(f"{args[0]} failed ({done.returncode}): {done.stdout}{done.stderr}")
 
@@ -70,7 +71,7 @@ class PostgresServer:
             self.data.mkdir()
             shutil.chown(self.data, "nobody")
         self._run(self.initdb, "-D", str(self.data), "-U", "postgres", "--auth=scram-sha-256",
-                  f"--pwfile={pwfile}", "-E", "UTF8", "--no-sync", "--no-instructions")
+                  f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions")
         pwfile.unlink()
         options = (f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.sockets}"
                    " -c max_connections=60" + ("" if self.fsync else " -c fsync=off -c full_page_writes=off"))

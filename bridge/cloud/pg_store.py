@@ -18,6 +18,7 @@ error messages.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -100,7 +101,7 @@ class PgSinkStore(SinkQueries):
         if _url_has_password(url):
             log.warning("the password in --db %s is visible in process lists; use PGPASSWORD, a .pgpass file "
                         "or --db-password-file", self.identity)
-        self._secret = self._password or urlsplit(url).password or ""
+        self._secrets = [p for p in (self._password, urlsplit(url).password, os.environ.get("PGPASSWORD")) if p]
         try:
             self._conn: psycopg.Connection[Any] | None = self._connect()
         except psycopg.Error as exc:
@@ -123,7 +124,9 @@ class PgSinkStore(SinkQueries):
     def _say(self, exc: BaseException) -> str:
         """The error's text on one line, without the password."""
         text = " ".join(str(exc).split())
-        return text.replace(self._secret, "***") if self._secret else text
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     def _connect(self) -> psycopg.Connection[Any]:
         extra: dict[str, Any] = {} if self._password is None else {"password": self._password}
