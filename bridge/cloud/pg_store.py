@@ -111,7 +111,8 @@ class PgSinkStore(SinkQueries):
             self._open_schema()
         except psycopg.Error as exc:
             self.close()
-            raise StoreUnavailable(f"cannot set up the sink database {self.identity}: {self._say(exc)}") from exc
+            raise StoreUnavailable(f"cannot set up the sink database {self.identity}: {self._say(exc)} "
+                                   "(--db)") from exc
         except PermanentBridgeError:
             self.close()
             raise
