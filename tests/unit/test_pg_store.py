@@ -167,3 +167,17 @@ def test_credentials_by_file_and_never_in_identity_logs_or_errors(pg_url: str, t
     assert redact_url(f"postgresql://u:p@h:5/d?password={SINK_PASSWORD}") == "postgresql://u@h:5/d"
     with pytest.raises(StoreUnavailable, match=r"cannot connect .*127\.0\.0\.1.*\(--db\)"):  # nothing listens there
         PgSinkStore(f"postgresql://sink@127.0.0.1:{free_port()}/{dbname(pg_url)}", connect_timeout_s=2)
+
+
+def test_once_the_schema_is_there_a_role_without_create_can_run_the_sink(pg_url: str, postgres_server: PostgresServer,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    PgSinkStore(pg_url).close()  # the owner sets the schema up
+    writer = f"writer_{dbname(pg_url)}"  # roles are cluster-wide: one per test database
+    with postgres_server.admin(dbname(pg_url)) as admin:
+        admin.execute(f"CREATE ROLE {writer} LOGIN PASSWORD 'writer-pw'")
+        admin.execute(f"GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO {writer}")
+        assert admin.execute(f"SELECT has_schema_privilege('{writer}', 'public', 'CREATE')").fetchone() == (False,)
+    monkeypatch.setenv("PGPASSWORD", "writer-pw")
+    with PgSinkStore(pg_url.replace("sink@", f"{writer}@")) as store:
+        assert store.store_batch(batch(1), T0) and not store.store_batch(batch(1), T0)
+        assert store.count("readings") == 3
