@@ -57,6 +57,7 @@ class FleetResult:
     alerts: int
     duplicates: int
     replays: int
+    backlog: int
     readings: int
     readings_sent: int
     elapsed_s: float
@@ -122,8 +123,9 @@ async def send_fleet(plan: Plan, settings: FleetSettings, stop: asyncio.Event | 
     finally:
         await _close(links)
     c = plan.counts
-    return FleetResult(messages=sum(c.values()), batches=c["batch"], alerts=c["alert"], duplicates=c["duplicate"],
-                       replays=c["replay"], readings=plan.manifest.readings, readings_sent=readings_sent,
+    return FleetResult(messages=sum(c.values()), batches=plan.manifest.batches, alerts=c["alert"],
+                       duplicates=c["duplicate"], replays=c["replay"], backlog=c["backlog"],
+                       readings=plan.manifest.readings, readings_sent=readings_sent,
                        elapsed_s=elapsed)
 
 
@@ -136,7 +138,7 @@ async def _pump(plan: Plan, settings: FleetSettings, links: list[_Link],
     readings_sent = 0
     sends = iter(plan)
     while not (stop is not None and stop.is_set()):
-        if settings.batches is not None and plan.counts["batch"] >= settings.batches:
+        if settings.batches is not None and plan.manifest.batches >= settings.batches:
             break
         if deadline is not None and time.monotonic() >= deadline:
             break
@@ -148,6 +150,9 @@ async def _pump(plan: Plan, settings: FleetSettings, links: list[_Link],
         readings_sent += n
         if bucket is not None:
             bucket.spend(n)
+    for send in plan.rest():
+        await link_of[send.message.gateway].send(send)
+        readings_sent += len(send.message.readings)
     for link in links:
         await link.drain()
     return time.monotonic() - start, readings_sent

@@ -48,6 +48,8 @@ def fleet() -> None:
               help="Probability, per batch, of sending an earlier message again unchanged.")
 @click.option("--replays", type=_PROBABILITY, default=0.0, show_default=True,
               help="Probability, per batch, of re-sending an earlier batch flagged as replay.")
+@click.option("--backlog", type=_PROBABILITY, default=0.0, show_default=True,
+              help="Probability, per batch, of holding it back and sending it later flagged replay.")
 @click.option("--alerts", type=_PROBABILITY, default=0.0, show_default=True,
               help="Probability, per batch, of an alert on the gateway's control lane.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Same seed, same data.")
@@ -62,7 +64,8 @@ def fleet() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @login_options
 def send(url: str, gateways: int, devices_per_gateway: int, rate: float, batch_readings: int,
-         duration_s: float | None, batches: int | None, duplicates: float, replays: float, alerts: float,
+         duration_s: float | None, batches: int | None, duplicates: float, replays: float, backlog: float,
+         alerts: float,
          seed: int, connections: int, window: int, protocol: Literal["5", "3.1.1"], prefix: str,
          manifest_path: Path | None, as_json: bool, login: Login) -> None:
     """Publish real telemetry batches (and alerts) of many virtual gateways, with duplicates and
@@ -78,7 +81,7 @@ def send(url: str, gateways: int, devices_per_gateway: int, rate: float, batch_r
                              window=window, protocol=protocol, login=login)
     plan = Plan(make_fleet(gateways, devices_per_gateway, seed=seed, start_ms=int(time.time() * 1000), prefix=prefix),
                 random.Random(seed), batch_readings=batch_readings, duplicates=duplicates, replays=replays,
-                alerts=alerts)
+                alerts=alerts, backlog=backlog)
     results: list[Any] = []
 
     async def go(stop: asyncio.Event) -> None:
@@ -117,7 +120,7 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
     s = summary
     click.echo(f"sent {s['messages']} messages in {s['elapsed_s']:.1f} s from {s['gateways']} gateways: "
                f"{s['batches']} batches ({s['readings']} readings), {s['alerts']} alerts, "
-               f"{s['duplicates']} duplicates, {s['replays']} replays; "
+               f"{s['duplicates']} duplicates, {s['replays']} replays, {s['backlog']} held back and sent late; "
                f"{s['rate']:.0f} readings/s (re-sent included, PUBACKs awaited)")
 
 

@@ -126,14 +126,16 @@ def fleet(gateways: int, devices_per_gateway: int, *, seed: int, start_ms: int, 
                            period_ms=period_ms, prefix=prefix) for i in range(1, gateways + 1)]
 
 
-SendKind = Literal["batch", "alert", "duplicate", "replay"]
+SendKind = Literal["batch", "alert", "duplicate", "replay", "backlog"]
+BACKLOG_DRAIN = 16  # held-back batches are sent once this many are waiting
 
 
 @dataclass(frozen=True)
 class Send:
     """One publish: a new message, or an earlier one sent again (``duplicate``: unchanged;
-    ``replay``: a telemetry batch with the replay flag set, as a gateway draining its backlog
-    re-sends a batch whose PUBACK it never saw)."""
+    ``replay``: a telemetry batch with the replay flag set, as a gateway re-sends a batch whose
+    PUBACK it never saw), or a new batch that was held back (``backlog``: sent late, flagged replay,
+    as a gateway drains what it buffered during an outage)."""
 
     message: Message
     payload: bytes
@@ -143,17 +145,20 @@ class Send:
 class Plan:
     """What the fleet sends, in order, and the manifest of what a sink must end with.
 
-    Gateways take turns; each turn one gateway sends its next batch; then, each with its own
+    Gateways take turns; each turn one gateway makes its next batch and sends it, or, with
+    probability ``backlog``, holds it back: held batches go out flagged replay, out of seq order,
+    once :data:`BACKLOG_DRAIN` are waiting (and at the end: :meth:`rest`). Then, each with its own
     probability, one of its devices raises an alert, an earlier message (of any gateway, among the
-    last ``history``) is sent again unchanged, and an earlier batch is replayed. Re-sent messages
-    keep their key, so they never change the manifest.
+    last ``history``) is sent again unchanged, and an earlier batch is sent again flagged replay.
+    Re-sent messages keep their key, so they never change the manifest.
     """
 
     def __init__(self, gateways: list[VirtualGateway], rng: random.Random, *, batch_readings: int,
-                 duplicates: float = 0.0, replays: float = 0.0, alerts: float = 0.0, history: int = 4096) -> None:
+                 duplicates: float = 0.0, replays: float = 0.0, alerts: float = 0.0, backlog: float = 0.0,
+                 history: int = 4096) -> None:
         if batch_readings < 1:
             raise ValueError("batch_readings must be at least 1")
-        for name, p in (("duplicates", duplicates), ("replays", replays), ("alerts", alerts)):
+        for name, p in (("duplicates", duplicates), ("replays", replays), ("alerts", alerts), ("backlog", backlog)):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be a probability (0 to 1), not {p}")
         self.gateways = gateways
@@ -161,33 +166,45 @@ class Plan:
         self.counts: Counter[SendKind] = Counter()
         self._rng = rng
         self._batch_readings = batch_readings
-        self._p = (duplicates, replays, alerts)
+        self._p = (duplicates, replays, alerts, backlog)
         self._sent: deque[Message] = deque(maxlen=history)
         self._batches: deque[Message] = deque(maxlen=history)
+        self._held: list[Message] = []
 
     def __iter__(self) -> Iterator[Send]:
         rng = self._rng
-        duplicates, replays, alerts = self._p
+        duplicates, replays, alerts, backlog = self._p
         while True:
             for gw in self.gateways:
                 batch = gw.next_batch(self._batch_readings)
                 self.manifest.add_batch(gw.id, gw.stream, batch.seq, list(batch.readings))
-                yield self._send(batch, batch.payload, "batch")
+                if backlog and rng.random() < backlog:
+                    self._held.append(batch)
+                    if len(self._held) >= BACKLOG_DRAIN:
+                        yield from self.rest()
+                else:
+                    yield self._send(batch, batch.payload, "batch")
                 if alerts and rng.random() < alerts:
                     alert = gw.next_alert()
                     self.manifest.add_control(gw.id, gw.stream, alert.seq)
                     yield self._send(alert, alert.payload, "alert")
-                if duplicates and rng.random() < duplicates:
+                if duplicates and self._sent and rng.random() < duplicates:
                     again = rng.choice(self._sent)
                     yield self._send(again, again.payload, "duplicate")
-                if replays and rng.random() < replays:
+                if replays and self._batches and rng.random() < replays:
                     old = rng.choice(self._batches)
                     yield self._send(old, set_replay(old.payload), "replay")
 
+    def rest(self) -> Iterator[Send]:
+        """The held-back batches, flagged replay: send them before ending a run."""
+        held, self._held = self._held, []
+        for batch in held:
+            yield self._send(batch, set_replay(batch.payload), "backlog")
+
     def _send(self, message: Message, payload: bytes, kind: SendKind) -> Send:
         self.counts[kind] += 1
-        if kind in ("batch", "alert"):
+        if kind in ("batch", "alert", "backlog"):
             self._sent.append(message)
-            if kind == "batch":
+            if kind != "alert":
                 self._batches.append(message)
         return Send(message, payload, kind)
