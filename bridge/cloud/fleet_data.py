@@ -197,8 +197,8 @@ class Plan:
 
     def rest(self) -> Iterator[Send]:
         """The held-back batches, flagged replay: send them before ending a run."""
-        held, self._held = self._held, []
-        for batch in held:
+        while self._held:  # one at a time: a run may stop in the middle, and call this again
+            batch = self._held.pop(0)
             yield self._send(batch, set_replay(batch.payload), "backlog")
 
     def _send(self, message: Message, payload: bytes, kind: SendKind) -> Send:
