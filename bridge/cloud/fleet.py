@@ -1,8 +1,8 @@
 """The fleet load generator's publisher: a :class:`~bridge.cloud.fleet_data.Plan` sent to a cloud
 broker at a chosen rate, through a few MQTT connections of the project's paho adapter.
 
-Each virtual gateway's messages go through one connection (gateway ``i`` on connection
-``i % connections``), so a gateway's batches reach the broker in seq order, as a real gateway's do.
+Each virtual gateway's messages go through one connection (the gateways are dealt to the
+connections in turn), so a gateway's batches reach the broker in seq order, as a real gateway's do.
 Every publish is QoS 1 within a bounded in-flight window per connection; the rate is a token
 bucket in readings per second (re-sent batches count: they load the sink too). The run ends after
 ``duration_s`` seconds or ``batches`` new batches, then waits for every PUBACK.
@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -42,8 +43,6 @@ class FleetSettings:
     client_prefix: str = field(default_factory=lambda: f"fleet-{os.getpid()}")
 
     def __post_init__(self) -> None:
-        if (self.duration_s is None) == (self.batches is None):
-            raise ValueError("give a duration or a number of batches (one of them)")
         if self.connections < 1 or self.window < 1 or self.rate < 0:
             raise ValueError("connections and window must be at least 1, rate not negative")
 
@@ -117,42 +116,54 @@ async def _close(links: list[_Link]) -> None:
 async def send_fleet(plan: Plan, settings: FleetSettings, stop: asyncio.Event | None = None) -> FleetResult:
     """Send ``plan`` as ``settings`` say; raises :class:`~bridge.mqtt.errors.BridgeError` when the
     broker cannot be reached or refuses or loses a publish."""
-    links = await _open(settings)
-    try:
-        elapsed, readings_sent = await _pump(plan, settings, links, stop)
-    finally:
-        await _close(links)
+    sends = planned(plan, batches=settings.batches, duration_s=settings.duration_s, stop=stop)
+    elapsed, readings_sent = await publish(sends, settings)
     c = plan.counts
     return FleetResult(messages=sum(c.values()), batches=plan.manifest.batches, alerts=c["alert"],
                        duplicates=c["duplicate"], replays=c["replay"], backlog=c["backlog"],
-                       readings=plan.manifest.readings, readings_sent=readings_sent,
-                       elapsed_s=elapsed)
+                       readings=plan.manifest.readings, readings_sent=readings_sent, elapsed_s=elapsed)
 
 
-async def _pump(plan: Plan, settings: FleetSettings, links: list[_Link],
-                stop: asyncio.Event | None) -> tuple[float, int]:
-    link_of = {gw.id: links[i % len(links)] for i, gw in enumerate(plan.gateways)}
-    bucket = TokenBucket(settings.rate, settings.rate * BURST_S) if settings.rate else None
-    start = time.monotonic()
-    deadline = None if settings.duration_s is None else start + settings.duration_s
-    readings_sent = 0
+def planned(plan: Plan, *, batches: int | None = None, duration_s: float | None = None,
+            stop: asyncio.Event | None = None) -> Iterator[Send]:
+    """The plan's sends until ``batches`` new batches were made, ``duration_s`` passed since the
+    first one or ``stop`` was set; then the batches it still holds back."""
     sends = iter(plan)
+    deadline = None if duration_s is None else time.monotonic() + duration_s
     while not (stop is not None and stop.is_set()):
-        if settings.batches is not None and plan.manifest.batches >= settings.batches:
+        if batches is not None and plan.manifest.batches >= batches:
             break
         if deadline is not None and time.monotonic() >= deadline:
             break
+        yield next(sends)
+    yield from plan.rest()
+
+
+async def publish(sends: Iterable[Send], settings: FleetSettings) -> tuple[float, int]:
+    """Publish ``sends`` in order at ``settings.rate`` and wait for every PUBACK; return the seconds
+    it took and the readings sent. A gateway's messages all go through one connection."""
+    links = await _open(settings)
+    try:
+        return await _pump(sends, settings, links)
+    finally:
+        await _close(links)
+
+
+async def _pump(sends: Iterable[Send], settings: FleetSettings, links: list[_Link]) -> tuple[float, int]:
+    link_of: dict[str, _Link] = {}
+    bucket = TokenBucket(settings.rate, settings.rate * BURST_S) if settings.rate else None
+    start = time.monotonic()
+    readings_sent = 0
+    for send in sends:
         if bucket is not None and (wait := bucket.wait_s()) > 0:
             await asyncio.sleep(wait)
-        send = next(sends)
-        await link_of[send.message.gateway].send(send)
+        gateway = send.message.gateway
+        link = link_of.get(gateway) or link_of.setdefault(gateway, links[len(link_of) % len(links)])
+        await link.send(send)
         n = len(send.message.readings)
         readings_sent += n
         if bucket is not None:
             bucket.spend(n)
-    for send in plan.rest():
-        await link_of[send.message.gateway].send(send)
-        readings_sent += len(send.message.readings)
     for link in links:
         await link.drain()
     return time.monotonic() - start, readings_sent
