@@ -79,7 +79,8 @@ def send(url: str, gateways: int, devices_per_gateway: int, rate: float, batch_r
         raise click.UsageError("give --duration or --batches (one of them)")
     settings = FleetSettings(url, rate=rate, duration_s=duration_s, batches=batches, connections=connections,
                              window=window, protocol=protocol, login=login)
-    plan = Plan(make_fleet(gateways, devices_per_gateway, seed=seed, start_ms=int(time.time() * 1000), prefix=prefix),
+    plan = Plan(make_fleet(gateways, devices_per_gateway, seed=seed, start_ms=int(time.time() * 1000), prefix=prefix,
+                           streams=random.Random()),
                 random.Random(seed), batch_readings=batch_readings, duplicates=duplicates, replays=replays,
                 alerts=alerts, backlog=backlog)
     results: list[Any] = []

@@ -77,9 +77,9 @@ class VirtualGateway:
     """A gateway's uplink without the gateway: its devices' readings, batched and numbered."""
 
     def __init__(self, index: int, rng: random.Random, *, devices: int, start_ms: int, period_ms: int = 1000,
-                 prefix: str = DEFAULT_PREFIX, compression: Compression = "zlib") -> None:
+                 prefix: str = DEFAULT_PREFIX, compression: Compression = "zlib", stream: str | None = None) -> None:
         self.id = f"gw-{index:04d}"
-        self.stream = f"{rng.getrandbits(64):016x}"
+        self.stream = f"{rng.getrandbits(64):016x}" if stream is None else stream
         self.topics = CloudTopics(self.id, prefix)
         self._telemetry_topic = self.topics.telemetry
         self._rng = rng
@@ -120,10 +120,14 @@ class VirtualGateway:
 
 
 def fleet(gateways: int, devices_per_gateway: int, *, seed: int, start_ms: int, period_ms: int = 1000,
-          prefix: str = DEFAULT_PREFIX) -> list[VirtualGateway]:
-    """``gateways`` virtual gateways (``gw-0001`` ...), each seeded from ``seed`` and its index."""
+          prefix: str = DEFAULT_PREFIX, streams: random.Random | None = None) -> list[VirtualGateway]:
+    """``gateways`` virtual gateways (``gw-0001`` ...), each seeded from ``seed`` and its index. Their
+    stream ids come from ``streams`` when given (a new run is then a new stream, as a gateway whose
+    buffer was wiped starts one), else from the seed too."""
     return [VirtualGateway(i, random.Random(f"{seed}:{i}"), devices=devices_per_gateway, start_ms=start_ms,
-                           period_ms=period_ms, prefix=prefix) for i in range(1, gateways + 1)]
+                           period_ms=period_ms, prefix=prefix,
+                           stream=None if streams is None else f"{streams.getrandbits(64):016x}")
+            for i in range(1, gateways + 1)]
 
 
 SendKind = Literal["batch", "alert", "duplicate", "replay", "backlog"]

@@ -107,6 +107,13 @@ def test_gateways_have_valid_distinct_ids_and_streams() -> None:
     assert len({g.stream for g in gws}) == 200
 
 
+def test_a_new_run_is_a_new_stream_with_the_same_data() -> None:
+    a = fleet(3, 2, seed=9, start_ms=T0, streams=random.Random(1))
+    b = fleet(3, 2, seed=9, start_ms=T0, streams=random.Random(2))
+    assert {g.stream for g in a}.isdisjoint(g.stream for g in b)
+    assert a[0].next_batch(10).readings == b[0].next_batch(10).readings
+
+
 def test_sensors_vary_slowly_and_counters_count() -> None:
     gw = fleet(1, 1, seed=3, start_ms=T0)[0]
     readings = [r for _ in range(50) for r in gw.next_batch(4).readings]
