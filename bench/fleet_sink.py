@@ -3,6 +3,7 @@ fleet load generator through mosquitto, in one run.
 
     python bench/fleet_sink.py [--workers 1,2,3] [--gateways 200] [--batches 6000] [--batch-readings 50]
                                [--duplicates 0] [--replays 0] [--db-template '{dir}/sink-{worker}.sqlite']
+                               [--repeat 3]
 
 For each worker count: a fresh mosquitto, N ``edge-gateway sink --shared bench`` processes (each its
 own ``--client-id`` and, with the default template, its own SQLite file; durable commits, as
@@ -11,6 +12,8 @@ starts (the encoding is not measured), then published as fast as the window allo
 queues what the sinks have not taken yet. "stored/s" is the readings of the run divided by the time
 from the first publish until every message is in a ledger or counted a duplicate. The last column
 checks the union of the databases against the manifest (each reading exactly once, checksum).
+The ratio compares with the first worker count of the same round; ``--repeat`` runs the rounds
+alternately (this box is shared: one run can be slowed by another job) and prints the medians.
 
 Separate SQLite files cannot see each other's keys: a batch sent twice may reach two workers and be
 stored twice, so ``--duplicates``/``--replays`` above 0 make that check fail with N > 1 (that is what
@@ -27,6 +30,7 @@ import itertools
 import json
 import random
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -167,19 +171,26 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the sinks to store a run")
     ap.add_argument("--db-template", default="{dir}/sink-{worker}.sqlite",
                     help="each worker's --db; {dir} is the run's temporary folder, {worker} 1..N")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds of the worker counts, alternating; the medians are printed at the end")
     args = ap.parse_args()
     counts = [int(x) for x in args.workers.split(",")]
     print(f"{args.gateways} gateways x {args.devices_per_gateway} devices, {args.batches} batches of "
           f"{args.batch_readings} readings per run, duplicates {args.duplicates}, replays {args.replays}")
     print(f"{'workers':>7} {'sent/s':>9} {'stored/s':>9} {'ratio':>6} {'seconds':>7}  per worker (readings)  check")
-    base = None
-    for n in counts:
-        with tempfile.TemporaryDirectory(prefix=f"fleet-sink-{n}-") as tmp:
-            r = run_once(n, args, Path(tmp))
-        rate = float(r["stored_per_s"])  # type: ignore[arg-type]
-        base = base or rate
-        print(f"{n:>7} {r['sent_per_s']:>9.0f} {rate:>9.0f} {rate / base:>6.2f} {r['stored_s']:>7.1f}  "
-              f"{r['per_worker']!s:<21}  {r['check']}", flush=True)
+    rates: dict[int, list[float]] = {n: [] for n in counts}
+    for _ in range(args.repeat):
+        for n in counts:
+            with tempfile.TemporaryDirectory(prefix=f"fleet-sink-{n}-") as tmp:
+                r = run_once(n, args, Path(tmp))
+            rate = float(r["stored_per_s"])  # type: ignore[arg-type]
+            rates[n].append(rate)
+            print(f"{n:>7} {r['sent_per_s']:>9.0f} {rate:>9.0f} {rate / rates[counts[0]][-1]:>6.2f} "
+                  f"{r['stored_s']:>7.1f}  {r['per_worker']!s:<21}  {r['check']}", flush=True)
+    if args.repeat > 1:
+        base = statistics.median(rates[counts[0]])
+        print("medians: " + ", ".join(f"{n} worker(s) {statistics.median(v):.0f}/s ({statistics.median(v) / base:.2f})"
+                                      for n, v in rates.items()))
 
 
 if __name__ == "__main__":
