@@ -128,14 +128,11 @@ def planned(plan: Plan, *, batches: int | None = None, duration_s: float | None 
             stop: asyncio.Event | None = None) -> Iterator[Send]:
     """The plan's sends until ``batches`` new batches were made, ``duration_s`` passed since the
     first one or ``stop`` was set; then the batches it still holds back."""
-    sends = iter(plan)
     deadline = None if duration_s is None else time.monotonic() + duration_s
-    while not (stop is not None and stop.is_set()):
-        if batches is not None and plan.manifest.batches >= batches:
+    for send in plan.sends(batches):
+        yield send
+        if (stop is not None and stop.is_set()) or (deadline is not None and time.monotonic() >= deadline):
             break
-        if deadline is not None and time.monotonic() >= deadline:
-            break
-        yield next(sends)
     yield from plan.rest()
 
 

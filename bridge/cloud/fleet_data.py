@@ -176,10 +176,17 @@ class Plan:
         self._held: list[Message] = []
 
     def __iter__(self) -> Iterator[Send]:
+        return self.sends()
+
+    def sends(self, batches: int | None = None) -> Iterator[Send]:
+        """The sends, forever or until ``batches`` new batches were made and sent."""
         rng = self._rng
         duplicates, replays, alerts, backlog = self._p
         while True:
             for gw in self.gateways:
+                if batches is not None and self.manifest.batches >= batches:
+                    yield from self.rest()
+                    return
                 batch = gw.next_batch(self._batch_readings)
                 self.manifest.add_batch(gw.id, gw.stream, batch.seq, list(batch.readings))
                 if backlog and rng.random() < backlog:

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridge.cloud.fleet import planned
 from bridge.cloud.fleet_data import Plan, Send, fleet
 from bridge.cloud.fleet_manifest import MASK64, Manifest, Observed, batch_checksum, compare, value_text
 from bridge.protocol.codec import decode_batch, is_replay
@@ -167,3 +168,12 @@ def test_compare_names_each_difference(tmp_path: Path) -> None:
     assert [p.split(":")[0] for p in problems[3:]] == ["readings", "checksum", "alerts"]
     with pytest.raises(ValueError, match="unknown manifest format 9"):
         Manifest.from_json({"format": 9})
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32), batches=st.integers(1, 200), held=st.floats(0, 1))
+def test_a_run_of_n_batches_makes_and_sends_exactly_n(seed: int, batches: int, held: float) -> None:
+    plan = make_plan(seed, backlog=held, alerts=0.2, duplicates=0.2)
+    sends = list(planned(plan, batches=batches))
+    assert plan.manifest.batches == batches
+    assert sum(1 for s in sends if s.kind in ("batch", "backlog")) == batches
