@@ -20,7 +20,7 @@ from typing import Literal
 
 from bridge.cloud.fleet_data import Plan, Send
 from bridge.mqtt.connection import MqttConnection
-from bridge.mqtt.errors import BridgeError
+from bridge.mqtt.errors import BridgeError, ConnectionLost
 from bridge.mqtt.types import ANONYMOUS, ClientSettings, Login
 from bridge.uplink.pacing import TokenBucket
 
@@ -88,9 +88,15 @@ class _Link:
             f.result()  # a refused publish or a lost link ends the run: the manifest would be wrong
 
     async def drain(self) -> None:
-        if self.pending:
+        if not self.pending:
+            return
+        try:
             await asyncio.wait_for(asyncio.gather(*self.pending), ACK_TIMEOUT_S)
-            self.pending.clear()
+        except asyncio.TimeoutError as exc:
+            waiting = sum(1 for f in self.pending if not f.done())
+            raise ConnectionLost(f"{self.conn.url}: no PUBACK for {waiting} publishes within {ACK_TIMEOUT_S:.0f} s"
+                                 ) from exc
+        self.pending.clear()
 
 
 async def _open(settings: FleetSettings) -> list[_Link]:

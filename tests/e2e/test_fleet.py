@@ -90,3 +90,23 @@ def _verify_eventually(db: Path, manifest: Path) -> Result:
 
     wait_until(lambda: verify().exit_code == 0)
     return verify()
+
+
+def test_a_broker_lost_mid_run_exits_1_without_a_manifest(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    manifest = tmp_path / "fleet.json"
+    tap = RecordingClient(mosquitto.port).start().wait_connected()
+    tap.wait_subscribe("edge/+/telemetry")
+    sender = subprocess.Popen([sys.executable, "-m", "gateway", "fleet", "send", "--url", mosquitto.url,
+                               "--gateways", "3", "--rate", "2000", "--duration", "30", "--manifest", str(manifest)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: len(tap.topics()) >= 5)  # it is sending
+        mosquitto.kill()
+        _, err = sender.communicate(timeout=30)
+    finally:
+        tap.stop()
+        if sender.poll() is None:
+            sender.kill()
+    assert sender.returncode == 1
+    assert b"error:" in err and b"Traceback" not in err
+    assert not manifest.exists()
