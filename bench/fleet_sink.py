@@ -44,7 +44,7 @@ from bench._bridge import MosquittoProcess, cloud_conf, free_port  # noqa: E402
 from bridge.cloud.fleet import FleetSettings, planned, publish  # noqa: E402
 from bridge.cloud.fleet_data import Plan, Send, fleet  # noqa: E402
 from bridge.cloud.fleet_manifest import Manifest  # noqa: E402
-from bridge.cloud.fleet_verify import verify_sqlite  # noqa: E402
+from bridge.cloud.fleet_verify import verify  # noqa: E402
 
 GROUP = "bench"
 CLI = [sys.executable, "-m", "gateway"]
@@ -94,7 +94,7 @@ class Workers:
 
     def verify(self, manifest: Manifest, folder: Path) -> str:
         if self.sqlite:
-            verdict = verify_sqlite(manifest, [Path(db) for db in self.dbs])
+            verdict = verify(manifest, [Path(db) for db in self.dbs])
             return "exactly once" if verdict.ok else "; ".join(verdict.problems)
         path = folder / "manifest.json"
         manifest.write(path)

@@ -53,9 +53,12 @@ __all__ = ["command", "report", "sink"]
 @click.option("--shared", "shared_group", default=None,
               help="Join an MQTT 5 shared subscription group so several sinks split the load.")
 @click.option("--protocol", type=click.Choice(["5", "3.1.1"]), default="5", show_default=True)
+@click.option("--worker", default=None,
+              help="This worker's name in a --shared group (e.g. 1, 2, 3), part of the default client id: "
+                   "workers writing one PostgreSQL database each need their own, kept across restarts.")
 @click.option("--client-id", default=None,
-              help="MQTT client id (default: derived from the database path). Give each sink of a --shared "
-                   "group its own stable one.")
+              help="MQTT client id (default: derived from the host, the database and --worker). Give each "
+                   "sink of a --shared group its own stable one.")
 @click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help=PREFIX_HELP)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--start-timeout", "start_timeout_s", type=click.FloatRange(min=0), default=30.0, show_default=True,
@@ -63,7 +66,7 @@ __all__ = ["command", "report", "sink"]
                    "Later reconnects always keep trying.")
 @login_options
 def sink(url: str, db: str, db_password_file: Path | None, shared_group: str | None,
-         protocol: Literal["5", "3.1.1"], client_id: str | None, prefix: str,
+         protocol: Literal["5", "3.1.1"], worker: str | None, client_id: str | None, prefix: str,
          log_level: str, start_timeout_s: float, login: Login) -> None:
     """Cloud side: store every gateway's batches and alerts in SQLite or PostgreSQL, dropping
     duplicates by (gateway, stream, lane, seq) and recording sequence gaps."""
@@ -74,10 +77,15 @@ def sink(url: str, db: str, db_password_file: Path | None, shared_group: str | N
     setup_logging(log_level)
     if shared_group and protocol != "5":
         raise click.UsageError("--shared needs --protocol 5")
+    if worker is not None and not valid_id(worker):
+        raise click.BadParameter(f"{worker!r}: {ID_RULE}", param_hint="'--worker'")
+    if shared_group and is_postgres_url(db) and worker is None and client_id is None:
+        raise click.UsageError("workers of a --shared group writing one PostgreSQL database need --worker NAME "
+                               "(or --client-id), each its own, so that each keeps its own MQTT session")
 
     async def go(stop: asyncio.Event) -> None:
         await run_sink(url, db_path, protocol=protocol, shared_group=shared_group, prefix=prefix, stop=stop,
-                       client_id=client_id, start_timeout_s=start_timeout_s or None, login=login,
+                       client_id=client_id, worker=worker, start_timeout_s=start_timeout_s or None, login=login,
                        db_password_file=db_password_file)
 
     try:

@@ -16,7 +16,14 @@ from typing import Any, Literal
 
 import click
 
-from bridge.cloud.cli_common import PREFIX_HELP, exit_failed, login_options, run_until_signal
+from bridge.cloud.cli_common import (
+    PREFIX_HELP,
+    db_option,
+    db_password_option,
+    exit_failed,
+    login_options,
+    run_until_signal,
+)
 from bridge.mqtt.errors import BridgeError, InvalidUrl
 from bridge.mqtt.types import Login
 from bridge.mqtt.urls import parse_broker_url
@@ -126,33 +133,35 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
 
 
 @fleet.command()
-@click.option("--db", "db_paths", required=True, multiple=True,
-              type=click.Path(path_type=Path, dir_okay=False, exists=True),
-              help="SQLite file written by 'edge-gateway sink' (repeat for the workers of a --shared group).")
+@click.option("--db", "dbs", required=True, multiple=True,
+              help="The sink's store: a SQLite file or a postgresql:// URL (repeat for workers with a SQLite "
+                   "file each).")
+@db_password_option
 @click.option("--manifest", "manifest_path", required=True,
               type=click.Path(path_type=Path, dir_okay=False, exists=True), help="Written by 'fleet send'.")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
-def verify(db_paths: tuple[Path, ...], manifest_path: Path, as_json: bool) -> None:
+def verify(dbs: tuple[str, ...], db_password_file: Path | None, manifest_path: Path, as_json: bool) -> None:
     """Check that the sink databases hold exactly what the manifest names: every batch key once, the
     readings count, their checksum and the alerts. Exits 1 when they do not."""
     from bridge.cloud.fleet_manifest import Manifest
-    from bridge.cloud.fleet_verify import verify_sqlite
+    from bridge.cloud.fleet_verify import verify as verify_stores
 
+    stores = [db_option(db, db_password_file, must_exist=True) for db in dbs]
     try:
         manifest = Manifest.read(manifest_path)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--manifest") from exc
     try:
-        verdict = verify_sqlite(manifest, db_paths)
+        verdict = verify_stores(manifest, stores, db_password_file)
     except BridgeError as exc:
-        exit_failed(exc, "--db must name sink databases")
+        exit_failed(exc, "--db must name sink databases", code=2 if any(isinstance(db, str) for db in stores) else 1)
     seen = verdict.observed
     if as_json:
         click.echo(json.dumps({"ok": verdict.ok, "problems": verdict.problems, "readings": seen.readings,
                                "checksum": f"{seen.checksum:016x}", "batch_keys": len(seen.keys),
                                "alerts": seen.alerts}))
     else:
-        click.echo(f"{len(db_paths)} database(s): {len(seen.keys)} batch keys, {seen.readings} readings "
+        click.echo(f"{len(dbs)} database(s): {len(seen.keys)} batch keys, {seen.readings} readings "
                    f"(checksum {seen.checksum:016x}), {seen.alerts} alerts; manifest: {manifest.batches} batches, "
                    f"{manifest.readings} readings (checksum {manifest.checksum:016x}), {manifest.alerts} alerts")
         for problem in verdict.problems:

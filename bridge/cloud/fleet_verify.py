@@ -1,42 +1,25 @@
 """Check sink databases against a fleet manifest: every batch key once in the ledger (across all
-the databases given: N workers with a database each must not store a key twice), the readings
-count, the content checksum and the alerts.
+the databases given: N workers with a SQLite database each must not store a key twice; workers
+sharing one PostgreSQL database are one store), the readings count, the content checksum and the
+alerts.
 
-The rows are read with plain SQL that any store of the sink's schema answers (the readings' and
-the ledger's columns); the SQLite store is read through :class:`FleetView`, a read-only
-:class:`~bridge.cloud.sink_store.SinkStore`.
+The rows are read with plain SQL that every store of the sink's schema answers (the readings' and
+the ledger's columns), through the store's ``scan``, a page at a time.
 """
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bridge.cloud.errors import SinkStoreError
 from bridge.cloud.fleet_manifest import Manifest, Observed, compare
-from bridge.cloud.sink_store import SinkStore
+from bridge.cloud.sink_port import open_sink_store
 
 READING_ROWS = ("SELECT gateway, stream, batch_seq, device, metric, ts_ms, value, value_text, seq"
                 " FROM readings")
 LEDGER_ROWS = "SELECT gateway, stream, lane, seq FROM batches"
-ALERT_COUNT = "SELECT COUNT(*) FROM alerts"
-_FETCH = 10_000
-
-
-class FleetView(SinkStore):
-    """A sink database opened read-only, for the rows the fleet check folds."""
-
-    def stream_rows(self, sql: str) -> Iterator[tuple[Any, ...]]:
-        """The rows of ``sql``, fetched a page at a time (a store may hold millions)."""
-        try:
-            cur = self._db.execute(sql)
-            while rows := cur.fetchmany(_FETCH):
-                yield from rows
-        except sqlite3.Error as exc:
-            raise SinkStoreError(f"sink database {self.path}: {exc}") from exc
 
 
 def fold(observed: Observed, ledger: Iterable[tuple[Any, ...]], readings: Iterable[tuple[Any, ...]],
@@ -47,14 +30,12 @@ def fold(observed: Observed, ledger: Iterable[tuple[Any, ...]], readings: Iterab
     observed.alerts += alerts
 
 
-def observe_sqlite(paths: Iterable[Path]) -> Observed:
-    """What the SQLite sink databases ``paths`` hold together."""
+def observe(dbs: Iterable[str | Path], password_file: Path | None = None) -> Observed:
+    """What the sink stores ``dbs`` (SQLite paths or PostgreSQL URLs) hold together."""
     observed = Observed()
-    for path in paths:
-        with FleetView.open_readonly(path) as view:
-            assert isinstance(view, FleetView)
-            alerts = int(next(view.stream_rows(ALERT_COUNT))[0])
-            fold(observed, view.stream_rows(LEDGER_ROWS), view.stream_rows(READING_ROWS), alerts)
+    for db in dbs:
+        with open_sink_store(db, readonly=True, password_file=password_file) as store:
+            fold(observed, store.scan(LEDGER_ROWS), store.scan(READING_ROWS), store.count("alerts"))
     return observed
 
 
@@ -71,6 +52,6 @@ class Verdict:
         return not self.problems
 
 
-def verify_sqlite(manifest: Manifest, paths: Iterable[Path]) -> Verdict:
-    observed = observe_sqlite(paths)
+def verify(manifest: Manifest, dbs: Iterable[str | Path], password_file: Path | None = None) -> Verdict:
+    observed = observe(dbs, password_file)
     return Verdict(manifest, observed, compare(manifest, observed))

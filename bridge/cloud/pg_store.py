@@ -31,7 +31,7 @@ import psycopg
 from bridge.cloud import sink_rows
 from bridge.cloud.errors import SinkStoreError, StoreUnavailable
 from bridge.cloud.pg_schema import SCHEMA_VERSION, check_version, current_version, migrate, timescale_available
-from bridge.cloud.sink_queries import SinkQueries
+from bridge.cloud.sink_queries import SCAN_PAGE_ROWS, SinkQueries
 from bridge.protocol.codec import Batch
 from bridge.protocol.errors import InvalidRecord, PermanentBridgeError
 from bridge.protocol.model import Lane
@@ -98,6 +98,7 @@ class PgSinkStore(SinkQueries):
         self._readonly = readonly
         self._password = read_password_file(password_file) if password_file is not None else None
         self._timeout = connect_timeout_s
+        self._scans = 0
         if _url_has_password(url):
             log.warning("the password in --db %s is visible in process lists; use PGPASSWORD, a .pgpass file "
                         "or --db-password-file", self.identity)
@@ -183,6 +184,15 @@ class PgSinkStore(SinkQueries):
         conn = self._live()
         with self._failing_as("read"):
             return conn.execute(_pg(sql), args).fetchall()
+
+    def scan(self, sql: str) -> Iterator[tuple[Any, ...]]:
+        """The rows of ``sql`` through a server-side cursor, a page at a time."""
+        conn = self._live()
+        self._scans += 1
+        with self._failing_as("read"), conn.transaction(), conn.cursor(name=f"scan_{self._scans}") as cur:
+            cur.execute(_pg(sql))
+            while rows := cur.fetchmany(SCAN_PAGE_ROWS):
+                yield from rows
 
     def close(self) -> None:
         if self._conn is not None:

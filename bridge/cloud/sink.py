@@ -35,7 +35,7 @@ from typing import Literal
 
 from bridge.cloud.errors import SinkStoreError
 from bridge.cloud.sink_handler import SinkCounters, SinkHandler
-from bridge.cloud.sink_port import SinkStorePort, open_sink_store
+from bridge.cloud.sink_port import SinkStorePort, is_postgres_url, open_sink_store
 from bridge.mqtt.backoff import DecorrelatedJitter
 from bridge.mqtt.connect import connect_with_backoff
 from bridge.mqtt.connection import MqttConnection
@@ -51,12 +51,14 @@ log = logging.getLogger(__name__)
 Protocol = Literal["5", "3.1.1"]
 
 
-def default_client_id(db: Path | str) -> str:
-    """A client id that is stable for one database on one host, so a restarted sink resumes its
-    persistent session (and gets what the broker kept for it) while two sinks never collide. ``db``
-    is a store's ``identity`` (a SQLite file's absolute path, a PostgreSQL URL without password)."""
+def default_client_id(db: Path | str, worker: str | None = None) -> str:
+    """A client id that is stable for one database (and ``worker``) on one host, so a restarted sink
+    resumes its persistent session (and gets what the broker kept for it) while two sinks never
+    collide. ``db`` is a store's ``identity`` (a SQLite file's absolute path, a PostgreSQL URL without
+    password); ``worker`` tells apart the workers of a shared group writing one database."""
     name = db.resolve() if isinstance(db, Path) else db
-    digest = hashlib.sha1(f"{socket.gethostname()}:{name}".encode()).hexdigest()
+    suffix = "" if worker is None else f":{worker}"
+    digest = hashlib.sha1(f"{socket.gethostname()}:{name}{suffix}".encode()).hexdigest()
     return f"sink-{digest[:12]}"
 
 
@@ -255,6 +257,7 @@ async def run_sink(
     prefix: str = DEFAULT_PREFIX,
     stop: asyncio.Event,
     client_id: str | None = None,
+    worker: str | None = None,
     start_timeout_s: float | None = None,
     login: Login = ANONYMOUS,
     db_password_file: Path | None = None,
@@ -263,9 +266,14 @@ async def run_sink(
     :func:`~bridge.cloud.sink_port.open_sink_store`) until ``stop`` is set (the ``edge-gateway sink`` command)."""
     urls = [url] if isinstance(url, str) else list(url)
     store = open_sink_store(db, password_file=db_password_file)
+    if shared_group and not is_postgres_url(db):
+        log.warning("each worker's SQLite file drops only the duplicates that reach that worker: a batch the "
+                    "broker redelivers to another member of %r is stored in both files; workers of a shared "
+                    "group belong on one PostgreSQL database", shared_group)
     try:
         sink = Sink(store, urls, protocol=protocol, shared_group=shared_group, prefix=prefix,
-                    client_id=client_id, start_timeout_s=start_timeout_s, login=login)
+                    client_id=client_id or default_client_id(store.identity, worker),
+                    start_timeout_s=start_timeout_s, login=login)
         await sink.run(stop)
     finally:
         store.close()

@@ -6,9 +6,9 @@ a gateway never loads it."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from bridge.cloud.sink_queries import DeviceStats, GapSummary, GatewayStatus, LaneStats, StreamStats
 from bridge.protocol.codec import Batch
@@ -43,6 +43,7 @@ class SinkStorePort(Protocol):
     def device_stats(self) -> dict[tuple[str, str], DeviceStats]: ...
     def statuses(self) -> dict[str, GatewayStatus]: ...
     def seqs(self, gateway: str, lane: Lane = "telemetry") -> list[int]: ...
+    def scan(self, sql: str) -> Iterator[tuple[Any, ...]]: ...
     def count(self, table: Literal["readings", "alerts", "events", "responses", "batches", "config_acks"]) -> int: ...
 
     def close(self) -> None: ...

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from bridge.protocol.model import Lane
 
+# rows per fetch of a store's ``scan`` (reads that may return millions of rows)
+SCAN_PAGE_ROWS = 10_000
 _READINGS_BY_BATCH = (" FROM readings r JOIN batches b ON b.gateway = r.gateway AND b.stream = r.stream"
                       " AND b.lane = 'telemetry' AND b.seq = r.batch_seq")
 _HOLES = (

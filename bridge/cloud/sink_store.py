@@ -31,7 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from bridge.cloud.errors import SinkStoreError, StoreUnavailable
-from bridge.cloud.sink_queries import DeviceStats, GapSummary, GatewayStatus, LaneStats, SinkQueries, StreamStats
+from bridge.cloud.sink_queries import (
+    SCAN_PAGE_ROWS,
+    DeviceStats,
+    GapSummary,
+    GatewayStatus,
+    LaneStats,
+    SinkQueries,
+    StreamStats,
+)
 from bridge.cloud.sink_rows import (
     CLAIM_SQL,
     DUPLICATE_SQL,
@@ -128,6 +136,13 @@ class SinkStore(SinkQueries):
     def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._sqlite("read"):
             return self._db.execute(sql, args).fetchall()
+
+    def scan(self, sql: str) -> Iterator[tuple[Any, ...]]:
+        """The rows of ``sql``, fetched a page at a time (a store may hold millions of readings)."""
+        with self._sqlite("read"):
+            cur = self._db.execute(sql)
+            while rows := cur.fetchmany(SCAN_PAGE_ROWS):
+                yield from rows
 
     def close(self) -> None:
         self._db.close()

@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 
 from bridge.cloud.fleet import FleetSettings, send_fleet
 from bridge.cloud.fleet_data import Plan, fleet
-from bridge.cloud.fleet_verify import verify_sqlite
+from bridge.cloud.fleet_verify import verify
 from bridge.cloud.sink_store import SinkStore
 from bridge.mqtt.errors import BridgeError
 from gateway.cli import main
@@ -38,7 +38,7 @@ async def test_a_fleet_with_duplicates_and_replays_is_stored_exactly_once(mosqui
     assert result.duplicates > 0 and result.replays > 0 and result.backlog > 0 and result.alerts > 0
     assert c.duplicates == result.duplicates + result.replays
     assert (c.batches, c.readings, c.alerts) == (400, 12_000, result.alerts)
-    verdict = verify_sqlite(plan.manifest, [db])
+    verdict = verify(plan.manifest, [db])
     assert verdict.problems == []
     assert verdict.observed.readings == 12_000
 

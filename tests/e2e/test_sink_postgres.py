@@ -130,3 +130,23 @@ def test_store_unavailable_is_what_a_bad_url_gives() -> None:
 
     with pytest.raises(StoreUnavailable, match="--db"):
         open_sink_store("postgresql://sink@127.0.0.1:notaport/db")
+
+
+def test_shared_workers_on_one_postgres_database_need_a_name_each() -> None:
+    """Without --worker (or --client-id) every worker on a host would take the same MQTT session."""
+    res = CliRunner().invoke(main, ["sink", "--url", "mqtt://127.0.0.1:1", "--db", "postgresql://sink@h/db",
+                                    "--shared", "g"])
+    assert res.exit_code == 2
+    assert "--worker NAME" in res.output
+    bad = CliRunner().invoke(main, ["sink", "--url", "mqtt://127.0.0.1:1", "--db", "postgresql://sink@h/db",
+                                    "--shared", "g", "--worker", "a/b"])
+    assert bad.exit_code == 2 and "--worker" in bad.output
+
+
+def test_the_default_client_id_tells_workers_apart_and_stays_the_same_for_one() -> None:
+    from bridge.cloud.sink import default_client_id
+
+    db = "postgresql://sink@db.example:5432/fleet"
+    ids = {default_client_id(db, worker) for worker in ("1", "2", "3")}
+    assert len(ids) == 3 and default_client_id(db, "1") == default_client_id(db, "1")
+    assert default_client_id(db) not in ids
