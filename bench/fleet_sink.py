@@ -17,9 +17,11 @@ alternately (this box is shared: one run can be slowed by another job) and print
 
 Separate SQLite files cannot see each other's keys: a batch sent twice may reach two workers and be
 stored twice, so ``--duplicates``/``--replays`` above 0 make that check fail with N > 1 (that is what
-a shared store is for). A ``--db-template`` that is a URL (``postgresql://...``, once the sink has
-that store) is passed to every worker as it is; the run is then watched and checked through
-``edge-gateway report --json`` and ``edge-gateway fleet verify``.
+a shared store is for). ``--postgres`` runs a PostgreSQL server for the bench (tests/postgres.py, ``fsync=on``,
+``synchronous_commit=on``, as deployed) and gives each run a fresh database that all its workers
+share (duplicates and replays are then dropped across workers too); a ``--db-template`` that is a
+URL is passed to every worker as it is. A shared store is watched with SQL and checked once with
+``edge-gateway fleet verify``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
+import os
 import random
 import sqlite3
 import statistics
@@ -45,6 +47,7 @@ from bridge.cloud.fleet import FleetSettings, planned, publish  # noqa: E402
 from bridge.cloud.fleet_data import Plan, Send, fleet  # noqa: E402
 from bridge.cloud.fleet_manifest import Manifest  # noqa: E402
 from bridge.cloud.fleet_verify import verify  # noqa: E402
+from tests.postgres import SINK_PASSWORD, PostgresServer  # noqa: E402
 
 GROUP = "bench"
 CLI = [sys.executable, "-m", "gateway"]
@@ -84,8 +87,7 @@ class Workers:
         """Messages stored or counted as duplicates, in all the stores together."""
         if self.sqlite:
             return sum(_sqlite_handled(Path(db)) for db in self.dbs)
-        totals = [json.loads(_cli("report", "--db", db, "--json").stdout)["totals"] for db in dict.fromkeys(self.dbs)]
-        return sum(t["batches"] + t["alerts"] + t["duplicates"] for t in totals)
+        return sum(_pg_handled(db) for db in dict.fromkeys(self.dbs))
 
     def per_worker(self) -> list[int]:
         if not self.sqlite:
@@ -117,6 +119,15 @@ def _sqlite_count(db: Path, sql: str) -> int:
         return 0
 
 
+def _pg_handled(url: str) -> int:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT (SELECT COUNT(*) FROM batches) + (SELECT COALESCE(SUM(count), 0) FROM duplicates)"
+                           " WHERE to_regclass('batches') IS NOT NULL").fetchone()
+    return int(row[0]) if row else 0
+
+
 def _sqlite_handled(db: Path) -> int:
     return _sqlite_count(db, "SELECT (SELECT COUNT(*) FROM batches) + (SELECT COALESCE(SUM(count), 0) FROM duplicates)")
 
@@ -129,13 +140,13 @@ def make_sends(args: argparse.Namespace) -> tuple[list[Send], Manifest]:
     return sends, plan.manifest
 
 
-def run_once(n: int, args: argparse.Namespace, folder: Path) -> dict[str, object]:
+def run_once(n: int, args: argparse.Namespace, folder: Path, pg: PostgresServer | None) -> dict[str, object]:
     sends, manifest = make_sends(args)
     port = free_port()
     broker = MosquittoProcess(cloud_conf(port), port, folder / "mosquitto")
     broker.wait_listening()
     url = f"mqtt://127.0.0.1:{port}"
-    workers = Workers(n, url, args.db_template, folder)
+    workers = Workers(n, url, pg.new_database() if pg is not None else args.db_template, folder)
     try:
         workers.wait_subscribed()
         start = time.monotonic()
@@ -171,6 +182,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the sinks to store a run")
     ap.add_argument("--db-template", default="{dir}/sink-{worker}.sqlite",
                     help="each worker's --db; {dir} is the run's temporary folder, {worker} 1..N")
+    ap.add_argument("--postgres", action="store_true",
+                    help="all workers of a run write one fresh database of a PostgreSQL server started for the bench")
     ap.add_argument("--repeat", type=int, default=1,
                     help="rounds of the worker counts, alternating; the medians are printed at the end")
     args = ap.parse_args()
@@ -179,10 +192,23 @@ def main() -> None:
           f"{args.batch_readings} readings per run, duplicates {args.duplicates}, replays {args.replays}")
     print(f"{'workers':>7} {'sent/s':>9} {'stored/s':>9} {'ratio':>6} {'seconds':>7}  per worker (readings)  check")
     rates: dict[int, list[float]] = {n: [] for n in counts}
+    pg = PostgresServer(fsync=True) if args.postgres else None
+    if pg is not None:
+        pg.start()
+        os.environ["PGPASSWORD"] = SINK_PASSWORD  # the workers and the checks find it as libpq does
+    try:
+        run_rounds(args, counts, rates, pg)
+    finally:
+        if pg is not None:
+            pg.stop()
+
+
+def run_rounds(args: argparse.Namespace, counts: list[int], rates: dict[int, list[float]],
+               pg: PostgresServer | None) -> None:
     for _ in range(args.repeat):
         for n in counts:
             with tempfile.TemporaryDirectory(prefix=f"fleet-sink-{n}-") as tmp:
-                r = run_once(n, args, Path(tmp))
+                r = run_once(n, args, Path(tmp), pg)
             rate = float(r["stored_per_s"])  # type: ignore[arg-type]
             rates[n].append(rate)
             print(f"{n:>7} {r['sent_per_s']:>9.0f} {rate:>9.0f} {rate / rates[counts[0]][-1]:>6.2f} "
