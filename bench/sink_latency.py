@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import random
 import sqlite3
@@ -56,9 +57,9 @@ class Reader(threading.Thread):
         if self.db.startswith("postgresql://"):
             import psycopg
 
-            with psycopg.connect(self.db, autocommit=True) as conn:
+            with psycopg.connect(self.db, autocommit=True) as pg:
                 while not self.stop.is_set():
-                    self._note(conn.execute(LEDGER).fetchall())
+                    self._note(pg.execute(LEDGER).fetchall())
             return []
         while not Path(self.db).exists() and not self.stop.is_set():
             time.sleep(self.poll_s)
@@ -88,7 +89,7 @@ async def publish(url: str, rate: float, messages: int, batch_readings: int) -> 
                                                          max_inflight=1000))
     acked: dict[Key, float] = {}
 
-    def note(key: Key) -> None:
+    def note(key: Key, _done: asyncio.Future[None]) -> None:
         acked.setdefault(key, time.monotonic())
 
     pending: list[asyncio.Future[None]] = []
@@ -101,7 +102,7 @@ async def publish(url: str, rate: float, messages: int, batch_readings: int) -> 
             m = send.message
             fut = conn.publish(m.topic, send.payload, qos=1)
             key: Key = (m.gateway, m.stream, m.seq)
-            fut.add_done_callback(lambda _f, key=key: note(key))
+            fut.add_done_callback(functools.partial(note, key))
             pending.append(fut)
         await asyncio.gather(*pending)
     finally:
