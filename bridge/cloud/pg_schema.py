@@ -70,8 +70,15 @@ CREATE VIEW gaps AS
     WHERE nxt > seq + 1;
 """
 
+# Version 2: time indexes, for retention on plain PostgreSQL (delete readings older than N days, the
+# ledger rows older than the longest backlog a gateway may hold) and for "what arrived since".
+_V2 = """
+CREATE INDEX IF NOT EXISTS readings_ts ON readings (ts);
+CREATE INDEX IF NOT EXISTS batches_received ON batches (received_ms);
+"""
+
 # (version, SQL); append new steps, never edit an applied one
-MIGRATIONS: list[tuple[int, str]] = [(1, _V1)]
+MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _HYPERTABLE = "SELECT create_hypertable('readings', 'ts', if_not_exists => TRUE, migrate_data => TRUE)"
@@ -101,9 +108,9 @@ def check_version(version: int, where: str) -> None:
             f"({SCHEMA_VERSION}); upgrade edge-gateway")
 
 
-def migrate(conn: Executes, where: str) -> int:
-    """Apply the missing steps; call inside one transaction (the lock is released at its end).
-    Returns the schema version now in force."""
+def migrate(conn: Executes, where: str, target: int = SCHEMA_VERSION) -> int:
+    """Apply the missing steps up to ``target`` (tests stop at an older one); call inside one
+    transaction (the lock is released at its end). Returns the schema version now in force."""
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
     version = current_version(conn)
     check_version(version, where)
@@ -111,12 +118,12 @@ def migrate(conn: Executes, where: str) -> int:
         conn.execute("CREATE TABLE schema_migrations ("
                      "version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
     for step, sql in MIGRATIONS:
-        if step > version:
+        if version < step <= target:
             conn.execute(sql)
             conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (step,))
     if _scalar(conn, "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'"):
         conn.execute(_HYPERTABLE)
-    return SCHEMA_VERSION
+    return max(version, target)
 
 
 def timescale_available(conn: Executes) -> bool:

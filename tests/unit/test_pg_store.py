@@ -14,12 +14,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.cloud.errors import SinkStoreError, StoreUnavailable
-from bridge.cloud.pg_schema import SCHEMA_VERSION
+from bridge.cloud.pg_schema import SCHEMA_VERSION, migrate
 from bridge.cloud.pg_store import PgSinkStore, redact_url
 from bridge.protocol.codec import Batch
 from bridge.protocol.errors import InvalidRecord, PermanentBridgeError
@@ -181,3 +182,23 @@ def test_once_the_schema_is_there_a_role_without_create_can_run_the_sink(pg_url:
     with PgSinkStore(pg_url.replace("sink@", f"{writer}@")) as store:
         assert store.store_batch(batch(1), T0) and not store.store_batch(batch(1), T0)
         assert store.count("readings") == 3
+
+
+def test_a_database_of_the_previous_version_is_migrated_on_start_and_keeps_its_rows(pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn, conn.transaction():
+        assert migrate(conn, "test", target=SCHEMA_VERSION - 1) == SCHEMA_VERSION - 1
+        conn.execute("INSERT INTO batches (gateway, stream, lane, seq, received_ms, replay, readings, created_ms)"
+                     " VALUES ('gw-1', 's1', 'telemetry', 1, 1, false, 0, 1)")
+    with PgSinkStore(pg_url) as store:  # what a worker of the new version does on start
+        assert store._rows("SELECT max(version) FROM schema_migrations") == [(SCHEMA_VERSION,)]
+        assert store._rows("SELECT to_regclass('readings_ts')::text, to_regclass('batches_received')::text") == [
+            ("readings_ts", "batches_received")]
+        assert store.seqs("gw-1") == [1]
+        assert store.store_batch(replace(batch(1), stream="s1"), T0) is False  # the old row still dedups
+        assert store.store_batch(replace(batch(2), stream="s1"), T0) is True
+
+
+def test_without_timescaledb_readings_stay_a_plain_table(pg_url: str) -> None:
+    with PgSinkStore(pg_url) as store:
+        assert store._rows("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'") == [(0,)]
+        assert store._rows("SELECT relkind::text FROM pg_class WHERE relname = 'readings'") == [("r",)]
