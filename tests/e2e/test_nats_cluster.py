@@ -1,0 +1,107 @@
+"""A real gateway and the sink against a 3-node NATS cluster (JetStream, MQTT 3.1.1 listener on each
+node): the gateway lists all three nodes in ``uplink.urls``, the sink too (in another order, so it
+starts on another node). While devices publish, the node the gateway is connected to is killed with
+SIGKILL, then (after the first came back) the node the sink is connected to. Both fail over to a
+live node and resume there: the gateway resends what was not acknowledged, the sink's persistent
+session (replicated in JetStream) hands it the QoS 1 messages it had not acknowledged. End state:
+every reading the devices got a PUBACK for stored exactly once, per-device seqs complete and in
+order, the ledger without holes, and the gateway's accounting identity exact.
+
+Which node a client is on: the NATS monitoring endpoint of each node, ``/connz?mqtt_client=ID``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bridge.cloud.sink import Sink
+from bridge.cloud.sink_store import SinkStore
+from bridge.mqtt.backoff import DecorrelatedJitter
+from gateway.service import GatewayService
+from tests.e2e.exactly_once import assert_stored_exactly_once, stop_and_settle
+from tests.e2e.harness import PacedDevices, gateway_config, local_url, running_gateway
+from tests.nats_cluster import NatsCluster, running_nats_cluster
+from tests.support import eventually
+
+GATEWAY_CLIENT = "edge-gw-test"  # the uplink's default client id: edge-<gateway id>
+SINK_CLIENT = "nats-sink"
+
+
+@pytest.fixture
+def nats() -> Iterator[NatsCluster]:
+    with running_nats_cluster(3, ack_wait_s=3.0) as cluster:
+        yield cluster
+
+
+@dataclass
+class Outcome:
+    readings: int
+    batches: int
+    duplicates_dropped: int
+    gateway_connects: int
+    sink_connects: int
+    killed: tuple[int, int]
+
+
+async def more_delivered(gw: GatewayService, n: int, what: str) -> None:
+    acc = gw.accounting
+    target = acc.delivered + n
+    await eventually(lambda: acc.delivered >= target, timeout=30,
+                     message=lambda: f"{what}: {acc.delivered} < {target}; {gw.snapshot()}")
+
+
+async def kill_node_of(nats: NatsCluster, client_id: str, gw: GatewayService,
+                       connects: Callable[[], int]) -> int:
+    """Kill -9 the node ``client_id`` is on; wait until it is connected to another node, traffic
+    flows again, and the killed node is back in the cluster. The killed node's index."""
+    node = await asyncio.to_thread(nats.wait_connected, client_id)
+    before = connects()
+    await asyncio.to_thread(nats.kill, node)
+    await eventually(lambda: connects() > before, timeout=30, message=f"{client_id} did not reconnect")
+    await asyncio.to_thread(nats.wait_connected, client_id, not_on=node)
+    await more_delivered(gw, 100, f"after killing {nats.nodes[node].name}")
+    await asyncio.to_thread(nats.restart, node)
+    return node
+
+
+async def run_failover(tmp: Path, nats: NatsCluster, *, devices: int, rate_hz: float) -> Outcome:
+    db = tmp / "sink.sqlite"
+    store = SinkStore(db)
+    urls = nats.mqtt_urls
+    sink = Sink(store, urls[1:] + urls[:1], protocol="3.1.1", client_id=SINK_CLIENT,
+                backoff=DecorrelatedJitter(0.05, 0.3), connect_timeout_s=2.0)
+    sink_stop = asyncio.Event()
+    sink_task = asyncio.create_task(sink.run(sink_stop))
+    try:
+        await asyncio.wait_for(sink.ready.wait(), 20)
+        cfg = gateway_config(tmp, urls[0], protocol="3.1.1", batch={"max_count": 100, "max_age_s": 0.1},
+                             uplink={"urls": urls, "ack_timeout_s": 5.0, "connect_timeout_s": 2.0})
+        async with running_gateway(cfg) as gw:
+            pub = PacedDevices(local_url(gw), devices, rate_hz)
+            pub.start()
+            await more_delivered(gw, 200, "before the first kill")
+            gw_node = await kill_node_of(nats, GATEWAY_CLIENT, gw, lambda: gw.link.connects)
+            sink_node = await kill_node_of(nats, SINK_CLIENT, gw, lambda: sink.counters.connects)
+            total = await stop_and_settle(gw, pub, sink)
+            batches_delivered, connects = gw.accounting.batches_delivered, gw.link.connects
+    finally:
+        sink_stop.set()
+        await asyncio.wait_for(sink_task, 10)
+        store.close()
+    batches = assert_stored_exactly_once(db, pub, batches_delivered, sink.counters.duplicates)
+    assert connects >= 2 and sink.counters.connects >= 2, "both failed over"
+    return Outcome(total, batches, sink.counters.duplicates, connects, sink.counters.connects,
+                   (gw_node, sink_node))
+
+
+@pytest.mark.timeout(90)
+async def test_killing_the_gateways_node_then_the_sinks_node_loses_and_duplicates_nothing(
+    tmp_path: Path, nats: NatsCluster
+) -> None:
+    out = await run_failover(tmp_path, nats, devices=8, rate_hz=25)
+    print(out)
