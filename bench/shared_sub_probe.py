@@ -146,7 +146,10 @@ async def probe(url: str, count: int = 20, *, broker: str = "", timeout: float =
         a2 = Member(url, a.client_id, topic, acking=True)
         await a2.join()
         obs.a_session_present = a2.session_present
-        received = lambda: set(obs.first_b) | set(obs.b_while_a_away) | set(b.got) | set(a2.got)  # noqa: E731
+
+        def received() -> set[int]:
+            return set(obs.first_b) | set(obs.b_while_a_away) | set(b.got) | set(a2.got)
+
         await until(lambda: received() == everything, timeout)
         obs.a_on_return, obs.b_after_return = sorted(a2.got), sorted(b.got)
         obs.missing = sorted(everything - received())
