@@ -92,7 +92,7 @@ async def run_restarts(tmp: Path, cloud: Mosquitto, *, devices: int, rate_hz: fl
                                    rng, kills)
             target = acc.delivered + 100  # a little more live traffic after the last restart
             await eventually(lambda: acc.delivered >= target, timeout=30)
-            total = await stop_and_settle(gw, pub, sink)
+            total = await stop_and_settle(gw, pub, lambda: sink.counters.readings)
             batches_delivered, connects = gw.accounting.batches_delivered, gw.link.connects
     finally:
         sink_stop.set()

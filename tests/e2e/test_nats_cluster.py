@@ -87,7 +87,7 @@ async def run_failover(tmp: Path, nats: NatsCluster, *, devices: int, rate_hz: f
             await more_delivered(gw, 200, "before the first kill")
             gw_node = await kill_node_of(nats, GATEWAY_CLIENT, gw, lambda: gw.link.connects)
             sink_node = await kill_node_of(nats, SINK_CLIENT, gw, lambda: sink.counters.connects)
-            total = await stop_and_settle(gw, pub, sink)
+            total = await stop_and_settle(gw, pub, lambda: sink.counters.readings)
             batches_delivered, connects = gw.accounting.batches_delivered, gw.link.connects
     finally:
         sink_stop.set()
