@@ -37,7 +37,10 @@ __all__ = ["command", "report", "sink"]
 
 
 @click.command()
-@click.option("--url", required=True, help="Cloud broker, e.g. mqtt://127.0.0.1:1883 or mqtts://host.")
+@click.option("--url", "urls", required=True, multiple=True,
+              help="Cloud broker, e.g. mqtt://127.0.0.1:1883 or mqtts://host. Repeat it for the nodes of a "
+                   "cluster: the sink connects to the first that accepts, trying them in turn (on every reconnect "
+                   "too).")
 @click.option("--db", "db_path", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="SQLite file to store readings and alerts in (created if missing).")
 @click.option("--shared", "shared_group", default=None,
@@ -52,8 +55,8 @@ __all__ = ["command", "report", "sink"]
               help="Exit 1 when no broker accepts the first connection within S seconds (0 = keep trying). "
                    "Later reconnects always keep trying.")
 @login_options
-def sink(url: str, db_path: Path, shared_group: str | None, protocol: Literal["5", "3.1.1"], client_id: str | None,
-         prefix: str, log_level: str, start_timeout_s: float, login: Login) -> None:
+def sink(urls: tuple[str, ...], db_path: Path, shared_group: str | None, protocol: Literal["5", "3.1.1"],
+         client_id: str | None, prefix: str, log_level: str, start_timeout_s: float, login: Login) -> None:
     """Cloud side: store every gateway's batches and alerts in SQLite, dropping duplicates
     by (gateway, stream, lane, seq) and recording sequence gaps."""
     from bridge.cloud.sink import run_sink
@@ -64,7 +67,7 @@ def sink(url: str, db_path: Path, shared_group: str | None, protocol: Literal["5
         raise click.UsageError("--shared needs --protocol 5")
 
     async def go(stop: asyncio.Event) -> None:
-        await run_sink(url, db_path, protocol=protocol, shared_group=shared_group, prefix=prefix, stop=stop,
+        await run_sink(list(urls), db_path, protocol=protocol, shared_group=shared_group, prefix=prefix, stop=stop,
                        client_id=client_id, start_timeout_s=start_timeout_s or None, login=login)
 
     try:

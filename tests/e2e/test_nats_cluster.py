@@ -13,6 +13,8 @@ Which node a client is on: the NATS monitoring endpoint of each node, ``/connz?m
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +24,16 @@ import pytest
 from bridge.cloud.sink import Sink
 from bridge.cloud.sink_store import SinkStore
 from bridge.mqtt.backoff import DecorrelatedJitter
+from bridge.mqtt.connection import MqttConnection
+from bridge.mqtt.types import ClientSettings
+from bridge.protocol.codec import encode_batch
+from bridge.protocol.model import Reading
+from bridge.protocol.topics import CloudTopics
 from gateway.service import GatewayService
 from tests.e2e.exactly_once import assert_stored_exactly_once, stop_and_settle
 from tests.e2e.harness import PacedDevices, gateway_config, local_url, running_gateway
 from tests.nats_cluster import NatsCluster, running_nats_cluster
-from tests.support import eventually
+from tests.support import eventually, free_port
 
 GATEWAY_CLIENT = "edge-gw-test"  # the uplink's default client id: edge-<gateway id>
 SINK_CLIENT = "nats-sink"
@@ -105,3 +112,39 @@ async def test_killing_the_gateways_node_then_the_sinks_node_loses_and_duplicate
 ) -> None:
     out = await run_failover(tmp_path, nats, devices=8, rate_hz=25)
     print(out)
+
+
+@pytest.mark.timeout(60)
+async def test_sink_command_takes_several_urls_and_skips_a_dead_one(tmp_path: Path, nats: NatsCluster) -> None:
+    """``edge-gateway sink --url DEAD --url N1 --url N2`` connects to N1 and stores what is published on N2."""
+    db = tmp_path / "cli.sqlite"
+    urls = [f"mqtt://127.0.0.1:{free_port()}", nats.nodes[1].mqtt_url, nats.nodes[2].mqtt_url]
+    args = [arg for url in urls for arg in ("--url", url)]
+    log = tmp_path / "sink.log"
+    with log.open("wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "sink", *args, "--db", str(db), "--protocol", "3.1.1",
+            "--client-id", "cli-sink", stdout=asyncio.subprocess.DEVNULL, stderr=err)
+    try:
+        assert await asyncio.to_thread(nats.wait_connected, "cli-sink") == 1
+        conn = await MqttConnection.open(nats.nodes[2].mqtt_url, ClientSettings(client_id="cli-pub", protocol="3.1.1"))
+        try:
+            readings = [Reading("dev-1", "temp", 1_700_000_000_000 + i, 20.0 + i, i) for i in range(3)]
+            batch = encode_batch("gw-1", 1, readings, stream="s1", created_ms=1_700_000_000_000)
+            await conn.publish(CloudTopics("gw-1").telemetry, batch, 1)
+        finally:
+            await conn.close()
+        await eventually(lambda: stored_readings(db) == 3, message=lambda: f"{stored_readings(db)} readings stored")
+    finally:
+        proc.terminate()
+        assert await asyncio.wait_for(proc.wait(), 10) == 0, log.read_text()
+
+
+def stored_readings(db: Path) -> int:
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as con:
+        try:
+            return int(con.execute("SELECT count(*) FROM readings").fetchone()[0])
+        except sqlite3.OperationalError:  # schema not created yet
+            return 0
