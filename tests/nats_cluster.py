@@ -14,9 +14,11 @@ messages included (``ack_wait`` is when an unacknowledged QoS 1 message is sent 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import urllib.error
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support import free_port, require_tool, wait_until
+from tests.support import free_port, require_tool, stop_process, wait_until
 
 CLUSTER_NAME = "edge-cloud"
 
@@ -121,10 +123,15 @@ class NatsCluster:
         return [node.mqtt_url for node in self.nodes]
 
     def start(self, timeout: float = 30.0) -> None:
-        """Start every node and wait until the cluster serves MQTT (see :meth:`wait_ready`)."""
+        """Start every node and wait until the cluster is ready (see :meth:`wait_ready`) and every
+        node accepts MQTT clients: the first MQTT connection creates the account's MQTT streams,
+        and until then a node may close a connection before its CONNACK."""
         for node in self.nodes:
             self._spawn(node)
         self.wait_ready(timeout)
+        for node in self.nodes:
+            wait_until(functools.partial(mqtt_accepts, node), timeout, interval=0.1,
+                       message=f"{node.name} does not accept MQTT clients")
 
     def _spawn(self, node: NatsNode) -> None:
         with node.log.open("ab") as log:  # a file, not a pipe: a chatty server never blocks on it
@@ -192,6 +199,16 @@ class NatsCluster:
                 return i
         return None
 
+    def mqtt_subjects(self, client_id: str) -> list[str]:
+        """The NATS subjects an MQTT client's subscriptions map to (``edge/+/status`` ->
+        ``edge.*.status``; a filter ending in ``#`` gives two), on whichever node it is connected."""
+        for node in self.nodes:
+            if node.running:
+                connz = node.monitor(f"/connz?mqtt_client={client_id}&subs=true") or {}
+                for conn in connz.get("connections", []):
+                    return [s for s in conn.get("subscriptions_list", []) if not s.startswith("$MQTT.")]
+        return []
+
     def wait_connected(self, client_id: str, timeout: float = 30.0, *, not_on: int | None = None) -> int:
         """Wait until ``client_id`` is connected to some node (other than ``not_on``); its index."""
         found: list[int] = []
@@ -208,18 +225,30 @@ class NatsCluster:
 
     def stop(self) -> None:
         for node in self.nodes:
-            if node.proc is not None and node.proc.poll() is None:
-                node.proc.terminate()
-                try:
-                    node.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    node.proc.kill()
-                    node.proc.wait(5)
+            if node.proc is not None:
+                stop_process(node.proc)
             node.proc = None
 
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+# MQTT 3.1.1 CONNECT (clean session, keepalive 60, client id "nats-probe"), then DISCONNECT
+_PROBE = bytes([0x10, 22, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 60, 0, 10]) + b"nats-probe"
+
+
+def mqtt_accepts(node: NatsNode) -> bool:
+    """The node answers an MQTT CONNECT with a CONNACK that accepts it."""
+    try:
+        with socket.create_connection(("127.0.0.1", node.mqtt_port), 2) as sock:
+            sock.settimeout(5)
+            sock.sendall(_PROBE)
+            connack = sock.recv(4)
+            sock.sendall(bytes([0xE0, 0]))
+            return connack[:1] == b"\x20" and connack[3:4] == b"\x00"
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager

@@ -4,11 +4,17 @@ telemetry ledger without holes."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from bridge.cloud.report import build_report
+from bridge.cloud.sink import Sink
+from bridge.cloud.sink_store import SinkStore
+from bridge.mqtt.backoff import DecorrelatedJitter
 from gateway.observe.accounting import Accounting
 from gateway.service import GatewayService
 from tests.e2e.harness import PacedDevices
@@ -71,3 +77,20 @@ async def stop_and_settle(gw: GatewayService, pub: PacedDevices, stored: Callabl
     await eventually(lambda: stored() == total, timeout=30, message=lambda: f"sink has {stored()} of {total}")
     assert_accounting_exact(acc, total)
     return total
+
+
+@asynccontextmanager
+async def running_sink(db: Path, urls: Sequence[str], **settings: Any) -> AsyncIterator[Sink]:
+    """The sink storing into ``db`` on the event loop, subscribed when this returns (fast reconnects:
+    brokers are killed under it); stopped and its database closed afterwards."""
+    store = SinkStore(db)
+    sink = Sink(store, urls, backoff=DecorrelatedJitter(0.05, 0.3), connect_timeout_s=2.0, **settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(sink.run(stop))
+    try:
+        await asyncio.wait_for(sink.ready.wait(), 20)
+        yield sink
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        store.close()

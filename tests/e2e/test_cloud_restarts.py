@@ -25,10 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.cloud.sink import Sink
-from bridge.cloud.sink_store import SinkStore
-from bridge.mqtt.backoff import DecorrelatedJitter
-from tests.e2e.exactly_once import assert_stored_exactly_once, stop_and_settle
+from tests.e2e.exactly_once import assert_stored_exactly_once, running_sink, stop_and_settle
 from tests.e2e.harness import PacedDevices, gateway_config, local_url, running_gateway
 from tests.support import Mosquitto, eventually
 
@@ -77,12 +74,7 @@ async def run_restarts(tmp: Path, cloud: Mosquitto, *, devices: int, rate_hz: fl
                        seed: int) -> Outcome:
     rng = random.Random(seed)
     db = tmp / "sink.sqlite"
-    store = SinkStore(db)
-    sink = Sink(store, [cloud.url], backoff=DecorrelatedJitter(0.05, 0.3), connect_timeout_s=2.0)
-    sink_stop = asyncio.Event()
-    sink_task = asyncio.create_task(sink.run(sink_stop))
-    try:
-        await asyncio.wait_for(sink.ready.wait(), 10)
+    async with running_sink(db, [cloud.url]) as sink:
         cfg = gateway_config(tmp, cloud.url, batch={"max_count": 100, "max_age_s": 0.1})
         async with running_gateway(cfg) as gw:
             acc = gw.accounting
@@ -94,11 +86,6 @@ async def run_restarts(tmp: Path, cloud: Mosquitto, *, devices: int, rate_hz: fl
             await eventually(lambda: acc.delivered >= target, timeout=30)
             total = await stop_and_settle(gw, pub, lambda: sink.counters.readings)
             batches_delivered, connects = gw.accounting.batches_delivered, gw.link.connects
-    finally:
-        sink_stop.set()
-        await asyncio.wait_for(sink_task, 10)
-        store.close()
-
     batches = assert_stored_exactly_once(db, pub, batches_delivered, sink.counters.duplicates)
     assert connects == kills + 1, "the gateway reconnected after every restart"
     return Outcome(kills, total, batches, sink.counters.duplicates, connects)

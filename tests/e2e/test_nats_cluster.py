@@ -21,16 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from bridge.cloud.sink import Sink
-from bridge.cloud.sink_store import SinkStore
-from bridge.mqtt.backoff import DecorrelatedJitter
+from bridge.cloud.sink import subscriptions
 from bridge.mqtt.connection import MqttConnection
 from bridge.mqtt.types import ClientSettings
 from bridge.protocol.codec import encode_batch
 from bridge.protocol.model import Reading
 from bridge.protocol.topics import CloudTopics
 from gateway.service import GatewayService
-from tests.e2e.exactly_once import assert_stored_exactly_once, stop_and_settle
+from tests.e2e.exactly_once import assert_stored_exactly_once, running_sink, stop_and_settle
 from tests.e2e.harness import PacedDevices, gateway_config, local_url, running_gateway
 from tests.nats_cluster import NatsCluster, running_nats_cluster
 from tests.support import eventually, free_port
@@ -78,14 +76,8 @@ async def kill_node_of(nats: NatsCluster, client_id: str, gw: GatewayService,
 
 async def run_failover(tmp: Path, nats: NatsCluster, *, devices: int, rate_hz: float) -> Outcome:
     db = tmp / "sink.sqlite"
-    store = SinkStore(db)
     urls = nats.mqtt_urls
-    sink = Sink(store, urls[1:] + urls[:1], protocol="3.1.1", client_id=SINK_CLIENT,
-                backoff=DecorrelatedJitter(0.05, 0.3), connect_timeout_s=2.0)
-    sink_stop = asyncio.Event()
-    sink_task = asyncio.create_task(sink.run(sink_stop))
-    try:
-        await asyncio.wait_for(sink.ready.wait(), 20)
+    async with running_sink(db, urls[1:] + urls[:1], protocol="3.1.1", client_id=SINK_CLIENT) as sink:
         cfg = gateway_config(tmp, urls[0], protocol="3.1.1", batch={"max_count": 100, "max_age_s": 0.1},
                              uplink={"urls": urls, "ack_timeout_s": 5.0, "connect_timeout_s": 2.0})
         async with running_gateway(cfg) as gw:
@@ -96,10 +88,6 @@ async def run_failover(tmp: Path, nats: NatsCluster, *, devices: int, rate_hz: f
             sink_node = await kill_node_of(nats, SINK_CLIENT, gw, lambda: sink.counters.connects)
             total = await stop_and_settle(gw, pub, lambda: sink.counters.readings)
             batches_delivered, connects = gw.accounting.batches_delivered, gw.link.connects
-    finally:
-        sink_stop.set()
-        await asyncio.wait_for(sink_task, 10)
-        store.close()
     batches = assert_stored_exactly_once(db, pub, batches_delivered, sink.counters.duplicates)
     assert connects >= 2 and sink.counters.connects >= 2, "both failed over"
     return Outcome(total, batches, sink.counters.duplicates, connects, sink.counters.connects,
@@ -127,6 +115,9 @@ async def test_sink_command_takes_several_urls_and_skips_a_dead_one(tmp_path: Pa
             "--client-id", "cli-sink", stdout=asyncio.subprocess.DEVNULL, stderr=err)
     try:
         assert await asyncio.to_thread(nats.wait_connected, "cli-sink") == 1
+        filters = subscriptions()
+        await eventually(lambda: len(nats.mqtt_subjects("cli-sink")) == len(filters),
+                         message=lambda: f"sink subscribed to {nats.mqtt_subjects('cli-sink')}, wants {filters}")
         conn = await MqttConnection.open(nats.nodes[2].mqtt_url, ClientSettings(client_id="cli-pub", protocol="3.1.1"))
         try:
             readings = [Reading("dev-1", "temp", 1_700_000_000_000 + i, 20.0 + i, i) for i in range(3)]
