@@ -1,4 +1,4 @@
-"""A real 3-node nats-server cluster on loopback with JetStream and its MQTT listener, for tests that
+"""A real nats-server cluster (3 nodes by default) on loopback with JetStream and its MQTT listener, for tests that
 need a clustered cloud broker: generated configs, free ports, a JetStream store per node in a temp
 dir, readiness polled on each node's monitoring port, and kill -9 / restart of one node.
 
@@ -6,9 +6,10 @@ Facts (nats-server 2.9.10, Debian): the MQTT listener needs JetStream and a ``se
 speaks MQTT 3.1.1 with QoS 0 and 1 (a QoS 2 subscription is downgraded, a QoS 2 PUBLISH refused).
 MQTT sessions, retained messages and QoS 1 messages live in JetStream streams (``$MQTT_sess``,
 ``$MQTT_rmsgs``, ``$MQTT_msgs``) and each QoS 1 subscription of a session is a durable JetStream
-consumer. With ``stream_replicas``/``consumer_replicas`` 3 they are replicated on all three nodes,
-so a client whose node dies reconnects to another node and resumes its session there, unacked
-messages included (``ack_wait`` is when an unacknowledged QoS 1 message is sent again).
+consumer. With ``stream_replicas``/``consumer_replicas`` equal to the cluster size (at most 5) they
+are on every node, so a client whose node dies reconnects to another node and resumes its session
+there, unacked messages included (``ack_wait`` is when an unacknowledged QoS 1 message is sent
+again). A majority of the nodes must be up and caught up for any of it to work.
 """
 
 from __future__ import annotations
@@ -96,9 +97,9 @@ cluster {{
 }}
 mqtt {{
   listen: 127.0.0.1:{node.mqtt_port}
-  # sessions, retained and QoS 1 messages, and every subscription's consumer on all three nodes
-  stream_replicas: {len(peers)}
-  consumer_replicas: {len(peers)}
+  # sessions, retained and QoS 1 messages, and every subscription's consumer on every node
+  stream_replicas: {min(len(peers), 5)}
+  consumer_replicas: {min(len(peers), 5)}
   # an unacknowledged QoS 1 message is sent again after this long (default 30s)
   ack_wait: "{ack_wait_s:g}s"
   max_ack_pending: 1024
@@ -107,7 +108,7 @@ mqtt {{
 
 
 class NatsCluster:
-    """Three nats-servers routed to each other, each with JetStream and an MQTT listener."""
+    """``size`` nats-servers routed to each other, each with JetStream and an MQTT listener."""
 
     def __init__(self, size: int = 3, *, ack_wait_s: float = 5.0) -> None:
         self.binary = require_tool("nats-server")

@@ -80,11 +80,13 @@ async def stop_and_settle(gw: GatewayService, pub: PacedDevices, stored: Callabl
 
 
 @asynccontextmanager
-async def running_sink(db: Path, urls: Sequence[str], **settings: Any) -> AsyncIterator[Sink]:
+async def running_sink(db: Path, urls: Sequence[str], *, connect_timeout_s: float = 2.0,
+                       **settings: Any) -> AsyncIterator[Sink]:
     """The sink storing into ``db`` on the event loop, subscribed when this returns (fast reconnects:
     brokers are killed under it); stopped and its database closed afterwards."""
     store = SinkStore(db)
-    sink = Sink(store, urls, backoff=DecorrelatedJitter(0.05, 0.3), connect_timeout_s=2.0, **settings)
+    sink = Sink(store, urls, backoff=DecorrelatedJitter(0.05, 0.3), connect_timeout_s=connect_timeout_s,
+                **settings)
     stop = asyncio.Event()
     task = asyncio.create_task(sink.run(stop))
     try:

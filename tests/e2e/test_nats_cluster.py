@@ -1,11 +1,16 @@
-"""A real gateway and the sink against a 3-node NATS cluster (JetStream, MQTT 3.1.1 listener on each
-node): the gateway lists all three nodes in ``uplink.urls``, the sink too (in another order, so it
-starts on another node). While devices publish, the node the gateway is connected to is killed with
-SIGKILL, then (after the first came back) the node the sink is connected to. Both fail over to a
-live node and resume there: the gateway resends what was not acknowledged, the sink's persistent
-session (replicated in JetStream) hands it the QoS 1 messages it had not acknowledged. End state:
-every reading the devices got a PUBACK for stored exactly once, per-device seqs complete and in
-order, the ledger without holes, and the gateway's accounting identity exact.
+"""A real gateway and the sink against a NATS cluster (JetStream, an MQTT 3.1.1 listener on each
+node): the gateway lists every node in ``uplink.urls``, the sink too. While devices publish, nodes
+the gateway and the sink are connected to are killed with SIGKILL; both fail over to a live node and
+resume there: the gateway resends what was not acknowledged, the sink's persistent session
+(replicated in JetStream) hands it the QoS 1 messages it had not acknowledged. Then the nodes come
+back. End state: every reading the devices got a PUBACK for stored exactly once, per-device seqs
+complete and in order, the ledger without holes, and the gateway's accounting identity exact.
+
+- In CI: 3 nodes (R3); the gateway and the sink start on the same node, which is killed.
+- ``slow``: 5 nodes (R5, so two dead nodes leave a quorum of three); the sink starts on another
+  node; the gateway's node is killed, then the sink's. On this 2-core machine about one run in four
+  stalls there: after the second kill a surviving node accepts the gateway's connection but
+  acknowledges no PUBLISH for more than 30 s (nats-server 2.9.10; docs/INTEROP.md).
 
 Which node a client is on: the NATS monitoring endpoint of each node, ``/connz?mqtt_client=ID``.
 """
@@ -43,6 +48,12 @@ def nats() -> Iterator[NatsCluster]:
         yield cluster
 
 
+@pytest.fixture
+def nats5() -> Iterator[NatsCluster]:
+    with running_nats_cluster(5, ack_wait_s=3.0) as cluster:
+        yield cluster
+
+
 @dataclass
 class Outcome:
     readings: int
@@ -62,30 +73,44 @@ async def more_delivered(gw: GatewayService, n: int, what: str) -> None:
 
 async def kill_node_of(nats: NatsCluster, client_id: str, gw: GatewayService,
                        connects: Callable[[], int]) -> int:
-    """Kill -9 the node ``client_id`` is on; wait until it is connected to another node, traffic
-    flows again, and the killed node is back in the cluster. The killed node's index."""
+    """Kill -9 the node ``client_id`` is on; wait until it is connected to another node and traffic
+    flows again. The killed node's index."""
     node = await asyncio.to_thread(nats.wait_connected, client_id)
     before = connects()
     await asyncio.to_thread(nats.kill, node)
     await eventually(lambda: connects() > before, timeout=30, message=f"{client_id} did not reconnect")
     await asyncio.to_thread(nats.wait_connected, client_id, not_on=node)
     await more_delivered(gw, 100, f"after killing {nats.nodes[node].name}")
-    await asyncio.to_thread(nats.restart, node)
     return node
 
 
-async def run_failover(tmp: Path, nats: NatsCluster, *, devices: int, rate_hz: float) -> Outcome:
+async def run_failover(tmp: Path, nats: NatsCluster, *, devices: int, rate_hz: float, same_node: bool) -> Outcome:
+    """``same_node``: the gateway and the sink start on one node and one kill moves both; else the
+    sink starts on the next node and is killed there after the gateway's node."""
     db = tmp / "sink.sqlite"
     urls = nats.mqtt_urls
-    async with running_sink(db, urls[1:] + urls[:1], protocol="3.1.1", client_id=SINK_CLIENT) as sink:
+    sink_urls = urls if same_node else urls[1:] + urls[:1]
+    # A node of a cluster that just lost one can take several seconds to answer a CONNECT (the
+    # session is loaded from JetStream): give up on it no sooner than the default 10 s.
+    async with running_sink(db, sink_urls, protocol="3.1.1", client_id=SINK_CLIENT,
+                            connect_timeout_s=10.0) as sink:
         cfg = gateway_config(tmp, urls[0], protocol="3.1.1", batch={"max_count": 100, "max_age_s": 0.1},
-                             uplink={"urls": urls, "ack_timeout_s": 5.0, "connect_timeout_s": 2.0})
+                             uplink={"urls": urls, "ack_timeout_s": 10.0})
         async with running_gateway(cfg) as gw:
             pub = PacedDevices(local_url(gw), devices, rate_hz)
             pub.start()
             await more_delivered(gw, 200, "before the first kill")
+            if same_node:
+                assert nats.node_of_mqtt_client(GATEWAY_CLIENT) == nats.node_of_mqtt_client(SINK_CLIENT)
             gw_node = await kill_node_of(nats, GATEWAY_CLIENT, gw, lambda: gw.link.connects)
-            sink_node = await kill_node_of(nats, SINK_CLIENT, gw, lambda: sink.counters.connects)
+            if same_node:
+                sink_node = gw_node
+                await asyncio.to_thread(nats.wait_connected, SINK_CLIENT, not_on=gw_node)
+            else:
+                sink_node = await kill_node_of(nats, SINK_CLIENT, gw, lambda: sink.counters.connects)
+            for node in {gw_node, sink_node}:
+                await asyncio.to_thread(nats.restart, node)
+            await more_delivered(gw, 100, "with every node back")
             total = await stop_and_settle(gw, pub, lambda: sink.counters.readings)
             batches_delivered, connects = gw.accounting.batches_delivered, gw.link.connects
     batches = assert_stored_exactly_once(db, pub, batches_delivered, sink.counters.duplicates)
@@ -95,10 +120,19 @@ async def run_failover(tmp: Path, nats: NatsCluster, *, devices: int, rate_hz: f
 
 
 @pytest.mark.timeout(90)
-async def test_killing_the_gateways_node_then_the_sinks_node_loses_and_duplicates_nothing(
+async def test_killing_the_node_of_the_gateway_and_the_sink_loses_and_duplicates_nothing(
     tmp_path: Path, nats: NatsCluster
 ) -> None:
-    out = await run_failover(tmp_path, nats, devices=8, rate_hz=25)
+    out = await run_failover(tmp_path, nats, devices=8, rate_hz=25, same_node=True)
+    print(out)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_killing_the_gateways_node_then_the_sinks_node_loses_and_duplicates_nothing(
+    tmp_path: Path, nats5: NatsCluster
+) -> None:
+    out = await run_failover(tmp_path, nats5, devices=8, rate_hz=25, same_node=False)
     print(out)
 
 
