@@ -40,10 +40,13 @@ async def test_a_dead_member_over_its_queue_limit_loses_its_share() -> None:
             "max_inflight_messages 2\nmax_queued_messages 3\n")
     with running_mosquitto(port=port, config=conf) as broker:
         obs = await probe(broker.url, 20, timeout=1.5)
-    summary = obs.summary()
-    assert summary["unacked_in_flight_went_to_b"] == []
-    assert summary["published_while_a_away_went_to_b"] == 10  # B kept only its own turns
+    # Round robin gives A the odd numbers and B the even ones; the limits apply to B too, so B may
+    # drop some of its own under load: only A's share is asserted exactly.
+    a_share = set(range(1, 41, 2))
+    got_by_b = set(obs.first_b) | set(obs.b_while_a_away) | set(obs.b_after_return)
+    assert not got_by_b & a_share, "nothing of the dead member's share went to the live one"
     assert len(obs.first_a) == 2  # the in-flight window
+    assert set(obs.a_on_return) <= a_share
     assert len(obs.a_on_return) == 2 + 3  # the window and the queue, redelivered
-    assert len(obs.missing) == 20 - len(obs.a_on_return)
+    assert a_share - set(obs.a_on_return) <= set(obs.missing)  # the rest of A's share: dropped
     assert obs.twice == []
