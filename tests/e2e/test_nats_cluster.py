@@ -8,8 +8,8 @@ complete and in order, the ledger without holes, and the gateway's accounting id
 
 - In CI: 3 nodes (R3); the gateway and the sink start on the same node, which is killed.
 - ``slow``: 5 nodes (R5, so two dead nodes leave a quorum of three); the sink starts on another
-  node; the gateway's node is killed, then the sink's. On this 2-core machine about one run in four
-  stalls there: after the second kill a surviving node accepts the gateway's connection but
+  node; the gateway's node is killed, then the sink's. On this 2-core machine two runs in six
+  stalled there: after the second kill a surviving node accepts the gateway's connection but
   acknowledges no PUBLISH for more than 30 s (nats-server 2.9.10; docs/INTEROP.md).
 
 Which node a client is on: the NATS monitoring endpoint of each node, ``/connz?mqtt_client=ID``.
