@@ -44,7 +44,10 @@ __all__ = ["command", "report", "sink"]
 
 
 @click.command()
-@click.option("--url", required=True, help="Cloud broker, e.g. mqtt://127.0.0.1:1883 or mqtts://host.")
+@click.option("--url", "urls", required=True, multiple=True,
+              help="Cloud broker, e.g. mqtt://127.0.0.1:1883 or mqtts://host. Repeat it for the nodes of a "
+                   "cluster: the sink connects to the first that accepts, trying them in turn (on every reconnect "
+                   "too).")
 @click.option("--db", "db", required=True, metavar="FILE|URL",
               help="SQLite file to store readings and alerts in (created if missing), or a PostgreSQL URL "
                    "postgresql://user@host:port/dbname (tables created on start; password from PGPASSWORD, "
@@ -65,7 +68,7 @@ __all__ = ["command", "report", "sink"]
               help="Exit 1 when no broker accepts the first connection within S seconds (0 = keep trying). "
                    "Later reconnects always keep trying.")
 @login_options
-def sink(url: str, db: str, db_password_file: Path | None, shared_group: str | None,
+def sink(urls: tuple[str, ...], db: str, db_password_file: Path | None, shared_group: str | None,
          protocol: Literal["5", "3.1.1"], worker: str | None, client_id: str | None, prefix: str,
          log_level: str, start_timeout_s: float, login: Login) -> None:
     """Cloud side: store every gateway's batches and alerts in SQLite or PostgreSQL, dropping
@@ -84,7 +87,7 @@ def sink(url: str, db: str, db_password_file: Path | None, shared_group: str | N
                                "(or --client-id), each its own, so that each keeps its own MQTT session")
 
     async def go(stop: asyncio.Event) -> None:
-        await run_sink(url, db_path, protocol=protocol, shared_group=shared_group, prefix=prefix, stop=stop,
+        await run_sink(list(urls), db_path, protocol=protocol, shared_group=shared_group, prefix=prefix, stop=stop,
                        client_id=client_id, worker=worker, start_timeout_s=start_timeout_s or None, login=login,
                        db_password_file=db_password_file)
 
