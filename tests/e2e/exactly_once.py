@@ -1,6 +1,6 @@
-"""The end state every cloud-failure test checks in the sink's SQLite database: each reading the
-devices got a PUBACK for stored exactly once, every device's seqs complete and in order, and the
-telemetry ledger without holes."""
+"""The end state every cloud-failure test checks in the sink's database (a SQLite file or a
+PostgreSQL URL): each reading the devices got a PUBACK for stored exactly once, every device's seqs
+complete and in order, and the telemetry ledger without holes."""
 
 from __future__ import annotations
 
@@ -13,16 +13,26 @@ from typing import Any
 
 from bridge.cloud.report import build_report
 from bridge.cloud.sink import Sink
-from bridge.cloud.sink_store import SinkStore
+from bridge.cloud.sink_port import open_sink_store
 from bridge.mqtt.backoff import DecorrelatedJitter
 from gateway.observe.accounting import Accounting
 from gateway.service import GatewayService
 from tests.e2e.harness import PacedDevices
 from tests.support import eventually
 
+_PG_READINGS = ("SELECT device, seq, batch_seq FROM readings WHERE gateway = %s ORDER BY batch_seq, ctid")
+_PG_LEDGER = "SELECT seq FROM batches WHERE gateway = %s AND lane = 'telemetry' ORDER BY seq"
 
-def sink_rows(db: Path, gateway: str = "gw-test") -> tuple[list[tuple[str, int, int]], list[int]]:
-    """Readings as (device, device seq, batch seq) in batch order, and the telemetry batch seqs."""
+
+def sink_rows(db: Path | str, gateway: str = "gw-test") -> tuple[list[tuple[str, int, int]], list[int]]:
+    """Readings as (device, device seq, batch seq) in batch order (within a batch in the order
+    stored: rowid, or ctid for the rows one COPY wrote), and the telemetry batch seqs."""
+    if isinstance(db, str):
+        import psycopg
+
+        with psycopg.connect(db) as pg:
+            readings = [(str(d), int(s), int(b)) for d, s, b in pg.execute(_PG_READINGS, (gateway,)).fetchall()]
+            return readings, [int(s) for (s,) in pg.execute(_PG_LEDGER, (gateway,)).fetchall()]
     with sqlite3.connect(db) as con:
         rows = con.execute("SELECT device, seq, batch_seq FROM readings WHERE gateway = ? "
                            "ORDER BY batch_seq, rowid", (gateway,)).fetchall()
@@ -31,7 +41,7 @@ def sink_rows(db: Path, gateway: str = "gw-test") -> tuple[list[tuple[str, int, 
     return rows, seqs
 
 
-def assert_stored_exactly_once(db: Path, pub: PacedDevices, batches_delivered: int, duplicates: int) -> int:
+def assert_stored_exactly_once(db: Path | str, pub: PacedDevices, batches_delivered: int, duplicates: int) -> int:
     """Check the sink's database against what the devices sent and the gateway delivered;
     ``duplicates``: what the sink counted as already stored. Returns the number of batches."""
     rows, batch_seqs = sink_rows(db)
@@ -80,11 +90,11 @@ async def stop_and_settle(gw: GatewayService, pub: PacedDevices, stored: Callabl
 
 
 @asynccontextmanager
-async def running_sink(db: Path, urls: Sequence[str], *, connect_timeout_s: float = 2.0,
+async def running_sink(db: Path | str, urls: Sequence[str], *, connect_timeout_s: float = 2.0,
                        **settings: Any) -> AsyncIterator[Sink]:
     """The sink storing into ``db`` on the event loop, subscribed when this returns (fast reconnects:
     brokers are killed under it); stopped and its database closed afterwards."""
-    store = SinkStore(db)
+    store = open_sink_store(db)
     sink = Sink(store, urls, backoff=DecorrelatedJitter(0.05, 0.3), connect_timeout_s=connect_timeout_s,
                 **settings)
     stop = asyncio.Event()

@@ -1,4 +1,4 @@
-"""A real gateway and the sink against a NATS cluster (JetStream, an MQTT 3.1.1 listener on each
+"""A real gateway and the sink (into PostgreSQL) against a NATS cluster (JetStream, an MQTT 3.1.1 listener on each
 node): the gateway lists every node in ``uplink.urls``, the sink too. While devices publish, nodes
 the gateway and the sink are connected to are killed with SIGKILL; both fail over to a live node and
 resume there: the gateway resends what was not acknowledged, the sink's persistent session
@@ -84,10 +84,11 @@ async def kill_node_of(nats: NatsCluster, client_id: str, gw: GatewayService,
     return node
 
 
-async def run_failover(tmp: Path, nats: NatsCluster, *, devices: int, rate_hz: float, same_node: bool) -> Outcome:
+async def run_failover(tmp: Path, db: str, nats: NatsCluster, *, devices: int, rate_hz: float,
+                       same_node: bool) -> Outcome:
     """``same_node``: the gateway and the sink start on one node and one kill moves both; else the
-    sink starts on the next node and is killed there after the gateway's node."""
-    db = tmp / "sink.sqlite"
+    sink starts on the next node and is killed there after the gateway's node. The sink stores into
+    ``db``, a PostgreSQL database."""
     urls = nats.mqtt_urls
     sink_urls = urls if same_node else urls[1:] + urls[:1]
     # A node of a cluster that just lost one can take several seconds to answer a CONNECT (the
@@ -121,18 +122,18 @@ async def run_failover(tmp: Path, nats: NatsCluster, *, devices: int, rate_hz: f
 
 @pytest.mark.timeout(90)
 async def test_killing_the_node_of_the_gateway_and_the_sink_loses_and_duplicates_nothing(
-    tmp_path: Path, nats: NatsCluster
+    tmp_path: Path, nats: NatsCluster, pg_url: str
 ) -> None:
-    out = await run_failover(tmp_path, nats, devices=8, rate_hz=25, same_node=True)
+    out = await run_failover(tmp_path, pg_url, nats, devices=8, rate_hz=25, same_node=True)
     print(out)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 async def test_killing_the_gateways_node_then_the_sinks_node_loses_and_duplicates_nothing(
-    tmp_path: Path, nats5: NatsCluster
+    tmp_path: Path, nats5: NatsCluster, pg_url: str
 ) -> None:
-    out = await run_failover(tmp_path, nats5, devices=8, rate_hz=25, same_node=False)
+    out = await run_failover(tmp_path, pg_url, nats5, devices=8, rate_hz=25, same_node=False)
     print(out)
 
 
