@@ -19,10 +19,11 @@ _EXACT_REAL = 2**53
 
 CLAIM_SQL = ("INSERT INTO batches (gateway, stream, lane, seq, received_ms, replay, readings, created_ms)"
              " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
-DUPLICATE_SQL = ("INSERT INTO duplicates (gateway, lane, count) VALUES (?, ?, 1)"
-                 " ON CONFLICT (gateway, lane) DO UPDATE SET count = duplicates.count + 1")
-INVALID_SQL = ("INSERT INTO invalid (gateway, reason, count) VALUES (?, ?, 1)"
-               " ON CONFLICT (gateway, reason) DO UPDATE SET count = invalid.count + 1")
+# the counters take how many to add (1 for one message, more for a group)
+DUPLICATE_SQL = ("INSERT INTO duplicates (gateway, lane, count) VALUES (?, ?, ?)"
+                 " ON CONFLICT (gateway, lane) DO UPDATE SET count = duplicates.count + excluded.count")
+INVALID_SQL = ("INSERT INTO invalid (gateway, reason, count) VALUES (?, ?, ?)"
+               " ON CONFLICT (gateway, reason) DO UPDATE SET count = invalid.count + excluded.count")
 STATUS_SQL = ("INSERT INTO status (gateway, state, since_ms, received_ms) VALUES (?, ?, ?, ?)"
               " ON CONFLICT (gateway) DO UPDATE SET"
               " since_ms = CASE WHEN status.state = excluded.state THEN status.since_ms ELSE excluded.since_ms END,"
