@@ -14,6 +14,7 @@ import pytest
 from bridge.cloud.errors import SinkStoreError
 from bridge.cloud.report import build_report
 from bridge.cloud.sink import Protocol, Sink, run_sink
+from bridge.cloud.sink_port import SinkStorePort
 from bridge.cloud.sink_store import SinkStore
 from bridge.cloud.sink_writes import BatchWrite, Outcome, Write
 from bridge.mqtt.backoff import DecorrelatedJitter
@@ -64,7 +65,7 @@ class FlakyStore(SinkStore):
 
 
 @contextlib.asynccontextmanager
-async def running_sink(url: str, store: SinkStore, **kw: Any) -> AsyncIterator[Sink]:
+async def running_sink(url: str, store: SinkStorePort, **kw: Any) -> AsyncIterator[Sink]:
     sink = Sink(store, [url], backoff=DecorrelatedJitter(0.05, 0.5), connect_timeout_s=5.0, **kw)
     stop = asyncio.Event()
     task = asyncio.create_task(sink.run(stop))
