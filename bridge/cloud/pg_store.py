@@ -19,15 +19,18 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import psycopg
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 
 from bridge.cloud import sink_rows
 from bridge.cloud.errors import SinkStoreError, StoreUnavailable
@@ -101,8 +104,19 @@ def read_password_file(path: Path) -> str:
     return text[:-1] if text.endswith("\n") else text
 
 
-def _ts(ts_ms: int) -> datetime:
-    return _EPOCH + timedelta(milliseconds=min(max(ts_ms, _MIN_MS), _MAX_MS))
+_PG_EPOCH_MS = 946_684_800_000  # 2000-01-01, where PostgreSQL's binary timestamps count from
+_PACK_INT8 = struct.Struct(">q").pack
+
+
+class _TsFromMs(Dumper):
+    """``readings.ts`` in binary COPY straight from ``ts_ms`` (microseconds since 2000, clamped): a
+    third of the per-reading cost of building a ``datetime`` for every reading."""
+
+    format = Format.BINARY
+    oid = psycopg.postgres.types["timestamptz"].oid
+
+    def dump(self, obj: Any) -> bytes:
+        return _PACK_INT8((min(max(obj, _MIN_MS), _MAX_MS) - _PG_EPOCH_MS) * 1000)
 
 
 class PgSinkStore(SinkQueries):
@@ -153,6 +167,7 @@ class PgSinkStore(SinkQueries):
                                application_name="edge-gateway-sink", **extra)
         if self._readonly:
             conn.execute("SET default_transaction_read_only = on")
+        conn.adapters.register_dumper(None, _TsFromMs)  # by oid only: used by the COPY of readings
         return conn
 
     def _open_schema(self) -> None:
@@ -319,7 +334,7 @@ def _copy_readings(cur: psycopg.Cursor[Any], batches: Sequence[Batch]) -> None:
         for b in batches:
             gateway, stream, seq, replay = b.gateway, b.stream, b.seq, b.replay
             for r in b.readings:
-                copy.write_row((gateway, stream, r.device, r.metric, _ts(r.ts_ms), r.ts_ms,
+                copy.write_row((gateway, stream, r.device, r.metric, r.ts_ms, r.ts_ms,
                                 *sink_rows.value_columns(r.value), r.seq, seq, replay))
 
 
