@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,3 +88,27 @@ async def test_a_lost_database_connection_mid_flow_loses_nothing_and_stores_noth
             assert c.store_errors >= 1 and c.connects >= 2  # the failed group came again
         assert store.seqs("gw-1") == list(range(1, n + 1))
         assert store.count("readings") == n * 5  # each reading once
+
+
+async def test_a_locked_sqlite_database_fails_whole_groups_and_they_all_come_again(
+        mosquitto: Mosquitto, tmp_path: Path) -> None:
+    gw, path = CloudTopics("gw-1"), tmp_path / "sink.sqlite"
+    batches = [(gw.telemetry, envelope("gw-1", s)) for s in range(1, 61)]
+    with SinkStore(path, durable=False) as store:
+        store._db.execute("PRAGMA busy_timeout=50")  # give up on the lock quickly (5 s by default)
+        async with publisher(mosquitto.url, "5") as pub, running_sink(mosquitto.url, store) as sink:
+            c = sink.counters
+            await publish_all(pub, batches[:10])
+            await eventually(lambda: c.batches == 10, message=lambda: f"{c}")
+            blocker = sqlite3.connect(path, isolation_level=None)  # another writer holds the lock
+            blocker.execute("BEGIN IMMEDIATE")
+            try:
+                await publish_in_windows(pub, batches[10:])
+                await eventually(lambda: c.store_errors >= 2, message=lambda: f"{c}")
+                assert c.batches == 10  # nothing stored, so nothing acknowledged
+            finally:
+                blocker.execute("ROLLBACK")
+                blocker.close()
+            await eventually(lambda: c.batches == 60, message=lambda: f"{c}")
+        assert store.seqs("gw-1") == list(range(1, 61))
+        assert store.count("readings") == 60 * 5 and store.duplicate_counts() == {}
