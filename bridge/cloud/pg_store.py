@@ -311,10 +311,8 @@ class PgSinkStore(SinkQueries):
             return self._write_batch(cur, write.batch, write.received_ms)
         if isinstance(write, ControlWrite):
             return self._write_control(cur, write.record, write.received_ms)
-        if isinstance(write, InvalidWrite):
-            cur.execute(_INVALID, (write.gateway, write.reason, 1))
-        else:
-            cur.execute(_STATUS, (write.gateway, write.state, write.received_ms, write.received_ms))
+        sql, values = sink_rows.count_row(write)
+        cur.execute(_pg(sql), values)
         return True
 
     def record_invalid(self, gateway: str, reason: str) -> None:

@@ -41,10 +41,11 @@ from bridge.cloud.sink_rows import (
     STATUS_SQL,
     check_batch,
     control_row,
+    count_row,
     value_columns,
 )
 from bridge.cloud.sink_schema import SCHEMA_VERSION, create_schema, migrate_v1
-from bridge.cloud.sink_writes import BatchWrite, ControlWrite, InvalidWrite, Outcome, Write, write_gateway
+from bridge.cloud.sink_writes import BatchWrite, ControlWrite, Outcome, Write, write_gateway
 from bridge.protocol.codec import Batch
 from bridge.protocol.errors import InvalidRecord, PermanentBridgeError
 from bridge.protocol.model import Lane
@@ -222,10 +223,7 @@ class SinkStore(SinkQueries):
             return self._write_batch(cur, write.batch, write.received_ms)
         if isinstance(write, ControlWrite):
             return self._write_control(cur, write.record, write.received_ms)
-        if isinstance(write, InvalidWrite):
-            cur.execute(INVALID_SQL, (write.gateway, write.reason, 1))
-        else:
-            cur.execute(STATUS_SQL, (write.gateway, write.state, write.received_ms, write.received_ms))
+        cur.execute(*count_row(write))
         return True
 
     def record_invalid(self, gateway: str, reason: str) -> None:
