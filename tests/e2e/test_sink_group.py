@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bridge.cloud.pg_store import PgSinkStore
+from bridge.cloud.sink_group import GroupLimits
 from bridge.cloud.sink_store import SinkStore
 from bridge.mqtt.connection import MqttConnection
 from bridge.protocol.topics import CloudTopics
@@ -112,3 +113,20 @@ async def test_a_locked_sqlite_database_fails_whole_groups_and_they_all_come_aga
             await eventually(lambda: c.batches == 60, message=lambda: f"{c}")
         assert store.seqs("gw-1") == list(range(1, 61))
         assert store.count("readings") == 60 * 5 and store.duplicate_counts() == {}
+
+
+@pytest.mark.parametrize(("limits", "largest"), [(GroupLimits(max_messages=7), 7),
+                                                 (GroupLimits(max_readings=12), 3)])  # 5 readings a batch
+async def test_a_group_stays_within_its_limits(mosquitto: Mosquitto, tmp_path: Path, limits: GroupLimits,
+                                               largest: int) -> None:
+    gw, n = CloudTopics("gw-1"), 40
+    with SinkStore(tmp_path / "sink.sqlite", durable=False) as store:
+        async with running_sink(mosquitto.url, store, group_limits=limits):  # the persistent session
+            pass
+        async with publisher(mosquitto.url, "5") as pub:
+            await publish_all(pub, [(gw.telemetry, envelope("gw-1", s)) for s in range(1, n + 1)])
+        async with running_sink(mosquitto.url, store, group_limits=limits) as sink:
+            c = sink.counters
+            await eventually(lambda: c.batches == n, message=lambda: f"{c}")
+            assert 1 < c.largest_group <= largest
+            assert c.groups >= n // largest
