@@ -20,8 +20,8 @@ All message handling runs on the event loop. Messages are stored by group commit
 (:mod:`bridge.cloud.sink_group`): what arrived while the previous group was being committed is
 stored in one transaction (one fsync), then acknowledged in arrival order (MQTT wants PUBACKs in
 PUBLISH order); at low load a group is one message, stored at once. With MQTT 5 the sink asks the
-broker for a receive window of twice the group size (CONNECT's Receive Maximum); over MQTT 3.1.1 the
-broker's own limit applies (mosquitto: ``max_inflight_messages``, 20 by default).
+broker for a receive window of twice the group size, at least 100 (CONNECT's Receive Maximum); over
+MQTT 3.1.1 the broker's own limit applies (mosquitto: ``max_inflight_messages``, 20 by default).
 
 With ``shared_group`` several sinks split the data topics of an MQTT 5 shared subscription, each
 with its own database; ``build_report`` of each database then shows the sequence gaps of its share
@@ -154,7 +154,7 @@ class Sink:
             clean_start=not persistent,
             session_expiry_s=session_expiry_s if persistent and protocol == "5" else 0,
             manual_ack=True,
-            receive_maximum=min(self.group_limits.max_messages * 2, 65_535) if protocol == "5" else None,
+            receive_maximum=min(max(self.group_limits.max_messages * 2, 100), 65_535) if protocol == "5" else None,
             username=login.username,
             password=login.password,
             tls=login.tls or tls,
@@ -249,6 +249,7 @@ async def run_sink(
     start_timeout_s: float | None = None,
     login: Login = ANONYMOUS,
     db_password_file: Path | None = None,
+    group_limits: GroupLimits | None = None,
 ) -> None:
     """Run a sink storing into ``db`` (a SQLite path or a PostgreSQL URL, see
     :func:`~bridge.cloud.sink_port.open_sink_store`) until ``stop`` is set (the ``edge-gateway sink`` command)."""
@@ -256,7 +257,7 @@ async def run_sink(
     store = open_sink_store(db, password_file=db_password_file)
     try:
         sink = Sink(store, urls, protocol=protocol, shared_group=shared_group, prefix=prefix,
-                    client_id=client_id, start_timeout_s=start_timeout_s, login=login)
+                    client_id=client_id, start_timeout_s=start_timeout_s, login=login, group_limits=group_limits)
         await sink.run(stop)
     finally:
         store.close()
