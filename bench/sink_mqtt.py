@@ -59,7 +59,7 @@ def envelopes(count: int, size: int) -> list[bytes]:
 
 async def publish(url: str, payloads: list[bytes]) -> None:
     topic = CloudTopics("gw-0").telemetry
-    conn = await MqttConnection.open(url, ClientSettings(client_id="bench-pub", max_inflight=200))
+    conn = await MqttConnection.open(url, ClientSettings(client_id=f"bench-pub-{free_port()}", max_inflight=200))
     try:
         window = conn.info.inflight_window  # mosquitto's receive maximum: 20 by default
         for start in range(0, len(payloads), window):

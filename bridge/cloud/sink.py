@@ -19,9 +19,10 @@ by reason, logged and acknowledged, so one bad message never blocks the subscrip
 All message handling runs on the event loop. Messages are stored by group commit
 (:mod:`bridge.cloud.sink_group`): what arrived while the previous group was being committed is
 stored in one transaction (one fsync), then acknowledged in arrival order (MQTT wants PUBACKs in
-PUBLISH order); at low load a group is one message, stored at once. With MQTT 5 the sink asks the
-broker for a receive window of twice the group size, at least 100 (CONNECT's Receive Maximum); over
-MQTT 3.1.1 the broker's own limit applies (mosquitto: ``max_inflight_messages``, 20 by default).
+PUBLISH order); at low load a group is one message, stored at once. With MQTT 5 the sink announces a
+receive window of twice the group size, at least 100 (CONNECT's Receive Maximum): room for the next
+group to arrive during a commit, and a bound on what the sink holds in memory. Over MQTT 3.1.1 the
+broker's own limit applies (mosquitto: ``max_inflight_messages``; EMQX: ``max_inflight``).
 
 With ``shared_group`` several sinks split the data topics of an MQTT 5 shared subscription, each
 with its own database; ``build_report`` of each database then shows the sequence gaps of its share
