@@ -264,5 +264,5 @@ async def run_sink(
         store.close()
     c = sink.counters
     log.info("sink stopped: %d batches (%d readings), %d alerts, %d events, %d responses, "
-             "%d duplicates, %d invalid", c.batches, c.readings, c.alerts, c.events, c.responses,
-             c.duplicates, c.invalid)
+             "%d duplicates, %d invalid; %d messages in %d transactions (largest %d)", c.batches, c.readings,
+             c.alerts, c.events, c.responses, c.duplicates, c.invalid, c.handled, c.groups, c.largest_group)
