@@ -14,8 +14,10 @@ import pytest
 
 from bridge.cloud.pg_store import PgSinkStore
 from bridge.cloud.sink_group import GroupLimits
+from bridge.cloud.sink_handler import Prepared
 from bridge.cloud.sink_store import SinkStore
 from bridge.mqtt.connection import MqttConnection
+from bridge.mqtt.types import Message
 from bridge.protocol.topics import CloudTopics
 from tests.e2e.test_sink import envelope, publish_all, publisher, running_sink
 from tests.postgres import PostgresServer
@@ -130,3 +132,23 @@ async def test_a_group_stays_within_its_limits(mosquitto: Mosquitto, tmp_path: P
             await eventually(lambda: c.batches == n, message=lambda: f"{c}")
             assert 1 < c.largest_group <= largest
             assert c.groups >= n // largest
+
+
+async def test_a_message_that_breaks_the_handler_is_counted_and_acked_and_its_group_stored(
+        mosquitto: Mosquitto, tmp_path: Path) -> None:
+    gw = CloudTopics("gw-1")
+    with SinkStore(tmp_path / "sink.sqlite", durable=False) as store:
+        async with publisher(mosquitto.url, "5") as pub, running_sink(mosquitto.url, store) as sink:
+            prepare = sink.handler.prepare
+
+            def breaks_on_seq_2(message: Message) -> Prepared:
+                if message.payload == envelope("gw-1", 2):
+                    raise RuntimeError("a bug")
+                return prepare(message)
+
+            sink.handler.prepare = breaks_on_seq_2  # type: ignore[method-assign]
+            await publish_all(pub, [(gw.telemetry, envelope("gw-1", s)) for s in (1, 2, 3)])
+            c = sink.counters
+            await eventually(lambda: c.handled == 3, message=lambda: f"{c}")
+            assert c.invalid_reasons == {"internal error": 1} and c.store_errors == 0
+        assert store.seqs("gw-1") == [1, 3]
