@@ -10,16 +10,23 @@ keeps in-flight QoS 1 messages of a persistent session, as mosquitto does; amqtt
 when the subscriber's connection dies, so against amqtt a sink crash can lose the messages it had
 not acknowledged.)
 
-A storage failure (disk full, I/O error, locked database) is not acknowledged either: the sink drops
-the connection and reconnects after a backoff, so the broker redelivers. Messages that can never
+A storage failure (disk full, I/O error, locked database, lost database connection) is not
+acknowledged either, for any message of the group it hit: the sink drops the connection and
+reconnects after a backoff, so the broker redelivers them all. Messages that can never
 be stored (undecodable, gateway id of the topic and payload differ, malformed fields) are counted
 by reason, logged and acknowledged, so one bad message never blocks the subscription.
 
-All message handling runs on the event loop, synchronously, in arrival order (which keeps the
-PUBACKs in PUBLISH order as MQTT requires); a commit takes about a millisecond (one fsync with the
-store's default ``durable=True``). With ``shared_group`` several sinks split the data topics of an
-MQTT 5 shared subscription, each with its own database; ``build_report`` of each database then
-shows the sequence gaps of its share only, so check gaps across the union (or use one database).
+All message handling runs on the event loop. Messages are stored by group commit
+(:mod:`bridge.cloud.sink_group`): what arrived while the previous group was being committed is
+stored in one transaction (one fsync), then acknowledged in arrival order (MQTT wants PUBACKs in
+PUBLISH order); at low load a group is one message, stored at once. With MQTT 5 the sink announces a
+receive window of twice the group size, at least 100 (CONNECT's Receive Maximum): room for the next
+group to arrive during a commit, and a bound on what the sink holds in memory. Over MQTT 3.1.1 the
+broker's own limit applies (mosquitto: ``max_inflight_messages``; EMQX: ``max_inflight``).
+
+With ``shared_group`` several sinks split the data topics of an MQTT 5 shared subscription, each
+with its own database; ``build_report`` of each database then shows the sequence gaps of its share
+only, so check gaps across the union (or use one database).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from bridge.cloud.errors import SinkStoreError
+from bridge.cloud.sink_group import GroupCommit, GroupLimits
 from bridge.cloud.sink_handler import SinkCounters, SinkHandler
 from bridge.cloud.sink_port import SinkStorePort, is_postgres_url, open_sink_store
 from bridge.mqtt.backoff import DecorrelatedJitter
@@ -44,7 +51,7 @@ from bridge.mqtt.types import ANONYMOUS, ClientSettings, Login, Message, TlsSett
 from bridge.mqtt.urls import BrokerUrl, parse_broker_url
 from bridge.protocol.topics import DEFAULT_PREFIX, UPLINK_TOPICS, TopicPattern, valid_id
 
-__all__ = ["DEFAULT_PREFIX", "Sink", "SinkCounters", "default_client_id", "run_sink", "subscriptions"]
+__all__ = ["DEFAULT_PREFIX", "GroupLimits", "Sink", "SinkCounters", "default_client_id", "run_sink", "subscriptions"]
 
 log = logging.getLogger(__name__)
 
@@ -76,30 +83,33 @@ class _Session:
 
     Messages can arrive before :func:`connect_with_backoff` has returned the connection (a resumed
     session redelivers at once after CONNACK); they wait here until :meth:`attach` says which
-    connection to acknowledge them on.
+    connection to acknowledge them on, then go to that connection's group commit.
     """
 
     def __init__(self, sink: Sink) -> None:
         self._sink = sink
-        self._conn: MqttConnection | None = None
+        self._group: GroupCommit | None = None
         self._early: list[Message] = []
-        self._failed = False
 
     def __call__(self, message: Message) -> None:
-        if self._conn is None:
+        if self._group is None:
             self._early.append(message)
-        elif not self._failed:
-            self._failed = not self._sink.process(self._conn, message)
+        else:
+            self._group.add(message)
 
     def attempt_failed(self, url: BrokerUrl, error: BaseException, delay: float) -> None:
         # Anything buffered came from a connection that was discarded: unacknowledged, so redelivered.
         self._early.clear()
 
     def attach(self, conn: MqttConnection) -> None:
-        self._conn = conn
+        self._group = GroupCommit(self._sink.handler, conn, self._sink.group_limits)
         early, self._early = self._early, []
         for message in early:
-            self(message)
+            self._group.add(message)
+
+    def close(self) -> None:
+        if self._group is not None:
+            self._group.close()
 
 
 class Sink:
@@ -121,10 +131,13 @@ class Sink:
         backoff: DecorrelatedJitter | None = None,
         connect_timeout_s: float = 10.0,
         start_timeout_s: float | None = None,
+        group_limits: GroupLimits | None = None,
     ) -> None:
         """``start_timeout_s``: give up with :class:`~bridge.mqtt.errors.BrokerUnreachable` when no broker
         accepted the first connection within that many seconds (None: keep trying). Later
-        reconnects always keep trying."""
+        reconnects always keep trying. ``group_limits``: how much one transaction of the group
+        commit takes (:class:`~bridge.cloud.sink_group.GroupLimits`); the sink asks the broker
+        (MQTT 5 Receive Maximum) for as many unacknowledged messages as one group takes."""
         if "{gateway_id}" not in prefix:
             raise ValueError(f"prefix {prefix!r} must contain {{gateway_id}}")
         if shared_group is not None:
@@ -136,6 +149,7 @@ class Sink:
             raise ValueError("Sink needs at least one broker url")
         self.store = store
         self.urls = list(urls)
+        self.group_limits = group_limits or GroupLimits()
         self.filters = subscriptions(prefix, shared_group)
         self.settings = ClientSettings(
             client_id=client_id or default_client_id(store.identity),
@@ -143,6 +157,7 @@ class Sink:
             clean_start=not persistent,
             session_expiry_s=session_expiry_s if persistent and protocol == "5" else 0,
             manual_ack=True,
+            receive_maximum=min(max(self.group_limits.max_messages * 2, 100), 65_535) if protocol == "5" else None,
             username=login.username,
             password=login.password,
             tls=login.tls or tls,
@@ -195,6 +210,7 @@ class Sink:
                     reason = await self._serve(conn, stop)
                 finally:
                     self.ready.clear()
+                    session.close()
                     await conn.close()
                 if reason is not None:
                     delay = self._backoff.next_delay()
@@ -224,30 +240,6 @@ class Sink:
             return None
         return closed.result() if closed.done() and not closed.cancelled() else "closed"
 
-    # ------------------------------------------------------------ messages
-    def process(self, conn: MqttConnection, message: Message) -> bool:
-        """Handle one message and acknowledge it once it is committed.
-
-        Returns False after a storage failure: the message is left unacknowledged and the
-        connection is dropped so that the broker redelivers it on the next session.
-        """
-        try:
-            self.handler.handle(message)
-        except SinkStoreError as exc:
-            self.counters.store_errors += 1
-            log.error("cannot store message from %r (%s); dropping the connection for redelivery",
-                      message.topic, exc)
-            conn.abort()
-            return False
-        except Exception:  # the loop's one catch-all: a poison message must not wedge the subscription
-            self.counters.invalid_reasons["internal error"] += 1
-            log.exception("unexpected failure handling a message on %r; acknowledged and dropped",
-                          message.topic)
-        conn.ack(message)
-        self.counters.handled += 1
-        return True
-
-
 async def run_sink(
     url: str | Sequence[str],
     db: Path | str,
@@ -261,6 +253,7 @@ async def run_sink(
     start_timeout_s: float | None = None,
     login: Login = ANONYMOUS,
     db_password_file: Path | None = None,
+    group_limits: GroupLimits | None = None,
 ) -> None:
     """Run a sink storing into ``db`` (a SQLite path or a PostgreSQL URL, see
     :func:`~bridge.cloud.sink_port.open_sink_store`) until ``stop`` is set (the ``edge-gateway sink`` command)."""
@@ -273,11 +266,11 @@ async def run_sink(
     try:
         sink = Sink(store, urls, protocol=protocol, shared_group=shared_group, prefix=prefix,
                     client_id=client_id or default_client_id(store.identity, worker),
-                    start_timeout_s=start_timeout_s, login=login)
+                    start_timeout_s=start_timeout_s, login=login, group_limits=group_limits)
         await sink.run(stop)
     finally:
         store.close()
     c = sink.counters
     log.info("sink stopped: %d batches (%d readings), %d alerts, %d events, %d responses, "
-             "%d duplicates, %d invalid", c.batches, c.readings, c.alerts, c.events, c.responses,
-             c.duplicates, c.invalid)
+             "%d duplicates, %d invalid; %d messages in %d transactions (largest %d)", c.batches, c.readings,
+             c.alerts, c.events, c.responses, c.duplicates, c.invalid, c.handled, c.groups, c.largest_group)

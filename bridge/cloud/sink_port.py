@@ -6,11 +6,12 @@ a gateway never loads it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from bridge.cloud.sink_queries import DeviceStats, GapSummary, GatewayStatus, LaneStats, StreamStats
+from bridge.cloud.sink_writes import Outcome, Write
 from bridge.protocol.codec import Batch
 from bridge.protocol.model import Lane
 from bridge.protocol.records import Json, Stamped
@@ -21,12 +22,14 @@ PG_SCHEMES = ("postgresql://", "postgres://")
 
 
 class SinkStorePort(Protocol):
-    """A sink store: idempotent writes keyed by ``(gateway, stream, lane, seq)``, the report's
-    queries, and ``identity`` (the database's name for logs and the default MQTT client id; never a
-    password)."""
+    """A sink store: idempotent writes keyed by ``(gateway, stream, lane, seq)`` (``store_group``: the
+    messages of one group commit in one transaction, see :mod:`bridge.cloud.sink_writes`;
+    ``store_batch``/``store_control``: one message), the report's queries, and ``identity`` (the
+    database's name for logs and the default MQTT client id; never a password)."""
 
     identity: str
 
+    def store_group(self, writes: Sequence[Write]) -> list[Outcome]: ...
     def store_batch(self, batch: Batch, received_ms: int) -> bool: ...
     def store_control(self, record: Mapping[str, Json] | Stamped, received_ms: int) -> bool: ...
     def record_invalid(self, gateway: str, reason: str) -> None: ...

@@ -9,6 +9,7 @@ import json
 import math
 from typing import Any
 
+from bridge.cloud.sink_writes import InvalidWrite, StatusWrite
 from bridge.protocol.codec import Batch
 from bridge.protocol.errors import InvalidRecord
 from bridge.protocol.records import Alert, ConfigStatus, Event, Json, Response, Stamped
@@ -19,14 +20,22 @@ _EXACT_REAL = 2**53
 
 CLAIM_SQL = ("INSERT INTO batches (gateway, stream, lane, seq, received_ms, replay, readings, created_ms)"
              " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
-DUPLICATE_SQL = ("INSERT INTO duplicates (gateway, lane, count) VALUES (?, ?, 1)"
-                 " ON CONFLICT (gateway, lane) DO UPDATE SET count = duplicates.count + 1")
-INVALID_SQL = ("INSERT INTO invalid (gateway, reason, count) VALUES (?, ?, 1)"
-               " ON CONFLICT (gateway, reason) DO UPDATE SET count = invalid.count + 1")
+# the counters take how many to add (1 for one message, more for a group)
+DUPLICATE_SQL = ("INSERT INTO duplicates (gateway, lane, count) VALUES (?, ?, ?)"
+                 " ON CONFLICT (gateway, lane) DO UPDATE SET count = duplicates.count + excluded.count")
+INVALID_SQL = ("INSERT INTO invalid (gateway, reason, count) VALUES (?, ?, ?)"
+               " ON CONFLICT (gateway, reason) DO UPDATE SET count = invalid.count + excluded.count")
 STATUS_SQL = ("INSERT INTO status (gateway, state, since_ms, received_ms) VALUES (?, ?, ?, ?)"
               " ON CONFLICT (gateway) DO UPDATE SET"
               " since_ms = CASE WHEN status.state = excluded.state THEN status.since_ms ELSE excluded.since_ms END,"
               " state = excluded.state, received_ms = excluded.received_ms")
+
+
+def count_row(write: InvalidWrite | StatusWrite) -> tuple[str, tuple[Any, ...]]:
+    """The upsert of an invalid-message count or of a status, with its values."""
+    if isinstance(write, InvalidWrite):
+        return INVALID_SQL, (write.gateway, write.reason, 1)
+    return STATUS_SQL, (write.gateway, write.state, write.received_ms, write.received_ms)
 
 
 def _json(body: Json, *, sort_keys: bool = True) -> str:

@@ -7,7 +7,9 @@ batches) or ``control`` (alerts, events and responses share the gateway's contro
 ``batches`` table is the ledger of those keys for both lanes (a control record is a row with
 ``readings = 0``); its primary key is what makes the sink idempotent: a message whose key is
 already stored is dropped and counted in ``duplicates``. The ledger row and the message's data
-rows go in ONE transaction, so a crash never leaves half a batch.
+rows go in ONE transaction, so a crash never leaves half a batch. The sink stores the messages that
+arrived together as one group (:meth:`SinkStore.store_group`): one transaction, one fsync, each
+message in a savepoint so that one the database refuses is rolled back alone.
 
 Gaps are not stored: they are computed when asked from the seqs in the ledger (a missing seq between
 the lowest and the highest seen for a gateway, stream and lane), so a gap later filled by a late or replayed
@@ -25,7 +27,7 @@ with :meth:`SinkStore.open_readonly`; WAL mode lets them read while the sink wri
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -47,9 +49,11 @@ from bridge.cloud.sink_rows import (
     STATUS_SQL,
     check_batch,
     control_row,
+    count_row,
     value_columns,
 )
 from bridge.cloud.sink_schema import SCHEMA_VERSION, create_schema, migrate_v1
+from bridge.cloud.sink_writes import BatchWrite, ControlWrite, Outcome, Write, write_gateway
 from bridge.protocol.codec import Batch
 from bridge.protocol.errors import InvalidRecord, PermanentBridgeError
 from bridge.protocol.model import Lane
@@ -65,6 +69,10 @@ __all__ = [
     "SinkStoreError",
     "StreamStats",
 ]
+
+_INSERT_READING = ("INSERT INTO readings (gateway, device, metric, ts_ms, value, value_text, seq, batch_seq, stream)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
 
 def _connect(path: Path, *, durable: bool, readonly: bool) -> sqlite3.Connection:
     if readonly:
@@ -160,8 +168,31 @@ class SinkStore(SinkQueries):
         cur.execute(CLAIM_SQL, (gateway, stream, lane, seq, received_ms, int(replay), readings, created_ms))
         if cur.rowcount == 1:
             return True
-        cur.execute(DUPLICATE_SQL, (gateway, lane))
+        cur.execute(DUPLICATE_SQL, (gateway, lane, 1))
         return False
+
+    def _write_batch(self, cur: sqlite3.Cursor, batch: Batch, received_ms: int) -> bool:
+        claimed = self._claim(cur, batch.gateway, batch.stream, "telemetry", batch.seq,
+                              received_ms=received_ms, replay=batch.replay, readings=len(batch.readings),
+                              created_ms=batch.created_ms)
+        if not claimed:
+            return False
+        gateway, stream, seq = batch.gateway, batch.stream, batch.seq
+        try:
+            cur.executemany(_INSERT_READING, [(gateway, r.device, r.metric, r.ts_ms, *value_columns(r.value), r.seq,
+                                               seq, stream) for r in batch.readings])
+        except (sqlite3.IntegrityError, OverflowError) as exc:
+            raise InvalidRecord("malformed batch", str(exc)) from exc
+        return True
+
+    def _write_control(self, cur: sqlite3.Cursor, stamped: Stamped, received_ms: int) -> bool:
+        sql, values = control_row(stamped, received_ms)
+        st = stamped.stamp
+        if not self._claim(cur, st.gateway, st.stream, "control", st.seq, received_ms=received_ms,
+                           replay=False, readings=0, created_ms=None):
+            return False
+        cur.execute(sql, values)
+        return True
 
     def store_batch(self, batch: Batch, received_ms: int) -> bool:
         """Store a telemetry batch and its readings in one transaction.
@@ -172,21 +203,7 @@ class SinkStore(SinkQueries):
         """
         check_batch(batch)
         with self._tx() as cur:
-            claimed = self._claim(cur, batch.gateway, batch.stream, "telemetry", batch.seq,
-                                  received_ms=received_ms, replay=batch.replay, readings=len(batch.readings),
-                                  created_ms=batch.created_ms)
-            if not claimed:
-                return False
-            try:
-                cur.executemany(
-                    "INSERT INTO readings (gateway, device, metric, ts_ms, value, value_text, seq, batch_seq,"
-                    " stream) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(batch.gateway, r.device, r.metric, r.ts_ms, *value_columns(r.value), r.seq, batch.seq,
-                      batch.stream) for r in batch.readings],
-                )
-            except (sqlite3.IntegrityError, OverflowError) as exc:
-                raise InvalidRecord("malformed batch", str(exc)) from exc
-        return True
+            return self._write_batch(cur, batch, received_ms)
 
     def store_control(self, record: Mapping[str, Json] | Stamped, received_ms: int) -> bool:
         """Store one control record (validated through :func:`~bridge.protocol.records.parse_control`
@@ -196,19 +213,38 @@ class SinkStore(SinkQueries):
         duplicate). Raises :class:`InvalidRecord` for a malformed record (nothing stored).
         """
         stamped = record if isinstance(record, Stamped) else parse_control(record)
-        sql, values = control_row(stamped, received_ms)
-        st = stamped.stamp
         with self._tx() as cur:
-            if not self._claim(cur, st.gateway, st.stream, "control", st.seq, received_ms=received_ms,
-                               replay=False, readings=0, created_ms=None):
-                return False
-            cur.execute(sql, values)
+            return self._write_control(cur, stamped, received_ms)
+
+    def store_group(self, writes: Sequence[Write]) -> list[Outcome]:
+        """Apply a group of writes in ONE transaction (one fsync), each in a savepoint of its own: a
+        write the database refuses is rolled back alone and counted as invalid (see
+        :mod:`bridge.cloud.sink_writes`)."""
+        outcomes: list[Outcome] = []
+        with self._tx() as cur:
+            for write in writes:
+                cur.execute("SAVEPOINT w")
+                try:
+                    outcomes.append(self._apply(cur, write))
+                except InvalidRecord as exc:
+                    cur.execute("ROLLBACK TO w")
+                    cur.execute(INVALID_SQL, (write_gateway(write), exc.reason, 1))
+                    outcomes.append(exc)
+                cur.execute("RELEASE w")
+        return outcomes
+
+    def _apply(self, cur: sqlite3.Cursor, write: Write) -> bool:
+        if isinstance(write, BatchWrite):
+            return self._write_batch(cur, write.batch, write.received_ms)
+        if isinstance(write, ControlWrite):
+            return self._write_control(cur, write.record, write.received_ms)
+        cur.execute(*count_row(write))
         return True
 
     def record_invalid(self, gateway: str, reason: str) -> None:
         """Count a message from ``gateway`` that could not be decoded or stored, by short reason."""
         with self._tx() as cur:
-            cur.execute(INVALID_SQL, (gateway, reason))
+            cur.execute(INVALID_SQL, (gateway, reason, 1))
 
     def record_status(self, gateway: str, state: str, received_ms: int) -> None:
         """Remember the gateway's status (``online``/``offline``); ``since_ms`` changes only when the

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +14,14 @@ import pytest
 from bridge.cloud.errors import SinkStoreError
 from bridge.cloud.report import build_report
 from bridge.cloud.sink import Protocol, Sink, run_sink
+from bridge.cloud.sink_port import SinkStorePort
 from bridge.cloud.sink_store import SinkStore
+from bridge.cloud.sink_writes import BatchWrite, Outcome, Write
 from bridge.mqtt.backoff import DecorrelatedJitter
 from bridge.mqtt.connection import MqttConnection
 from bridge.mqtt.errors import PermanentBridgeError
 from bridge.mqtt.types import ClientSettings
-from bridge.protocol.codec import Batch, encode_batch
+from bridge.protocol.codec import encode_batch
 from bridge.protocol.model import Reading
 from bridge.protocol.records import json_bytes
 from bridge.protocol.topics import CloudTopics
@@ -49,21 +51,21 @@ def control(gateway: str, seq: int, kind: str) -> bytes:
 
 
 class FlakyStore(SinkStore):
-    """A real store whose first ``failures`` batch writes fail like a full disk would."""
+    """A real store whose first ``failures`` groups with a batch fail like a full disk would."""
 
     def __init__(self, path: Path, failures: int) -> None:
         super().__init__(path, durable=False)
         self.failures = failures
 
-    def store_batch(self, batch: Batch, received_ms: int) -> bool:
-        if self.failures > 0:
+    def store_group(self, writes: Sequence[Write]) -> list[Outcome]:
+        if self.failures > 0 and any(isinstance(w, BatchWrite) for w in writes):
             self.failures -= 1
             raise SinkStoreError("sink database: write: database or disk is full")
-        return super().store_batch(batch, received_ms)
+        return super().store_group(writes)
 
 
 @contextlib.asynccontextmanager
-async def running_sink(url: str, store: SinkStore, **kw: Any) -> AsyncIterator[Sink]:
+async def running_sink(url: str, store: SinkStorePort, **kw: Any) -> AsyncIterator[Sink]:
     sink = Sink(store, [url], backoff=DecorrelatedJitter(0.05, 0.5), connect_timeout_s=5.0, **kw)
     stop = asyncio.Event()
     task = asyncio.create_task(sink.run(stop))

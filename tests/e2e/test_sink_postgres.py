@@ -71,7 +71,7 @@ async def test_sink_process_stores_into_postgres_and_survives_a_killed_connectio
         _, err = await asyncio.wait_for(proc.communicate(), 30)
     log = err.decode()
     assert proc.returncode == 0, log
-    assert "cannot store message" in log  # the killed connection failed one message, which came again
+    assert "cannot store a group" in log  # the killed connection failed one group, which came again
     assert SINK_PASSWORD not in log
     result = CliRunner().invoke(main, ["report", "--db", pg_url, "--json", "--fail-on-gaps"],
                                 env={"PGPASSWORD": SINK_PASSWORD})
