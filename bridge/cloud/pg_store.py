@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import psycopg
 from psycopg.adapt import Dumper
@@ -35,6 +35,7 @@ from psycopg.pq import Format
 from bridge.cloud import sink_rows
 from bridge.cloud.errors import SinkStoreError, StoreUnavailable
 from bridge.cloud.pg_schema import SCHEMA_VERSION, check_version, current_version, migrate, timescale_available
+from bridge.cloud.pg_url import read_password_file, redact_url, url_has_password
 from bridge.cloud.sink_queries import SCAN_PAGE_ROWS, SinkQueries
 from bridge.cloud.sink_writes import (
     BatchWrite,
@@ -54,7 +55,7 @@ from bridge.protocol.errors import InvalidRecord, PermanentBridgeError
 from bridge.protocol.model import Lane
 from bridge.protocol.records import Json, Stamped, parse_control
 
-__all__ = ["PgSinkStore", "read_password_file", "redact_url"]
+__all__ = ["PgSinkStore"]
 
 log = logging.getLogger(__name__)
 
@@ -79,29 +80,6 @@ _INVALID, _STATUS = _pg(sink_rows.INVALID_SQL), _pg(sink_rows.STATUS_SQL)
 _CLAIM_KEYS = ("INSERT INTO batches (gateway, stream, lane, seq, received_ms, replay, readings, created_ms)"
                " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::int8[], %s::int8[], %s::bool[],"
                " %s::int4[], %s::int8[]) ON CONFLICT DO NOTHING RETURNING gateway, stream, lane, seq")
-
-
-def redact_url(url: str) -> str:
-    """``postgresql://user@host:port/dbname``: the URL without its password and query."""
-    parts = urlsplit(url)
-    userinfo, at, hostport = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return f"{parts.scheme}://{user}{at}{hostport}{parts.path}"
-
-
-def _url_has_password(url: str) -> bool:
-    parts = urlsplit(url)
-    return ":" in parts.netloc.rpartition("@")[0] or "password" in parse_qs(parts.query)
-
-
-def read_password_file(path: Path) -> str:
-    """The password a file holds (one trailing newline stripped)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise StoreUnavailable(f"cannot read the database password file {path}: {exc.strerror} "
-                               "(--db-password-file)") from exc
-    return text[:-1] if text.endswith("\n") else text
 
 
 _PG_EPOCH_MS = 946_684_800_000  # 2000-01-01, where PostgreSQL's binary timestamps count from
@@ -131,7 +109,7 @@ class PgSinkStore(SinkQueries):
         self._password = read_password_file(password_file) if password_file is not None else None
         self._timeout = connect_timeout_s
         self._scans = 0
-        if _url_has_password(url):
+        if url_has_password(url):
             log.warning("the password in --db %s is visible in process lists; use PGPASSWORD, a .pgpass file "
                         "or --db-password-file", self.identity)
         self._secrets = [p for p in (self._password, urlsplit(url).password, os.environ.get("PGPASSWORD")) if p]

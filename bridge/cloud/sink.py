@@ -46,7 +46,7 @@ from bridge.cloud.sink_port import SinkStorePort, is_postgres_url, open_sink_sto
 from bridge.mqtt.backoff import DecorrelatedJitter
 from bridge.mqtt.connect import connect_with_backoff
 from bridge.mqtt.connection import MqttConnection
-from bridge.mqtt.errors import BrokerUnreachable, ConnectionLost, UplinkStopped
+from bridge.mqtt.errors import BrokerUnreachable, ConnectionLost, SubscribeFailed, UplinkStopped
 from bridge.mqtt.types import ANONYMOUS, ClientSettings, Login, Message, TlsSettings
 from bridge.mqtt.urls import BrokerUrl, parse_broker_url
 from bridge.protocol.topics import DEFAULT_PREFIX, UPLINK_TOPICS, TopicPattern, valid_id
@@ -172,6 +172,7 @@ class Sink:
         self._backoff = backoff or DecorrelatedJitter(0.5, 30.0)
         self._start_timeout_s = start_timeout_s
         self._last_connect_error = "no attempt finished"
+        self._subscribed_once = False
 
     # ------------------------------------------------------------ session loop
     async def _connect(self, session: _Session, stop: asyncio.Event) -> MqttConnection:
@@ -194,8 +195,10 @@ class Sink:
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, subscribe and store until ``stop`` is set, reconnecting after every drop.
 
-        Raises :class:`~bridge.mqtt.errors.SubscribeFailed` if the broker refuses a filter (e.g. no
-        shared subscriptions): retrying would not help.
+        Raises :class:`~bridge.mqtt.errors.SubscribeFailed` if the broker refuses a filter on the
+        first connection (e.g. no shared subscriptions): retrying would not help. Once the filters
+        have been accepted, a later refusal is taken as passing (a cluster node that has just lost a
+        peer may refuse a subscription for a moment): the sink reconnects after a backoff.
         """
         try:
             while not stop.is_set():
@@ -226,6 +229,12 @@ class Sink:
             await conn.subscribe(self.filters)
         except ConnectionLost as exc:
             return str(exc)
+        except SubscribeFailed as exc:
+            if not self._subscribed_once:
+                raise
+            self.counters.subscribe_refusals += 1
+            return f"{exc}; the same filters were accepted before"
+        self._subscribed_once = True
         self.ready.set()
         log.info("sink subscribed on %s as %s (session present: %s)", conn.url, self.settings.client_id,
                  conn.info.session_present)

@@ -50,6 +50,7 @@ class SinkCounters:
     largest_group: int = 0
     store_errors: int = 0
     connects: int = 0
+    subscribe_refusals: int = 0  # SUBACK refusals after the filters had been accepted once (retried)
     invalid_reasons: Counter[str] = field(default_factory=Counter)
 
     @property

@@ -26,6 +26,7 @@ from bridge.protocol.model import Reading
 from bridge.protocol.records import json_bytes
 from bridge.protocol.topics import CloudTopics
 from gateway.source.broker import EmbeddedBroker
+from tests.e2e.fake_broker import read_packet
 from tests.support import Mosquitto, eventually
 
 pytestmark = pytest.mark.timeout(60)
@@ -236,3 +237,63 @@ async def test_run_sink_while_reporting(mosquitto: Mosquitto, tmp_path: Path) ->
         stop.set()
         await asyncio.wait_for(task, 10)
     assert build_report(db)["totals"]["readings"] == 10
+
+
+
+class RefusingOnce:
+    """A stand-in MQTT 3.1.1 broker: accepts the sink's filters, drops the connection, refuses one
+    filter on the next SUBSCRIBE (as a cluster node that has just lost a peer may), then accepts again."""
+
+    def __init__(self) -> None:
+        self.subacks: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        return f"mqtt://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        attempt = len(self.subacks)
+        try:
+            while True:
+                head, body = await read_packet(reader)
+                kind = head >> 4
+                if kind == 1:  # CONNECT
+                    writer.write(bytes([0x20, 2, 0, 0]))
+                elif kind == 8:  # SUBSCRIBE: packet id, then (topic, options) pairs
+                    codes: list[int] = []
+                    pos = 2
+                    while pos < len(body):
+                        pos += 2 + int.from_bytes(body[pos:pos + 2], "big") + 1
+                        codes.append(0x80 if attempt == 1 and not codes else 0x01)
+                    self.subacks.append(bytes(codes))
+                    writer.write(bytes([0x90, 2 + len(codes)]) + body[:2] + bytes(codes))
+                    if attempt == 0:
+                        await writer.drain()
+                        break  # the first session ends here: the sink reconnects
+                elif kind == 12:  # PINGREQ
+                    writer.write(bytes([0xD0, 0]))
+                elif kind == 14:  # DISCONNECT
+                    break
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_refusal_of_filters_once_accepted_is_retried_not_fatal(tmp_path: Path) -> None:
+    """Once the filters were accepted, a SUBACK that refuses one makes the sink reconnect after a
+    backoff instead of exiting (seen with a NATS node just after a peer died)."""
+    broker = RefusingOnce()
+    url = await broker.start()
+    try:
+        with SinkStore(tmp_path / "sink.sqlite") as store:
+            async with running_sink(url, store, protocol="3.1.1") as sink:
+                await eventually(lambda: len(broker.subacks) >= 3 and sink.ready.is_set(),
+                                 message=lambda: f"SUBACKs {broker.subacks}, {sink.counters}")
+                assert sink.counters.subscribe_refusals == 1
+                assert broker.subacks[1][0] == 0x80 and sink.counters.connects >= 3
+    finally:
+        assert broker.server is not None
+        broker.server.close()

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from bridge.cloud.errors import SinkStoreError, StoreUnavailable
 from bridge.cloud.pg_schema import SCHEMA_VERSION, migrate
-from bridge.cloud.pg_store import PgSinkStore, redact_url
+from bridge.cloud.pg_store import PgSinkStore
+from bridge.cloud.pg_url import redact_url
 from bridge.protocol.codec import Batch
 from bridge.protocol.errors import InvalidRecord, PermanentBridgeError
 from bridge.protocol.model import Reading
