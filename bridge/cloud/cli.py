@@ -62,6 +62,10 @@ __all__ = ["command", "report", "sink"]
 @click.option("--client-id", default=None,
               help="MQTT client id (default: derived from the host, the database and --worker). Give each "
                    "sink of a --shared group its own stable one.")
+@click.option("--clean-session", is_flag=True,
+              help="A new MQTT session on every connect instead of a persistent one. Only for brokers that "
+                   "hand a dead shared-subscription member's messages to the others when its session ends "
+                   "(EMQX); elsewhere a killed sink loses what it had not acknowledged (docs/CLOUD.md).")
 @click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help=PREFIX_HELP)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--start-timeout", "start_timeout_s", type=click.FloatRange(min=0), default=30.0, show_default=True,
@@ -69,8 +73,8 @@ __all__ = ["command", "report", "sink"]
                    "Later reconnects always keep trying.")
 @login_options
 def sink(urls: tuple[str, ...], db: str, db_password_file: Path | None, shared_group: str | None,
-         protocol: Literal["5", "3.1.1"], worker: str | None, client_id: str | None, prefix: str,
-         log_level: str, start_timeout_s: float, login: Login) -> None:
+         protocol: Literal["5", "3.1.1"], worker: str | None, client_id: str | None, clean_session: bool,
+         prefix: str, log_level: str, start_timeout_s: float, login: Login) -> None:
     """Cloud side: store every gateway's batches and alerts in SQLite or PostgreSQL, dropping
     duplicates by (gateway, stream, lane, seq) and recording sequence gaps."""
     from bridge.cloud.sink import run_sink
@@ -88,7 +92,8 @@ def sink(urls: tuple[str, ...], db: str, db_password_file: Path | None, shared_g
 
     async def go(stop: asyncio.Event) -> None:
         await run_sink(list(urls), db_path, protocol=protocol, shared_group=shared_group, prefix=prefix, stop=stop,
-                       client_id=client_id, worker=worker, start_timeout_s=start_timeout_s or None, login=login,
+                       client_id=client_id, worker=worker, persistent=not clean_session,
+                       start_timeout_s=start_timeout_s or None, login=login,
                        db_password_file=db_password_file)
 
     try:

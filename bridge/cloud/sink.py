@@ -259,6 +259,7 @@ async def run_sink(
     stop: asyncio.Event,
     client_id: str | None = None,
     worker: str | None = None,
+    persistent: bool = True,
     start_timeout_s: float | None = None,
     login: Login = ANONYMOUS,
     db_password_file: Path | None = None,
@@ -274,7 +275,7 @@ async def run_sink(
                     "group belong on one PostgreSQL database", shared_group)
     try:
         sink = Sink(store, urls, protocol=protocol, shared_group=shared_group, prefix=prefix,
-                    client_id=client_id or default_client_id(store.identity, worker),
+                    client_id=client_id or default_client_id(store.identity, worker), persistent=persistent,
                     start_timeout_s=start_timeout_s, login=login, group_limits=group_limits)
         await sink.run(stop)
     finally:

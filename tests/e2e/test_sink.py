@@ -297,3 +297,21 @@ async def test_a_refusal_of_filters_once_accepted_is_retried_not_fatal(tmp_path:
     finally:
         assert broker.server is not None
         broker.server.close()
+
+
+@pytest.mark.parametrize("persistent", [True, False])
+async def test_clean_session_starts_a_new_session_every_time(mosquitto: Mosquitto, tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture, persistent: bool) -> None:
+    """``--clean-session`` (``persistent=False``): the broker keeps nothing for a stopped sink; by
+    default the restarted sink resumes its session."""
+    caplog.set_level("INFO", logger="bridge.cloud.sink")
+    for _ in range(2):
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_sink(mosquitto.url, tmp_path / "sink.sqlite", stop=stop, persistent=persistent,
+                                            client_id="clean-or-not"))
+        await eventually(lambda: "sink subscribed" in caplog.text)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        last = caplog.text
+        caplog.clear()
+    assert f"session present: {persistent}" in last
