@@ -28,24 +28,30 @@ def service_section() -> dict[str, str]:
     return dict(parser["Service"])
 
 
-def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
+def analyze_verify(unit: Path, instance: str, programs: list[str], root: Path) -> None:
+    """``systemd-analyze verify`` of ``unit`` (as ``instance``) in an image root holding the unit, the
+    system's own units (targets it orders against) and stand-ins for the programs it runs, so the
+    check does not depend on what this machine has installed. Unknown keys are only warnings: none
+    are allowed."""
     analyze = require_tool("systemd-analyze")
-    # An image root holding the unit, the system's own units (targets it orders against) and the
-    # programs it runs, so the check does not depend on what this machine has installed.
-    shutil.copytree("/usr/lib/systemd/system", tmp_path / "usr/lib/systemd/system", symlinks=True)
-    units = tmp_path / "etc/systemd/system"
+    shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    units = root / "etc/systemd/system"
     units.mkdir(parents=True)
-    shutil.copy(UNIT, units / UNIT.name)
-    section = service_section()
-    for key in ("ExecStart", "ExecReload"):
-        program = tmp_path / section[key].split()[0].lstrip("/")
+    shutil.copy(unit, units / unit.name)
+    for command in programs:
+        program = root / command.split()[0].lstrip("/")
         program.parent.mkdir(parents=True, exist_ok=True)
         program.write_text("#!/bin/sh\n")
         program.chmod(0o755)
-    res = subprocess.run([analyze, "verify", f"--root={tmp_path}", UNIT.name], capture_output=True, text=True,
+    res = subprocess.run([analyze, "verify", f"--root={root}", instance], capture_output=True, text=True,
                          check=False)
     assert res.returncode == 0, res.stderr
-    assert res.stderr.strip() == "", res.stderr  # unknown keys are only warnings: none allowed
+    assert res.stderr.strip() == "", res.stderr
+
+
+def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
+    section = service_section()
+    analyze_verify(UNIT, UNIT.name, [section["ExecStart"], section["ExecReload"]], tmp_path)
 
 
 def test_the_unit_runs_as_its_own_user_in_its_state_directory() -> None:
@@ -91,19 +97,7 @@ def sink_service_section() -> dict[str, str]:
 
 
 def test_systemd_analyze_verifies_the_sink_worker_template(tmp_path: Path) -> None:
-    analyze = require_tool("systemd-analyze")
-    shutil.copytree("/usr/lib/systemd/system", tmp_path / "usr/lib/systemd/system", symlinks=True)
-    units = tmp_path / "etc/systemd/system"
-    units.mkdir(parents=True)
-    shutil.copy(SINK_UNIT, units / SINK_UNIT.name)
-    program = tmp_path / sink_service_section()["ExecStart"].split()[0].lstrip("/")
-    program.parent.mkdir(parents=True, exist_ok=True)
-    program.write_text("#!/bin/sh\n")
-    program.chmod(0o755)
-    res = subprocess.run([analyze, "verify", f"--root={tmp_path}", "edge-sink@1.service"], capture_output=True,
-                         text=True, check=False)
-    assert res.returncode == 0, res.stderr
-    assert res.stderr.strip() == "", res.stderr
+    analyze_verify(SINK_UNIT, "edge-sink@1.service", [sink_service_section()["ExecStart"]], tmp_path)
 
 
 def test_the_sink_worker_template_runs_a_command_the_cli_accepts(tmp_path: Path) -> None:
