@@ -100,6 +100,8 @@ async def publish(url: str, rate: float, messages: int, batch_readings: int) -> 
             if delay > 0:
                 await asyncio.sleep(delay)
             m = send.message
+            while conn.free_slots == 0:  # the broker is behind: wait for a PUBACK rather than overrun the window
+                await asyncio.wait([f for f in pending if not f.done()], return_when=asyncio.FIRST_COMPLETED)
             fut = conn.publish(m.topic, send.payload, qos=1)
             key: Key = (m.gateway, m.stream, m.seq)
             fut.add_done_callback(functools.partial(note, key))
