@@ -109,6 +109,11 @@ def _ranges(first: list[list[int]]) -> str:
     return ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in first)
 
 
+def _stream_missing(st: dict[str, Any]) -> str:
+    missing = [f"{st[f'missing_{lane}']} {lane}" for lane in ("telemetry", "control") if st[f"missing_{lane}"]]
+    return f", missing {' and '.join(missing)}" if missing else ""
+
+
 def render_report(report: dict[str, Any], console: Console) -> None:
     """Print a report from :func:`build_report`: a few lines per gateway, the missing seqs, then one
     devices table per gateway. Fits 80 columns (terminal or pipe): long ids wrap, never cut."""
@@ -149,7 +154,8 @@ def _render_gateway(gw: str, x: dict[str, Any], console: Console) -> None:
                 console.print(Text(f"  {gw} {lane}: (+{rest} more ranges)", style="red"))
     if len(x["streams"]) > 1:
         console.print(Text(f"  {gw} streams: " + ", ".join(
-            f"{st['stream'] or '(none, v1)'} ({st['batches']} batches, from {_when(st['first_received_ms'])})"
+            f"{st['stream'] or '(none, v1)'} ({st['batches']} batches, from {_when(st['first_received_ms'])}"
+            f"{_stream_missing(st)})"
             for st in x["streams"])))
     if x["invalid"]:
         reasons = ", ".join(f"{reason}: {n}" for reason, n in x["invalid"].items())

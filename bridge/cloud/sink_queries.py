@@ -60,6 +60,8 @@ class StreamStats:
     readings: int
     first_received_ms: int
     last_received_ms: int
+    missing_telemetry: int = 0  # seqs missing in this stream's telemetry lane
+    missing_control: int = 0
 
 
 @dataclass(frozen=True)
@@ -159,15 +161,19 @@ class SinkQueries:
         return [(int(t), int(rx), bool(rep), int(n)) for t, rx, rep, n in rows]
 
     def streams(self) -> dict[str, list[StreamStats]]:
-        """The streams of each gateway, in the order the sink first heard of them."""
+        """The streams of each gateway, in the order the sink first heard of them, with the seqs
+        missing in each of their lanes (the gaps per gateway, stream and lane)."""
         rows = self._rows(
             "SELECT gateway, stream, MIN(received_ms), MAX(received_ms),"
             f" {_TELEMETRY}, {_CONTROL}, SUM(readings) FROM batches"
             " GROUP BY gateway, stream ORDER BY gateway, MIN(received_ms), stream")
+        missing = {(gw, stream, lane): int(n) for gw, stream, lane, n in self._rows(
+            f"SELECT gateway, stream, lane, SUM(hi - lo + 1) FROM ({_HOLES}) h GROUP BY gateway, stream, lane")}
         out: dict[str, list[StreamStats]] = {}
         for gw, stream, first, last, batches, control, readings in rows:
-            out.setdefault(gw, []).append(StreamStats(stream, int(batches), int(control), int(readings),
-                                                      int(first), int(last)))
+            out.setdefault(gw, []).append(StreamStats(
+                stream, int(batches), int(control), int(readings), int(first), int(last),
+                missing.get((gw, stream, "telemetry"), 0), missing.get((gw, stream, "control"), 0)))
         return out
 
     def device_stats(self) -> dict[tuple[str, str], DeviceStats]:

@@ -105,8 +105,10 @@ def test_report_names_the_stream_of_each_gap_when_a_gateway_has_several(sink_db:
         for seq in (1, 3):
             store.store_batch(replace(batch(seq), stream="new"), T0 + 10 + seq)
     report = build_report(path)
-    assert [s["stream"] for s in report["gateways"]["gw-1"]["streams"]] == ["old", "new"]
+    assert [(s["stream"], s["missing_telemetry"], s["missing_control"])
+            for s in report["gateways"]["gw-1"]["streams"]] == [("old", 0, 0), ("new", 1, 0)]  # per stream and lane
     console = Console(record=True, width=200)
     render_report(report, console)
     text = console.export_text()
     assert "gw-1 telemetry stream new: missing seqs 2" in text and "streams: old (3 batches" in text
+    assert "new (2 batches" in text and "missing 1 telemetry)" in text
