@@ -66,6 +66,11 @@ __all__ = ["command", "report", "sink"]
               help="A new MQTT session on every connect instead of a persistent one. Only for brokers that "
                    "hand a dead shared-subscription member's messages to the others when its session ends "
                    "(EMQX); elsewhere a killed sink loses what it had not acknowledged (docs/CLOUD.md).")
+@click.option("--group-max-messages", type=click.IntRange(min=1), default=500, show_default=True,
+              help="At most this many messages are stored in one transaction (group commit); the sink asks "
+                   "the broker for twice as many in flight (MQTT 5 receive maximum).")
+@click.option("--group-max-readings", type=click.IntRange(min=1), default=50_000, show_default=True,
+              help="A group stops taking messages once it holds this many readings.")
 @click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help=PREFIX_HELP)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--start-timeout", "start_timeout_s", type=click.FloatRange(min=0), default=30.0, show_default=True,
@@ -74,10 +79,11 @@ __all__ = ["command", "report", "sink"]
 @login_options
 def sink(urls: tuple[str, ...], db: str, db_password_file: Path | None, shared_group: str | None,
          protocol: Literal["5", "3.1.1"], worker: str | None, client_id: str | None, clean_session: bool,
-         prefix: str, log_level: str, start_timeout_s: float, login: Login) -> None:
+         group_max_messages: int, group_max_readings: int, prefix: str, log_level: str, start_timeout_s: float,
+         login: Login) -> None:
     """Cloud side: store every gateway's batches and alerts in SQLite or PostgreSQL, dropping
     duplicates by (gateway, stream, lane, seq) and recording sequence gaps."""
-    from bridge.cloud.sink import run_sink
+    from bridge.cloud.sink import GroupLimits, run_sink
     from bridge.mqtt.errors import BridgeError
 
     db_path = db_option(db, db_password_file, must_exist=False)
@@ -93,8 +99,8 @@ def sink(urls: tuple[str, ...], db: str, db_password_file: Path | None, shared_g
     async def go(stop: asyncio.Event) -> None:
         await run_sink(list(urls), db_path, protocol=protocol, shared_group=shared_group, prefix=prefix, stop=stop,
                        client_id=client_id, worker=worker, persistent=not clean_session,
-                       start_timeout_s=start_timeout_s or None, login=login,
-                       db_password_file=db_password_file)
+                       start_timeout_s=start_timeout_s or None, login=login, db_password_file=db_password_file,
+                       group_limits=GroupLimits(group_max_messages, group_max_readings))
 
     try:
         run_until_signal(go)

@@ -150,3 +150,23 @@ def test_the_default_client_id_tells_workers_apart_and_stays_the_same_for_one() 
     ids = {default_client_id(db, worker) for worker in ("1", "2", "3")}
     assert len(ids) == 3 and default_client_id(db, "1") == default_client_id(db, "1")
     assert default_client_id(db) not in ids
+
+
+def test_the_group_limits_reach_the_sink(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``--group-max-messages`` / ``--group-max-readings`` become the sink's GroupLimits; out of range
+    is a usage error."""
+    import bridge.cloud.sink as sink_module
+    from bridge.cloud.sink import GroupLimits
+
+    seen: dict[str, object] = {}
+
+    async def fake_run_sink(*args: object, **kwargs: object) -> None:
+        seen.update(kwargs)
+
+    monkeypatch.setattr(sink_module, "run_sink", fake_run_sink)
+    args = ["sink", "--url", "mqtt://127.0.0.1:1", "--db", str(tmp_path / "s.sqlite")]
+    res = CliRunner().invoke(main, [*args, "--group-max-messages", "7", "--group-max-readings", "100"])
+    assert res.exit_code == 0, res.output
+    assert seen["group_limits"] == GroupLimits(7, 100)
+    bad = CliRunner().invoke(main, [*args, "--group-max-messages", "0"])
+    assert bad.exit_code == 2 and "--group-max-messages" in bad.output
