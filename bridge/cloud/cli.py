@@ -34,7 +34,7 @@ from bridge.cloud.cli_common import (
     setup_logging,
     show_answer,
 )
-from bridge.cloud.errors import StoreUnavailable
+from bridge.cloud.errors import StoreUnavailable, StoreUnreachable
 from bridge.cloud.sink_port import is_postgres_url
 from bridge.mqtt.types import Login
 from bridge.protocol.records import ControlRecord, Response
@@ -104,6 +104,8 @@ def sink(urls: tuple[str, ...], db: str, db_password_file: Path | None, shared_g
 
     try:
         run_until_signal(go)
+    except StoreUnreachable as exc:
+        exit_failed(exc, "retrying may help (a service manager restarts the sink)")
     except StoreUnavailable as exc:
         exit_failed(exc, code=2 if is_postgres_url(db) else 1)
     except BridgeError as exc:

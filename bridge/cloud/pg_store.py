@@ -33,7 +33,7 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
 from bridge.cloud import sink_rows
-from bridge.cloud.errors import SinkStoreError, StoreUnavailable
+from bridge.cloud.errors import SinkStoreError, StoreUnavailable, StoreUnreachable
 from bridge.cloud.pg_schema import SCHEMA_VERSION, check_version, current_version, migrate, timescale_available
 from bridge.cloud.pg_url import read_password_file, redact_url, url_has_password
 from bridge.cloud.sink_queries import SCAN_PAGE_ROWS, SinkQueries
@@ -116,8 +116,9 @@ class PgSinkStore(SinkQueries):
         try:
             self._conn: psycopg.Connection[Any] | None = self._connect()
         except psycopg.Error as exc:
-            raise StoreUnavailable(f"cannot connect to the sink database {self.identity}: {self._say(exc)} "
-                                   "(--db)") from exc
+            unavailable = StoreUnavailable if _refused_for_good(exc) else StoreUnreachable
+            raise unavailable(f"cannot connect to the sink database {self.identity}: {self._say(exc)} "
+                              "(--db)") from exc
         try:
             self._open_schema()
         except psycopg.Error as exc:
@@ -369,6 +370,20 @@ def _group_setwise(cur: psycopg.Cursor[Any], writes: Sequence[Write]) -> list[Ou
         if args:
             cur.executemany(sql, args)
     return outcomes
+
+
+# A connection the server itself turned away ("FATAL:": wrong password, no such role or database, no
+# pg_hba.conf entry) stays refused; anything else while connecting (nothing listening, a timeout, too
+# many connections, the server starting or shutting down) may pass. libpq reports no SQLSTATE for a
+# failed connection, so this reads the server's (English) message.
+_PASSING = ("too many clients", "starting up", "shutting down", "in recovery mode", "not yet accepting")
+
+
+def _refused_for_good(exc: psycopg.Error) -> bool:
+    if not isinstance(exc, psycopg.OperationalError):
+        return True  # a malformed URL or option
+    text = str(exc)
+    return "FATAL:" in text and not any(phrase in text for phrase in _PASSING)
 
 
 def _invalid_if_data(exc: SinkStoreError) -> Exception:

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.cloud.errors import SinkStoreError, StoreUnavailable
+from bridge.cloud.errors import SinkStoreError, StoreUnavailable, StoreUnreachable
 from bridge.cloud.pg_schema import SCHEMA_VERSION, migrate
 from bridge.cloud.pg_store import PgSinkStore
 from bridge.cloud.pg_url import redact_url
@@ -167,7 +167,7 @@ def test_credentials_by_file_and_never_in_identity_logs_or_errors(pg_url: str, t
         assert store.identity == pg_url
     assert "visible in process lists" in caplog.text and SINK_PASSWORD not in caplog.text
     assert redact_url(f"postgresql://u:p@h:5/d?password={SINK_PASSWORD}") == "postgresql://u@h:5/d"
-    with pytest.raises(StoreUnavailable, match=r"cannot connect .*127\.0\.0\.1.*\(--db\)"):  # nothing listens there
+    with pytest.raises(StoreUnreachable, match=r"cannot connect .*127\.0\.0\.1.*\(--db\)"):  # nothing listens there
         PgSinkStore(f"postgresql://sink@127.0.0.1:{free_port()}/{dbname(pg_url)}", connect_timeout_s=2)
 
 
@@ -203,3 +203,22 @@ def test_without_timescaledb_readings_stay_a_plain_table(pg_url: str) -> None:
     with PgSinkStore(pg_url) as store:
         assert store._rows("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'") == [(0,)]
         assert store._rows("SELECT relkind::text FROM pg_class WHERE relname = 'readings'") == [("r",)]
+
+
+def test_refused_for_good_or_for_now_decides_the_exit_code(pg_url: str, tmp_path: Path) -> None:
+    """Wrong password and no such database: StoreUnavailable but not StoreUnreachable (exit 2, not
+    restarted); nothing listening: StoreUnreachable (exit 1, a service manager restarts the worker)."""
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+
+    base = pg_url.rsplit("/", 1)[0]
+    for url, password in ((pg_url, "wrong"), (f"{base}/no_such_db", SINK_PASSWORD)):
+        secret = tmp_path / "pw"
+        secret.write_text(password)
+        with pytest.raises(StoreUnavailable) as err:
+            PgSinkStore(url, password_file=secret)
+        assert not isinstance(err.value, StoreUnreachable), err.value
+    down = f"postgresql://sink@127.0.0.1:{free_port()}/x"
+    res = CliRunner().invoke(main, ["sink", "--url", "mqtt://127.0.0.1:1", "--db", down])
+    assert res.exit_code == 1 and "retrying may help" in res.output
