@@ -2,11 +2,13 @@
 tables, keys and answers as the SQLite store (:mod:`bridge.cloud.sink_store`), for a fleet whose
 sink runs as several workers writing one database. The only module that imports psycopg.
 
-Each message is one transaction: the ledger row ``(gateway, stream, lane, seq)`` is inserted with
-``ON CONFLICT DO NOTHING``; if it was new, the batch's readings follow through ``COPY``, else the
-duplicate is counted. Two workers storing the same batch at once cannot both win: the second insert
-waits for the first transaction and then finds the key taken. Commits are synchronous (the server
-default), so a message acknowledged after the commit is on the server's disk.
+Each group of messages is one transaction (:mod:`bridge.cloud.sink_group`): the ledger rows
+``(gateway, stream, lane, seq)`` are inserted with ``ON CONFLICT DO NOTHING``; the new batches'
+readings follow through ``COPY``, the duplicates are counted. Two workers storing the same batch at
+once cannot both win: the second insert waits for the first transaction and then finds the key
+taken. Writers set ``synchronous_commit = on`` for their session, whatever the server's default, so
+a message acknowledged after the commit is on the server's disk (with asynchronous replication, a
+failover to a replica may still lose the last commits: use synchronous replication for that).
 
 Every psycopg failure comes out as :class:`~bridge.cloud.errors.SinkStoreError` (the sink then
 leaves the message unacknowledged); a lost connection is reopened on the next call. Failing to
@@ -35,7 +37,7 @@ from psycopg.pq import Format
 from bridge.cloud import sink_rows
 from bridge.cloud.errors import SinkStoreError, StoreUnavailable, StoreUnreachable
 from bridge.cloud.pg_schema import SCHEMA_VERSION, check_version, current_version, migrate, timescale_available
-from bridge.cloud.pg_url import read_password_file, redact_url, url_has_password
+from bridge.cloud.pg_url import read_password_file, redact_url, turned_away_for_good, url_has_password
 from bridge.cloud.sink_queries import SCAN_PAGE_ROWS, SinkQueries
 from bridge.cloud.sink_writes import (
     BatchWrite,
@@ -82,6 +84,7 @@ _CLAIM_KEYS = ("INSERT INTO batches (gateway, stream, lane, seq, received_ms, re
                " %s::int4[], %s::int8[]) ON CONFLICT DO NOTHING RETURNING gateway, stream, lane, seq")
 
 
+STATEMENT_TIMEOUT_MS = 60_000  # a writer's statement (a group's COPY takes well under a second)
 _PG_EPOCH_MS = 946_684_800_000  # 2000-01-01, where PostgreSQL's binary timestamps count from
 _PACK_INT8 = struct.Struct(">q").pack
 
@@ -143,10 +146,18 @@ class PgSinkStore(SinkQueries):
 
     def _connect(self) -> psycopg.Connection[Any]:
         extra: dict[str, Any] = {} if self._password is None else {"password": self._password}
+        # TCP keepalives and a send timeout: a database link that goes silent (a failover, a partition)
+        # fails the store within about 30 s instead of blocking the loop for the kernel's retransmits
         conn = psycopg.connect(self._url, autocommit=True, connect_timeout=self._timeout,
-                               application_name="edge-gateway-sink", **extra)
+                               application_name="edge-gateway-sink", keepalives=1, keepalives_idle=10,
+                               keepalives_interval=5, keepalives_count=3, tcp_user_timeout=30_000, **extra)
         if self._readonly:
             conn.execute("SET default_transaction_read_only = on")
+        else:
+            # the ack follows the commit, so the commit must be on disk whatever the server's default
+            # (synchronous_commit = off is a common ingest tuning); a stuck statement fails its group
+            conn.execute("SET synchronous_commit = on")
+            conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
         conn.adapters.register_dumper(None, _TsFromMs)  # by oid only: used by the COPY of readings
         return conn
 
@@ -372,18 +383,8 @@ def _group_setwise(cur: psycopg.Cursor[Any], writes: Sequence[Write]) -> list[Ou
     return outcomes
 
 
-# A connection the server itself turned away ("FATAL:": wrong password, no such role or database, no
-# pg_hba.conf entry) stays refused; anything else while connecting (nothing listening, a timeout, too
-# many connections, the server starting or shutting down) may pass. libpq reports no SQLSTATE for a
-# failed connection, so this reads the server's (English) message.
-_PASSING = ("too many clients", "starting up", "shutting down", "in recovery mode", "not yet accepting")
-
-
 def _refused_for_good(exc: psycopg.Error) -> bool:
-    if not isinstance(exc, psycopg.OperationalError):
-        return True  # a malformed URL or option
-    text = str(exc)
-    return "FATAL:" in text and not any(phrase in text for phrase in _PASSING)
+    return not isinstance(exc, psycopg.OperationalError) or turned_away_for_good(str(exc))
 
 
 def _invalid_if_data(exc: SinkStoreError) -> Exception:

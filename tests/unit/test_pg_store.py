@@ -222,3 +222,16 @@ def test_refused_for_good_or_for_now_decides_the_exit_code(pg_url: str, tmp_path
     down = f"postgresql://sink@127.0.0.1:{free_port()}/x"
     res = CliRunner().invoke(main, ["sink", "--url", "mqtt://127.0.0.1:1", "--db", down])
     assert res.exit_code == 1 and "retrying may help" in res.output
+
+
+def test_a_writer_commits_synchronously_whatever_the_servers_default(pg_url: str,
+                                                                      postgres_server: PostgresServer) -> None:
+    """The ack follows the commit: with ``synchronous_commit = off`` set on the database, the sink's
+    session still commits to disk; a stuck statement times out."""
+    with postgres_server.admin() as admin:
+        admin.execute(f"ALTER DATABASE {dbname(pg_url)} SET synchronous_commit = off")
+    with PgSinkStore(pg_url) as store:
+        assert store._rows("SHOW synchronous_commit") == [("on",)]
+        assert store._rows("SHOW statement_timeout") == [("1min",)]
+    with PgSinkStore(pg_url, readonly=True) as report:
+        assert report._rows("SHOW synchronous_commit") == [("off",)]  # the database's default reached us
