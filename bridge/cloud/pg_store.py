@@ -376,7 +376,9 @@ def _group_setwise(cur: psycopg.Cursor[Any], writes: Sequence[Write]) -> list[Ou
     for sql, rows in controls.items():
         cur.executemany(_pg(sql), rows)
     invalid = [(w.gateway, w.reason) for w in writes if isinstance(w, InvalidWrite)]
-    statuses = [(w.gateway, w.state, w.received_ms, w.received_ms) for w in writes if isinstance(w, StatusWrite)]
+    # by gateway (a stable sort: a gateway's last status stays last), the lock order of every worker
+    statuses = sorted(((w.gateway, w.state, w.received_ms, w.received_ms) for w in writes
+                       if isinstance(w, StatusWrite)), key=lambda row: row[0])
     for sql, args in ((_DUPLICATE, counts(duplicates)), (_INVALID, counts(invalid)), (_STATUS, statuses)):
         if args:
             cur.executemany(sql, args)
