@@ -8,8 +8,8 @@ database whose version is newer than :data:`MIGRATIONS` knows is refused with
 does not know.
 
 TimescaleDB: when the ``timescaledb`` extension is created in the database (``CREATE EXTENSION
-timescaledb``, which needs its package and ``shared_preload_libraries``), every start makes
-``readings`` a hypertable on ``ts`` (idempotent; existing rows are moved into chunks). Without it
+timescaledb``, which needs its package and ``shared_preload_libraries``), the next start that finds
+``readings`` a plain table makes it a hypertable on ``ts`` (existing rows are moved into chunks). Without it
 ``readings`` stays a plain table and everything else works the same. This module only issues SQL;
 the connection comes from :mod:`bridge.cloud.pg_store`.
 """
@@ -121,8 +121,9 @@ def migrate(conn: Executes, where: str, target: int = SCHEMA_VERSION) -> int:
         if version < step <= target:
             conn.execute(sql)
             conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (step,))
-    if _scalar(conn, "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'"):
-        conn.execute(_HYPERTABLE)
+    if _scalar(conn, "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'") and not _scalar(
+            conn, "SELECT count(*) FROM timescaledb_information.hypertables WHERE hypertable_name = 'readings'"):
+        conn.execute(_HYPERTABLE)  # once: no DDL at later starts, as without TimescaleDB
     return max(version, target)
 
 

@@ -17,7 +17,7 @@ def redact_url(url: str) -> str:
     parts = urlsplit(url)
     userinfo, at, hostport = parts.netloc.rpartition("@")
     user = userinfo.partition(":")[0]
-    return f"{parts.scheme}://{user}{at}{hostport}{parts.path}"
+    return f"postgresql://{user}{at}{hostport}{parts.path}"  # one spelling: postgres:// names the same database
 
 
 def url_has_password(url: str) -> bool:
