@@ -1,6 +1,6 @@
 """``edge-gateway``: run the gateway, check a config, run the lab, push a config; the group also
 carries the device commands (:mod:`gateway.devices_cli`) and the cloud-side tools ``sink``,
-``report`` and ``command`` (:mod:`bridge.cloud.cli`).
+``report`` and ``command`` (:mod:`bridge.cloud.cli`) and ``fleet`` (:mod:`bridge.cloud.fleet_cli`).
 
 Exit codes: 0 ok, 1 runtime failure, 2 bad usage or bad configuration.
 """
@@ -65,7 +65,8 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]},
              lazy={"devices": "gateway.devices_cli:devices", "sink": "bridge.cloud.cli:sink",
-                   "report": "bridge.cloud.cli:report", "command": "bridge.cloud.cli:command"})
+                   "report": "bridge.cloud.cli:report", "command": "bridge.cloud.cli:command",
+                   "fleet": "bridge.cloud.fleet_cli:fleet"})
 @click.version_option(package_name="edge-mqtt-gateway")
 def main() -> None:
     """Edge MQTT gateway: filter, batch, buffer on disk and forward device readings to a cloud

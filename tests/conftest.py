@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from gateway.source.broker import BrokerAddress, EmbeddedBroker
+from tests.postgres import SINK_PASSWORD, PostgresServer
 from tests.support import Mosquitto, running_mosquitto
 
 
@@ -48,3 +50,29 @@ settings.register_profile("fuzz", max_examples=int(os.environ.get("EDGE_FUZZ_EXA
                           deadline=None, database=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile(os.environ.get("EDGE_HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (see tests/postgres.py); stopped at the end."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh database of its own; the sink role's password is in PGPASSWORD, as libpq reads it."""
+    monkeypatch.setenv("PGPASSWORD", SINK_PASSWORD)
+    return postgres_server.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def sink_db(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """The --db of a fresh sink store, once per backend: a SQLite path, then a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return tmp_path / "sink.sqlite"
+    return str(request.getfixturevalue("pg_url"))

@@ -42,6 +42,7 @@ ADAPTERS: dict[str, frozenset[str]] = {
     "msgpack": frozenset({"bridge/protocol/codec", "device_sim/payloads"}),
     "zstandard": frozenset({"bridge/protocol/codec"}),
     "matplotlib": frozenset({"bridge/cloud/plot"}),
+    "psycopg": frozenset({"bridge/cloud/pg_store"}),
     "cryptography": frozenset({"gateway/source/pki"}),
     "prometheus_client": frozenset({"gateway/observe/metrics"}),
 }

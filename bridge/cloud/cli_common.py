@@ -17,6 +17,7 @@ from typing import Any, Literal, NoReturn
 
 import click
 
+from bridge.cloud.sink_port import is_postgres_url
 from bridge.mqtt.errors import BridgeError, InvalidUrl
 from bridge.mqtt.types import ANONYMOUS, Login, TlsSettings
 from bridge.mqtt.urls import parse_broker_url
@@ -38,14 +39,32 @@ err_console = StderrConsole()
 PREFIX_HELP = "Cloud topic prefix pattern."
 
 
-def exit_failed(exc: Exception, fix: str = "") -> NoReturn:
+db_password_option = click.option(
+    "--db-password-file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+    help="File holding the PostgreSQL password (one trailing newline is ignored); keeps it out of the URL.")
+
+
+def db_option(db: str, password_file: Path | None, *, must_exist: bool) -> Path | str:
+    """--db as the store factory takes it: a PostgreSQL URL as is, anything else a SQLite path."""
+    if is_postgres_url(db):
+        return db
+    if password_file is not None:
+        raise click.UsageError("--db-password-file needs a PostgreSQL --db (postgresql://...)")
+    path = Path(db)
+    if path.is_dir() or (must_exist and not path.exists()):
+        raise click.BadParameter(f"{'is a directory' if path.is_dir() else 'does not exist'}: {db}",
+                                 param_hint="'--db'")
+    return path
+
+
+def exit_failed(exc: Exception, fix: str = "", code: int = 1) -> NoReturn:
     """An operational error (busy port, unwritable directory, unreachable broker): one line naming
-    the cause and, when known, the fix; exit 1. Never a traceback."""
+    the cause and, when known, the fix; exit ``code`` (1; 2 for a bad option value). Never a traceback."""
     from rich.markup import escape
 
     text = " ".join(str(exc).split())
     err_console.print(f"[red]error:[/red] {escape(text)}" + (f"; {escape(fix)}" if fix else ""), highlight=False)
-    raise SystemExit(1) from exc
+    raise SystemExit(code) from exc
 
 
 def setup_logging(level: str) -> None:

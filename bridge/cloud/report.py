@@ -18,7 +18,8 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from bridge.cloud.sink_store import GapSummary, SinkStore
+from bridge.cloud.sink_port import open_sink_store
+from bridge.cloud.sink_queries import GapSummary
 
 __all__ = ["MAX_GAP_RANGES", "build_report", "has_gaps", "render_report"]
 
@@ -33,10 +34,12 @@ def _gap_dict(gap: GapSummary | None) -> dict[str, Any]:
             "first_streams": list(gap.first_streams)}
 
 
-def build_report(db_path: Path | str, device: str | None = None) -> dict[str, Any]:
-    """Summarise a sink database. With ``device``, only the gateways that device's data came through
-    and only that device's row. Raises :class:`FileNotFoundError` if it does not exist."""
-    with SinkStore.open_readonly(db_path) as store:
+def build_report(db_path: Path | str, device: str | None = None, *,
+                 password_file: Path | None = None) -> dict[str, Any]:
+    """Summarise a sink database (a SQLite path or a PostgreSQL URL). With ``device``, only the
+    gateways that device's data came through and only that device's row. Raises
+    :class:`FileNotFoundError` if a SQLite file does not exist."""
+    with open_sink_store(db_path, readonly=True, password_file=password_file) as store:
         lanes = store.lane_stats()
         dups = store.duplicate_counts()
         gaps = store.gaps(MAX_GAP_RANGES)
@@ -106,6 +109,11 @@ def _ranges(first: list[list[int]]) -> str:
     return ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in first)
 
 
+def _stream_missing(st: dict[str, Any]) -> str:
+    missing = [f"{st[f'missing_{lane}']} {lane}" for lane in ("telemetry", "control") if st[f"missing_{lane}"]]
+    return f", missing {' and '.join(missing)}" if missing else ""
+
+
 def render_report(report: dict[str, Any], console: Console) -> None:
     """Print a report from :func:`build_report`: a few lines per gateway, the missing seqs, then one
     devices table per gateway. Fits 80 columns (terminal or pipe): long ids wrap, never cut."""
@@ -146,7 +154,8 @@ def _render_gateway(gw: str, x: dict[str, Any], console: Console) -> None:
                 console.print(Text(f"  {gw} {lane}: (+{rest} more ranges)", style="red"))
     if len(x["streams"]) > 1:
         console.print(Text(f"  {gw} streams: " + ", ".join(
-            f"{st['stream'] or '(none, v1)'} ({st['batches']} batches, from {_when(st['first_received_ms'])})"
+            f"{st['stream'] or '(none, v1)'} ({st['batches']} batches, from {_when(st['first_received_ms'])}"
+            f"{_stream_missing(st)})"
             for st in x["streams"])))
     if x["invalid"]:
         reasons = ", ".join(f"{reason}: {n}" for reason, n in x["invalid"].items())

@@ -1,24 +1,32 @@
 """The cloud-side sink: subscribe to every gateway's uplink topics and store what arrives, once.
 
 Delivery: the sink subscribes with QoS 1 on a persistent session (stable client id, ``clean_start``
-off, MQTT 5 session expiry) and acknowledges each message only AFTER it has been committed to
-SQLite (``ClientSettings.manual_ack``). A sink that dies between receiving and committing leaves
-the message unacknowledged; the broker redelivers it when the session resumes, and the store's
-``(gateway, stream, lane, seq)`` key drops whatever had already been stored. At-least-once delivery plus
-an idempotent store gives each reading once. (This needs a broker that keeps in-flight QoS 1
-messages of a persistent session, as mosquitto does; amqtt 0.12 drops them when the subscriber's
-connection dies, so against amqtt a sink crash can lose the messages it had not acknowledged.)
+off, MQTT 5 session expiry) and acknowledges each message only AFTER it has been committed to its
+store, SQLite or PostgreSQL (``ClientSettings.manual_ack``). A sink that dies between receiving and
+committing leaves the message unacknowledged; the broker redelivers it when the session resumes, and
+the store's ``(gateway, stream, lane, seq)`` key drops whatever had already been stored.
+At-least-once delivery plus an idempotent store gives each reading once. (This needs a broker that
+keeps in-flight QoS 1 messages of a persistent session, as mosquitto does; amqtt 0.12 drops them
+when the subscriber's connection dies, so against amqtt a sink crash can lose the messages it had
+not acknowledged.)
 
-A storage failure (disk full, I/O error, locked database) is not acknowledged either: the sink drops
-the connection and reconnects after a backoff, so the broker redelivers. Messages that can never
+A storage failure (disk full, I/O error, locked database, lost database connection) is not
+acknowledged either, for any message of the group it hit: the sink drops the connection and
+reconnects after a backoff, so the broker redelivers them all. Messages that can never
 be stored (undecodable, gateway id of the topic and payload differ, malformed fields) are counted
 by reason, logged and acknowledged, so one bad message never blocks the subscription.
 
-All message handling runs on the event loop, synchronously, in arrival order (which keeps the
-PUBACKs in PUBLISH order as MQTT requires); a commit takes about a millisecond (one fsync with the
-store's default ``durable=True``). With ``shared_group`` several sinks split the data topics of an
-MQTT 5 shared subscription, each with its own database; ``build_report`` of each database then
-shows the sequence gaps of its share only, so check gaps across the union (or use one database).
+All message handling runs on the event loop. Messages are stored by group commit
+(:mod:`bridge.cloud.sink_group`): what arrived while the previous group was being committed is
+stored in one transaction (one fsync), then acknowledged in arrival order (MQTT wants PUBACKs in
+PUBLISH order); at low load a group is one message, stored at once. With MQTT 5 the sink announces a
+receive window of twice the group size, at least 100 (CONNECT's Receive Maximum): room for the next
+group to arrive during a commit, and a bound on what the sink holds in memory. Over MQTT 3.1.1 the
+broker's own limit applies (mosquitto: ``max_inflight_messages``; EMQX: ``max_inflight``).
+
+With ``shared_group`` several sinks split the data topics of an MQTT 5 shared subscription, each
+with its own database; ``build_report`` of each database then shows the sequence gaps of its share
+only, so check gaps across the union (or use one database).
 """
 
 from __future__ import annotations
@@ -32,28 +40,32 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from bridge.cloud.errors import SinkStoreError
+from bridge.cloud.sink_group import GroupCommit, GroupLimits
 from bridge.cloud.sink_handler import SinkCounters, SinkHandler
-from bridge.cloud.sink_store import SinkStore
+from bridge.cloud.sink_port import SinkStorePort, is_postgres_url, open_sink_store
 from bridge.mqtt.backoff import DecorrelatedJitter
 from bridge.mqtt.connect import connect_with_backoff
 from bridge.mqtt.connection import MqttConnection
-from bridge.mqtt.errors import BrokerUnreachable, ConnectionLost, UplinkStopped
+from bridge.mqtt.errors import BrokerUnreachable, ConnectionLost, SubscribeFailed, UplinkStopped
 from bridge.mqtt.types import ANONYMOUS, ClientSettings, Login, Message, TlsSettings
 from bridge.mqtt.urls import BrokerUrl, parse_broker_url
 from bridge.protocol.topics import DEFAULT_PREFIX, UPLINK_TOPICS, TopicPattern, valid_id
 
-__all__ = ["DEFAULT_PREFIX", "Sink", "SinkCounters", "default_client_id", "run_sink", "subscriptions"]
+__all__ = ["DEFAULT_PREFIX", "GroupLimits", "Sink", "SinkCounters", "default_client_id", "run_sink", "subscriptions"]
 
 log = logging.getLogger(__name__)
 
 Protocol = Literal["5", "3.1.1"]
 
 
-def default_client_id(db: Path) -> str:
-    """A client id that is stable for one database on one host, so a restarted sink resumes its
-    persistent session (and gets what the broker kept for it) while two sinks never collide."""
-    digest = hashlib.sha1(f"{socket.gethostname()}:{db.resolve()}".encode()).hexdigest()
+def default_client_id(db: Path | str, worker: str | None = None) -> str:
+    """A client id that is stable for one database (and ``worker``) on one host, so a restarted sink
+    resumes its persistent session (and gets what the broker kept for it) while two sinks never
+    collide. ``db`` is a store's ``identity`` (a SQLite file's absolute path, a PostgreSQL URL without
+    password); ``worker`` tells apart the workers of a shared group writing one database."""
+    name = db.resolve() if isinstance(db, Path) else db
+    suffix = "" if worker is None else f":{worker}"
+    digest = hashlib.sha1(f"{socket.gethostname()}:{name}{suffix}".encode()).hexdigest()
     return f"sink-{digest[:12]}"
 
 
@@ -71,30 +83,33 @@ class _Session:
 
     Messages can arrive before :func:`connect_with_backoff` has returned the connection (a resumed
     session redelivers at once after CONNACK); they wait here until :meth:`attach` says which
-    connection to acknowledge them on.
+    connection to acknowledge them on, then go to that connection's group commit.
     """
 
     def __init__(self, sink: Sink) -> None:
         self._sink = sink
-        self._conn: MqttConnection | None = None
+        self._group: GroupCommit | None = None
         self._early: list[Message] = []
-        self._failed = False
 
     def __call__(self, message: Message) -> None:
-        if self._conn is None:
+        if self._group is None:
             self._early.append(message)
-        elif not self._failed:
-            self._failed = not self._sink.process(self._conn, message)
+        else:
+            self._group.add(message)
 
     def attempt_failed(self, url: BrokerUrl, error: BaseException, delay: float) -> None:
         # Anything buffered came from a connection that was discarded: unacknowledged, so redelivered.
         self._early.clear()
 
     def attach(self, conn: MqttConnection) -> None:
-        self._conn = conn
+        self._group = GroupCommit(self._sink.handler, conn, self._sink.group_limits)
         early, self._early = self._early, []
         for message in early:
-            self(message)
+            self._group.add(message)
+
+    def close(self) -> None:
+        if self._group is not None:
+            self._group.close()
 
 
 class Sink:
@@ -102,7 +117,7 @@ class Sink:
 
     def __init__(
         self,
-        store: SinkStore,
+        store: SinkStorePort,
         urls: Sequence[str | BrokerUrl],
         *,
         protocol: Protocol = "5",
@@ -116,10 +131,13 @@ class Sink:
         backoff: DecorrelatedJitter | None = None,
         connect_timeout_s: float = 10.0,
         start_timeout_s: float | None = None,
+        group_limits: GroupLimits | None = None,
     ) -> None:
         """``start_timeout_s``: give up with :class:`~bridge.mqtt.errors.BrokerUnreachable` when no broker
         accepted the first connection within that many seconds (None: keep trying). Later
-        reconnects always keep trying."""
+        reconnects always keep trying. ``group_limits``: how much one transaction of the group
+        commit takes (:class:`~bridge.cloud.sink_group.GroupLimits`); the sink asks the broker
+        (MQTT 5 Receive Maximum) for as many unacknowledged messages as one group takes."""
         if "{gateway_id}" not in prefix:
             raise ValueError(f"prefix {prefix!r} must contain {{gateway_id}}")
         if shared_group is not None:
@@ -131,13 +149,15 @@ class Sink:
             raise ValueError("Sink needs at least one broker url")
         self.store = store
         self.urls = list(urls)
+        self.group_limits = group_limits or GroupLimits()
         self.filters = subscriptions(prefix, shared_group)
         self.settings = ClientSettings(
-            client_id=client_id or default_client_id(store.path),
+            client_id=client_id or default_client_id(store.identity),
             protocol=protocol,
             clean_start=not persistent,
             session_expiry_s=session_expiry_s if persistent and protocol == "5" else 0,
             manual_ack=True,
+            receive_maximum=min(max(self.group_limits.max_messages * 2, 100), 65_535) if protocol == "5" else None,
             username=login.username,
             password=login.password,
             tls=login.tls or tls,
@@ -152,6 +172,7 @@ class Sink:
         self._backoff = backoff or DecorrelatedJitter(0.5, 30.0)
         self._start_timeout_s = start_timeout_s
         self._last_connect_error = "no attempt finished"
+        self._subscribed_once = False
 
     # ------------------------------------------------------------ session loop
     async def _connect(self, session: _Session, stop: asyncio.Event) -> MqttConnection:
@@ -174,8 +195,10 @@ class Sink:
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, subscribe and store until ``stop`` is set, reconnecting after every drop.
 
-        Raises :class:`~bridge.mqtt.errors.SubscribeFailed` if the broker refuses a filter (e.g. no
-        shared subscriptions): retrying would not help.
+        Raises :class:`~bridge.mqtt.errors.SubscribeFailed` if the broker refuses a filter on the
+        first connection (e.g. no shared subscriptions): retrying would not help. Once the filters
+        have been accepted, a later refusal is taken as passing (a cluster node that has just lost a
+        peer may refuse a subscription for a moment): the sink reconnects after a backoff.
         """
         try:
             while not stop.is_set():
@@ -190,6 +213,7 @@ class Sink:
                     reason = await self._serve(conn, stop)
                 finally:
                     self.ready.clear()
+                    session.close()
                     await conn.close()
                 if reason is not None:
                     delay = self._backoff.next_delay()
@@ -205,6 +229,12 @@ class Sink:
             await conn.subscribe(self.filters)
         except ConnectionLost as exc:
             return str(exc)
+        except SubscribeFailed as exc:
+            if not self._subscribed_once:
+                raise
+            self.counters.subscribe_refusals += 1
+            return f"{exc}; the same filters were accepted before"
+        self._subscribed_once = True
         self.ready.set()
         log.info("sink subscribed on %s as %s (session present: %s)", conn.url, self.settings.client_id,
                  conn.info.session_present)
@@ -219,52 +249,38 @@ class Sink:
             return None
         return closed.result() if closed.done() and not closed.cancelled() else "closed"
 
-    # ------------------------------------------------------------ messages
-    def process(self, conn: MqttConnection, message: Message) -> bool:
-        """Handle one message and acknowledge it once it is committed.
-
-        Returns False after a storage failure: the message is left unacknowledged and the
-        connection is dropped so that the broker redelivers it on the next session.
-        """
-        try:
-            self.handler.handle(message)
-        except SinkStoreError as exc:
-            self.counters.store_errors += 1
-            log.error("cannot store message from %r (%s); dropping the connection for redelivery",
-                      message.topic, exc)
-            conn.abort()
-            return False
-        except Exception:  # the loop's one catch-all: a poison message must not wedge the subscription
-            self.counters.invalid_reasons["internal error"] += 1
-            log.exception("unexpected failure handling a message on %r; acknowledged and dropped",
-                          message.topic)
-        conn.ack(message)
-        self.counters.handled += 1
-        return True
-
-
 async def run_sink(
     url: str | Sequence[str],
-    db: Path,
+    db: Path | str,
     *,
     protocol: Protocol = "5",
     shared_group: str | None = None,
     prefix: str = DEFAULT_PREFIX,
     stop: asyncio.Event,
     client_id: str | None = None,
+    worker: str | None = None,
+    persistent: bool = True,
     start_timeout_s: float | None = None,
     login: Login = ANONYMOUS,
+    db_password_file: Path | None = None,
+    group_limits: GroupLimits | None = None,
 ) -> None:
-    """Run a sink storing into ``db`` until ``stop`` is set (the ``edge-gateway sink`` command)."""
+    """Run a sink storing into ``db`` (a SQLite path or a PostgreSQL URL, see
+    :func:`~bridge.cloud.sink_port.open_sink_store`) until ``stop`` is set (the ``edge-gateway sink`` command)."""
     urls = [url] if isinstance(url, str) else list(url)
-    store = SinkStore(db)
+    store = open_sink_store(db, password_file=db_password_file)
+    if shared_group and not is_postgres_url(db):
+        log.warning("each worker's SQLite file drops only the duplicates that reach that worker: a batch the "
+                    "broker redelivers to another member of %r is stored in both files; workers of a shared "
+                    "group belong on one PostgreSQL database", shared_group)
     try:
         sink = Sink(store, urls, protocol=protocol, shared_group=shared_group, prefix=prefix,
-                    client_id=client_id, start_timeout_s=start_timeout_s, login=login)
+                    client_id=client_id or default_client_id(store.identity, worker), persistent=persistent,
+                    start_timeout_s=start_timeout_s, login=login, group_limits=group_limits)
         await sink.run(stop)
     finally:
         store.close()
     c = sink.counters
     log.info("sink stopped: %d batches (%d readings), %d alerts, %d events, %d responses, "
-             "%d duplicates, %d invalid", c.batches, c.readings, c.alerts, c.events, c.responses,
-             c.duplicates, c.invalid)
+             "%d duplicates, %d invalid; %d messages in %d transactions (largest %d)", c.batches, c.readings,
+             c.alerts, c.events, c.responses, c.duplicates, c.invalid, c.handled, c.groups, c.largest_group)

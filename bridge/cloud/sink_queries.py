@@ -1,27 +1,29 @@
 """What the sink database answers: ledger figures, duplicates, invalid messages, gaps, streams,
 devices, statuses and reading buckets (the report and the timeline ask these).
 
-:class:`SinkQueries` holds the read side of :class:`~bridge.cloud.sink_store.SinkStore`; every
-SQLite failure comes out as :class:`~bridge.cloud.errors.SinkStoreError`.
+:class:`SinkQueries` holds the read side of both stores (:class:`~bridge.cloud.sink_store.SinkStore`,
+SQLite, and :class:`~bridge.cloud.pg_store.PgSinkStore`, PostgreSQL): its SQL runs on both, with ``?``
+placeholders, and each store supplies ``_rows`` (every database failure comes out as
+:class:`~bridge.cloud.errors.SinkStoreError`). Sums are turned into ``int`` (PostgreSQL sums bigints
+as numerics) and booleans are summed through ``CASE`` (SQLite stores them as 0/1).
 """
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-from bridge.cloud.errors import SinkStoreError
 from bridge.protocol.model import Lane
 
+# rows per fetch of a store's ``scan`` (reads that may return millions of rows)
+SCAN_PAGE_ROWS = 10_000
 _READINGS_BY_BATCH = (" FROM readings r JOIN batches b ON b.gateway = r.gateway AND b.stream = r.stream"
                       " AND b.lane = 'telemetry' AND b.seq = r.batch_seq")
 _HOLES = (
     "SELECT gateway, stream, lane, seq + 1 AS lo, nxt - 1 AS hi FROM ("
     " SELECT gateway, stream, lane, seq,"
     " LEAD(seq) OVER (PARTITION BY gateway, stream, lane ORDER BY seq) AS nxt"
-    " FROM batches) WHERE nxt > seq + 1"
+    " FROM batches) w WHERE nxt > seq + 1"
 )
 
 
@@ -58,6 +60,8 @@ class StreamStats:
     readings: int
     first_received_ms: int
     last_received_ms: int
+    missing_telemetry: int = 0  # seqs missing in this stream's telemetry lane
+    missing_control: int = 0
 
 
 @dataclass(frozen=True)
@@ -83,17 +87,20 @@ class GatewayStatus:
     received_ms: int
 
 
-class SinkQueries:
-    """The read side of the sink database (``_db`` is the store's connection)."""
+def _count_of(condition: str) -> str:
+    return f"SUM(CASE WHEN {condition} THEN 1 ELSE 0 END)"
 
-    path: Path
-    _db: sqlite3.Connection
+
+_TELEMETRY = _count_of("lane = 'telemetry'")
+_CONTROL = _count_of("lane = 'control'")
+
+
+class SinkQueries:
+    """The read side of the sink database; a store supplies :meth:`_rows`."""
 
     def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        try:
-            return self._db.execute(sql, args).fetchall()
-        except sqlite3.Error as exc:
-            raise SinkStoreError(f"sink database {self.path}: {exc}") from exc
+        """Run one query (``?`` placeholders) and return all its rows."""
+        raise NotImplementedError
 
     def gateways(self) -> list[str]:
         """Every gateway the store has heard of, sorted."""
@@ -104,9 +111,9 @@ class SinkQueries:
     def lane_stats(self) -> dict[tuple[str, str], LaneStats]:
         """Ledger figures per ``(gateway, lane)``."""
         rows = self._rows(
-            "SELECT gateway, lane, COUNT(*), SUM(readings), SUM(replay), MIN(seq), MAX(seq), MAX(received_ms)"
-            " FROM batches GROUP BY gateway, lane")
-        return {(gw, lane): LaneStats(n, int(readings), int(replayed), lo, hi, last)
+            f"SELECT gateway, lane, COUNT(*), SUM(readings), {_count_of('replay')}, MIN(seq), MAX(seq),"
+            " MAX(received_ms) FROM batches GROUP BY gateway, lane")
+        return {(gw, lane): LaneStats(int(n), int(readings), int(replayed), int(lo), int(hi), int(last))
                 for gw, lane, n, readings, replayed, lo, hi, last in rows}
 
     def duplicate_counts(self) -> dict[tuple[str, str], int]:
@@ -125,7 +132,7 @@ class SinkQueries:
         computed within its stream: seqs of different streams never fill or open each other's
         holes. ``first`` is ordered by stream (first seen first), then seq."""
         out: dict[tuple[str, str], GapSummary] = {}
-        rows = self._rows(f"SELECT gateway, lane, COUNT(*), SUM(hi - lo + 1) FROM ({_HOLES}) GROUP BY gateway, lane")
+        rows = self._rows(f"SELECT gateway, lane, COUNT(*), SUM(hi - lo + 1) FROM ({_HOLES}) h GROUP BY gateway, lane")
         for gw, lane, ranges, missing in rows:
             first = self._rows(
                 f"SELECT h.stream, lo, hi FROM ({_HOLES}) h JOIN (SELECT gateway, stream, MIN(received_ms) AS born"
@@ -149,20 +156,24 @@ class SinkQueries:
         A bucket is ``ms // bucket_ms``."""
         where, args = ("WHERE r.device = ?", (device,)) if device is not None else ("", ())
         rows = self._rows(
-            f"SELECT r.ts_ms / ?1, b.received_ms / ?1, b.replay, COUNT(*){_READINGS_BY_BATCH}"
-            f" {where.replace('?', '?2')} GROUP BY 1, 2, 3", (bucket_ms, *args))
+            f"SELECT r.ts_ms / ?, b.received_ms / ?, b.replay, COUNT(*){_READINGS_BY_BATCH}"
+            f" {where} GROUP BY 1, 2, 3", (bucket_ms, bucket_ms, *args))
         return [(int(t), int(rx), bool(rep), int(n)) for t, rx, rep, n in rows]
 
     def streams(self) -> dict[str, list[StreamStats]]:
-        """The streams of each gateway, in the order the sink first heard of them."""
+        """The streams of each gateway, in the order the sink first heard of them, with the seqs
+        missing in each of their lanes (the gaps per gateway, stream and lane)."""
         rows = self._rows(
             "SELECT gateway, stream, MIN(received_ms), MAX(received_ms),"
-            " SUM(lane = 'telemetry'), SUM(lane = 'control'), SUM(readings) FROM batches"
+            f" {_TELEMETRY}, {_CONTROL}, SUM(readings) FROM batches"
             " GROUP BY gateway, stream ORDER BY gateway, MIN(received_ms), stream")
+        missing = {(gw, stream, lane): int(n) for gw, stream, lane, n in self._rows(
+            f"SELECT gateway, stream, lane, SUM(hi - lo + 1) FROM ({_HOLES}) h GROUP BY gateway, stream, lane")}
         out: dict[str, list[StreamStats]] = {}
         for gw, stream, first, last, batches, control, readings in rows:
-            out.setdefault(gw, []).append(StreamStats(stream, int(batches), int(control), int(readings),
-                                                      int(first), int(last)))
+            out.setdefault(gw, []).append(StreamStats(
+                stream, int(batches), int(control), int(readings), int(first), int(last),
+                missing.get((gw, stream, "telemetry"), 0), missing.get((gw, stream, "control"), 0)))
         return out
 
     def device_stats(self) -> dict[tuple[str, str], DeviceStats]:
@@ -172,14 +183,15 @@ class SinkQueries:
             "SELECT gateway, device, COUNT(*), COUNT(DISTINCT metric), MIN(ts_ms), MAX(ts_ms)"
             " FROM readings GROUP BY gateway, device"
         ):
-            acc.setdefault((gw, device), {}).update(readings=n, metrics=metrics, first_ts_ms=lo, last_ts_ms=hi)
+            acc.setdefault((gw, device), {}).update(readings=int(n), metrics=int(metrics), first_ts_ms=int(lo),
+                                                    last_ts_ms=int(hi))
         for gw, device, state, n in self._rows(
             "SELECT gateway, device, state, COUNT(*) FROM alerts GROUP BY gateway, device, state"
         ):
-            acc.setdefault((gw, device), {})[f"alerts_{state}"] = n
+            acc.setdefault((gw, device), {})[f"alerts_{state}"] = int(n)
         for table in ("events", "responses"):
             for gw, device, n in self._rows(f"SELECT gateway, device, COUNT(*) FROM {table} GROUP BY gateway, device"):
-                acc.setdefault((gw, device), {})[table] = n
+                acc.setdefault((gw, device), {})[table] = int(n)
         return {key: DeviceStats(**values) for key, values in sorted(acc.items())}
 
     def statuses(self) -> dict[str, GatewayStatus]:

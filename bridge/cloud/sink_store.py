@@ -7,7 +7,9 @@ batches) or ``control`` (alerts, events and responses share the gateway's contro
 ``batches`` table is the ledger of those keys for both lanes (a control record is a row with
 ``readings = 0``); its primary key is what makes the sink idempotent: a message whose key is
 already stored is dropped and counted in ``duplicates``. The ledger row and the message's data
-rows go in ONE transaction, so a crash never leaves half a batch.
+rows go in ONE transaction, so a crash never leaves half a batch. The sink stores the messages that
+arrived together as one group (:meth:`SinkStore.store_group`): one transaction, one fsync, each
+message in a savepoint so that one the database refuses is rolled back alone.
 
 Gaps are not stored: they are computed when asked from the seqs in the ledger (a missing seq between
 the lowest and the highest seen for a gateway, stream and lane), so a gap later filled by a late or replayed
@@ -24,22 +26,38 @@ with :meth:`SinkStore.open_readonly`; WAL mode lets them read while the sink wri
 
 from __future__ import annotations
 
-import json
-import math
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from bridge.cloud.errors import SinkStoreError, StoreUnavailable
-from bridge.cloud.sink_queries import DeviceStats, GapSummary, GatewayStatus, LaneStats, SinkQueries, StreamStats
+from bridge.cloud.sink_queries import (
+    SCAN_PAGE_ROWS,
+    DeviceStats,
+    GapSummary,
+    GatewayStatus,
+    LaneStats,
+    SinkQueries,
+    StreamStats,
+)
+from bridge.cloud.sink_rows import (
+    CLAIM_SQL,
+    DUPLICATE_SQL,
+    INVALID_SQL,
+    STATUS_SQL,
+    check_batch,
+    control_row,
+    count_row,
+    value_columns,
+)
 from bridge.cloud.sink_schema import SCHEMA_VERSION, create_schema, migrate_v1
+from bridge.cloud.sink_writes import BatchWrite, ControlWrite, Outcome, Write, write_gateway
 from bridge.protocol.codec import Batch
 from bridge.protocol.errors import InvalidRecord, PermanentBridgeError
 from bridge.protocol.model import Lane
-from bridge.protocol.records import Alert, ConfigStatus, Event, Json, Response, Stamped, parse_control
-from bridge.protocol.topics import valid_id
+from bridge.protocol.records import Json, Stamped, parse_control
 
 __all__ = [
     "DeviceStats",
@@ -52,58 +70,8 @@ __all__ = [
     "StreamStats",
 ]
 
-_INT64 = 2**63
-_EXACT_REAL = 2**53
-
-
-def _json(body: Json, *, sort_keys: bool = True) -> str:
-    return json.dumps(body, separators=(",", ":"), sort_keys=sort_keys)
-
-
-def _control_row(stamped: Stamped, received_ms: int) -> tuple[str, tuple[Any, ...]]:
-    """The INSERT of a control record into the table of its kind, with its values."""
-    st, rec = stamped.stamp, stamped.record
-    if isinstance(rec, Alert):
-        return ("INSERT INTO alerts (gateway, seq, device, metric, level, state, value, threshold, ts_ms, rule,"
-                " received_ms, stream) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (st.gateway, st.seq, rec.device, rec.metric, rec.level, rec.state, float(rec.value),
-                 float(rec.threshold), rec.ts_ms, rec.rule, received_ms, st.stream))
-    if isinstance(rec, Event):
-        return ("INSERT INTO events (gateway, seq, device, ts_ms, body_json, received_ms, stream)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (st.gateway, st.seq, rec.device, rec.ts_ms, _json(rec.event), received_ms, st.stream))
-    if isinstance(rec, Response):
-        body = {"command": rec.command, "id": rec.id, "status": rec.status, "result": rec.result,
-                "source": rec.source, "rtt_ms": rec.rtt_ms}
-        return ("INSERT INTO responses (gateway, seq, device, body_json, received_ms, stream)"
-                " VALUES (?, ?, ?, ?, ?, ?)", (st.gateway, st.seq, rec.device, _json(body), received_ms, st.stream))
-    assert isinstance(rec, ConfigStatus)
-    body = {"version": rec.version, "status": rec.status, "errors": rec.errors, "current_version": rec.current_version}
-    return ("INSERT INTO config_acks (gateway, seq, body_json, received_ms, stream) VALUES (?, ?, ?, ?, ?)",
-            (st.gateway, st.seq, _json(body, sort_keys=False), received_ms, st.stream))
-
-
-def _value_columns(value: float | int) -> tuple[float, str | None]:
-    """(REAL, exact text or None): the text only where the REAL cannot hold the value exactly."""
-    if type(value) is int:
-        return float(value), (str(value) if not -_EXACT_REAL <= value <= _EXACT_REAL else None)
-    if value == 0.0 and math.copysign(1.0, value) < 0:
-        return value, "-0.0"
-    return value, None
-
-
-def _check_batch(batch: Batch) -> None:
-    if not valid_id(batch.gateway):
-        raise InvalidRecord("bad gateway id", repr(batch.gateway))
-    if batch.stream != "" and not valid_id(batch.stream):
-        raise InvalidRecord("bad stream id", repr(batch.stream)[:80])
-    if not 0 <= batch.seq < _INT64 or not -_INT64 <= batch.created_ms < _INT64:
-        raise InvalidRecord("malformed batch", f"seq {batch.seq}, created_ms {batch.created_ms} out of range")
-    for r in batch.readings:
-        if not math.isfinite(r.value):
-            raise InvalidRecord("non-finite value", f"{r.device}/{r.metric} = {r.value}")
-        if not -_INT64 <= r.ts_ms < _INT64 or (r.seq is not None and not -_INT64 <= r.seq < _INT64):
-            raise InvalidRecord("malformed batch", f"{r.device}/{r.metric}: ts_ms/seq out of range")
+_INSERT_READING = ("INSERT INTO readings (gateway, device, metric, ts_ms, value, value_text, seq, batch_seq, stream)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 def _connect(path: Path, *, durable: bool, readonly: bool) -> sqlite3.Connection:
@@ -130,6 +98,7 @@ class SinkStore(SinkQueries):
 
     def __init__(self, path: Path | str, *, durable: bool = True, readonly: bool = False) -> None:
         self.path = Path(path)
+        self.identity = str(self.path.resolve())
         try:
             self._db = _connect(self.path, durable=durable, readonly=readonly)
             version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
@@ -172,6 +141,17 @@ class SinkStore(SinkQueries):
                 raise
             cur.execute("COMMIT")
 
+    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._sqlite("read"):
+            return self._db.execute(sql, args).fetchall()
+
+    def scan(self, sql: str) -> Iterator[tuple[Any, ...]]:
+        """The rows of ``sql``, fetched a page at a time (a store may hold millions of readings)."""
+        with self._sqlite("read"):
+            cur = self._db.execute(sql)
+            while rows := cur.fetchmany(SCAN_PAGE_ROWS):
+                yield from rows
+
     def close(self) -> None:
         self._db.close()
 
@@ -185,19 +165,34 @@ class SinkStore(SinkQueries):
     def _claim(self, cur: sqlite3.Cursor, gateway: str, stream: str, lane: Lane, seq: int, *,
                received_ms: int, replay: bool, readings: int, created_ms: int | None) -> bool:
         """Insert the ledger row; False (and the duplicate counted) if the key is already there."""
-        cur.execute(
-            "INSERT OR IGNORE INTO batches (gateway, stream, lane, seq, received_ms, replay, readings, created_ms)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (gateway, stream, lane, seq, received_ms, int(replay), readings, created_ms),
-        )
+        cur.execute(CLAIM_SQL, (gateway, stream, lane, seq, received_ms, int(replay), readings, created_ms))
         if cur.rowcount == 1:
             return True
-        cur.execute(
-            "INSERT INTO duplicates (gateway, lane, count) VALUES (?, ?, 1)"
-            " ON CONFLICT (gateway, lane) DO UPDATE SET count = count + 1",
-            (gateway, lane),
-        )
+        cur.execute(DUPLICATE_SQL, (gateway, lane, 1))
         return False
+
+    def _write_batch(self, cur: sqlite3.Cursor, batch: Batch, received_ms: int) -> bool:
+        claimed = self._claim(cur, batch.gateway, batch.stream, "telemetry", batch.seq,
+                              received_ms=received_ms, replay=batch.replay, readings=len(batch.readings),
+                              created_ms=batch.created_ms)
+        if not claimed:
+            return False
+        gateway, stream, seq = batch.gateway, batch.stream, batch.seq
+        try:
+            cur.executemany(_INSERT_READING, [(gateway, r.device, r.metric, r.ts_ms, *value_columns(r.value), r.seq,
+                                               seq, stream) for r in batch.readings])
+        except (sqlite3.IntegrityError, OverflowError) as exc:
+            raise InvalidRecord("malformed batch", str(exc)) from exc
+        return True
+
+    def _write_control(self, cur: sqlite3.Cursor, stamped: Stamped, received_ms: int) -> bool:
+        sql, values = control_row(stamped, received_ms)
+        st = stamped.stamp
+        if not self._claim(cur, st.gateway, st.stream, "control", st.seq, received_ms=received_ms,
+                           replay=False, readings=0, created_ms=None):
+            return False
+        cur.execute(sql, values)
+        return True
 
     def store_batch(self, batch: Batch, received_ms: int) -> bool:
         """Store a telemetry batch and its readings in one transaction.
@@ -206,23 +201,9 @@ class SinkStore(SinkQueries):
         duplicate). Raises :class:`InvalidRecord` (nothing stored) for a batch that cannot be stored
         as is.
         """
-        _check_batch(batch)
+        check_batch(batch)
         with self._tx() as cur:
-            claimed = self._claim(cur, batch.gateway, batch.stream, "telemetry", batch.seq,
-                                  received_ms=received_ms, replay=batch.replay, readings=len(batch.readings),
-                                  created_ms=batch.created_ms)
-            if not claimed:
-                return False
-            try:
-                cur.executemany(
-                    "INSERT INTO readings (gateway, device, metric, ts_ms, value, value_text, seq, batch_seq,"
-                    " stream) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(batch.gateway, r.device, r.metric, r.ts_ms, *_value_columns(r.value), r.seq, batch.seq,
-                      batch.stream) for r in batch.readings],
-                )
-            except (sqlite3.IntegrityError, OverflowError) as exc:
-                raise InvalidRecord("malformed batch", str(exc)) from exc
-        return True
+            return self._write_batch(cur, batch, received_ms)
 
     def store_control(self, record: Mapping[str, Json] | Stamped, received_ms: int) -> bool:
         """Store one control record (validated through :func:`~bridge.protocol.records.parse_control`
@@ -232,32 +213,41 @@ class SinkStore(SinkQueries):
         duplicate). Raises :class:`InvalidRecord` for a malformed record (nothing stored).
         """
         stamped = record if isinstance(record, Stamped) else parse_control(record)
-        sql, values = _control_row(stamped, received_ms)
-        st = stamped.stamp
         with self._tx() as cur:
-            if not self._claim(cur, st.gateway, st.stream, "control", st.seq, received_ms=received_ms,
-                               replay=False, readings=0, created_ms=None):
-                return False
-            cur.execute(sql, values)
+            return self._write_control(cur, stamped, received_ms)
+
+    def store_group(self, writes: Sequence[Write]) -> list[Outcome]:
+        """Apply a group of writes in ONE transaction (one fsync), each in a savepoint of its own: a
+        write the database refuses is rolled back alone and counted as invalid (see
+        :mod:`bridge.cloud.sink_writes`)."""
+        outcomes: list[Outcome] = []
+        with self._tx() as cur:
+            for write in writes:
+                cur.execute("SAVEPOINT w")
+                try:
+                    outcomes.append(self._apply(cur, write))
+                except InvalidRecord as exc:
+                    cur.execute("ROLLBACK TO w")
+                    cur.execute(INVALID_SQL, (write_gateway(write), exc.reason, 1))
+                    outcomes.append(exc)
+                cur.execute("RELEASE w")
+        return outcomes
+
+    def _apply(self, cur: sqlite3.Cursor, write: Write) -> bool:
+        if isinstance(write, BatchWrite):
+            return self._write_batch(cur, write.batch, write.received_ms)
+        if isinstance(write, ControlWrite):
+            return self._write_control(cur, write.record, write.received_ms)
+        cur.execute(*count_row(write))
         return True
 
     def record_invalid(self, gateway: str, reason: str) -> None:
         """Count a message from ``gateway`` that could not be decoded or stored, by short reason."""
         with self._tx() as cur:
-            cur.execute(
-                "INSERT INTO invalid (gateway, reason, count) VALUES (?, ?, 1)"
-                " ON CONFLICT (gateway, reason) DO UPDATE SET count = count + 1",
-                (gateway, reason),
-            )
+            cur.execute(INVALID_SQL, (gateway, reason, 1))
 
     def record_status(self, gateway: str, state: str, received_ms: int) -> None:
         """Remember the gateway's status (``online``/``offline``); ``since_ms`` changes only when the
         state does, so a retained status redelivered on reconnect keeps its first-seen time."""
         with self._tx() as cur:
-            cur.execute(
-                "INSERT INTO status (gateway, state, since_ms, received_ms) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (gateway) DO UPDATE SET"
-                " since_ms = CASE WHEN state = excluded.state THEN since_ms ELSE excluded.since_ms END,"
-                " state = excluded.state, received_ms = excluded.received_ms",
-                (gateway, state, received_ms, received_ms),
-            )
+            cur.execute(STATUS_SQL, (gateway, state, received_ms, received_ms))

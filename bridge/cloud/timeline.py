@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate, pairwise
 from pathlib import Path
 
-from bridge.cloud.sink_store import SinkStore
+from bridge.cloud.sink_port import open_sink_store
 
 __all__ = ["Sample", "Timeline", "from_samples", "from_sink"]
 
@@ -75,12 +75,12 @@ def from_samples(samples: Sequence[Sample], title: str) -> Timeline:
     return tl
 
 
-def from_sink(db_path: Path | str, device: str | None = None) -> Timeline:
+def from_sink(db_path: Path | str, device: str | None = None, *, password_file: Path | None = None) -> Timeline:
     """The sink's view: readings by when they were measured (in) and when they arrived (delivered);
     the backlog is what was measured but had not arrived yet; where replayed batches' readings were
     measured is shaded as an outage. Raises :class:`FileNotFoundError` if the database is missing."""
     title = f"{Path(db_path).name}: readings at the sink" + (f", device {device}" if device else "")
-    with SinkStore.open_readonly(db_path) as store:
+    with open_sink_store(db_path, readonly=True, password_file=password_file) as store:
         span = store.reading_span(device)
         if span is None:
             return Timeline(title, in_label="readings measured")

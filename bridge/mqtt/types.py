@@ -56,6 +56,9 @@ class ClientSettings:
     these topic prefixes that arrives without the retain flag is handed on only after a subscribe /
     unsubscribe round trip on its exact topic, during which the broker sends its retained message
     there, if any, flagged (see :meth:`MqttConnection.subscribe`).
+    ``receive_maximum`` (MQTT 5 only): how many QoS 1/2 messages the broker may send this client
+    before it acknowledges any (CONNECT's Receive Maximum); None leaves it to the broker (mosquitto:
+    ``max_inflight_messages``, 20 by default).
     """
 
     client_id: str
@@ -72,6 +75,7 @@ class ClientSettings:
     manual_ack: bool = False
     retain_as_published: bool = False
     retain_check_prefixes: tuple[str, ...] = ()
+    receive_maximum: int | None = None
 
 
 @dataclass(frozen=True)

@@ -148,6 +148,10 @@ def decode_control(payload: bytes) -> dict[str, Json]:
         raise CodecError(f"control record is not JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise CodecError("control record is not a JSON object")
+    try:  # JSON may spell a lone surrogate (\ud800), which no UTF-8 text (or database) can hold
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CodecError(f"control record is not valid Unicode text: {exc.reason}") from exc
     return obj
 
 

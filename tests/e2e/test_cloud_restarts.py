@@ -19,17 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from bridge.cloud.report import build_report
-from bridge.cloud.sink import Sink
-from bridge.cloud.sink_store import SinkStore
-from bridge.mqtt.backoff import DecorrelatedJitter
+from tests.e2e.exactly_once import assert_stored_exactly_once, running_sink, stop_and_settle
 from tests.e2e.harness import PacedDevices, gateway_config, local_url, running_gateway
 from tests.support import Mosquitto, eventually
 
@@ -74,26 +70,11 @@ async def kill_and_restart(cloud: Mosquitto, delivered: Callable[[], int], backl
         await asyncio.to_thread(cloud.start)
 
 
-def sink_rows(db: Path) -> tuple[list[tuple[str, int, int]], list[int]]:
-    """Readings as (device, device seq, batch seq) in batch order, and the telemetry batch seqs."""
-    with sqlite3.connect(db) as con:
-        rows = con.execute("SELECT device, seq, batch_seq FROM readings WHERE gateway = 'gw-test' "
-                           "ORDER BY batch_seq, rowid").fetchall()
-        seqs = [s for (s,) in con.execute("SELECT seq FROM batches WHERE gateway = 'gw-test' "
-                                          "AND lane = 'telemetry' ORDER BY seq")]
-    return rows, seqs
-
-
 async def run_restarts(tmp: Path, cloud: Mosquitto, *, devices: int, rate_hz: float, kills: int,
                        seed: int) -> Outcome:
     rng = random.Random(seed)
     db = tmp / "sink.sqlite"
-    store = SinkStore(db)
-    sink = Sink(store, [cloud.url], backoff=DecorrelatedJitter(0.05, 0.3), connect_timeout_s=2.0)
-    sink_stop = asyncio.Event()
-    sink_task = asyncio.create_task(sink.run(sink_stop))
-    try:
-        await asyncio.wait_for(sink.ready.wait(), 10)
+    async with running_sink(db, [cloud.url]) as sink:
         cfg = gateway_config(tmp, cloud.url, batch={"max_count": 100, "max_age_s": 0.1})
         async with running_gateway(cfg) as gw:
             acc = gw.accounting
@@ -103,43 +84,11 @@ async def run_restarts(tmp: Path, cloud: Mosquitto, *, devices: int, rate_hz: fl
                                    rng, kills)
             target = acc.delivered + 100  # a little more live traffic after the last restart
             await eventually(lambda: acc.delivered >= target, timeout=30)
-            await pub.stop()
-            total = pub.acked_total
-            assert pub.unacked == 0 and total == pub.published_total, "the local broker never went away"
-            await eventually(lambda: acc.delivered == total and acc.buffered == 0 and acc.pending == 0,
-                             timeout=30, message=lambda: f"{total} published, gateway: {gw.snapshot()}")
-            await eventually(lambda: sink.counters.readings == total, timeout=30,
-                             message=lambda: f"sink has {sink.counters.readings} of {total}")
-            # The accounting identity, exactly: nothing filtered, dropped, restored or left over.
-            assert acc.readings_in == total
-            assert acc.restored == 0
-            assert dict(acc.filtered) == {} and dict(acc.dropped) == {}
-            assert acc.balance() == 0
-            assert acc.delivered + sum(acc.filtered.values()) + sum(acc.dropped.values()) == acc.readings_in
-            batches_delivered, connects = acc.batches_delivered, gw.link.connects
-    finally:
-        sink_stop.set()
-        await asyncio.wait_for(sink_task, 10)
-        store.close()
-
-    rows, batch_seqs = sink_rows(db)
-    # Zero loss and zero duplicates after dedup: every acknowledged reading exactly once.
-    assert len(rows) == total
-    per_device: dict[str, list[int]] = {}
-    for device, seq, _batch in rows:
-        per_device.setdefault(device, []).append(seq)
-    for device, acked in pub.acked.items():
-        # In gateway batch order, each device's seqs are strictly increasing and complete.
-        assert per_device.get(device) == sorted(acked) == list(range(1, pub.published[device] + 1)), device
-    # Every batch the gateway counted as delivered is in the ledger once; the seqs have no holes.
-    assert batch_seqs == list(range(1, len(batch_seqs) + 1))
-    assert len(batch_seqs) == batches_delivered
-    report = build_report(db)["gateways"]["gw-test"]
-    assert report["readings"] == total
-    assert report["gaps"]["telemetry"]["missing"] == 0
-    assert report["duplicates"]["telemetry"] == sink.counters.duplicates  # resends after a lost PUBACK
+            total = await stop_and_settle(gw, pub, lambda: sink.counters.readings)
+            batches_delivered, connects = gw.accounting.batches_delivered, gw.link.connects
+    batches = assert_stored_exactly_once(db, pub, batches_delivered, sink.counters.duplicates)
     assert connects == kills + 1, "the gateway reconnected after every restart"
-    return Outcome(kills, total, len(batch_seqs), sink.counters.duplicates, connects)
+    return Outcome(kills, total, batches, sink.counters.duplicates, connects)
 
 
 @pytest.mark.timeout(60)

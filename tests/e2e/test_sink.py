@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +14,19 @@ import pytest
 from bridge.cloud.errors import SinkStoreError
 from bridge.cloud.report import build_report
 from bridge.cloud.sink import Protocol, Sink, run_sink
+from bridge.cloud.sink_port import SinkStorePort
 from bridge.cloud.sink_store import SinkStore
+from bridge.cloud.sink_writes import BatchWrite, Outcome, Write
 from bridge.mqtt.backoff import DecorrelatedJitter
 from bridge.mqtt.connection import MqttConnection
 from bridge.mqtt.errors import PermanentBridgeError
 from bridge.mqtt.types import ClientSettings
-from bridge.protocol.codec import Batch, encode_batch
+from bridge.protocol.codec import encode_batch
 from bridge.protocol.model import Reading
 from bridge.protocol.records import json_bytes
 from bridge.protocol.topics import CloudTopics
 from gateway.source.broker import EmbeddedBroker
+from tests.e2e.fake_broker import read_packet
 from tests.support import Mosquitto, eventually
 
 pytestmark = pytest.mark.timeout(60)
@@ -49,21 +52,21 @@ def control(gateway: str, seq: int, kind: str) -> bytes:
 
 
 class FlakyStore(SinkStore):
-    """A real store whose first ``failures`` batch writes fail like a full disk would."""
+    """A real store whose first ``failures`` groups with a batch fail like a full disk would."""
 
     def __init__(self, path: Path, failures: int) -> None:
         super().__init__(path, durable=False)
         self.failures = failures
 
-    def store_batch(self, batch: Batch, received_ms: int) -> bool:
-        if self.failures > 0:
+    def store_group(self, writes: Sequence[Write]) -> list[Outcome]:
+        if self.failures > 0 and any(isinstance(w, BatchWrite) for w in writes):
             self.failures -= 1
             raise SinkStoreError("sink database: write: database or disk is full")
-        return super().store_batch(batch, received_ms)
+        return super().store_group(writes)
 
 
 @contextlib.asynccontextmanager
-async def running_sink(url: str, store: SinkStore, **kw: Any) -> AsyncIterator[Sink]:
+async def running_sink(url: str, store: SinkStorePort, **kw: Any) -> AsyncIterator[Sink]:
     sink = Sink(store, [url], backoff=DecorrelatedJitter(0.05, 0.5), connect_timeout_s=5.0, **kw)
     stop = asyncio.Event()
     task = asyncio.create_task(sink.run(stop))
@@ -234,3 +237,81 @@ async def test_run_sink_while_reporting(mosquitto: Mosquitto, tmp_path: Path) ->
         stop.set()
         await asyncio.wait_for(task, 10)
     assert build_report(db)["totals"]["readings"] == 10
+
+
+
+class RefusingOnce:
+    """A stand-in MQTT 3.1.1 broker: accepts the sink's filters, drops the connection, refuses one
+    filter on the next SUBSCRIBE (as a cluster node that has just lost a peer may), then accepts again."""
+
+    def __init__(self) -> None:
+        self.subacks: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        return f"mqtt://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        attempt = len(self.subacks)
+        try:
+            while True:
+                head, body = await read_packet(reader)
+                kind = head >> 4
+                if kind == 1:  # CONNECT
+                    writer.write(bytes([0x20, 2, 0, 0]))
+                elif kind == 8:  # SUBSCRIBE: packet id, then (topic, options) pairs
+                    codes: list[int] = []
+                    pos = 2
+                    while pos < len(body):
+                        pos += 2 + int.from_bytes(body[pos:pos + 2], "big") + 1
+                        codes.append(0x80 if attempt == 1 and not codes else 0x01)
+                    self.subacks.append(bytes(codes))
+                    writer.write(bytes([0x90, 2 + len(codes)]) + body[:2] + bytes(codes))
+                    if attempt == 0:
+                        await writer.drain()
+                        break  # the first session ends here: the sink reconnects
+                elif kind == 12:  # PINGREQ
+                    writer.write(bytes([0xD0, 0]))
+                elif kind == 14:  # DISCONNECT
+                    break
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_refusal_of_filters_once_accepted_is_retried_not_fatal(tmp_path: Path) -> None:
+    """Once the filters were accepted, a SUBACK that refuses one makes the sink reconnect after a
+    backoff instead of exiting (seen with a NATS node just after a peer died)."""
+    broker = RefusingOnce()
+    url = await broker.start()
+    try:
+        with SinkStore(tmp_path / "sink.sqlite") as store:
+            async with running_sink(url, store, protocol="3.1.1") as sink:
+                await eventually(lambda: len(broker.subacks) >= 3 and sink.ready.is_set(),
+                                 message=lambda: f"SUBACKs {broker.subacks}, {sink.counters}")
+                assert sink.counters.subscribe_refusals == 1
+                assert broker.subacks[1][0] == 0x80 and sink.counters.connects >= 3
+    finally:
+        assert broker.server is not None
+        broker.server.close()
+
+
+@pytest.mark.parametrize("persistent", [True, False])
+async def test_clean_session_starts_a_new_session_every_time(mosquitto: Mosquitto, tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture, persistent: bool) -> None:
+    """``--clean-session`` (``persistent=False``): the broker keeps nothing for a stopped sink; by
+    default the restarted sink resumes its session."""
+    caplog.set_level("INFO", logger="bridge.cloud.sink")
+    for _ in range(2):
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_sink(mosquitto.url, tmp_path / "sink.sqlite", stop=stop, persistent=persistent,
+                                            client_id="clean-or-not"))
+        await eventually(lambda: "sink subscribed" in caplog.text)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        last = caplog.text
+        caplog.clear()
+    assert f"session present: {persistent}" in last

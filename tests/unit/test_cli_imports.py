@@ -21,7 +21,7 @@ def test_the_run_path_does_not_import_the_other_commands_or_rich() -> None:
                                            text=True).stdout))
     assert "gateway.service" in loaded  # the probe did import the run path
     unwanted = {"rich", "gateway.devices_cli", "bridge.cloud.cli", "bridge.cloud.sink",
-                "bridge.cloud.report", "gateway.lab"}
+                "bridge.cloud.report", "gateway.lab", "bridge.cloud.pg_store", "psycopg"}
     assert loaded & unwanted == set()
 
 

@@ -135,3 +135,16 @@ def test_any_wire_object_is_a_record_or_a_named_rejection(records: st.SearchStra
         assert reason == "" or reason in REASONS
 
     never_unexpected()
+
+
+@pytest.mark.parametrize("where", ["rule", "metric", "device", "event"])
+def test_a_lone_surrogate_anywhere_is_a_codec_error_not_a_storage_failure(where: str) -> None:
+    """JSON can spell text no UTF-8 store can hold (``\\ud800``); the sink must reject it as invalid
+    (counted, acknowledged) instead of failing every transaction it is in."""
+    record: dict[str, Any] = {"v": 1, "kind": "alert", "gw": "gw-1", "seq": 1, "device": "d", "metric": "temp",
+                              "level": "warn", "state": "raised", "value": 1.0, "threshold": 0.5, "ts_ms": 1,
+                              "rule": "r", "event": {"k": "v"}}
+    record[where] = {"nested": "\ud800"} if where == "event" else "x\ud800"
+    payload = json.dumps(record).encode()  # ASCII: the surrogate is an escape, as a hostile peer sends it
+    with pytest.raises(CodecError, match="not valid Unicode"):
+        decode_control(payload)

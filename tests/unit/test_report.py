@@ -9,6 +9,7 @@ import pytest
 from rich.console import Console
 
 from bridge.cloud.report import build_report, render_report
+from bridge.cloud.sink_port import open_sink_store
 from bridge.cloud.sink_store import SinkStore
 from bridge.protocol.codec import Batch
 from bridge.protocol.model import Reading
@@ -23,9 +24,10 @@ def batch(gateway: str, seq: int, devices: tuple[str, ...] = ("dev-1",), *, repl
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    path = tmp_path / "sink.sqlite"
-    with SinkStore(path, durable=False) as s:
+def db(sink_db: str | Path) -> str | Path:
+    """A store filled with gaps, duplicates, control records and statuses, once per backend."""
+    path = sink_db
+    with open_sink_store(path, durable=False) as s:
         for seq in (1, 2, 3, 6, 7, 10):  # missing 4-5 and 8-9
             s.store_batch(batch("gw-1", seq, ("dev-1", "dev-2")), T0 + 100 * seq)
         s.store_batch(batch("gw-1", 2), T0)  # duplicate
@@ -43,7 +45,7 @@ def db(tmp_path: Path) -> Path:
     return path
 
 
-def test_build_report_per_gateway(db: Path) -> None:
+def test_build_report_per_gateway(db: str | Path) -> None:
     report = build_report(db)
     assert set(report["gateways"]) == {"gw-1", "gw-2", "gw-3"}
     gw1 = report["gateways"]["gw-1"]
@@ -76,12 +78,12 @@ def test_build_report_per_gateway(db: Path) -> None:
     assert totals["duplicates"] == 2
 
 
-def test_report_is_json(db: Path) -> None:
+def test_report_is_json(db: str | Path) -> None:
     report = build_report(db)
     assert json.loads(json.dumps(report)) == report
 
 
-def test_render_report(db: Path) -> None:
+def test_render_report(db: str | Path) -> None:
     console = Console(record=True, width=220)
     render_report(build_report(db), console)
     text = console.export_text()
@@ -92,9 +94,9 @@ def test_render_report(db: Path) -> None:
         assert word in text
 
 
-def test_render_many_gaps_shows_first_twenty(tmp_path: Path) -> None:
-    path = tmp_path / "gaps.sqlite"
-    with SinkStore(path, durable=False) as s:
+def test_render_many_gaps_shows_first_twenty(sink_db: str | Path) -> None:
+    path = sink_db
+    with open_sink_store(path, durable=False) as s:
         for seq in range(0, 60, 2):
             s.store_batch(batch("gw-1", seq), 0)
     report = build_report(path)

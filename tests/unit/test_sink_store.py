@@ -1,15 +1,18 @@
-"""The sink's SQLite store: dedup by (gateway, lane, seq), gaps, atomic batches, control records."""
+"""The sink's store: dedup by (gateway, lane, seq), gaps, atomic batches, control records. The tests taking
+``store`` run against both backends (SQLite and PostgreSQL, see ``sink_db`` in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from bridge.cloud.errors import SinkStoreError, StoreUnavailable
+from bridge.cloud.sink_port import SinkStorePort, open_sink_store
+from bridge.cloud.sink_queries import SinkQueries
 from bridge.cloud.sink_store import GapSummary, InvalidRecord, SinkStore
 from bridge.mqtt.errors import PermanentBridgeError
 from bridge.protocol.codec import Batch
@@ -24,10 +27,12 @@ def batch(seq: int, gateway: str = "gw-1", n: int = 3, *, replay: bool = False) 
     return Batch(gateway=gateway, seq=seq, created_ms=T0 + seq, readings=readings, replay=replay)
 
 
-def rows(store: SinkStore, sql: str) -> list[tuple[Any, ...]]:
-    """Read the database file through a connection of its own."""
-    with sqlite3.connect(store.path) as db:
-        return db.execute(sql).fetchall()
+def rows(store: SinkStorePort, sql: str) -> list[tuple[Any, ...]]:
+    """Read the database: a SQLite file through a connection of its own, PostgreSQL through the store's."""
+    if isinstance(store, SinkStore):
+        with sqlite3.connect(store.path) as db:
+            return db.execute(sql).fetchall()
+    return cast(SinkQueries, store)._rows(sql)
 
 
 def alert(seq: int, gateway: str = "gw-1", state: str = "raised") -> dict[str, Any]:
@@ -46,12 +51,12 @@ def response(seq: int, gateway: str = "gw-1") -> dict[str, Any]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SinkStore]:
-    with SinkStore(tmp_path / "sink.sqlite", durable=False) as s:
+def store(sink_db: str | Path) -> Iterator[SinkStorePort]:
+    with open_sink_store(sink_db, durable=False) as s:
         yield s
 
 
-def test_batch_is_stored_once(store: SinkStore) -> None:
+def test_batch_is_stored_once(store: SinkStorePort) -> None:
     assert store.store_batch(batch(1), 1000) is True
     assert store.store_batch(batch(1), 2000) is False
     assert store.store_batch(batch(1, replay=True), 3000) is False
@@ -62,7 +67,7 @@ def test_batch_is_stored_once(store: SinkStore) -> None:
     assert (stats.records, stats.readings, stats.replayed, stats.last_received_ms) == (1, 3, 0, 1000)
 
 
-def test_dedup_key_includes_gateway_and_lane(store: SinkStore) -> None:
+def test_dedup_key_includes_gateway_and_lane(store: SinkStorePort) -> None:
     assert store.store_batch(batch(7, "gw-1"), 1)
     assert store.store_batch(batch(7, "gw-2"), 1)
     assert store.store_control(alert(7, "gw-1"), 1)  # same seq, other lane
@@ -72,20 +77,20 @@ def test_dedup_key_includes_gateway_and_lane(store: SinkStore) -> None:
     assert store.gateways() == ["gw-1", "gw-2"]
 
 
-def test_readings_keep_their_fields(store: SinkStore) -> None:
+def test_readings_keep_their_fields(store: SinkStorePort) -> None:
     b = Batch("gw-1", 4, 5, [Reading("d", "m", 10, 1.25, None), Reading("d", "n", 11, -3.0, 9)])
     store.store_batch(b, 100)
     got = rows(store, "SELECT gateway, device, metric, ts_ms, value, seq, batch_seq FROM readings ORDER BY 4")
     assert got == [("gw-1", "d", "m", 10, 1.25, None, 4), ("gw-1", "d", "n", 11, -3.0, 9, 4)]
 
 
-def test_gaps_between_lowest_and_highest_seq(store: SinkStore) -> None:
+def test_gaps_between_lowest_and_highest_seq(store: SinkStorePort) -> None:
     for seq in (1, 2, 5, 6, 9):
         store.store_batch(batch(seq), 0)
     assert store.gaps() == {("gw-1", "telemetry"): GapSummary(ranges=2, missing=4, first=[(3, 4), (7, 8)])}
 
 
-def test_gap_filled_later_no_longer_counts(store: SinkStore) -> None:
+def test_gap_filled_later_no_longer_counts(store: SinkStorePort) -> None:
     for seq in (10, 11, 14, 16):
         store.store_batch(batch(seq), 0)
     assert store.gaps()[("gw-1", "telemetry")].missing == 3
@@ -97,7 +102,7 @@ def test_gap_filled_later_no_longer_counts(store: SinkStore) -> None:
     assert store.lane_stats()[("gw-1", "telemetry")].replayed == 3
 
 
-def test_gaps_per_gateway_and_lane_with_limit(store: SinkStore) -> None:
+def test_gaps_per_gateway_and_lane_with_limit(store: SinkStorePort) -> None:
     for seq in range(0, 100, 2):  # 49 single-seq holes
         store.store_batch(batch(seq, "gw-a", n=1), 0)
     store.store_batch(batch(1, "gw-b"), 0)
@@ -131,7 +136,7 @@ def test_batch_insert_is_atomic(tmp_path: Path) -> None:
         assert store.store_batch(batch(2), 0) is True  # the key is still free
 
 
-def test_non_finite_value_is_invalid_and_nothing_stored(store: SinkStore) -> None:
+def test_non_finite_value_is_invalid_and_nothing_stored(store: SinkStorePort) -> None:
     bad = Batch("gw-1", 1, 0, [Reading("d", "m", 1, 1.0), Reading("d", "m", 2, float("nan"))])
     with pytest.raises(InvalidRecord) as err:
         store.store_batch(bad, 0)
@@ -139,7 +144,7 @@ def test_non_finite_value_is_invalid_and_nothing_stored(store: SinkStore) -> Non
     assert store.count("batches") == store.count("readings") == 0
 
 
-def test_control_records_stored_and_deduplicated(store: SinkStore) -> None:
+def test_control_records_stored_and_deduplicated(store: SinkStorePort) -> None:
     assert store.store_control(alert(1), 10)
     assert store.store_control(alert(2, state="cleared"), 11)
     assert store.store_control(event(3), 12)
@@ -168,7 +173,7 @@ def test_control_records_stored_and_deduplicated(store: SinkStore) -> None:
     ({"metric": None}, "malformed record"),
     ({"state": "maybe"}, "malformed record"),
 ])
-def test_malformed_control_records(store: SinkStore, change: dict[str, Any], reason: str) -> None:
+def test_malformed_control_records(store: SinkStorePort, change: dict[str, Any], reason: str) -> None:
     with pytest.raises(InvalidRecord) as err:
         store.store_control({**alert(1), **change}, 0)
     assert err.value.reason == reason
@@ -181,7 +186,7 @@ def test_parse_control_event_needs_an_object_body() -> None:
 
 
 
-def test_a_response_is_stored_with_its_flat_fields_and_may_have_an_empty_device(store: SinkStore) -> None:
+def test_a_response_is_stored_with_its_flat_fields_and_may_have_an_empty_device(store: SinkStorePort) -> None:
     assert store.store_control(response(3), 0)
     assert rows(store, "SELECT body_json FROM responses") == [
         ('{"command":"ping","id":"c1","result":{"ts":1},"rtt_ms":1.5,"source":"device","status":"ok"}',)]
@@ -191,7 +196,7 @@ def test_a_response_is_stored_with_its_flat_fields_and_may_have_an_empty_device(
         parse_control({**response(5), "status": None})
 
 
-def test_status_keeps_since_while_state_unchanged(store: SinkStore) -> None:
+def test_status_keeps_since_while_state_unchanged(store: SinkStorePort) -> None:
     store.record_status("gw-1", "online", 100)
     store.record_status("gw-1", "online", 200)  # retained status redelivered on reconnect
     s = store.statuses()["gw-1"]
@@ -201,7 +206,7 @@ def test_status_keeps_since_while_state_unchanged(store: SinkStore) -> None:
     assert (s.state, s.since_ms, s.received_ms) == ("offline", 300, 300)
 
 
-def test_invalid_counts(store: SinkStore) -> None:
+def test_invalid_counts(store: SinkStorePort) -> None:
     store.record_invalid("gw-1", "bad zlib body")
     store.record_invalid("gw-1", "bad zlib body")
     store.record_invalid("gw-2", "gateway mismatch")
@@ -209,16 +214,15 @@ def test_invalid_counts(store: SinkStore) -> None:
     assert store.gateways() == ["gw-1", "gw-2"]
 
 
-def test_dedup_survives_reopen_and_readonly_sees_data(tmp_path: Path) -> None:
-    path = tmp_path / "sink.sqlite"
-    with SinkStore(path) as s:
+def test_dedup_survives_reopen_and_readonly_sees_data(sink_db: str | Path) -> None:
+    with open_sink_store(sink_db) as s:
         s.store_batch(batch(1), 0)
-    with SinkStore(path) as s:
+    with open_sink_store(sink_db) as s:
         assert s.store_batch(batch(1), 0) is False
-        with SinkStore.open_readonly(path) as ro:  # a report while the sink is open
+        with open_sink_store(sink_db, readonly=True) as ro:  # a report while the sink is open
             assert ro.seqs("gw-1") == [1]
             assert ro.duplicate_counts() == {("gw-1", "telemetry"): 1}
-            with pytest.raises(SinkStoreError, match="readonly"):
+            with pytest.raises(SinkStoreError, match=r"readonly|read-only"):
                 ro.record_invalid("gw-1", "x")
 
 

@@ -11,6 +11,7 @@ import pytest
 from rich.console import Console
 
 from bridge.cloud.report import build_report, render_report
+from bridge.cloud.sink_port import open_sink_store
 from bridge.cloud.sink_store import SinkStore
 from bridge.mqtt.errors import PermanentBridgeError
 from bridge.protocol.codec import Batch
@@ -42,8 +43,8 @@ CREATE TABLE status (gateway TEXT PRIMARY KEY, state TEXT NOT NULL, since_ms INT
 """
 
 
-def test_same_seq_in_a_new_stream_is_stored_and_a_true_duplicate_is_not(tmp_path: Path) -> None:
-    with SinkStore(tmp_path / "s.sqlite", durable=False) as store:
+def test_same_seq_in_a_new_stream_is_stored_and_a_true_duplicate_is_not(sink_db: str | Path) -> None:
+    with open_sink_store(sink_db, durable=False) as store:
         assert store.store_batch(replace(batch(1), stream="aaaa"), T0)
         assert store.store_batch(replace(batch(1), stream="bbbb"), T0 + 1)  # wiped gateway, seq 1 again
         assert not store.store_batch(replace(batch(1), stream="bbbb"), T0 + 2)  # at-least-once resend
@@ -56,8 +57,8 @@ def test_same_seq_in_a_new_stream_is_stored_and_a_true_duplicate_is_not(tmp_path
         assert rows(store, "SELECT DISTINCT stream FROM readings ORDER BY 1") == [("aaaa",), ("bbbb",)]
 
 
-def test_gaps_are_per_stream(tmp_path: Path) -> None:
-    with SinkStore(tmp_path / "s.sqlite", durable=False) as store:
+def test_gaps_are_per_stream(sink_db: str | Path) -> None:
+    with open_sink_store(sink_db, durable=False) as store:
         for seq in (1, 2, 3):
             store.store_batch(replace(batch(seq), stream="old"), T0 + seq)
         for seq in (1, 3):
@@ -66,10 +67,10 @@ def test_gaps_are_per_stream(tmp_path: Path) -> None:
         assert (gap.ranges, gap.missing, gap.first, gap.first_streams) == (1, 1, [(2, 2)], ["new"])
 
 
-def test_values_a_real_cannot_hold_are_kept_exactly(tmp_path: Path) -> None:
+def test_values_a_real_cannot_hold_are_kept_exactly(sink_db: str | Path) -> None:
     values = [2**64 - 1, -(2**63), 2**53 + 1, -0.0, 0.0, 1e308, 21.5]
     b = Batch("gw-1", 1, T0, [Reading("d", "m", T0 + i, v) for i, v in enumerate(values)], stream="s1")
-    with SinkStore(tmp_path / "s.sqlite", durable=False) as store:
+    with open_sink_store(sink_db, durable=False) as store:
         store.store_batch(b, T0)
         got = rows(store, "SELECT value, value_text FROM readings ORDER BY ts_ms")
     exact = [int(text) if text and text.lstrip("-").isdigit() else float(text) if text else value
@@ -96,16 +97,18 @@ def test_a_schema_1_database_is_migrated_in_place(tmp_path: Path) -> None:
     SinkStore.open_readonly(path).close()
 
 
-def test_report_names_the_stream_of_each_gap_when_a_gateway_has_several(tmp_path: Path) -> None:
-    path = tmp_path / "s.sqlite"
-    with SinkStore(path, durable=False) as store:
+def test_report_names_the_stream_of_each_gap_when_a_gateway_has_several(sink_db: str | Path) -> None:
+    path = sink_db
+    with open_sink_store(path, durable=False) as store:
         for seq in (1, 2, 3):
             store.store_batch(replace(batch(seq), stream="old"), T0 + seq)
         for seq in (1, 3):
             store.store_batch(replace(batch(seq), stream="new"), T0 + 10 + seq)
     report = build_report(path)
-    assert [s["stream"] for s in report["gateways"]["gw-1"]["streams"]] == ["old", "new"]
+    assert [(s["stream"], s["missing_telemetry"], s["missing_control"])
+            for s in report["gateways"]["gw-1"]["streams"]] == [("old", 0, 0), ("new", 1, 0)]  # per stream and lane
     console = Console(record=True, width=200)
     render_report(report, console)
     text = console.export_text()
     assert "gw-1 telemetry stream new: missing seqs 2" in text and "streams: old (3 batches" in text
+    assert "new (2 batches" in text and "missing 1 telemetry)" in text

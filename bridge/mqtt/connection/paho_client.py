@@ -69,6 +69,8 @@ def connect(client: mqtt.Client, url: BrokerUrl, s: ClientSettings) -> None:
         props = new_properties(PacketTypes.CONNECT)
         if s.session_expiry_s > 0:
             props.SessionExpiryInterval = s.session_expiry_s
+        if s.receive_maximum is not None:
+            props.ReceiveMaximum = s.receive_maximum
         client.connect(url.host, url.port, s.keepalive_s, clean_start=s.clean_start, properties=props)
     else:
         client.connect(url.host, url.port, s.keepalive_s)
