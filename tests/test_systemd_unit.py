@@ -21,10 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "conf" / "systemd" / "edge-gateway.service"
 
 
-def service_section() -> dict[str, str]:
+def service_section(unit: Path = UNIT) -> dict[str, str]:
     parser = configparser.ConfigParser(strict=False, interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]
-    parser.read_string(UNIT.read_text())
+    parser.read_string(unit.read_text())
     return dict(parser["Service"])
 
 
@@ -89,15 +89,8 @@ def test_the_unit_gives_the_status_file_a_ram_disk_where_the_docs_say() -> None:
 SINK_UNIT = ROOT / "conf" / "systemd" / "edge-sink@.service"
 
 
-def sink_service_section() -> dict[str, str]:
-    parser = configparser.ConfigParser(strict=False, interpolation=None)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
-    parser.read_string(SINK_UNIT.read_text())
-    return dict(parser["Service"])
-
-
 def test_systemd_analyze_verifies_the_sink_worker_template(tmp_path: Path) -> None:
-    analyze_verify(SINK_UNIT, "edge-sink@1.service", [sink_service_section()["ExecStart"]], tmp_path)
+    analyze_verify(SINK_UNIT, "edge-sink@1.service", [service_section(SINK_UNIT)["ExecStart"]], tmp_path)
 
 
 def test_the_sink_worker_template_runs_a_command_the_cli_accepts(tmp_path: Path) -> None:
@@ -105,7 +98,7 @@ def test_the_sink_worker_template_runs_a_command_the_cli_accepts(tmp_path: Path)
     its share), and its command line parses with the real CLI."""
     from bridge.cloud.cli import sink
 
-    s = sink_service_section()
+    s = service_section(SINK_UNIT)
     assert s["Restart"] == "always" and s["RestartPreventExitStatus"].split() == ["2"]
     values = {"${SINK_URL}": "mqtt://127.0.0.1:1883", "${SINK_DB}": "postgresql://sink@127.0.0.1:5432/edge",
               "${SINK_GROUP}": "fleet", "${CREDENTIALS_DIRECTORY}": str(tmp_path), "%i": "1"}

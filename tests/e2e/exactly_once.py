@@ -95,14 +95,22 @@ async def running_sink(db: Path | str, urls: Sequence[str], *, connect_timeout_s
     """The sink storing into ``db`` on the event loop, subscribed when this returns (fast reconnects:
     brokers are killed under it); stopped and its database closed afterwards."""
     store = open_sink_store(db)
-    sink = Sink(store, urls, backoff=DecorrelatedJitter(0.05, 0.3), connect_timeout_s=connect_timeout_s,
-                **settings)
+    try:
+        async with serving(Sink(store, urls, backoff=DecorrelatedJitter(0.05, 0.3),
+                                connect_timeout_s=connect_timeout_s, **settings), ready_s=20) as sink:
+            yield sink
+    finally:
+        store.close()
+
+
+@asynccontextmanager
+async def serving(sink: Sink, ready_s: float) -> AsyncIterator[Sink]:
+    """Run ``sink`` on the event loop until the block ends; subscribed (ready) when it starts."""
     stop = asyncio.Event()
     task = asyncio.create_task(sink.run(stop))
     try:
-        await asyncio.wait_for(sink.ready.wait(), 20)
+        await asyncio.wait_for(sink.ready.wait(), ready_s)
         yield sink
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
-        store.close()

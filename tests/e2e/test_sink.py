@@ -26,6 +26,7 @@ from bridge.protocol.model import Reading
 from bridge.protocol.records import json_bytes
 from bridge.protocol.topics import CloudTopics
 from gateway.source.broker import EmbeddedBroker
+from tests.e2e.exactly_once import serving
 from tests.e2e.fake_broker import read_packet
 from tests.support import Mosquitto, eventually
 
@@ -67,15 +68,9 @@ class FlakyStore(SinkStore):
 
 @contextlib.asynccontextmanager
 async def running_sink(url: str, store: SinkStorePort, **kw: Any) -> AsyncIterator[Sink]:
-    sink = Sink(store, [url], backoff=DecorrelatedJitter(0.05, 0.5), connect_timeout_s=5.0, **kw)
-    stop = asyncio.Event()
-    task = asyncio.create_task(sink.run(stop))
-    try:
-        await asyncio.wait_for(sink.ready.wait(), 10)
+    async with serving(Sink(store, [url], backoff=DecorrelatedJitter(0.05, 0.5), connect_timeout_s=5.0, **kw),
+                       ready_s=10) as sink:
         yield sink
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
 
 
 @contextlib.asynccontextmanager
