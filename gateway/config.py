@@ -28,6 +28,7 @@ from gateway.config_sections import (
     DeadbandSpec,
     DecodeSection,
     DownlinkSection,
+    FilesSection,
     GatewaySection,
     LaneBudget,
     LogSection,
@@ -58,7 +59,8 @@ else:  # pragma: no cover
 
 __all__ = [
     "MAX_CONFIG_VERSION", "AclPattern", "AclSection", "AlertSpec", "AuthSection", "BatchSection", "BufferSection",
-    "ClockSection", "DeadbandSpec", "DecodeSection", "DownlinkSection", "GatewayConfig", "GatewaySection",
+    "ClockSection", "DeadbandSpec", "DecodeSection", "DownlinkSection", "FilesSection", "GatewayConfig",
+    "GatewaySection",
     "LaneBudget", "ListenerTlsSection", "LocalBrokerSection", "LogSection", "MetricsSection", "NonNegFloat",
     "PositiveFloat", "PositiveInt", "PushedConfig", "Qos", "Range", "RuleSpec", "SecretRef", "Secrets",
     "StatusSection", "Strict", "TlsSection", "TopicsSection", "UplinkSection", "is_loopback", "load_config",
@@ -80,6 +82,7 @@ class GatewayConfig(Strict):
     log: LogSection = LogSection()
     status: StatusSection = StatusSection()
     clock: ClockSection = ClockSection()
+    files: FilesSection = FilesSection()
 
     @property
     def buffer_dir(self) -> Path:
@@ -96,6 +99,18 @@ class GatewayConfig(Strict):
     @property
     def pki_dir(self) -> Path:
         return self.local_broker.auth.pki_dir or self.gateway.data_dir / "pki"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.files.dir or self.gateway.data_dir / "files"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.files.outbox_dir or self.files_dir / "outbox"
+
+    @property
+    def inbox_dir(self) -> Path:
+        return self.files.inbox_dir or self.files_dir / "inbox"
 
     @property
     def pushed_config_file(self) -> Path:

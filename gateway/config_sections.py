@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from bridge.protocol.files import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
 from bridge.protocol.topics import DEFAULT_PREFIX, ID_RULE, valid_id
 from gateway.config_types import (
     NonNegFloat,
@@ -228,6 +229,26 @@ class DownlinkSection(Strict):
             if name != "*" and not valid_id(name):
                 raise ValueError(f"{name[:64]!r}: a command name must be {ID_RULE} (or '*')")
         return v
+
+
+class FilesSection(Strict):
+    """File transfer (docs/OPERATIONS.md, "File transfer"): uploads from the outbox and from devices
+    on the bulk lane, downloads from the cloud into the inbox."""
+
+    enabled: bool = True
+    dir: Path | None = None  # default {gateway.data_dir}/files: outbox/, sending/, incoming/, inbox/, state
+    outbox_dir: Path | None = None  # default {files.dir}/outbox: drop files here (write, then rename in)
+    inbox_dir: Path | None = None  # default {files.dir}/inbox: downloads are installed here
+    chunk_bytes: Annotated[int, Field(ge=MIN_CHUNK_BYTES, le=MAX_CHUNK_BYTES)] = DEFAULT_CHUNK_BYTES
+    max_file_bytes: PositiveInt = 256 * 1024 * 1024  # larger files are refused (counted: too_large)
+    max_disk_bytes: PositiveInt = 1024 * 1024 * 1024  # all transfers on disk, apart from the telemetry buffer
+    window: Annotated[int, Field(ge=1, le=32)] = 2  # chunks in flight on the bulk lane
+    max_bytes_per_s: NonNegFloat = 0.0  # the bulk lane's own cap; 0 = none (the uplink's cap applies too)
+    max_attempts: Annotated[int, Field(ge=1, le=1000)] = 20  # sends of one chunk before the transfer fails
+    keep_sent_s: NonNegFloat = 86400.0  # a sent file waits this long for the receiver's "stored" before it is deleted
+    scan_interval_s: PositiveFloat = 1.0  # how often the outbox is looked at
+    device_uploads: bool = True  # devices may send files on devices/{device_id}/files/...
+    max_device_file_bytes: PositiveInt = 16 * 1024 * 1024
 
 
 class StatusSection(Strict):

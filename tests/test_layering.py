@@ -21,9 +21,10 @@ MAY_IMPORT: dict[str, tuple[str, ...]] = {
     "bridge.protocol": (),  # pure: the wire contract both sides share
     "bridge.mqtt": ("bridge.protocol",),
     "bridge.uplink": ("bridge.protocol", "bridge.mqtt"),
+    "bridge.transfer": ("bridge.protocol",),  # files on disk for the file-transfer protocol, both ends
     "bridge": ("bridge",),  # bridge never imports gateway (nor device_sim)
     "device_sim": (),  # a real device program: it obeys the documented contract like any device
-    "gateway": ("gateway", "bridge.protocol", "bridge.mqtt", "bridge.uplink"),  # never bridge.cloud
+    "gateway": ("gateway", "bridge.protocol", "bridge.mqtt", "bridge.uplink", "bridge.transfer"),  # never bridge.cloud
 }
 
 # COMPOSITION_ROOTS and ADAPTERS name modules without ".py": "gateway/cli" is gateway/cli.py, or every

@@ -30,8 +30,9 @@ from bridge.protocol.model import Value
 from bridge.protocol.topics import ControlKind, valid_id
 
 __all__ = [
-    "Alert", "AlertState", "ConfigStatus", "ControlOut", "ControlRecord", "Event", "InvalidRecord", "Json",
-    "Response", "Stamp", "Stamped", "decode_control", "encode_control", "json_bytes", "parse_control", "to_wire",
+    "Alert", "AlertState", "ConfigStatus", "ControlOut", "ControlRecord", "Event", "FileStatus", "InvalidRecord",
+    "Json", "Response", "Stamp", "Stamped", "decode_control", "encode_control", "json_bytes", "parse_control",
+    "to_wire",
 ]
 
 Json: TypeAlias = Any
@@ -94,7 +95,29 @@ class ConfigStatus:
     current_version: Json  # int
 
 
-ControlRecord: TypeAlias = Alert | Event | Response | ConfigStatus
+@dataclass(frozen=True)
+class FileStatus:
+    """Where a file transfer stands, from the gateway (docs/PROTOCOL.md, "File transfer"). For an
+    upload (``direction`` ``up``): ``sent`` (every chunk acknowledged by the cloud broker), ``stored``
+    (the receiver has it whole) or ``failed``; for a download (``down``): ``missing`` (send these
+    chunks, as ``[first, last]`` ranges, and the manifest too when ``manifest`` is set),
+    ``received`` (verified and installed) or ``failed``. ``reason`` says why it failed."""
+
+    kind: ClassVar[Literal["file_status"]] = "file_status"
+    id: str
+    direction: str
+    state: str
+    name: Json = None
+    size: Json = None
+    sha256: Json = None
+    reason: str = ""
+    missing: Json = None  # [[first, last], ...] for state "missing"
+    manifest: Json = None  # True when the manifest is missing too (state "missing")
+    device: Json = None
+    path: Json = None  # where a received download was installed (relative to the inbox)
+
+
+ControlRecord: TypeAlias = Alert | Event | Response | ConfigStatus | FileStatus
 ControlOut: TypeAlias = Callable[[ControlRecord], None]
 """Where a producer hands its control records (the gateway's control lane)."""
 
@@ -165,6 +188,8 @@ def parse_control(obj: Mapping[str, Json]) -> Stamped:
                                            obj.get("current_version")))
     if kind == "response":
         return Stamped(stamp, _response(obj))
+    if kind == "file_status":
+        return Stamped(stamp, _file_status(obj))
     device = _str(obj, "device")
     if kind == "alert":
         return Stamped(stamp, _alert(obj, device))
@@ -202,6 +227,13 @@ def _response(obj: Mapping[str, Json]) -> Response:
     status = _str(obj, "status")
     return Response(device, obj.get("command"), obj.get("id"), status, obj.get("result"), obj.get("source"),
                     obj.get("rtt_ms"))
+
+
+def _file_status(obj: Mapping[str, Json]) -> FileStatus:
+    reason = obj.get("reason", "")
+    return FileStatus(_str(obj, "id"), _str(obj, "direction"), _str(obj, "state"), obj.get("name"),
+                      obj.get("size"), obj.get("sha256"), reason if isinstance(reason, str) else str(reason),
+                      obj.get("missing"), obj.get("manifest"), obj.get("device"), obj.get("path"))
 
 
 def _int(obj: Mapping[str, Json], key: str) -> int:

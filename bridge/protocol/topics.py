@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from bridge.protocol.files import FileTopics
+
 # The one id grammar (device ids, metric names, gateway ids, command names, stream ids): 1 to 64
 # characters from [A-Za-z0-9_.-], the first one not '.' or '-'. So an id is never empty, never
 # '.' or '..' (nor any other name starting with a dot), never an option-like '-x', and never holds
@@ -26,9 +28,10 @@ _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 DEFAULT_PREFIX = "edge/{gateway_id}"
 """The default cloud topic prefix pattern (``topics.cloud_prefix``, the cloud tools' ``--prefix``)."""
 
-ControlKind = Literal["alert", "event", "response", "config_status"]
+ControlKind = Literal["alert", "event", "response", "config_status", "file_status"]
 CONTROL_TOPICS: dict[ControlKind, str] = {
     "alert": "alerts", "event": "events", "response": "responses", "config_status": "config/status",
+    "file_status": "files/status",
 }
 """The one kind -> topic map: a control record of each kind goes up on ``{prefix}/<this>``."""
 KIND_OF_TOPIC: dict[str, ControlKind] = {topic: kind for kind, topic in CONTROL_TOPICS.items()}
@@ -132,6 +135,14 @@ class CloudTopics:
     def config_status(self) -> str:
         return self.control("config_status")
 
+    @property
+    def files(self) -> FileTopics:
+        """The file-transfer topics (manifests, chunks, receipts) under the prefix."""
+        return FileTopics(self.prefix)
+
+    @property
+    def file_status(self) -> str:
+        return self.control("file_status")
 
     def control(self, kind: ControlKind) -> str:
         """The topic of a control record of ``kind``."""

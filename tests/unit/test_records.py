@@ -16,6 +16,7 @@ from bridge.protocol.records import (
     ConfigStatus,
     ControlRecord,
     Event,
+    FileStatus,
     Response,
     Stamp,
     Stamped,
@@ -62,9 +63,10 @@ def test_records_are_strict_json() -> None:
 
 def test_every_kind_has_one_topic() -> None:
     topics = CloudTopics("gw-01")
-    assert {cls.kind for cls in (Alert, Event, Response, ConfigStatus)} == set(CONTROL_TOPICS)
+    assert {cls.kind for cls in (Alert, Event, Response, ConfigStatus, FileStatus)} == set(CONTROL_TOPICS)
     assert [topics.control(kind) for kind in CONTROL_TOPICS] == [
-        topics.alerts, topics.events, topics.responses, topics.config_status]
+        topics.alerts, topics.events, topics.responses, topics.config_status, topics.file_status]
+    assert topics.file_status == "edge/gw-01/files/status"
     assert topics.config_status == "edge/gw-01/config/status"
     assert {KIND_OF_TOPIC[t] for t in CONTROL_TOPICS.values()} == set(CONTROL_TOPICS)
 

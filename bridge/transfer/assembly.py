@@ -1,0 +1,183 @@
+"""The receiving side's view of a file: chunks written at their offsets, progress on disk, the
+whole verified before it is installed.
+
+One file being received lives in a work directory as three files named by its id:
+``<id>.manifest`` (the manifest as received), ``<id>.part`` (the data, each chunk at its offset) and
+``<id>.have`` (one byte per chunk: 1 once that chunk's data is on disk and synced). A chunk is
+marked only after its data is synced, so after a crash the marks never claim more than the disk
+holds; a chunk written but not yet marked is simply asked for again. :meth:`Assembly.install`
+reads the whole file back, checks its SHA-256, syncs it and renames it into place: a partial or
+corrupt file is never presented under its name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from bridge.protocol.files import (
+    CONFLICT,
+    HASH_MISMATCH,
+    Chunk,
+    FileRejected,
+    Manifest,
+    check_chunk,
+    check_name,
+    decode_manifest,
+    encode_manifest,
+)
+
+__all__ = ["Assembly", "fsync_dir"]
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Assembly:
+    """One file being received into ``work_dir`` (see the module doc)."""
+
+    def __init__(self, work_dir: Path, manifest: Manifest, have: bytearray) -> None:
+        self.work_dir = work_dir
+        self.manifest = manifest
+        self._have = have
+
+    # -- opening ----------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, work_dir: Path, manifest: Manifest) -> Assembly:
+        """Start receiving ``manifest``'s file, or resume it when it is already under way. A
+        different manifest under the same id raises ``FileRejected("conflict")``."""
+        work_dir.mkdir(parents=True, exist_ok=True)
+        known = cls.load(work_dir, manifest.id)
+        if known is not None:
+            if known.manifest.to_json() | {"created_ms": 0} != manifest.to_json() | {"created_ms": 0}:
+                raise FileRejected(CONFLICT, f"file {manifest.id} is already being received with another manifest")
+            return known
+        paths = _paths(work_dir, manifest.id)
+        with open(paths["part"], "wb") as f:
+            f.truncate(manifest.size)  # sparse: disk blocks are taken as chunks arrive
+        _write_synced(paths["have"], bytes(manifest.chunks))
+        _write_synced(paths["manifest"], encode_manifest(manifest))  # last: its presence means "under way"
+        fsync_dir(work_dir)
+        return cls(work_dir, manifest, bytearray(manifest.chunks))
+
+    @classmethod
+    def load(cls, work_dir: Path, file_id: str) -> Assembly | None:
+        """The transfer of ``file_id`` under way in ``work_dir``, or None."""
+        paths = _paths(work_dir, file_id)
+        try:
+            manifest = decode_manifest(paths["manifest"].read_bytes())
+            have = bytearray(paths["have"].read_bytes())
+        except FileNotFoundError:
+            return None
+        except FileRejected:  # a torn manifest (crash while it was written): start over
+            cls.remove(work_dir, file_id)
+            return None
+        if len(have) != manifest.chunks or not paths["part"].exists():
+            have = bytearray(manifest.chunks)
+            _write_synced(paths["have"], bytes(have))
+        return cls(work_dir, manifest, have)
+
+    @classmethod
+    def under_way(cls, work_dir: Path) -> Iterator[Assembly]:
+        """Every transfer under way in ``work_dir`` (after a restart)."""
+        if not work_dir.is_dir():
+            return
+        for path in sorted(work_dir.glob("*.manifest")):
+            found = cls.load(work_dir, path.stem)
+            if found is not None:
+                yield found
+
+    @staticmethod
+    def remove(work_dir: Path, file_id: str) -> None:
+        for path in _paths(work_dir, file_id).values():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    # -- receiving --------------------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return self.manifest.id
+
+    def has(self, index: int) -> bool:
+        return bool(self._have[index])
+
+    def missing(self) -> list[int]:
+        return [i for i, got in enumerate(self._have) if not got]
+
+    @property
+    def received(self) -> int:
+        return sum(self._have)
+
+    @property
+    def complete(self) -> bool:
+        return all(self._have)
+
+    def write(self, chunk: Chunk) -> bool:
+        """Write ``chunk`` (checked against the manifest first: ``FileRejected``). False when it was
+        already here (a duplicate: nothing is written)."""
+        check_chunk(self.manifest, chunk)
+        if self._have[chunk.index]:
+            return False
+        paths = _paths(self.work_dir, self.id)
+        fd = os.open(paths["part"], os.O_WRONLY)
+        try:
+            os.pwrite(fd, chunk.data, chunk.offset)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        fd = os.open(paths["have"], os.O_WRONLY)
+        try:
+            os.pwrite(fd, b"\x01", chunk.index)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        self._have[chunk.index] = 1
+        return True
+
+    def install(self, dest: Path, name: str | None = None) -> Path:
+        """Verify the whole file and move it to ``dest/<name>`` (the manifest's name by default),
+        replacing a file of that name atomically. A whole that does not match raises
+        ``FileRejected("hash_mismatch")`` and forgets every chunk (they are all asked for again)."""
+        name = check_name(self.manifest.name if name is None else name)
+        part = _paths(self.work_dir, self.id)["part"]
+        digest = hashlib.sha256()
+        with part.open("rb") as f:
+            while block := f.read(1024 * 1024):
+                digest.update(block)
+            os.fsync(f.fileno())
+        if digest.hexdigest() != self.manifest.sha256:
+            self._have = bytearray(self.manifest.chunks)
+            _write_synced(_paths(self.work_dir, self.id)["have"], bytes(self._have))
+            raise FileRejected(HASH_MISMATCH, f"{self.manifest.name!r} does not match its SHA-256 as a whole")
+        dest.mkdir(parents=True, exist_ok=True)
+        target = dest / name
+        os.replace(part, target)  # same file system: work_dir lives beside dest (see callers)
+        fsync_dir(dest)
+        self.remove(self.work_dir, self.id)
+        return target
+
+    def discard(self) -> None:
+        self.remove(self.work_dir, self.id)
+
+
+def _paths(work_dir: Path, file_id: str) -> dict[str, Path]:
+    return {part: work_dir / f"{file_id}.{part}" for part in ("manifest", "part", "have")}
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,70 @@
+"""The sending side's view of a file: hash it into a :class:`Manifest`, read its chunks back.
+
+A file being sent must not change underneath: every chunk read is checked against the hash the
+manifest lists, and a file that changed raises ``FileRejected("hash_mismatch")`` rather than send
+data the receiver would refuse anyway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from bridge.protocol.files import (
+    DEFAULT_CHUNK_BYTES,
+    HASH_MISMATCH,
+    MAX_CHUNKS,
+    TOO_LARGE,
+    FileRejected,
+    Manifest,
+    check_name,
+    chunk_count,
+    new_file_id,
+)
+
+__all__ = ["plan_file", "read_chunk"]
+
+
+def plan_file(path: Path, *, chunk_size: int = DEFAULT_CHUNK_BYTES, name: str | None = None,
+              file_id: str | None = None, content_type: str = "application/octet-stream",
+              meta: Mapping[str, Any] | None = None, device: str | None = None,
+              max_size: int | None = None) -> Manifest:
+    """Read ``path`` once and describe it. Raises ``FileRejected`` (``bad_name``, ``too_large``) and
+    ``OSError`` (unreadable)."""
+    name = check_name(path.name if name is None else name)
+    size = path.stat().st_size
+    if max_size is not None and size > max_size:
+        raise FileRejected(TOO_LARGE, f"{name!r} has {size} bytes, the limit is {max_size}")
+    if chunk_count(size, chunk_size) > MAX_CHUNKS:
+        raise FileRejected(TOO_LARGE, f"{name!r} would take more than {MAX_CHUNKS} chunks of {chunk_size} bytes")
+    whole = hashlib.sha256()
+    hashes: list[str] = []
+    read = 0
+    with path.open("rb") as f:
+        while block := f.read(chunk_size):
+            whole.update(block)
+            hashes.append(hashlib.sha256(block).hexdigest())
+            read += len(block)
+    if read != size:
+        raise FileRejected(HASH_MISMATCH, f"{name!r} changed size while it was read")
+    return Manifest(file_id or new_file_id(), name, size, chunk_size, whole.hexdigest(), tuple(hashes),
+                    content_type, dict(meta or {}), int(time.time() * 1000), device)
+
+
+def read_chunk(path: Path, manifest: Manifest, index: int) -> tuple[bytes, bytes]:
+    """Chunk ``index`` of the file at ``path`` and its raw SHA-256 digest, checked against the
+    manifest (``FileRejected("hash_mismatch")`` when the file changed since it was planned)."""
+    length = manifest.chunk_length(index)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = os.pread(fd, length, index * manifest.chunk_size)
+    finally:
+        os.close(fd)
+    digest = hashlib.sha256(data).digest()
+    if len(data) != length or digest.hex() != manifest.chunk_sha256[index]:
+        raise FileRejected(HASH_MISMATCH, f"chunk {index} of {manifest.name!r} changed since it was planned")
+    return data, digest
