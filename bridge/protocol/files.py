@@ -168,7 +168,11 @@ def _load_object(payload: bytes, limit: int, what: str) -> dict[str, Any]:
         raise FileRejected(MALFORMED, f"{what} is not UTF-8 JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise FileRejected(MALFORMED, f"{what} is not a JSON object")
-    if obj.get("v") != VERSION or isinstance(obj.get("v"), bool):
+    try:  # JSON may spell a lone surrogate (\ud800) or a number beyond the doubles (1e400): no text holds them
+        _json(obj)
+    except (ValueError, RecursionError) as exc:
+        raise FileRejected(MALFORMED, f"{what} is not valid Unicode text with finite numbers: {exc}") from None
+    if type(obj.get("v")) is not int or obj.get("v") != VERSION:
         raise FileRejected(BAD_VERSION, f"{what} version {str(obj.get('v'))[:20]!r} (this side reads {VERSION})")
     return obj
 
