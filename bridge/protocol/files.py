@@ -295,14 +295,18 @@ def from_ranges(ranges: object, limit: int = MAX_CHUNKS) -> list[int]:
     """The indexes of ``[first, last]`` ranges (each below ``limit``), sorted, without repeats."""
     if not isinstance(ranges, list):
         raise FileRejected(MALFORMED, "chunks must be a list of [first, last] ranges")
-    out: set[int] = set()
+    pairs: list[tuple[int, int]] = []
     for item in ranges:
         if (not isinstance(item, list) or len(item) != 2
                 or not all(isinstance(x, int) and not isinstance(x, bool) for x in item)
                 or not 0 <= item[0] <= item[1] < limit):
             raise FileRejected(MALFORMED, f"{str(item)[:40]} is not a [first, last] range below {limit}")
-        out.update(range(item[0], item[1] + 1))
-    return sorted(out)
+        pairs.append((item[0], item[1]))
+    out: list[int] = []  # merged first: overlapping ranges cost their length once, not once per range
+    for first, last in sorted(pairs):
+        start = max(first, out[-1] + 1) if out else first
+        out.extend(range(start, last + 1))
+    return out
 
 
 @dataclass(frozen=True)
