@@ -255,11 +255,13 @@ def decode_chunk(payload: bytes) -> Chunk:
     """Parse a chunk message and check its data against its own SHA-256 (``hash_mismatch``)."""
     if len(payload) < CHUNK_HEADER.size:
         raise FileRejected(MALFORMED, f"chunk of {len(payload)} bytes is shorter than its header")
-    magic, version, flags, _reserved, raw_id, index, offset, length, digest = CHUNK_HEADER.unpack_from(payload)
+    magic, version, flags, reserved, raw_id, index, offset, length, digest = CHUNK_HEADER.unpack_from(payload)
     if magic != CHUNK_MAGIC:
         raise FileRejected(MALFORMED, "not a chunk (magic)")
     if version != VERSION:
         raise FileRejected(BAD_VERSION, f"chunk version {version} (this side reads {VERSION})")
+    if flags & ~FLAG_RESEND or reserved:  # a later version's meaning is refused, never misread
+        raise FileRejected(MALFORMED, f"reserved flag bits {flags:#04x} or reserved field {reserved} set")
     data = payload[CHUNK_HEADER.size:]
     if len(data) != length:
         raise FileRejected(MALFORMED, f"header says {length} bytes of data, the message holds {len(data)}")
