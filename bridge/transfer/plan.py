@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from bridge.protocol.files import (
+    BAD_CHUNK,
     DEFAULT_CHUNK_BYTES,
     HASH_MISMATCH,
+    MAX_CHUNK_BYTES,
     MAX_CHUNKS,
+    MIN_CHUNK_BYTES,
     TOO_LARGE,
     FileRejected,
     Manifest,
@@ -36,6 +39,8 @@ def plan_file(path: Path, *, chunk_size: int = DEFAULT_CHUNK_BYTES, name: str | 
     """Read ``path`` once and describe it. Raises ``FileRejected`` (``bad_name``, ``too_large``) and
     ``OSError`` (unreadable)."""
     name = check_name(path.name if name is None else name)
+    if not MIN_CHUNK_BYTES <= chunk_size <= MAX_CHUNK_BYTES:  # a receiver would refuse the manifest
+        raise ValueError(f"chunk_size {chunk_size} is outside {MIN_CHUNK_BYTES}..{MAX_CHUNK_BYTES}")
     size = path.stat().st_size
     if max_size is not None and size > max_size:
         raise FileRejected(TOO_LARGE, f"{name!r} has {size} bytes, the limit is {max_size}")
@@ -57,7 +62,10 @@ def plan_file(path: Path, *, chunk_size: int = DEFAULT_CHUNK_BYTES, name: str | 
 
 def read_chunk(path: Path, manifest: Manifest, index: int) -> tuple[bytes, bytes]:
     """Chunk ``index`` of the file at ``path`` and its raw SHA-256 digest, checked against the
-    manifest (``FileRejected("hash_mismatch")`` when the file changed since it was planned)."""
+    manifest (``FileRejected("hash_mismatch")`` when the file changed since it was planned;
+    ``bad_chunk`` for an index the manifest does not have, as a hostile receipt may ask)."""
+    if not 0 <= index < manifest.chunks:
+        raise FileRejected(BAD_CHUNK, f"{manifest.name!r} has no chunk {index} (it has {manifest.chunks})")
     length = manifest.chunk_length(index)
     fd = os.open(path, os.O_RDONLY)
     try:
