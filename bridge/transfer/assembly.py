@@ -81,8 +81,13 @@ class Assembly:
         except FileRejected:  # a torn manifest (crash while it was written): start over
             cls.remove(work_dir, file_id)
             return None
+        if manifest.id != file_id:  # not this file's manifest (renamed by hand): start over
+            cls.remove(work_dir, file_id)
+            return None
         if len(have) != manifest.chunks or not paths["part"].exists():
             have = bytearray(manifest.chunks)
+            with open(paths["part"], "wb") as f:  # a crash before the .part reached the disk: a new one
+                f.truncate(manifest.size)
             _write_synced(paths["have"], bytes(have))
         return cls(work_dir, manifest, have)
 
@@ -99,8 +104,9 @@ class Assembly:
     @staticmethod
     def remove(work_dir: Path, file_id: str) -> None:
         for path in _paths(work_dir, file_id).values():
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            for each in (path, path.with_name(path.name + ".tmp")):  # .tmp: left by a crash in _write_synced
+                with contextlib.suppress(FileNotFoundError):
+                    each.unlink()
 
     # -- receiving --------------------------------------------------------------------------------
 
@@ -149,6 +155,8 @@ class Assembly:
         replacing a file of that name atomically. A whole that does not match raises
         ``FileRejected("hash_mismatch")`` and forgets every chunk (they are all asked for again)."""
         name = check_name(self.manifest.name if name is None else name)
+        if not self.complete:
+            raise ValueError(f"{self.id} still misses {len(self.missing())} chunks: nothing to install")
         part = _paths(self.work_dir, self.id)["part"]
         digest = hashlib.sha256()
         with part.open("rb") as f:
