@@ -1,4 +1,4 @@
-"""Regenerate the golden file-transfer messages (see docs/PROTOCOL.md, "File transfer", "Golden vectors"):
+"""Regenerate the golden file-transfer messages (docs/PROTOCOL.md, "File transfer golden vectors"):
 
     python -m tests.vectors.files.make_vectors
 
