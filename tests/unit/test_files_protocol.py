@@ -9,7 +9,6 @@ import itertools
 import json
 import struct
 import unicodedata
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -42,6 +41,7 @@ from bridge.protocol.files import (
     to_ranges,
 )
 from bridge.protocol.records import FileStatus, Stamp, decode_control, encode_control, parse_control
+from tests.vectors.files.make_vectors import DECODERS
 
 HEX = "0123456789abcdef"
 ids = st.text(HEX, min_size=32, max_size=32)
@@ -53,8 +53,6 @@ json_scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.tex
     allow_nan=False, allow_infinity=False)
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3)
                            | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=10)
-ERROR_OF: dict[str, Callable[[bytes], object]] = {"manifest": decode_manifest, "receipt": decode_receipt,
-                                                  "chunk": decode_chunk}
 
 
 def _valid_name(raw: str) -> bool:
@@ -93,7 +91,7 @@ def _refused(kind: str, payload: bytes) -> None:
     """Decoding ``payload`` either succeeds or raises FileRejected with a documented reason."""
     reason = None
     try:
-        ERROR_OF[kind](payload)
+        DECODERS[kind](payload)
     except FileRejected as exc:
         reason = exc.reason
     assert reason is None or reason in REJECT_REASONS, reason
@@ -167,7 +165,7 @@ def test_file_status_is_a_control_record_that_round_trips() -> None:
 @given(st.binary(max_size=400))
 @settings(max_examples=300)
 def test_arbitrary_bytes_are_refused_only_with_a_reason(payload: bytes) -> None:
-    for kind in ERROR_OF:
+    for kind in DECODERS:
         _refused(kind, payload)
 
 
