@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -305,3 +307,20 @@ def test_discard_forgets_a_transfer(tmp_path: Path) -> None:
     a.discard()
     assert list(work.iterdir()) == [] and list(Assembly.under_way(work)) == []
     assert list(Assembly.under_way(tmp_path / "nowhere")) == []
+
+
+def test_install_into_another_file_system_copies_then_renames(tmp_path: Path) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second file system (/dev/shm) on this machine")
+    src = _source(tmp_path, 2 * CHUNK + 9)
+    m = plan_file(src, chunk_size=CHUNK)
+    inbox = Path(tempfile.mkdtemp(dir=shm)) / "inbox" / "dev-1"  # new directories, made on the way
+    try:
+        a = _receive(tmp_path / "work", src, m, [2, 0, 1])
+        target = a.install(inbox)
+        assert target.read_bytes() == src.read_bytes() and os.stat(target).st_dev != os.stat(tmp_path).st_dev
+        assert sorted(p.name for p in inbox.iterdir()) == ["data.bin"]  # the dot-named copy was renamed
+        assert list((tmp_path / "work").iterdir()) == []
+    finally:
+        shutil.rmtree(inbox.parent.parent)
