@@ -22,7 +22,7 @@ import struct
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from bridge.protocol.errors import CodecError
 
@@ -31,6 +31,7 @@ __all__ = [
     "MIN_CHUNK_BYTES", "REJECT_REASONS", "Chunk", "Direction", "FileRejected", "FileTopics", "Manifest", "Receipt",
     "ReceiptState", "check_chunk", "check_name", "chunk_count", "decode_chunk", "decode_manifest", "decode_receipt",
     "encode_chunk", "encode_manifest", "encode_receipt", "from_ranges", "new_file_id", "to_ranges",
+    "valid_file_id",
 ]
 
 Direction = Literal["up", "down"]
@@ -88,8 +89,13 @@ def new_file_id() -> str:
     return secrets.token_hex(16)
 
 
+def valid_file_id(value: object) -> TypeGuard[str]:
+    """32 lowercase hex digits (what :func:`new_file_id` makes)."""
+    return isinstance(value, str) and len(value) == 32 and set(value) <= _HEX
+
+
 def _check_id(value: object) -> str:
-    if not isinstance(value, str) or len(value) != 32 or not set(value) <= _HEX:
+    if not valid_file_id(value):
         raise FileRejected(BAD_ID, f"{str(value)[:40]!r} is not 32 lowercase hex digits")
     return value
 

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bridge.protocol.errors import InvalidRecord
 from bridge.protocol.files import (
     CHUNK_HEADER,
     MAX_CHUNK_BYTES,
@@ -360,3 +361,14 @@ def test_topics_are_built_and_parsed() -> None:
         assert topics.parse(other) is None
     with pytest.raises(FileRejected, match="bad_id"):
         topics.chunk("up", "../../x")
+
+
+@pytest.mark.parametrize(("change", "ok"), [({}, True), ({"id": "../../etc"}, False), ({"id": "AB" * 16}, False),
+                                            ({"direction": "sideways"}, False), ({"state": ""}, False)])
+def test_a_file_status_record_names_a_file_id_and_a_direction(change: dict[str, Any], ok: bool) -> None:
+    wire = decode_control(encode_control(FileStatus("ab" * 16, "up", "sent"), Stamp("gw-1", 1))) | change
+    if ok:
+        assert parse_control(wire).record == FileStatus("ab" * 16, "up", "sent")
+        return
+    with pytest.raises(InvalidRecord, match="malformed record"):
+        parse_control(wire)
