@@ -125,8 +125,8 @@ def _receive(work: Path, src: Path, m: Manifest, order: list[int]) -> Assembly:
 
 @given(st.integers(0, 6 * CHUNK + 7), st.randoms(use_true_random=False), st.integers(0, 5))
 @settings(max_examples=25, deadline=None)
-def test_chunks_in_any_order_with_duplicates_install_the_file(tmp_path_factory: pytest.TempPathFactory, size: int,
-                                                              rnd: random.Random, dups: int) -> None:
+def test_chunks_in_any_order_with_duplicates_and_restarts_install_the_file(
+        tmp_path_factory: pytest.TempPathFactory, size: int, rnd: random.Random, dups: int) -> None:
     tmp = tmp_path_factory.mktemp("any")
     src = _source(tmp, size)
     m = plan_file(src, chunk_size=CHUNK)
@@ -134,7 +134,14 @@ def test_chunks_in_any_order_with_duplicates_install_the_file(tmp_path_factory: 
     order = list(range(m.chunks)) + [rnd.randrange(m.chunks) for _ in range(dups if m.chunks else 0)]
     rnd.shuffle(order)
     a = Assembly.open(tmp / "work", m)
-    firsts = [a.write(chunks[i]) for i in order]
+    firsts = []
+    for i in order:
+        firsts.append(a.write(chunks[i]))
+        if rnd.random() < 0.3:  # a restart between two chunks: what is on disk carries on
+            missing = a.missing()
+            reopened = Assembly.load(tmp / "work", m.id)
+            assert reopened is not None and reopened.missing() == missing
+            a = reopened
     assert sorted(i for i, first in zip(order, firsts, strict=True) if first) == list(range(m.chunks))
     assert a.complete and a.missing() == [] and a.received == m.chunks
     target = a.install(tmp / "inbox")
