@@ -331,3 +331,23 @@ def test_install_into_another_file_system_copies_then_renames(tmp_path: Path) ->
         assert list((tmp_path / "work").iterdir()) == []
     finally:
         shutil.rmtree(inbox.parent.parent)
+
+
+def test_plan_refuses_what_is_not_a_regular_file_without_hanging(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)  # nobody writes to it: reading it would wait for ever
+    (tmp_path / "zeros").symlink_to("/dev/zero")  # reading it would never end
+    (tmp_path / "folder").mkdir()
+    for name in ("pipe", "zeros", "folder"):
+        with pytest.raises(FileRejected) as exc:
+            plan_file(tmp_path / name)
+        assert _reason(exc) == "malformed"
+
+
+def test_plan_reads_exactly_the_size_it_saw() -> None:
+    proc = Path("/proc/self/status")  # a regular file of size 0 that has bytes: one that "grew" while read
+    if not proc.is_file():
+        pytest.skip("no /proc")
+    with pytest.raises(FileRejected, match="grew") as exc:
+        plan_file(proc)
+    assert _reason(exc) == "hash_mismatch"
