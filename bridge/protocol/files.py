@@ -22,7 +22,7 @@ import struct
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from bridge.protocol.errors import CodecError
 
@@ -31,6 +31,7 @@ __all__ = [
     "MIN_CHUNK_BYTES", "REJECT_REASONS", "Chunk", "Direction", "FileRejected", "FileTopics", "Manifest", "Receipt",
     "ReceiptState", "check_chunk", "check_name", "chunk_count", "decode_chunk", "decode_manifest", "decode_receipt",
     "encode_chunk", "encode_manifest", "encode_receipt", "from_ranges", "new_file_id", "to_ranges",
+    "valid_file_id",
 ]
 
 Direction = Literal["up", "down"]
@@ -88,8 +89,13 @@ def new_file_id() -> str:
     return secrets.token_hex(16)
 
 
+def valid_file_id(value: object) -> TypeGuard[str]:
+    """32 lowercase hex digits (what :func:`new_file_id` makes)."""
+    return isinstance(value, str) and len(value) == 32 and set(value) <= _HEX
+
+
 def _check_id(value: object) -> str:
-    if not isinstance(value, str) or len(value) != 32 or not set(value) <= _HEX:
+    if not valid_file_id(value):
         raise FileRejected(BAD_ID, f"{str(value)[:40]!r} is not 32 lowercase hex digits")
     return value
 
@@ -168,7 +174,11 @@ def _load_object(payload: bytes, limit: int, what: str) -> dict[str, Any]:
         raise FileRejected(MALFORMED, f"{what} is not UTF-8 JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise FileRejected(MALFORMED, f"{what} is not a JSON object")
-    if obj.get("v") != VERSION or isinstance(obj.get("v"), bool):
+    try:  # JSON may spell a lone surrogate (\ud800) or a number beyond the doubles (1e400): no text holds them
+        _json(obj)
+    except (ValueError, RecursionError) as exc:
+        raise FileRejected(MALFORMED, f"{what} is not valid Unicode text with finite numbers: {exc}") from None
+    if type(obj.get("v")) is not int or obj.get("v") != VERSION:
         raise FileRejected(BAD_VERSION, f"{what} version {str(obj.get('v'))[:20]!r} (this side reads {VERSION})")
     return obj
 
@@ -251,11 +261,13 @@ def decode_chunk(payload: bytes) -> Chunk:
     """Parse a chunk message and check its data against its own SHA-256 (``hash_mismatch``)."""
     if len(payload) < CHUNK_HEADER.size:
         raise FileRejected(MALFORMED, f"chunk of {len(payload)} bytes is shorter than its header")
-    magic, version, flags, _reserved, raw_id, index, offset, length, digest = CHUNK_HEADER.unpack_from(payload)
+    magic, version, flags, reserved, raw_id, index, offset, length, digest = CHUNK_HEADER.unpack_from(payload)
     if magic != CHUNK_MAGIC:
         raise FileRejected(MALFORMED, "not a chunk (magic)")
     if version != VERSION:
         raise FileRejected(BAD_VERSION, f"chunk version {version} (this side reads {VERSION})")
+    if flags & ~FLAG_RESEND or reserved:  # a later version's meaning is refused, never misread
+        raise FileRejected(MALFORMED, f"reserved flag bits {flags:#04x} or reserved field {reserved} set")
     data = payload[CHUNK_HEADER.size:]
     if len(data) != length:
         raise FileRejected(MALFORMED, f"header says {length} bytes of data, the message holds {len(data)}")
@@ -291,14 +303,18 @@ def from_ranges(ranges: object, limit: int = MAX_CHUNKS) -> list[int]:
     """The indexes of ``[first, last]`` ranges (each below ``limit``), sorted, without repeats."""
     if not isinstance(ranges, list):
         raise FileRejected(MALFORMED, "chunks must be a list of [first, last] ranges")
-    out: set[int] = set()
+    pairs: list[tuple[int, int]] = []
     for item in ranges:
         if (not isinstance(item, list) or len(item) != 2
                 or not all(isinstance(x, int) and not isinstance(x, bool) for x in item)
                 or not 0 <= item[0] <= item[1] < limit):
             raise FileRejected(MALFORMED, f"{str(item)[:40]} is not a [first, last] range below {limit}")
-        out.update(range(item[0], item[1] + 1))
-    return sorted(out)
+        pairs.append((item[0], item[1]))
+    out: list[int] = []  # merged first: overlapping ranges cost their length once, not once per range
+    for first, last in sorted(pairs):
+        start = max(first, out[-1] + 1) if out else first
+        out.extend(range(start, last + 1))
+    return out
 
 
 @dataclass(frozen=True)

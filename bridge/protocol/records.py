@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeAlias
 
 from bridge.protocol.errors import CodecError, InvalidRecord
+from bridge.protocol.files import valid_file_id
 from bridge.protocol.model import Value
 from bridge.protocol.topics import ControlKind, valid_id
 
@@ -230,8 +231,11 @@ def _response(obj: Mapping[str, Json]) -> Response:
 
 
 def _file_status(obj: Mapping[str, Json]) -> FileStatus:
+    file_id, direction = _str(obj, "id"), _str(obj, "direction")
+    if not valid_file_id(file_id) or direction not in ("up", "down"):  # ids may name files on a consumer's disk
+        raise InvalidRecord(MALFORMED, f"file id {file_id!r:.40} or direction {direction!r:.10}")
     reason = obj.get("reason", "")
-    return FileStatus(_str(obj, "id"), _str(obj, "direction"), _str(obj, "state"), obj.get("name"),
+    return FileStatus(file_id, direction, _str(obj, "state"), obj.get("name"),
                       obj.get("size"), obj.get("sha256"), reason if isinstance(reason, str) else str(reason),
                       obj.get("missing"), obj.get("manifest"), obj.get("device"), obj.get("path"))
 

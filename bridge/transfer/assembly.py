@@ -13,8 +13,10 @@ corrupt file is never presented under its name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,8 +83,13 @@ class Assembly:
         except FileRejected:  # a torn manifest (crash while it was written): start over
             cls.remove(work_dir, file_id)
             return None
+        if manifest.id != file_id:  # not this file's manifest (renamed by hand): start over
+            cls.remove(work_dir, file_id)
+            return None
         if len(have) != manifest.chunks or not paths["part"].exists():
             have = bytearray(manifest.chunks)
+            with open(paths["part"], "wb") as f:  # a crash before the .part reached the disk: a new one
+                f.truncate(manifest.size)
             _write_synced(paths["have"], bytes(have))
         return cls(work_dir, manifest, have)
 
@@ -99,8 +106,9 @@ class Assembly:
     @staticmethod
     def remove(work_dir: Path, file_id: str) -> None:
         for path in _paths(work_dir, file_id).values():
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+            for each in (path, path.with_name(path.name + ".tmp")):  # .tmp: left by a crash in _write_synced
+                with contextlib.suppress(FileNotFoundError):
+                    each.unlink()
 
     # -- receiving --------------------------------------------------------------------------------
 
@@ -149,6 +157,8 @@ class Assembly:
         replacing a file of that name atomically. A whole that does not match raises
         ``FileRejected("hash_mismatch")`` and forgets every chunk (they are all asked for again)."""
         name = check_name(self.manifest.name if name is None else name)
+        if not self.complete:
+            raise ValueError(f"{self.id} still misses {len(self.missing())} chunks: nothing to install")
         part = _paths(self.work_dir, self.id)["part"]
         digest = hashlib.sha256()
         with part.open("rb") as f:
@@ -159,15 +169,40 @@ class Assembly:
             self._have = bytearray(self.manifest.chunks)
             _write_synced(_paths(self.work_dir, self.id)["have"], bytes(self._have))
             raise FileRejected(HASH_MISMATCH, f"{self.manifest.name!r} does not match its SHA-256 as a whole")
-        dest.mkdir(parents=True, exist_ok=True)
+        _make_dirs(dest)
         target = dest / name
-        os.replace(part, target)  # same file system: work_dir lives beside dest (see callers)
+        try:
+            os.replace(part, target)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            self._copy_into(part, target)  # dest is on another file system (files.inbox_dir elsewhere)
         fsync_dir(dest)
-        self.remove(self.work_dir, self.id)
+        self.remove(self.work_dir, self.id)  # the .manifest first: without it nothing is under way
+        fsync_dir(self.work_dir)
         return target
+
+    def _copy_into(self, part: Path, target: Path) -> None:
+        """Copy ``part`` beside ``target`` (a dot name, so scanners skip it), sync it, rename it into place."""
+        tmp = target.with_name(f".{self.id}.part")
+        with part.open("rb") as src, open(tmp, "wb") as out:
+            shutil.copyfileobj(src, out, 1024 * 1024)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+        part.unlink()
 
     def discard(self) -> None:
         self.remove(self.work_dir, self.id)
+
+
+def _make_dirs(path: Path) -> None:
+    """``mkdir -p`` whose new entries are synced: a crash does not lose a directory a file was installed in."""
+    if path.is_dir():
+        return
+    _make_dirs(path.parent)
+    path.mkdir(exist_ok=True)
+    fsync_dir(path.parent)
 
 
 def _paths(work_dir: Path, file_id: str) -> dict[str, Path]:

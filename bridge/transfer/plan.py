@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from bridge.protocol.files import (
+    BAD_CHUNK,
     DEFAULT_CHUNK_BYTES,
     HASH_MISMATCH,
+    MALFORMED,
+    MAX_CHUNK_BYTES,
     MAX_CHUNKS,
+    MIN_CHUNK_BYTES,
     TOO_LARGE,
     FileRejected,
     Manifest,
@@ -33,31 +38,43 @@ def plan_file(path: Path, *, chunk_size: int = DEFAULT_CHUNK_BYTES, name: str | 
               file_id: str | None = None, content_type: str = "application/octet-stream",
               meta: Mapping[str, Any] | None = None, device: str | None = None,
               max_size: int | None = None) -> Manifest:
-    """Read ``path`` once and describe it. Raises ``FileRejected`` (``bad_name``, ``too_large``) and
-    ``OSError`` (unreadable)."""
+    """Read ``path`` once and describe it. Raises ``FileRejected`` (``bad_name``, ``too_large``,
+    ``malformed`` for anything but a regular file, ``hash_mismatch`` when it changes size while read)
+    and ``OSError`` (unreadable)."""
     name = check_name(path.name if name is None else name)
-    size = path.stat().st_size
-    if max_size is not None and size > max_size:
-        raise FileRejected(TOO_LARGE, f"{name!r} has {size} bytes, the limit is {max_size}")
-    if chunk_count(size, chunk_size) > MAX_CHUNKS:
-        raise FileRejected(TOO_LARGE, f"{name!r} would take more than {MAX_CHUNKS} chunks of {chunk_size} bytes")
-    whole = hashlib.sha256()
-    hashes: list[str] = []
-    read = 0
-    with path.open("rb") as f:
-        while block := f.read(chunk_size):
+    if not MIN_CHUNK_BYTES <= chunk_size <= MAX_CHUNK_BYTES:  # a receiver would refuse the manifest
+        raise ValueError(f"chunk_size {chunk_size} is outside {MIN_CHUNK_BYTES}..{MAX_CHUNK_BYTES}")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # NONBLOCK: opening a FIFO must not hang us
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # a pipe, a device (/dev/zero) or a directory: it would never end
+        os.close(fd)
+        raise FileRejected(MALFORMED, f"{name!r} is not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        size = info.st_size
+        if max_size is not None and size > max_size:
+            raise FileRejected(TOO_LARGE, f"{name!r} has {size} bytes, the limit is {max_size}")
+        if chunk_count(size, chunk_size) > MAX_CHUNKS:
+            raise FileRejected(TOO_LARGE, f"{name!r} would take more than {MAX_CHUNKS} chunks of {chunk_size} bytes")
+        whole = hashlib.sha256()
+        hashes: list[str] = []
+        for offset in range(0, size, chunk_size):  # exactly size bytes: a file that keeps growing is not chased
+            block = f.read(min(chunk_size, size - offset))
+            if len(block) != min(chunk_size, size - offset):
+                raise FileRejected(HASH_MISMATCH, f"{name!r} shrank while it was read")
             whole.update(block)
             hashes.append(hashlib.sha256(block).hexdigest())
-            read += len(block)
-    if read != size:
-        raise FileRejected(HASH_MISMATCH, f"{name!r} changed size while it was read")
+        if f.read(1):
+            raise FileRejected(HASH_MISMATCH, f"{name!r} grew while it was read")
     return Manifest(file_id or new_file_id(), name, size, chunk_size, whole.hexdigest(), tuple(hashes),
                     content_type, dict(meta or {}), int(time.time() * 1000), device)
 
 
 def read_chunk(path: Path, manifest: Manifest, index: int) -> tuple[bytes, bytes]:
     """Chunk ``index`` of the file at ``path`` and its raw SHA-256 digest, checked against the
-    manifest (``FileRejected("hash_mismatch")`` when the file changed since it was planned)."""
+    manifest (``FileRejected("hash_mismatch")`` when the file changed since it was planned;
+    ``bad_chunk`` for an index the manifest does not have, as a hostile receipt may ask)."""
+    if not 0 <= index < manifest.chunks:
+        raise FileRejected(BAD_CHUNK, f"{manifest.name!r} has no chunk {index} (it has {manifest.chunks})")
     length = manifest.chunk_length(index)
     fd = os.open(path, os.O_RDONLY)
     try:
