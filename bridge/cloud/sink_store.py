@@ -104,9 +104,9 @@ class SinkStore(SinkQueries):
             version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot read the sink database {self.path}: {exc}") from exc
-        if version not in ((SCHEMA_VERSION,) if readonly else (0, 1, SCHEMA_VERSION)):
+        if version not in ((SCHEMA_VERSION,) if readonly else (0, 1, 2, SCHEMA_VERSION)):
             self._db.close()
-            hint = "; run `edge-gateway sink` on it once to upgrade it" if version == 1 else ""
+            hint = "; run `edge-gateway sink` on it once to upgrade it" if version in (1, 2) else ""
             raise PermanentBridgeError(
                 f"{self.path} is not a sink database of this version (schema version {version}, "
                 f"expected {SCHEMA_VERSION}){hint}"
