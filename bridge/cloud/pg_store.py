@@ -79,8 +79,7 @@ def _pg(sql: str) -> str:
 
 
 _CLAIM, _DUPLICATE = _pg(sink_rows.CLAIM_SQL), _pg(sink_rows.DUPLICATE_SQL)
-_INVALID, _STATUS = _pg(sink_rows.INVALID_SQL), _pg(sink_rows.STATUS_SQL)
-_FILE = _pg(sink_rows.FILE_SQL)
+_INVALID, _STATUS, _FILE = _pg(sink_rows.INVALID_SQL), _pg(sink_rows.STATUS_SQL), _pg(sink_rows.FILE_SQL)
 _CLAIM_KEYS = ("INSERT INTO batches (gateway, stream, lane, seq, received_ms, replay, readings, created_ms)"
                " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::int8[], %s::int8[], %s::bool[],"
                " %s::int4[], %s::int8[]) ON CONFLICT DO NOTHING RETURNING gateway, stream, lane, seq")

@@ -93,9 +93,8 @@ def build_report(db_path: Path | str, device: str | None = None, *,
         "invalid": sum(sum(x["invalid"].values()) for x in g),
         "files": {state: sum(f["state"] == state for f in files) for state in _FILE_STATES},
     }
-    now_ms = int(time.time() * 1000)
-    return {"db": str(db_path), "device": device, "generated_ms": now_ms, "totals": totals, "gateways": gateways,
-            "files": files}
+    return {"db": str(db_path), "device": device, "generated_ms": int(time.time() * 1000), "totals": totals,
+            "gateways": gateways, "files": files}
 
 
 def has_gaps(report: dict[str, Any]) -> bool:

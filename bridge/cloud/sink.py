@@ -119,6 +119,18 @@ class _Session:
             self._group.close()
 
 
+def _check(prefix: str, shared_group: str | None, protocol: Protocol, urls: Sequence[str | BrokerUrl]) -> None:
+    if "{gateway_id}" not in prefix:
+        raise ValueError(f"prefix {prefix!r} must contain {{gateway_id}}")
+    if shared_group is not None:
+        if protocol != "5":
+            raise ValueError("shared subscriptions need MQTT 5 (protocol='5')")
+        if not valid_id(shared_group):
+            raise ValueError(f"shared group {shared_group!r} is not a valid topic level")
+    if not urls:
+        raise ValueError("Sink needs at least one broker url")
+
+
 class Sink:
     """Subscribe to all gateways under ``prefix`` and store their batches and control records."""
 
@@ -148,15 +160,7 @@ class Sink:
         reconnects always keep trying. ``group_limits``: how much one transaction of the group
         commit takes (:class:`~bridge.cloud.sink_group.GroupLimits`); the sink asks the broker
         (MQTT 5 Receive Maximum) for as many unacknowledged messages as one group takes."""
-        if "{gateway_id}" not in prefix:
-            raise ValueError(f"prefix {prefix!r} must contain {{gateway_id}}")
-        if shared_group is not None:
-            if protocol != "5":
-                raise ValueError("shared subscriptions need MQTT 5 (protocol='5')")
-            if not valid_id(shared_group):
-                raise ValueError(f"shared group {shared_group!r} is not a valid topic level")
-        if not urls:
-            raise ValueError("Sink needs at least one broker url")
+        _check(prefix, shared_group, protocol, urls)
         self.store = store
         self.urls = list(urls)
         self.group_limits = group_limits or GroupLimits()

@@ -1,0 +1,210 @@
+"""The sink's file receiver (``--files-dir``) against mosquitto, on SQLite and PostgreSQL: a plain
+MQTT client plays the gateway, publishing manifests and chunks and answering the receipts."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.cloud.file_receiver import FileOptions
+from bridge.cloud.report import build_report
+from bridge.cloud.sink import Sink
+from bridge.cloud.sink_port import SinkStorePort, open_sink_store
+from bridge.mqtt.backoff import DecorrelatedJitter
+from bridge.mqtt.connection import MqttConnection
+from bridge.mqtt.types import ClientSettings, Message
+from bridge.protocol.files import Manifest, Receipt, decode_receipt, encode_chunk, encode_manifest, new_file_id
+from bridge.protocol.topics import CloudTopics
+from bridge.transfer.plan import plan_file, read_chunk
+from tests.e2e.exactly_once import serving
+from tests.support import Mosquitto, eventually
+
+pytestmark = pytest.mark.timeout(60)
+
+GW = CloudTopics("gw-1")
+CHUNK = 1024
+
+
+class Gateway:
+    """A plain MQTT client publishing one gateway's uploads and answering the sink's receipts
+    (``answer``: send what a ``missing`` receipt asks for). ``sent`` lists the chunk indexes sent."""
+
+    conn: MqttConnection
+
+    def __init__(self) -> None:
+        self.receipts: list[Receipt] = []
+        self.files: dict[str, tuple[Path, Manifest]] = {}
+        self.sent: list[int] = []
+        self.answer = False
+
+    def on_message(self, message: Message) -> None:
+        receipt = decode_receipt(message.payload)
+        self.receipts.append(receipt)
+        if self.answer and receipt.state == "missing" and receipt.id in self.files:
+            if receipt.manifest:
+                self.conn.publish(GW.files.manifest("up", receipt.id), encode_manifest(self.files[receipt.id][1]))
+            for index in receipt.missing:
+                self.chunk(receipt.id, index, resend=True)
+
+    def manifest(self, path: Path, manifest: Manifest) -> None:
+        self.files[manifest.id] = (path, manifest)
+        self.conn.publish(GW.files.manifest("up", manifest.id), encode_manifest(manifest))
+
+    def chunk(self, file_id: str, index: int, *, resend: bool = False) -> None:
+        path, manifest = self.files[file_id]
+        data, digest = read_chunk(path, manifest, index)
+        self.sent.append(index)
+        self.conn.publish(GW.files.chunk("up", file_id),
+                          encode_chunk(file_id, index, index * manifest.chunk_size, data, resend=resend, sha256=digest))
+
+    def states(self, file_id: str) -> list[str]:
+        return [r.state for r in self.receipts if r.id == file_id]
+
+
+@contextlib.asynccontextmanager
+async def gateway(url: str) -> AsyncIterator[Gateway]:
+    settings = ClientSettings(client_id=f"gw-{random.getrandbits(32):x}", max_inflight=1000)
+    gw = Gateway()
+    gw.conn = await MqttConnection.open(url, settings, on_message=gw.on_message)
+    try:
+        await gw.conn.subscribe([(GW.files.filter("up", "receipt"), 1)])
+        yield gw
+    finally:
+        await gw.conn.close()
+
+
+def sink(url: str, store: SinkStorePort, root: Path, **kw: Any) -> Sink:
+    options = FileOptions(root, max_bytes=kw.pop("max_bytes", 1024**2), stall_s=kw.pop("stall_s", 30.0))
+    return Sink(store, [url], backoff=DecorrelatedJitter(0.05, 0.5), connect_timeout_s=5.0, files=options, **kw)
+
+
+def some_file(tmp_path: Path, size: int, name: str = "dump.bin") -> tuple[Path, Manifest]:
+    path = tmp_path / "outbox" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(random.Random(size).randbytes(size))
+    return path, plan_file(path, chunk_size=CHUNK)
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def file_row(store: SinkStorePort, file_id: str) -> dict[str, Any] | None:
+    return next((f for f in store.files() if f["id"] == file_id), None)
+
+
+async def test_chunks_out_of_order_with_duplicates_make_one_verified_file(
+        mosquitto: Mosquitto, sink_db: str | Path, tmp_path: Path) -> None:
+    path, manifest = some_file(tmp_path, 10 * CHUNK + 123)
+    root = tmp_path / "files"
+    order = list(range(manifest.chunks))
+    random.Random(7).shuffle(order)
+    with open_sink_store(sink_db, durable=False) as store:
+        async with gateway(mosquitto.url) as gw, serving(sink(mosquitto.url, store, root), 10) as s:
+            gw.manifest(path, manifest)
+            await eventually(lambda: gw.states(manifest.id) == ["missing"])
+            for index in order[:4] + order[:2] + order[4:-1] + [order[4], order[-1]]:  # 3 duplicates
+                gw.chunk(manifest.id, index)
+            await eventually(lambda: "stored" in gw.states(manifest.id))
+            assert s.files is not None
+            assert (s.files.counters.stored, s.files.counters.duplicate_chunks) == (1, 3)
+            gw.manifest(path, manifest)  # a manifest of a file already stored: ``stored`` again
+            await eventually(lambda: gw.states(manifest.id).count("stored") == 2)
+            row = file_row(store, manifest.id)
+    installed = root / "gw-1" / "dump.bin"
+    assert sha(installed) == manifest.sha256 == sha(path)
+    assert gw.receipts[-1].sha256 == manifest.sha256
+    assert row is not None and (row["state"], row["path"], row["duplicates"]) == ("stored", "gw-1/dump.bin", 3)
+    assert row["received_chunks"] == row["chunks"] == manifest.chunks
+    assert sorted(os.listdir(root / ".incoming" / "gw-1")) == []  # no work files left
+    listed = build_report(sink_db)["files"]
+    assert [(f["id"], f["state"], f["sha256"]) for f in listed] == [(manifest.id, "stored", manifest.sha256)]
+
+
+async def test_receiver_restarted_mid_transfer_with_its_broker_session_lost_completes_the_file(
+        mosquitto: Mosquitto, sink_db: str | Path, tmp_path: Path) -> None:
+    """The issue's test: the sink stops with half the chunks, its session is gone (clean session),
+    the chunks published meanwhile are lost; at restart it asks for exactly those, the gateway
+    answers, the file completes."""
+    path, manifest = some_file(tmp_path, 20 * CHUNK)
+    root = tmp_path / "files"
+    half = manifest.chunks // 2
+    with open_sink_store(sink_db, durable=False) as store:
+        async with gateway(mosquitto.url) as gw:
+            async with serving(sink(mosquitto.url, store, root, persistent=False), 10):
+                gw.manifest(path, manifest)
+                for index in range(half):
+                    gw.chunk(manifest.id, index)
+                await eventually(lambda: (file_row(store, manifest.id) or {}).get("received_chunks") == half)
+            for index in range(half, manifest.chunks):  # nobody subscribed: lost
+                gw.chunk(manifest.id, index)
+            await eventually(lambda: gw.conn.pending_count == 0)
+            gw.sent.clear()
+            gw.answer = True
+            async with serving(sink(mosquitto.url, store, root, persistent=False), 10):
+                await eventually(lambda: "stored" in gw.states(manifest.id))
+            row = file_row(store, manifest.id)
+    asked = [r for r in gw.receipts if r.state == "missing"]
+    assert asked[-1].missing == tuple(range(half, manifest.chunks)) and not asked[-1].manifest
+    assert sorted(gw.sent) == list(range(half, manifest.chunks))  # exactly what was lost, once each
+    assert sha(root / "gw-1" / "dump.bin") == manifest.sha256
+    assert row is not None and row["state"] == "stored"
+
+
+async def test_a_chunk_of_an_unknown_file_asks_for_the_manifest(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    path, manifest = some_file(tmp_path, 3 * CHUNK)
+    with open_sink_store(tmp_path / "sink.sqlite", durable=False) as store:
+        async with gateway(mosquitto.url) as gw, serving(sink(mosquitto.url, store, tmp_path / "files"), 10) as s:
+            gw.files[manifest.id] = (path, manifest)  # the manifest was never received
+            gw.chunk(manifest.id, 1)
+            await eventually(lambda: gw.states(manifest.id) == ["missing"])
+            assert gw.receipts[0].manifest and gw.receipts[0].missing == ()
+            assert s.counters.invalid_reasons["unknown_file"] == 1
+            gw.answer = True  # the sink answers the manifest with what it misses, the gateway sends that
+            gw.manifest(path, manifest)
+            await eventually(lambda: "stored" in gw.states(manifest.id))
+    assert sha(tmp_path / "files" / "gw-1" / "dump.bin") == manifest.sha256
+
+
+def tree(top: Path) -> set[str]:
+    return {str(p.relative_to(top)) for p in top.rglob("*")}
+
+
+async def test_hostile_names_and_oversized_files_are_refused_and_nothing_is_written_outside(
+        mosquitto: Mosquitto, sink_db: str | Path, tmp_path: Path) -> None:
+    path, good = some_file(tmp_path, 2 * CHUNK)
+    big_path, big = some_file(tmp_path, 40 * CHUNK, "big.bin")
+    hostile = {name: Manifest(new_file_id(), name, good.size, good.chunk_size, good.sha256, good.chunk_sha256)
+               for name in ("../../etc/passwd", ".bashrc", "a/b")}
+    root = tmp_path / "files"
+    before = tree(tmp_path)
+    with open_sink_store(sink_db, durable=False) as store:
+        async with gateway(mosquitto.url) as gw, \
+                serving(sink(mosquitto.url, store, root, max_bytes=20 * CHUNK), 10) as s:
+            for manifest in [*hostile.values(), big]:
+                gw.manifest(big_path if manifest is big else path, manifest)
+                gw.chunk(manifest.id, 0)
+            await eventually(lambda: all(gw.states(m.id)[:1] == ["failed"] for m in [*hostile.values(), big]))
+            assert sorted(r.reason for r in gw.receipts if r.state == "failed") == [
+                "bad_name", "bad_name", "bad_name", "too_large"]
+            assert s.counters.invalid_reasons["bad_name"] == 3 and s.counters.invalid_reasons["too_large"] == 1
+            await eventually(lambda: s.counters.invalid_reasons["unknown_file"] == 4)  # their chunks
+            rows = {f["id"]: f for f in store.files()}
+    assert {m.id: (rows[m.id]["state"], rows[m.id]["reason"]) for m in hostile.values()} == {
+        m.id: ("failed", "bad_name") for m in hostile.values()}
+    assert rows[hostile["../../etc/passwd"].id]["name"] == "../../etc/passwd"  # only text in the database
+    assert (rows[big.id]["state"], rows[big.id]["reason"]) == ("failed", "too_large")
+    created = tree(tmp_path) - before
+    outside = {p for p in created if not p.startswith("files") and not p.startswith("sink.sqlite")}
+    assert outside == set()
+    assert {p for p in created if p.startswith("files")} == {"files", "files/.incoming"}  # no file, no directory
+    assert "passwd" not in " ".join(created) and "bashrc" not in " ".join(created)
+    invalid = build_report(sink_db)["gateways"]["gw-1"]["invalid"]
+    assert (invalid["bad_name"], invalid["too_large"], invalid["unknown_file"]) == (3, 1, 4)
