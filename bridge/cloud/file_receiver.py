@@ -55,7 +55,7 @@ from bridge.protocol.files import (
 from bridge.protocol.topics import CloudTopics, TopicPattern, valid_id
 from bridge.transfer.assembly import Assembly
 
-__all__ = ["FileCounters", "FileOptions", "FileReceiver"]
+__all__ = ["FileCounters", "FileOptions", "FileReceiver", "file_filters"]
 
 log = logging.getLogger("bridge.cloud.sink")
 
@@ -88,6 +88,12 @@ class _Group:
 
 
 
+def file_filters(prefix: str) -> list[tuple[str, int]]:
+    """The receiver's QoS 1 subscriptions: every gateway's upload manifests and chunks (never shared)."""
+    base = TopicPattern(prefix).subscription()
+    return [(f"{base}/files/up/+/manifest", 1), (f"{base}/files/up/+/chunk", 1)]
+
+
 class FileReceiver:
     """Receives the uploads of every gateway under ``prefix`` (see the module doc)."""
 
@@ -99,8 +105,7 @@ class FileReceiver:
         self.intake = FileIntake(options.root)
         self._prefix = prefix
         self._routes = [(TopicPattern(f"{prefix}/files/up/{{file_id}}/{part}"), part) for part in ("manifest", "chunk")]
-        base = TopicPattern(prefix).subscription()
-        self.filters = [(f"{base}/files/up/+/manifest", 1), (f"{base}/files/up/+/chunk", 1)]
+        self.filters = file_filters(prefix)
         self._queue: asyncio.Queue[tuple[Message, MqttConnection] | str] = asyncio.Queue()
         self._outbox: asyncio.Queue[tuple[str, Receipt]] = asyncio.Queue()
         self._conn: MqttConnection | None = None

@@ -40,14 +40,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from bridge.cloud.file_receiver import FileOptions, FileReceiver
+from bridge.cloud.file_receiver import FileOptions, FileReceiver, file_filters
 from bridge.cloud.sink_group import GroupCommit, GroupLimits
 from bridge.cloud.sink_handler import SinkCounters, SinkHandler
 from bridge.cloud.sink_port import SinkStorePort, is_postgres_url, open_sink_store
 from bridge.mqtt.backoff import DecorrelatedJitter
 from bridge.mqtt.connect import connect_with_backoff
 from bridge.mqtt.connection import MqttConnection
-from bridge.mqtt.errors import BrokerUnreachable, ConnectionLost, SubscribeFailed, UplinkStopped
+from bridge.mqtt.errors import BridgeError, BrokerUnreachable, ConnectionLost, SubscribeFailed, UplinkStopped
 from bridge.mqtt.types import ANONYMOUS, ClientSettings, Login, Message, TlsSettings
 from bridge.mqtt.urls import BrokerUrl, parse_broker_url
 from bridge.protocol.topics import DEFAULT_PREFIX, UPLINK_TOPICS, TopicPattern, valid_id
@@ -177,6 +177,7 @@ class Sink:
             tls=login.tls or tls,
             connect_timeout_s=connect_timeout_s,
         )
+        self._prefix = prefix
         self.handler = SinkHandler(store, prefix)
         self.counters = self.handler.counters
         self.files = None if files is None else FileReceiver(store, self.counters, files, prefix)
@@ -261,6 +262,9 @@ class Sink:
         self._subscribed_once = True
         if self.files is not None:
             self.files.connected(conn)
+        elif conn.info.session_present:  # a session that had --files-dir before: stop the chunks coming
+            with contextlib.suppress(BridgeError):
+                await conn.unsubscribe([f for f, _ in file_filters(self._prefix)])
         self.ready.set()
         log.info("sink subscribed on %s as %s (session present: %s)", conn.url, self.settings.client_id,
                  conn.info.session_present)

@@ -3,15 +3,19 @@ MQTT client plays the gateway, publishing manifests and chunks and answering the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import random
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from bridge.cloud.file_receiver import FileOptions
 from bridge.cloud.report import build_report
@@ -23,6 +27,7 @@ from bridge.mqtt.types import ClientSettings, Message
 from bridge.protocol.files import Manifest, Receipt, decode_receipt, encode_chunk, encode_manifest, new_file_id
 from bridge.protocol.topics import CloudTopics
 from bridge.transfer.plan import plan_file, read_chunk
+from gateway.cli import main
 from tests.e2e.exactly_once import serving
 from tests.support import Mosquitto, eventually
 
@@ -208,3 +213,39 @@ async def test_hostile_names_and_oversized_files_are_refused_and_nothing_is_writ
     assert "passwd" not in " ".join(created) and "bashrc" not in " ".join(created)
     invalid = build_report(sink_db)["gateways"]["gw-1"]["invalid"]
     assert (invalid["bad_name"], invalid["too_large"], invalid["unknown_file"]) == (3, 1, 4)
+
+
+async def test_the_sink_command_receives_files_and_report_lists_them(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    path, manifest = some_file(tmp_path, 3 * CHUNK + 5)
+    _, big = some_file(tmp_path, 8 * CHUNK, "big.bin")
+    db, root = tmp_path / "sink.sqlite", tmp_path / "files"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "sink", "--url", mosquitto.url, "--db", str(db), "--files-dir", str(root),
+        "--files-max-bytes", str(4 * CHUNK), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        async with gateway(mosquitto.url) as gw:
+            gw.answer = True
+
+            async def offered() -> bool:  # until the sink is up: every manifest gets an answer
+                if not gw.states(manifest.id):
+                    gw.manifest(path, manifest)
+                return "stored" in gw.states(manifest.id)
+
+            await eventually(offered, timeout=30, interval=0.5)
+            gw.manifest(path, big)
+            await eventually(lambda: gw.states(big.id) == ["failed"])
+    finally:
+        proc.terminate()
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert "file receiver stopped: 1 files stored, 1 failed" in err.decode()
+    res = CliRunner().invoke(main, ["report", "--db", str(db), "--json"])
+    assert res.exit_code == 0, res.output
+    listed = {f["name"]: f for f in json.loads(res.output)["files"]}
+    assert (listed["dump.bin"]["state"], listed["dump.bin"]["path"], listed["dump.bin"]["sha256"]) == (
+        "stored", "gw-1/dump.bin", manifest.sha256)
+    assert (listed["big.bin"]["state"], listed["big.bin"]["size"], listed["big.bin"]["path"]) == (
+        "failed", big.size, None)
+    assert sha(root / "gw-1" / "dump.bin") == manifest.sha256
+    text = CliRunner().invoke(main, ["report", "--db", str(db)], env={"COLUMNS": "80"}).output
+    assert "Files (2)" in text and "gw-1/dump.bin" in text and "too_large" in text
