@@ -112,6 +112,7 @@ class FileReceiver:
         self._stalls: dict[tuple[str, str], _Stall] = {}
         self._asked: dict[tuple[str, str], float] = {}  # when a manifest was last asked for
         self._installed: dict[tuple[str, str], tuple[str, str]] = {}  # (path, sha256) stored in this run
+        self._offload = asyncio.to_thread  # where disk work runs (bench/sink_files.py compares it with inline)
         self.idle = asyncio.Event()
         """Set while no file message waits (tests wait on it)."""
 
@@ -138,7 +139,7 @@ class FileReceiver:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Load the transfers under way, run the worker, the receipt sender and the stall ticker."""
-        found = await asyncio.to_thread(self.intake.resume)
+        found = await self._offload(self.intake.resume)
         log.info("file receiver on %s: %d transfers under way", self.options.root, found)
         tasks = [asyncio.create_task(job()) for job in (self._work, self._send, self._tick)]
         try:
@@ -221,7 +222,7 @@ class FileReceiver:
             self.counters.repeated_manifests += 1
             return
         try:
-            assembly = await asyncio.to_thread(self.intake.open, gateway, manifest)
+            assembly = await self._offload(self.intake.open, gateway, manifest)
         except FileRejected as exc:  # conflict: another manifest under this id is under way
             self._fail(gateway, file_id, exc, group, None)
             return
@@ -255,7 +256,7 @@ class FileReceiver:
                 self._ask_manifest(gateway, file_id, group)
             return
         try:
-            new = await asyncio.to_thread(self.intake.write, assembly, chunk)
+            new = await self._offload(self.intake.write, assembly, chunk)
         except FileRejected as exc:
             self._reject(gateway, exc, group)
             return
@@ -274,7 +275,7 @@ class FileReceiver:
     async def _install(self, gateway: str, assembly: Assembly, group: _Group) -> None:
         key = (gateway, assembly.id)
         try:
-            path = await asyncio.to_thread(self.intake.install, gateway, assembly)
+            path = await self._offload(self.intake.install, gateway, assembly)
         except FileRejected as exc:  # the chunks matched the manifest, the whole does not: the manifest lies
             self._stalls.pop(key, None)
             self._fail(gateway, assembly.id, exc, group, transfer_row(gateway, assembly, "failed", reason=exc.reason))
