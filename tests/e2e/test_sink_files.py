@@ -249,3 +249,53 @@ async def test_the_sink_command_receives_files_and_report_lists_them(mosquitto: 
     assert sha(root / "gw-1" / "dump.bin") == manifest.sha256
     text = CliRunner().invoke(main, ["report", "--db", str(db)], env={"COLUMNS": "80"}).output
     assert "Files (2)" in text and "gw-1/dump.bin" in text and "too_large" in text
+
+
+async def test_a_name_taken_keeps_both_files(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    first_path, first = some_file(tmp_path, 2 * CHUNK)
+    second_path = tmp_path / "second" / "dump.bin"
+    second_path.parent.mkdir()
+    second_path.write_bytes(b"another dump" * 100)
+    second = plan_file(second_path, chunk_size=CHUNK)
+    root = tmp_path / "files"
+    with open_sink_store(tmp_path / "sink.sqlite", durable=False) as store:
+        async with gateway(mosquitto.url) as gw, serving(sink(mosquitto.url, store, root), 10):
+            gw.answer = True
+            gw.manifest(first_path, first)
+            await eventually(lambda: "stored" in gw.states(first.id))
+            gw.manifest(second_path, second)
+            await eventually(lambda: "stored" in gw.states(second.id))
+            paths = {f["id"]: f["path"] for f in store.files()}
+    assert paths == {first.id: "gw-1/dump.bin", second.id: f"gw-1/dump.{second.id[:8]}.bin"}
+    assert sha(root / paths[first.id]) == first.sha256 and sha(root / paths[second.id]) == second.sha256
+
+
+async def test_a_corrupt_chunk_is_asked_for_again_and_a_lying_manifest_fails(
+        mosquitto: Mosquitto, tmp_path: Path) -> None:
+    path, manifest = some_file(tmp_path, 4 * CHUNK)
+    liar = Manifest(new_file_id(), "liar.bin", manifest.size, manifest.chunk_size, "0" * 64, manifest.chunk_sha256)
+    root = tmp_path / "files"
+    with open_sink_store(tmp_path / "sink.sqlite", durable=False) as store:
+        async with gateway(mosquitto.url) as gw, serving(sink(mosquitto.url, store, root, stall_s=0.3), 10) as s:
+            gw.manifest(path, manifest)
+            for index in range(manifest.chunks):
+                data, _ = read_chunk(path, manifest, index)
+                if index == 2:  # flipped on the way: its own SHA-256 no longer matches
+                    data = bytes([data[0] ^ 1]) + data[1:]
+                    gw.conn.publish(GW.files.chunk("up", manifest.id),
+                                    encode_chunk(manifest.id, 2, 2 * CHUNK, data, sha256=bytes(32)))
+                else:
+                    gw.chunk(manifest.id, index)
+            # nothing more comes: after the stall the sink asks for exactly the chunk it could not take
+            await eventually(lambda: any(r.state == "missing" and r.missing == (2,) for r in gw.receipts))
+            assert s.counters.invalid_reasons["hash_mismatch"] == 1
+            gw.chunk(manifest.id, 2, resend=True)
+            await eventually(lambda: "stored" in gw.states(manifest.id))
+            gw.answer = True
+            gw.manifest(path, liar)  # every chunk matches its listed hash, the whole does not
+            await eventually(lambda: "failed" in gw.states(liar.id))
+            row = next(f for f in store.files() if f["id"] == liar.id)
+    assert [r.reason for r in gw.receipts if r.id == liar.id and r.state == "failed"] == ["hash_mismatch"]
+    assert (row["state"], row["reason"], row["path"]) == ("failed", "hash_mismatch", None)
+    assert sorted(os.listdir(root / "gw-1")) == ["dump.bin"]  # the lying file was never installed
+    assert os.listdir(root / ".incoming" / "gw-1") == []
