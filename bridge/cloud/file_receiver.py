@@ -31,6 +31,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from bridge.cloud.errors import SinkStoreError
 from bridge.cloud.file_intake import FileIntake
@@ -60,6 +61,8 @@ __all__ = ["FileCounters", "FileOptions", "FileReceiver", "file_filters"]
 log = logging.getLogger("bridge.cloud.sink")
 
 _GROUP = 64  # file messages per transaction at most
+_REMEMBERED = 10_000  # files stored lately / asked for a manifest lately, kept in memory
+V = TypeVar("V")
 _TICK, _RESUME = "tick", "resume"
 IO_ERROR = "io_error"
 _HEX = frozenset("0123456789abcdef")
@@ -88,6 +91,15 @@ class _Group:
 
 
 
+def _remember(memory: dict[tuple[str, str], V], key: tuple[str, str], value: V) -> V:
+    """Keep ``value`` under ``key`` in a memory of the latest :data:`_REMEMBERED` entries."""
+    memory.pop(key, None)
+    memory[key] = value
+    if len(memory) > _REMEMBERED:
+        del memory[next(iter(memory))]
+    return value
+
+
 def file_filters(prefix: str) -> list[tuple[str, int]]:
     """The receiver's QoS 1 subscriptions: every gateway's upload manifests and chunks (never shared)."""
     base = TopicPattern(prefix).subscription()
@@ -111,10 +123,9 @@ class FileReceiver:
         self._conn: MqttConnection | None = None
         self._stalls: dict[tuple[str, str], _Stall] = {}
         self._asked: dict[tuple[str, str], float] = {}  # when a manifest was last asked for
-        self._installed: dict[tuple[str, str], tuple[str, str]] = {}  # (path, sha256) stored in this run
+        # the rows of files stored lately (written again if a storage failure lost the first write)
+        self._installed: dict[tuple[str, str], FileWrite] = {}
         self._offload = asyncio.to_thread  # where disk work runs (bench/sink_files.py compares it with inline)
-        self.idle = asyncio.Event()
-        """Set while no file message waits (tests wait on it)."""
 
     # ------------------------------------------------------------ wiring
     def route(self, topic: str) -> tuple[str, str, str] | None:
@@ -127,7 +138,7 @@ class FileReceiver:
 
     def add(self, message: Message, conn: MqttConnection) -> None:
         """Take a file message that arrived on ``conn`` (acknowledged there once handled)."""
-        self.idle.clear()
+        self._conn = conn  # the latest connection: receipts go there (a redelivery may come before SUBACK)
         self._queue.put_nowait((message, conn))
 
     def connected(self, conn: MqttConnection) -> None:
@@ -152,8 +163,6 @@ class FileReceiver:
     # ------------------------------------------------------------ the worker
     async def _work(self) -> None:
         while True:
-            if self._queue.empty():
-                self.idle.set()
             items = [await self._queue.get()]
             while len(items) < _GROUP and not self._queue.empty():
                 items.append(self._queue.get_nowait())
@@ -285,22 +294,25 @@ class FileReceiver:
             return
         self._stalls.pop(key, None)
         shown = path.relative_to(self.options.root).as_posix()
-        self._installed[key] = (shown, assembly.manifest.sha256)
         self.counters.stored += 1
-        group.rows[key] = transfer_row(gateway, assembly, "stored", path=shown, stored_ms=now_ms())
+        group.rows[key] = _remember(self._installed, key, transfer_row(gateway, assembly, "stored", path=shown,
+                                                                       stored_ms=now_ms()))
         group.receipts.append((gateway, Receipt(assembly.id, "stored", sha256=assembly.manifest.sha256,
                                                 ts_ms=now_ms())))
         log.info("stored %s from %s as %s (%d bytes)", assembly.id, gateway, shown, assembly.manifest.size)
 
     def _answer_stored(self, gateway: str, file_id: str, group: _Group) -> bool:
         """If the file is already stored, answer ``stored`` again; whether it was."""
-        known = self._installed.get((gateway, file_id))
-        if known is None:
+        row = self._installed.get((gateway, file_id))
+        if row is not None:
+            group.rows[(gateway, file_id)] = row  # nothing changes if its first write was committed
+            sha256 = row.sha256
+        else:
             state = self.store.file_state(gateway, file_id)
             if state is None or state[0] != "stored":
                 return False
-            known = (state[1] or "", state[2])
-        group.receipts.append((gateway, Receipt(file_id, "stored", sha256=known[1], ts_ms=now_ms())))
+            sha256 = state[2]
+        group.receipts.append((gateway, Receipt(file_id, "stored", sha256=sha256, ts_ms=now_ms())))
         return True
 
     # ------------------------------------------------------------ stalls and resume
@@ -310,7 +322,7 @@ class FileReceiver:
     def _ask_manifest(self, gateway: str, file_id: str, group: _Group) -> None:
         now = time.monotonic()
         if now - self._asked.get((gateway, file_id), -1e9) >= self.options.stall_s:
-            self._asked[(gateway, file_id)] = now
+            _remember(self._asked, (gateway, file_id), now)
             group.receipts.append((gateway, Receipt(file_id, "missing", manifest=True, ts_ms=now_ms())))
 
     async def _check_stalls(self, group: _Group, *, resume: bool) -> None:

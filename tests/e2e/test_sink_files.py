@@ -10,17 +10,20 @@ import json
 import os
 import random
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
+from bridge.cloud.errors import SinkStoreError
 from bridge.cloud.file_receiver import FileOptions
 from bridge.cloud.report import build_report
 from bridge.cloud.sink import Sink
 from bridge.cloud.sink_port import SinkStorePort, open_sink_store
+from bridge.cloud.sink_store import SinkStore
+from bridge.cloud.sink_writes import FileWrite, Outcome, Write
 from bridge.mqtt.backoff import DecorrelatedJitter
 from bridge.mqtt.connection import MqttConnection
 from bridge.mqtt.types import ClientSettings, Message
@@ -299,3 +302,33 @@ async def test_a_corrupt_chunk_is_asked_for_again_and_a_lying_manifest_fails(
     assert (row["state"], row["reason"], row["path"]) == ("failed", "hash_mismatch", None)
     assert sorted(os.listdir(root / "gw-1")) == ["dump.bin"]  # the lying file was never installed
     assert os.listdir(root / ".incoming" / "gw-1") == []
+
+
+class FailingFileRows(SinkStore):
+    """A real store whose first ``failures`` groups with file rows fail like a full disk would."""
+
+    def __init__(self, path: Path, failures: int) -> None:
+        super().__init__(path, durable=False)
+        self.failures = failures
+
+    def store_group(self, writes: Sequence[Write]) -> list[Outcome]:
+        if self.failures > 0 and any(isinstance(w, FileWrite) for w in writes):
+            self.failures -= 1
+            raise SinkStoreError("sink database: write: database or disk is full")
+        return super().store_group(writes)
+
+
+async def test_a_chunk_whose_row_is_not_committed_is_not_acknowledged_and_comes_again(
+        mosquitto: Mosquitto, tmp_path: Path) -> None:
+    path, manifest = some_file(tmp_path, 3 * CHUNK)
+    with FailingFileRows(tmp_path / "sink.sqlite", failures=2) as store:
+        async with gateway(mosquitto.url) as gw, serving(sink(mosquitto.url, store, tmp_path / "files"), 10) as s:
+            gw.manifest(path, manifest)
+            for index in range(manifest.chunks):
+                gw.chunk(manifest.id, index)
+            # the broker redelivers what the sink did not acknowledge, on its persistent session
+            await eventually(lambda: "stored" in gw.states(manifest.id), timeout=20)
+            assert s.counters.store_errors == 2 and s.counters.connects >= 2
+            row = file_row(store, manifest.id)
+    assert row is not None and (row["state"], row["received_chunks"]) == ("stored", manifest.chunks)
+    assert sha(tmp_path / "files" / "gw-1" / "dump.bin") == manifest.sha256
