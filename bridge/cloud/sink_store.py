@@ -17,8 +17,9 @@ batch disappears by itself.
 
 Values are stored exactly: ``readings.value`` is the REAL, and ``readings.value_text`` holds the
 exact value as text where a REAL cannot (an integer beyond +-2**53, or -0.0, whose sign SQLite
-drops); it is NULL otherwise. A database of schema version 1 is migrated in place, in one
-transaction, when the sink opens it (its rows get the stream ``''``).
+drops); it is NULL otherwise. A database of schema version 1 or 2 is migrated in place, in one
+transaction, when the sink opens it (version 1's rows get the stream ``''``; version 3 adds the
+``file_status`` and ``files`` tables).
 
 One :class:`SinkStore` is used from one thread. Readers (the report) open their own connection
 with :meth:`SinkStore.open_readonly`; WAL mode lets them read while the sink writes.
