@@ -8,7 +8,9 @@ whole file) runs in a thread (:func:`asyncio.to_thread`) so the event loop stays
 messages; then the group's rows go to the store in ONE transaction and only after that commit are
 the group's messages acknowledged (as the data messages are, :mod:`bridge.cloud.sink_group`). A
 storage failure acknowledges nothing and drops the connection: the broker redelivers, and a chunk
-already on disk is then a counted duplicate.
+already on disk is then a counted duplicate. File messages are acknowledged in their own arrival order,
+independently of the data messages' group commit: PUBACKs of the two may interleave out of PUBLISH
+order, which brokers accept (mosquitto does: tests/e2e/test_sink_files.py).
 
 Receipts (QoS 1, best effort: a lost one is covered by the stall timer here and by the gateway
 publishing its manifest again): ``stored`` once a file is installed, and again for a manifest or

@@ -32,6 +32,7 @@ from bridge.protocol.topics import CloudTopics
 from bridge.transfer.plan import plan_file, read_chunk
 from gateway.cli import main
 from tests.e2e.exactly_once import serving
+from tests.e2e.test_sink import envelope
 from tests.support import Mosquitto, eventually
 
 pytestmark = pytest.mark.timeout(60)
@@ -118,9 +119,12 @@ async def test_chunks_out_of_order_with_duplicates_make_one_verified_file(
         async with gateway(mosquitto.url) as gw, serving(sink(mosquitto.url, store, root), 10) as s:
             gw.manifest(path, manifest)
             await eventually(lambda: gw.states(manifest.id) == ["missing"])
-            for index in order[:4] + order[:2] + order[4:-1] + [order[4], order[-1]]:  # 3 duplicates
+            sends = order[:4] + order[:2] + order[4:-1] + [order[4], order[-1]]  # 3 duplicates
+            for seq, index in enumerate(sends, 1):  # telemetry between the chunks: both acknowledged
                 gw.chunk(manifest.id, index)
+                gw.conn.publish(GW.telemetry, envelope("gw-1", seq))
             await eventually(lambda: "stored" in gw.states(manifest.id))
+            await eventually(lambda: store.seqs("gw-1") == list(range(1, len(sends) + 1)))
             assert s.files is not None
             assert (s.files.counters.stored, s.files.counters.duplicate_chunks) == (1, 3)
             gw.manifest(path, manifest)  # a manifest of a file already stored: ``stored`` again

@@ -11,9 +11,11 @@ from pathlib import Path
 import psycopg
 from rich.console import Console
 
+from bridge.cloud.file_receiver import FileOptions
 from bridge.cloud.pg_schema import migrate
 from bridge.cloud.pg_store import PgSinkStore
 from bridge.cloud.report import build_report, render_report
+from bridge.cloud.sink import Sink
 from bridge.cloud.sink_handler import SinkHandler
 from bridge.cloud.sink_port import open_sink_store
 from bridge.cloud.sink_schema import SCHEMA_VERSION, create_schema
@@ -93,3 +95,13 @@ def test_postgres_migration_3_adds_the_file_tables_and_keeps_the_rows(pg_url: st
         assert store.seqs("gw-1") == [1]
         store.store_group([ROW])
         assert store.count("files") == 1 and store.count("file_status") == 0
+
+
+def test_the_file_topics_are_a_plain_subscription_even_in_a_shared_group(tmp_path: Path) -> None:
+    with SinkStore(tmp_path / "sink.sqlite", durable=False) as store:
+        shared = Sink(store, ["mqtt://127.0.0.1:1"], shared_group="sinks", files=FileOptions(tmp_path / "files"))
+        data_only = Sink(store, ["mqtt://127.0.0.1:1"], shared_group="sinks")
+    files = [f for f, _ in shared.filters if "/files/up/" in f]
+    assert files == ["edge/+/files/up/+/manifest", "edge/+/files/up/+/chunk"]
+    assert "$share/sinks/edge/+/files/status" in [f for f, _ in shared.filters]  # FileStatus records: data
+    assert [f for f, _ in data_only.filters if "/files/up/" in f] == []
