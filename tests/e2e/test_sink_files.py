@@ -10,20 +10,18 @@ import json
 import os
 import random
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from bridge.cloud.errors import SinkStoreError
 from bridge.cloud.file_receiver import FileOptions
 from bridge.cloud.report import build_report
 from bridge.cloud.sink import Sink
 from bridge.cloud.sink_port import SinkStorePort, open_sink_store
-from bridge.cloud.sink_store import SinkStore
-from bridge.cloud.sink_writes import FileWrite, Outcome, Write
+from bridge.cloud.sink_writes import FileWrite
 from bridge.mqtt.backoff import DecorrelatedJitter
 from bridge.mqtt.connection import MqttConnection
 from bridge.mqtt.types import ClientSettings, Message
@@ -32,7 +30,7 @@ from bridge.protocol.topics import CloudTopics
 from bridge.transfer.plan import plan_file, read_chunk
 from gateway.cli import main
 from tests.e2e.exactly_once import serving
-from tests.e2e.test_sink import envelope
+from tests.e2e.test_sink import FlakyStore, envelope
 from tests.support import Mosquitto, eventually
 
 pytestmark = pytest.mark.timeout(60)
@@ -308,24 +306,10 @@ async def test_a_corrupt_chunk_is_asked_for_again_and_a_lying_manifest_fails(
     assert os.listdir(root / ".incoming" / "gw-1") == []
 
 
-class FailingFileRows(SinkStore):
-    """A real store whose first ``failures`` groups with file rows fail like a full disk would."""
-
-    def __init__(self, path: Path, failures: int) -> None:
-        super().__init__(path, durable=False)
-        self.failures = failures
-
-    def store_group(self, writes: Sequence[Write]) -> list[Outcome]:
-        if self.failures > 0 and any(isinstance(w, FileWrite) for w in writes):
-            self.failures -= 1
-            raise SinkStoreError("sink database: write: database or disk is full")
-        return super().store_group(writes)
-
-
 async def test_a_chunk_whose_row_is_not_committed_is_not_acknowledged_and_comes_again(
         mosquitto: Mosquitto, tmp_path: Path) -> None:
     path, manifest = some_file(tmp_path, 3 * CHUNK)
-    with FailingFileRows(tmp_path / "sink.sqlite", failures=2) as store:
+    with FlakyStore(tmp_path / "sink.sqlite", failures=2, kind=FileWrite) as store:
         async with gateway(mosquitto.url) as gw, serving(sink(mosquitto.url, store, tmp_path / "files"), 10) as s:
             gw.manifest(path, manifest)
             for index in range(manifest.chunks):
