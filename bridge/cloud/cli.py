@@ -71,6 +71,15 @@ __all__ = ["command", "report", "sink"]
                    "the broker for twice as many in flight (MQTT 5 receive maximum).")
 @click.option("--group-max-readings", type=click.IntRange(min=1), default=50_000, show_default=True,
               help="A group stops taking messages once it holds this many readings.")
+@click.option("--files-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Also receive the gateways' file uploads: assembled under DIR/.incoming/GATEWAY, stored "
+                   "verified as DIR/GATEWAY/NAME, listed by 'report'. Give it to ONE sink per --shared group "
+                   "(the file topics are not shared; docs/CLOUD.md).")
+@click.option("--files-max-bytes", type=click.IntRange(min=0), default=1024**3, show_default=True,
+              help="Refuse (receipt 'failed', reason too_large) uploads larger than this.")
+@click.option("--files-stall-s", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Ask a gateway for the chunks of an upload that got none for this long (then doubling up to "
+                   "10 min).")
 @click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help=PREFIX_HELP)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--start-timeout", "start_timeout_s", type=click.FloatRange(min=0), default=30.0, show_default=True,
@@ -79,11 +88,12 @@ __all__ = ["command", "report", "sink"]
 @login_options
 def sink(urls: tuple[str, ...], db: str, db_password_file: Path | None, shared_group: str | None,
          protocol: Literal["5", "3.1.1"], worker: str | None, client_id: str | None, clean_session: bool,
-         group_max_messages: int, group_max_readings: int, prefix: str, log_level: str, start_timeout_s: float,
-         login: Login) -> None:
+         group_max_messages: int, group_max_readings: int, files_dir: Path | None, files_max_bytes: int,
+         files_stall_s: float, prefix: str, log_level: str, start_timeout_s: float, login: Login) -> None:
     """Cloud side: store every gateway's batches and alerts in SQLite or PostgreSQL, dropping
-    duplicates by (gateway, stream, lane, seq) and recording sequence gaps."""
-    from bridge.cloud.sink import GroupLimits, run_sink
+    duplicates by (gateway, stream, lane, seq) and recording sequence gaps; with --files-dir,
+    receive the gateways' file uploads too."""
+    from bridge.cloud.sink import FileOptions, GroupLimits, run_sink
     from bridge.mqtt.errors import BridgeError
 
     db_path = db_option(db, db_password_file, must_exist=False)
@@ -100,7 +110,8 @@ def sink(urls: tuple[str, ...], db: str, db_password_file: Path | None, shared_g
         await run_sink(list(urls), db_path, protocol=protocol, shared_group=shared_group, prefix=prefix, stop=stop,
                        client_id=client_id, worker=worker, persistent=not clean_session,
                        start_timeout_s=start_timeout_s or None, login=login, db_password_file=db_password_file,
-                       group_limits=GroupLimits(group_max_messages, group_max_readings))
+                       group_limits=GroupLimits(group_max_messages, group_max_readings),
+                       files=None if files_dir is None else FileOptions(files_dir, files_max_bytes, files_stall_s))
 
     try:
         run_until_signal(go)

@@ -77,8 +77,25 @@ CREATE INDEX IF NOT EXISTS readings_ts ON readings (ts);
 CREATE INDEX IF NOT EXISTS batches_received ON batches (received_ms);
 """
 
+# Version 3: file transfer: the gateways' FileStatus control records, and the uploads the sink
+# received with --files-dir (one row per gateway and file id, updated as chunks arrive).
+_V3 = """
+CREATE TABLE file_status (
+    gateway text NOT NULL, stream text NOT NULL, seq bigint NOT NULL, id text NOT NULL, direction text NOT NULL,
+    state text NOT NULL, body_json text NOT NULL, received_ms bigint NOT NULL
+);
+CREATE INDEX file_status_id ON file_status (gateway, id);
+CREATE TABLE files (
+    gateway text NOT NULL, id text NOT NULL, name text NOT NULL, size bigint NOT NULL, sha256 text NOT NULL,
+    chunks integer NOT NULL, received_chunks integer NOT NULL, duplicates bigint NOT NULL, state text NOT NULL,
+    reason text NOT NULL, path text, first_ms bigint NOT NULL, stored_ms bigint, device text,
+    content_type text NOT NULL, meta_json text NOT NULL,
+    PRIMARY KEY (gateway, id)
+);
+"""
+
 # (version, SQL); append new steps, never edit an applied one
-MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2)]
+MIGRATIONS: list[tuple[int, str]] = [(1, _V1), (2, _V2), (3, _V3)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _HYPERTABLE = "SELECT create_hypertable('readings', 'ts', if_not_exists => TRUE, migrate_data => TRUE)"

@@ -42,6 +42,7 @@ from bridge.cloud.sink_queries import SCAN_PAGE_ROWS, SinkQueries
 from bridge.cloud.sink_writes import (
     BatchWrite,
     ControlWrite,
+    FileWrite,
     InvalidWrite,
     Key,
     Outcome,
@@ -78,7 +79,7 @@ def _pg(sql: str) -> str:
 
 
 _CLAIM, _DUPLICATE = _pg(sink_rows.CLAIM_SQL), _pg(sink_rows.DUPLICATE_SQL)
-_INVALID, _STATUS = _pg(sink_rows.INVALID_SQL), _pg(sink_rows.STATUS_SQL)
+_INVALID, _STATUS, _FILE = _pg(sink_rows.INVALID_SQL), _pg(sink_rows.STATUS_SQL), _pg(sink_rows.FILE_SQL)
 _CLAIM_KEYS = ("INSERT INTO batches (gateway, stream, lane, seq, received_ms, replay, readings, created_ms)"
                " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::int8[], %s::int8[], %s::bool[],"
                " %s::int4[], %s::int8[]) ON CONFLICT DO NOTHING RETURNING gateway, stream, lane, seq")
@@ -379,7 +380,9 @@ def _group_setwise(cur: psycopg.Cursor[Any], writes: Sequence[Write]) -> list[Ou
     # by gateway (a stable sort: a gateway's last status stays last), the lock order of every worker
     statuses = sorted(((w.gateway, w.state, w.received_ms, w.received_ms) for w in writes
                        if isinstance(w, StatusWrite)), key=lambda row: row[0])
-    for sql, args in ((_DUPLICATE, counts(duplicates)), (_INVALID, counts(invalid)), (_STATUS, statuses)):
+    files = [sink_rows.count_row(w)[1] for w in writes if isinstance(w, FileWrite)]
+    for sql, args in ((_DUPLICATE, counts(duplicates)), (_INVALID, counts(invalid)), (_STATUS, statuses),
+                      (_FILE, files)):
         if args:
             cur.executemany(sql, args)
     return outcomes

@@ -25,6 +25,7 @@ __all__ = ["MAX_GAP_RANGES", "build_report", "has_gaps", "render_report"]
 
 MAX_GAP_RANGES = 20
 _LANES = ("telemetry", "control")
+_FILE_STATES = ("stored", "under_way", "failed")
 
 
 def _gap_dict(gap: GapSummary | None) -> dict[str, Any]:
@@ -48,6 +49,7 @@ def build_report(db_path: Path | str, device: str | None = None, *,
         statuses = store.statuses()
         streams = store.streams()
         names = store.gateways()
+        files = [f for f in store.files() if device in (None, f["device"])]
     gateways: dict[str, Any] = {}
     for gw in names:
         tel = lanes.get((gw, "telemetry"))
@@ -89,9 +91,10 @@ def build_report(db_path: Path | str, device: str | None = None, *,
         "duplicates": sum(sum(x["duplicates"].values()) for x in g),
         "missing": {lane: sum(x["gaps"][lane]["missing"] for x in g) for lane in _LANES},
         "invalid": sum(sum(x["invalid"].values()) for x in g),
+        "files": {state: sum(f["state"] == state for f in files) for state in _FILE_STATES},
     }
-    now_ms = int(time.time() * 1000)
-    return {"db": str(db_path), "device": device, "generated_ms": now_ms, "totals": totals, "gateways": gateways}
+    return {"db": str(db_path), "device": device, "generated_ms": int(time.time() * 1000), "totals": totals,
+            "gateways": gateways, "files": files}
 
 
 def has_gaps(report: dict[str, Any]) -> bool:
@@ -118,7 +121,7 @@ def render_report(report: dict[str, Any], console: Console) -> None:
     """Print a report from :func:`build_report`: a few lines per gateway, the missing seqs, then one
     devices table per gateway. Fits 80 columns (terminal or pipe): long ids wrap, never cut."""
     gateways: dict[str, Any] = report["gateways"]
-    if not gateways:
+    if not gateways and not report["files"]:
         what = f"no data for device {report['device']}" if report.get("device") else "no data yet"
         console.print(Text(f"{report['db']}: {what}", style="yellow"))
         return
@@ -126,6 +129,7 @@ def render_report(report: dict[str, Any], console: Console) -> None:
     for gw, x in gateways.items():
         _render_gateway(gw, x, console)
         _render_devices(gw, x["devices"], console)
+    _render_files(report["files"], console)
 
 
 def _render_gateway(gw: str, x: dict[str, Any], console: Console) -> None:
@@ -198,3 +202,20 @@ def _render_devices(gw: str, devs: dict[str, Any], console: Console) -> None:
                            f"{d['alerts_raised']}/{d['alerts_cleared']}, events {d['events']}, "
                            f"responses {d['responses']}\n"
                            f"    first {_when(d['first_ts_ms'])}, last {_when(d['last_ts_ms'])} UTC"))
+
+
+def _render_files(files: list[dict[str, Any]], console: Console) -> None:
+    """One entry per upload received with ``--files-dir``: where it stands and where it is (ids and
+    names are printed whole, each transfer on two lines, so nothing is cut at 80 columns)."""
+    if not files:
+        return
+    console.print(Text(f"\nFiles ({len(files)})", style="bold"))
+    colours = {"stored": "green", "under_way": "yellow", "failed": "red"}
+    for f in files:
+        progress = "" if f["state"] == "stored" else f" {f['received_chunks']}/{f['chunks']} chunks"
+        why = f" ({f['reason']})" if f["reason"] else ""
+        console.print(Text.assemble("  ", (f["state"], colours.get(f["state"], "")), f"{why}{progress}  ",
+                                    (f["gateway"], "bold"), f"  {f['name']!r}  {f['size']} bytes"))
+        console.print(Text(f"    id {f['id']}  sha256 {f['sha256'] or '-'}"
+                           + (f"\n    path {f['path']}" if f["path"] else "")
+                           + (f"  duplicate chunks {f['duplicates']}" if f["duplicates"] else "")))

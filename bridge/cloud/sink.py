@@ -40,18 +40,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+from bridge.cloud.file_receiver import FileOptions, FileReceiver, file_filters
 from bridge.cloud.sink_group import GroupCommit, GroupLimits
 from bridge.cloud.sink_handler import SinkCounters, SinkHandler
 from bridge.cloud.sink_port import SinkStorePort, is_postgres_url, open_sink_store
 from bridge.mqtt.backoff import DecorrelatedJitter
 from bridge.mqtt.connect import connect_with_backoff
 from bridge.mqtt.connection import MqttConnection
-from bridge.mqtt.errors import BrokerUnreachable, ConnectionLost, SubscribeFailed, UplinkStopped
+from bridge.mqtt.errors import BridgeError, BrokerUnreachable, ConnectionLost, SubscribeFailed, UplinkStopped
 from bridge.mqtt.types import ANONYMOUS, ClientSettings, Login, Message, TlsSettings
 from bridge.mqtt.urls import BrokerUrl, parse_broker_url
 from bridge.protocol.topics import DEFAULT_PREFIX, UPLINK_TOPICS, TopicPattern, valid_id
 
-__all__ = ["DEFAULT_PREFIX", "GroupLimits", "Sink", "SinkCounters", "default_client_id", "run_sink", "subscriptions"]
+__all__ = ["DEFAULT_PREFIX", "FileOptions", "GroupLimits", "Sink", "SinkCounters", "default_client_id", "run_sink",
+           "subscriptions"]
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +90,16 @@ class _Session:
 
     def __init__(self, sink: Sink) -> None:
         self._sink = sink
+        self._files = sink.files
         self._group: GroupCommit | None = None
+        self._conn: MqttConnection | None = None
         self._early: list[Message] = []
 
     def __call__(self, message: Message) -> None:
-        if self._group is None:
+        if self._group is None or self._conn is None:
             self._early.append(message)
+        elif self._files is not None and self._files.route(message.topic) is not None:
+            self._files.add(message, self._conn)
         else:
             self._group.add(message)
 
@@ -103,13 +109,26 @@ class _Session:
 
     def attach(self, conn: MqttConnection) -> None:
         self._group = GroupCommit(self._sink.handler, conn, self._sink.group_limits)
+        self._conn = conn
         early, self._early = self._early, []
         for message in early:
-            self._group.add(message)
+            self(message)
 
     def close(self) -> None:
         if self._group is not None:
             self._group.close()
+
+
+def _check(prefix: str, shared_group: str | None, protocol: Protocol, urls: Sequence[str | BrokerUrl]) -> None:
+    if "{gateway_id}" not in prefix:
+        raise ValueError(f"prefix {prefix!r} must contain {{gateway_id}}")
+    if shared_group is not None:
+        if protocol != "5":
+            raise ValueError("shared subscriptions need MQTT 5 (protocol='5')")
+        if not valid_id(shared_group):
+            raise ValueError(f"shared group {shared_group!r} is not a valid topic level")
+    if not urls:
+        raise ValueError("Sink needs at least one broker url")
 
 
 class Sink:
@@ -132,21 +151,16 @@ class Sink:
         connect_timeout_s: float = 10.0,
         start_timeout_s: float | None = None,
         group_limits: GroupLimits | None = None,
+        files: FileOptions | None = None,
     ) -> None:
-        """``start_timeout_s``: give up with :class:`~bridge.mqtt.errors.BrokerUnreachable` when no broker
+        """``files``: also receive uploads into ``files.root`` (:mod:`bridge.cloud.file_receiver`;
+        a plain subscription, even in a shared group: one file receiver per group).
+        ``start_timeout_s``: give up with :class:`~bridge.mqtt.errors.BrokerUnreachable` when no broker
         accepted the first connection within that many seconds (None: keep trying). Later
         reconnects always keep trying. ``group_limits``: how much one transaction of the group
         commit takes (:class:`~bridge.cloud.sink_group.GroupLimits`); the sink asks the broker
         (MQTT 5 Receive Maximum) for as many unacknowledged messages as one group takes."""
-        if "{gateway_id}" not in prefix:
-            raise ValueError(f"prefix {prefix!r} must contain {{gateway_id}}")
-        if shared_group is not None:
-            if protocol != "5":
-                raise ValueError("shared subscriptions need MQTT 5 (protocol='5')")
-            if not valid_id(shared_group):
-                raise ValueError(f"shared group {shared_group!r} is not a valid topic level")
-        if not urls:
-            raise ValueError("Sink needs at least one broker url")
+        _check(prefix, shared_group, protocol, urls)
         self.store = store
         self.urls = list(urls)
         self.group_limits = group_limits or GroupLimits()
@@ -163,8 +177,12 @@ class Sink:
             tls=login.tls or tls,
             connect_timeout_s=connect_timeout_s,
         )
+        self._prefix = prefix
         self.handler = SinkHandler(store, prefix)
         self.counters = self.handler.counters
+        self.files = None if files is None else FileReceiver(store, self.counters, files, prefix)
+        if self.files is not None:
+            self.filters += self.files.filters
         self.gateway_state = self.handler.gateway_state
         self.last_seen_ms = self.handler.last_seen_ms
         self.ready = asyncio.Event()
@@ -200,6 +218,13 @@ class Sink:
         have been accepted, a later refusal is taken as passing (a cluster node that has just lost a
         peer may refuse a subscription for a moment): the sink reconnects after a backoff.
         """
+        if self.files is None:
+            await self._sessions(stop)
+            return
+        async with self.files.running():
+            await self._sessions(stop)
+
+    async def _sessions(self, stop: asyncio.Event) -> None:
         try:
             while not stop.is_set():
                 session = _Session(self)
@@ -235,6 +260,11 @@ class Sink:
             self.counters.subscribe_refusals += 1
             return f"{exc}; the same filters were accepted before"
         self._subscribed_once = True
+        if self.files is not None:
+            self.files.connected(conn)
+        elif conn.info.session_present:  # a session that had --files-dir before: stop the chunks coming
+            with contextlib.suppress(BridgeError):
+                await conn.unsubscribe([f for f, _ in file_filters(self._prefix)])
         self.ready.set()
         log.info("sink subscribed on %s as %s (session present: %s)", conn.url, self.settings.client_id,
                  conn.info.session_present)
@@ -264,6 +294,7 @@ async def run_sink(
     login: Login = ANONYMOUS,
     db_password_file: Path | None = None,
     group_limits: GroupLimits | None = None,
+    files: FileOptions | None = None,
 ) -> None:
     """Run a sink storing into ``db`` (a SQLite path or a PostgreSQL URL, see
     :func:`~bridge.cloud.sink_port.open_sink_store`) until ``stop`` is set (the ``edge-gateway sink`` command)."""
@@ -276,7 +307,8 @@ async def run_sink(
     try:
         sink = Sink(store, urls, protocol=protocol, shared_group=shared_group, prefix=prefix,
                     client_id=client_id or default_client_id(store.identity, worker), persistent=persistent,
-                    start_timeout_s=start_timeout_s, login=login, group_limits=group_limits)
+                    start_timeout_s=start_timeout_s, login=login, group_limits=group_limits,
+                    files=files)
         await sink.run(stop)
     finally:
         store.close()
@@ -284,3 +316,7 @@ async def run_sink(
     log.info("sink stopped: %d batches (%d readings), %d alerts, %d events, %d responses, "
              "%d duplicates, %d invalid; %d messages in %d transactions (largest %d)", c.batches, c.readings,
              c.alerts, c.events, c.responses, c.duplicates, c.invalid, c.handled, c.groups, c.largest_group)
+    if sink.files is not None:
+        f = sink.files.counters
+        log.info("file receiver stopped: %d files stored, %d failed, %d chunks (%d duplicates), %d receipts",
+                 f.stored, f.failed, f.chunks, f.duplicate_chunks, sum(f.receipts.values()))

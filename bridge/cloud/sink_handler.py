@@ -44,6 +44,7 @@ class SinkCounters:
     events: int = 0
     responses: int = 0
     config_acks: int = 0
+    file_statuses: int = 0
     status: int = 0
     handled: int = 0
     groups: int = 0
@@ -152,6 +153,8 @@ class SinkHandler:
             c.events += 1
         elif prepared.kind == "response":
             c.responses += 1
+        elif prepared.kind == "file_status":
+            c.file_statuses += 1
         else:
             c.config_acks += 1
 

@@ -27,6 +27,11 @@ _HOLES = (
 )
 
 
+FILE_FIELDS = ("gateway", "id", "name", "size", "state", "path", "sha256", "chunks", "received_chunks", "duplicates",
+               "reason", "first_ms", "stored_ms", "device", "content_type")
+"""The columns of ``files`` a report shows, in its order."""
+
+
 @dataclass(frozen=True)
 class LaneStats:
     """Ledger figures of one gateway's lane."""
@@ -204,6 +209,17 @@ class SinkQueries:
         rows = self._rows("SELECT seq FROM batches WHERE gateway = ? AND lane = ? ORDER BY seq", (gateway, lane))
         return [int(r[0]) for r in rows]
 
-    def count(self, table: Literal["readings", "alerts", "events", "responses", "batches", "config_acks"]) -> int:
+    def files(self) -> list[dict[str, Any]]:
+        """The uploads received with ``--files-dir`` (rows of ``files``), oldest first."""
+        rows = self._rows(f"SELECT {', '.join(FILE_FIELDS)} FROM files ORDER BY first_ms, gateway, id")
+        return [dict(zip(FILE_FIELDS, row, strict=True)) for row in rows]
+
+    def file_state(self, gateway: str, file_id: str) -> tuple[str, str | None, str] | None:
+        """``(state, path, sha256)`` of one upload, None when the store has no row for it."""
+        rows = self._rows("SELECT state, path, sha256 FROM files WHERE gateway = ? AND id = ?", (gateway, file_id))
+        return None if not rows else (str(rows[0][0]), rows[0][1], str(rows[0][2]))
+
+    def count(self, table: Literal["readings", "alerts", "events", "responses", "batches", "config_acks",
+                                   "file_status", "files"]) -> int:
         """Row count of one data table."""
         return int(self._rows(f"SELECT COUNT(*) FROM {table}")[0][0])

@@ -9,10 +9,10 @@ import json
 import math
 from typing import Any
 
-from bridge.cloud.sink_writes import InvalidWrite, StatusWrite
+from bridge.cloud.sink_writes import FileWrite, InvalidWrite, StatusWrite
 from bridge.protocol.codec import Batch
 from bridge.protocol.errors import InvalidRecord
-from bridge.protocol.records import Alert, ConfigStatus, Event, Json, Response, Stamped
+from bridge.protocol.records import Alert, ConfigStatus, Event, FileStatus, Json, Response, Stamped
 from bridge.protocol.topics import valid_id
 
 _INT64 = 2**63
@@ -30,9 +30,19 @@ STATUS_SQL = ("INSERT INTO status (gateway, state, since_ms, received_ms) VALUES
               " since_ms = CASE WHEN status.state = excluded.state THEN status.since_ms ELSE excluded.since_ms END,"
               " state = excluded.state, received_ms = excluded.received_ms")
 
+_FILE_COLUMNS = ("gateway", "id", "name", "size", "sha256", "chunks", "received_chunks", "duplicates", "state",
+                 "reason", "path", "first_ms", "stored_ms", "device", "content_type", "meta_json")
+# a row already stored keeps what it says (a late duplicate only adds to its count); first_ms never changes
+FILE_SQL = (f"INSERT INTO files ({', '.join(_FILE_COLUMNS)}) VALUES ({', '.join('?' * len(_FILE_COLUMNS))})"
+            " ON CONFLICT (gateway, id) DO UPDATE SET duplicates = files.duplicates + excluded.duplicates, "
+            + ", ".join(f"{c} = CASE WHEN files.state = 'stored' THEN files.{c} ELSE excluded.{c} END"
+                        for c in _FILE_COLUMNS[2:] if c not in ("duplicates", "first_ms")))
 
-def count_row(write: InvalidWrite | StatusWrite) -> tuple[str, tuple[Any, ...]]:
-    """The upsert of an invalid-message count or of a status, with its values."""
+
+def count_row(write: InvalidWrite | StatusWrite | FileWrite) -> tuple[str, tuple[Any, ...]]:
+    """The upsert of an invalid-message count, of a status or of a file's row, with its values."""
+    if isinstance(write, FileWrite):
+        return FILE_SQL, tuple(getattr(write, c) for c in _FILE_COLUMNS)
     if isinstance(write, InvalidWrite):
         return INVALID_SQL, (write.gateway, write.reason, 1)
     return STATUS_SQL, (write.gateway, write.state, write.received_ms, write.received_ms)
@@ -59,6 +69,12 @@ def control_row(stamped: Stamped, received_ms: int) -> tuple[str, tuple[Any, ...
                 "source": rec.source, "rtt_ms": rec.rtt_ms}
         return ("INSERT INTO responses (gateway, seq, device, body_json, received_ms, stream)"
                 " VALUES (?, ?, ?, ?, ?, ?)", (st.gateway, st.seq, rec.device, _json(body), received_ms, st.stream))
+    if isinstance(rec, FileStatus):
+        body = {"name": rec.name, "size": rec.size, "sha256": rec.sha256, "reason": rec.reason,
+                "missing": rec.missing, "manifest": rec.manifest, "device": rec.device, "path": rec.path}
+        return ("INSERT INTO file_status (gateway, seq, id, direction, state, body_json, received_ms, stream)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (st.gateway, st.seq, rec.id, rec.direction, rec.state, _json(body), received_ms, st.stream))
     assert isinstance(rec, ConfigStatus)
     body = {"version": rec.version, "status": rec.status, "errors": rec.errors, "current_version": rec.current_version}
     return ("INSERT INTO config_acks (gateway, seq, body_json, received_ms, stream) VALUES (?, ?, ?, ?, ?)",

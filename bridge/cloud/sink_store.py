@@ -17,8 +17,9 @@ batch disappears by itself.
 
 Values are stored exactly: ``readings.value`` is the REAL, and ``readings.value_text`` holds the
 exact value as text where a REAL cannot (an integer beyond +-2**53, or -0.0, whose sign SQLite
-drops); it is NULL otherwise. A database of schema version 1 is migrated in place, in one
-transaction, when the sink opens it (its rows get the stream ``''``).
+drops); it is NULL otherwise. A database of schema version 1 or 2 is migrated in place, in one
+transaction, when the sink opens it (version 1's rows get the stream ``''``; version 3 adds the
+``file_status`` and ``files`` tables).
 
 One :class:`SinkStore` is used from one thread. Readers (the report) open their own connection
 with :meth:`SinkStore.open_readonly`; WAL mode lets them read while the sink writes.
@@ -104,9 +105,9 @@ class SinkStore(SinkQueries):
             version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot read the sink database {self.path}: {exc}") from exc
-        if version not in ((SCHEMA_VERSION,) if readonly else (0, 1, SCHEMA_VERSION)):
+        if version not in ((SCHEMA_VERSION,) if readonly else (0, 1, 2, SCHEMA_VERSION)):
             self._db.close()
-            hint = "; run `edge-gateway sink` on it once to upgrade it" if version == 1 else ""
+            hint = "; run `edge-gateway sink` on it once to upgrade it" if version in (1, 2) else ""
             raise PermanentBridgeError(
                 f"{self.path} is not a sink database of this version (schema version {version}, "
                 f"expected {SCHEMA_VERSION}){hint}"

@@ -21,8 +21,8 @@ from bridge.protocol.errors import InvalidRecord
 from bridge.protocol.model import Lane
 from bridge.protocol.records import Stamped
 
-__all__ = ["BatchWrite", "ControlWrite", "InvalidWrite", "Key", "Outcome", "StatusWrite", "Write", "counts", "key_of",
-           "keys_in_order", "write_gateway"]
+__all__ = ["BatchWrite", "ControlWrite", "FileWrite", "InvalidWrite", "Key", "Outcome", "StatusWrite", "Write",
+           "counts", "key_of", "keys_in_order", "write_gateway"]
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,31 @@ class StatusWrite:
     received_ms: int
 
 
-Write = BatchWrite | ControlWrite | InvalidWrite | StatusWrite
+@dataclass(frozen=True)
+class FileWrite:
+    """Where an upload received with ``--files-dir`` stands: its row of ``files``, inserted at the
+    first manifest and updated as chunks arrive and when it is stored or fails. ``duplicates`` is
+    added to the row's count; a row already ``stored`` keeps everything else."""
+
+    gateway: str
+    id: str
+    name: str
+    size: int
+    sha256: str
+    chunks: int
+    received_chunks: int
+    state: str  # under_way | stored | failed
+    first_ms: int
+    duplicates: int = 0
+    reason: str = ""
+    path: str | None = None
+    stored_ms: int | None = None
+    device: str | None = None
+    content_type: str = "application/octet-stream"
+    meta_json: str = "{}"
+
+
+Write = BatchWrite | ControlWrite | InvalidWrite | StatusWrite | FileWrite
 Outcome = bool | InvalidRecord
 Key = tuple[str, str, Lane, int]
 """The ledger key ``(gateway, stream, lane, seq)``."""

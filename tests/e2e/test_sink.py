@@ -53,14 +53,16 @@ def control(gateway: str, seq: int, kind: str) -> bytes:
 
 
 class FlakyStore(SinkStore):
-    """A real store whose first ``failures`` groups with a batch fail like a full disk would."""
+    """A real store whose first ``failures`` groups with a write of class ``kind`` (a batch by
+    default) fail like a full disk would."""
 
-    def __init__(self, path: Path, failures: int) -> None:
+    def __init__(self, path: Path, failures: int, kind: type[Write] = BatchWrite) -> None:
         super().__init__(path, durable=False)
         self.failures = failures
+        self.kind = kind
 
     def store_group(self, writes: Sequence[Write]) -> list[Outcome]:
-        if self.failures > 0 and any(isinstance(w, BatchWrite) for w in writes):
+        if self.failures > 0 and any(isinstance(w, self.kind) for w in writes):
             self.failures -= 1
             raise SinkStoreError("sink database: write: database or disk is full")
         return super().store_group(writes)

@@ -128,6 +128,7 @@ def one_by_one(store: SinkStorePort, write: Write) -> None:
     elif isinstance(write, InvalidWrite):
         store.record_invalid(write.gateway, write.reason)
     else:
+        assert isinstance(write, StatusWrite)
         store.record_status(write.gateway, write.state, write.received_ms)
 
 

@@ -93,7 +93,7 @@ def test_a_schema_1_database_is_migrated_in_place(tmp_path: Path) -> None:
         assert store.store_batch(replace(batch(1), stream="n3w"), T0)  # a v2 gateway's seq 1: stored
         assert rows(store, "SELECT stream, value FROM readings WHERE batch_seq = 1 ORDER BY stream LIMIT 1") == [
             ("", 1.5)]
-        assert rows(store, "PRAGMA user_version") == [(2,)]
+        assert rows(store, "PRAGMA user_version") == [(3,)]
     SinkStore.open_readonly(path).close()
 
 
