@@ -148,7 +148,7 @@ class Outbox:
                 tick()
             except Exception:  # the one blind except of this loop: logged and counted, the loop goes on
                 log.exception("outbox scan failed")
-                self._counters.rejected["scan_error"] += 1
+                self._counters.scan_errors += 1
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._cfg.scan_interval_s)
 

@@ -30,7 +30,7 @@ class ReceiptHandler:
         try:
             self._handle(msg)
         except FileRejected as exc:
-            counters.rejected[f"receipt_{exc.reason}"] += 1
+            counters.receipts_rejected[exc.reason] += 1
             log.warning("receipt on %s refused: %s", msg.topic, exc)
 
     def _handle(self, msg: Message) -> None:
