@@ -14,6 +14,7 @@ from typing import Any
 
 from bridge.mqtt.connection import MqttConnection
 from bridge.mqtt.types import ClientSettings, Message
+from bridge.protocol.codec import decode_batch
 from bridge.protocol.files import FileTopics, Receipt, decode_chunk, decode_manifest, encode_receipt
 from bridge.protocol.records import decode_control
 from bridge.transfer.assembly import Assembly
@@ -34,13 +35,14 @@ class FileReceiver:
         self.manifests = 0
         self.statuses: list[dict[str, Any]] = []
         self.control: list[dict[str, Any]] = []
-        self.answer_missing = True
+        self.readings: set[tuple[str, int | None]] = set()  # (device, seq) of the telemetry received
 
     async def start(self, url: str) -> FileReceiver:
         settings = ClientSettings(client_id="file-receiver", protocol="5")
         self.conn = await MqttConnection.open(url, settings, on_message=self._on)
         await self.conn.subscribe([(f"{self.prefix}/files/up/+/manifest", 1), (f"{self.prefix}/files/up/+/chunk", 1),
-                                   (f"{self.prefix}/files/status", 1), (f"{self.prefix}/alerts", 1)])
+                                   (f"{self.prefix}/files/status", 1), (f"{self.prefix}/alerts", 1),
+                                   (f"{self.prefix}/telemetry", 1)])
         return self
 
     async def close(self) -> None:
@@ -60,15 +62,19 @@ class FileReceiver:
 
     def _on(self, msg: Message) -> None:
         parsed = self.topics.parse(msg.topic)
-        if parsed is None:
+        if parsed is None and msg.topic.endswith("/telemetry"):
+            self.readings.update((r.device, r.seq) for r in decode_batch(msg.payload).readings)
+        elif parsed is None:
             record = decode_control(msg.payload)
             (self.statuses if record.get("kind") == "file_status" else self.control).append(record)
-            return
-        _, file_id, part = parsed
+        else:
+            self._file(*parsed[1:], msg.payload)
+
+    def _file(self, file_id: str, part: str, payload: bytes) -> None:
         if part == "manifest":
-            self._manifest(file_id, msg.payload)
+            self._manifest(file_id, payload)
         elif part == "chunk":
-            self._chunk(file_id, msg.payload)
+            self._chunk(file_id, payload)
 
     def _manifest(self, file_id: str, payload: bytes) -> None:
         self.manifests += 1
@@ -81,7 +87,7 @@ class FileReceiver:
         self.assemblies[file_id] = asm
         if asm.complete:
             self._install(asm)
-        elif repeated and self.answer_missing:
+        elif repeated:
             self._receipt(Receipt(file_id, "missing", tuple(asm.missing())))
 
     def _chunk(self, file_id: str, payload: bytes) -> None:
