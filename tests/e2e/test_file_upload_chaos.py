@@ -49,6 +49,11 @@ alert = {{ max = 80.0 }}
 """
 
 
+async def reach(receiver: FileReceiver, chunks: int, gw: GatewayProcess) -> None:
+    await eventually(lambda: receiver.chunk_messages >= chunks, timeout=30,
+                     message=lambda: f"stalled at {receiver.chunk_messages} chunks:\n{gw.log()}")
+
+
 async def test_20_mb_upload_across_10_cuts_and_2_restarts(tmp_path: Path, mosquitto: Mosquitto) -> None:
     data = os.urandom(SIZE)
     receiver = await FileReceiver(tmp_path / "cloud").start(mosquitto.url)
@@ -64,8 +69,7 @@ async def test_20_mb_upload_across_10_cuts_and_2_restarts(tmp_path: Path, mosqui
             await drop(tmp_path / "data" / "files" / "outbox" / "snapshot.bin", data)
             cuts = 0
             for event in range(1, EVENTS + 1):
-                await eventually(lambda e=event: receiver.chunk_messages >= e * CHUNKS // (EVENTS + 1), timeout=30,
-                                 message=lambda g=gw: f"stalled at {receiver.chunk_messages} chunks:\n{g.log()}")
+                await reach(receiver, event * CHUNKS // (EVENTS + 1), gw)
                 if event in RESTARTS:
                     assert gw.terminate() == 0
                     gw = GatewayProcess(config, local_port, metrics_port)
