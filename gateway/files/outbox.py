@@ -69,17 +69,17 @@ class Outbox:
     def __init__(self, outbox_dir: Path, cfg: FilesSection, uploader: Uploader, counters: UploadCounters) -> None:
         self.dir = outbox_dir
         self._cfg = cfg
-        self._uploader = uploader
-        self._counters = counters
+        self.uploader = uploader
+        self.counters = counters
         self.waiting_for_space = 0  # files that wait for disk budget at the last scan
 
     def recover(self) -> None:
         """At start: a file in ``sending/`` without a row in ``uploads.db`` (its row lost in a power cut)
         goes back to the outbox to be planned again."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        sending = self._uploader.sending_dir
+        sending = self.uploader.sending_dir
         for path in sending.iterdir() if sending.is_dir() else ():
-            if path.name not in self._uploader.transfers and path.is_file():
+            if path.name not in self.uploader.transfers and path.is_file():
                 log.warning("sending/%s has no upload state: back to the outbox", path.name)
                 os.replace(path, self.dir / f"recovered-{path.name}")
 
@@ -108,7 +108,7 @@ class Outbox:
             limit = min(self._cfg.max_file_bytes, self._cfg.max_disk_bytes)
             if size > limit:
                 raise FileRejected(TOO_LARGE, f"{size} bytes, the limit is {limit}")
-            if size + self._uploader.bytes_on_disk > self._cfg.max_disk_bytes:
+            if size + self.uploader.bytes_on_disk > self._cfg.max_disk_bytes:
                 self.waiting_for_space += 1
                 return 0
             extra = _read_meta(self.dir, name)
@@ -117,7 +117,7 @@ class Outbox:
                 content_type=extra.get("content_type") or "application/octet-stream", meta=extra.get("meta"))
             self._queue(path, manifest)
         except FileRejected as exc:
-            self._counters.rejected[exc.reason] += 1
+            self.counters.rejected[exc.reason] += 1
             log.warning("outbox file %r refused: %s", name, exc)
             set_aside(path, self.dir, name, f"{exc.reason}: {exc}")
             meta_path(self.dir, name).unlink(missing_ok=True)
@@ -129,14 +129,14 @@ class Outbox:
 
     def _queue(self, path: Path, manifest: Manifest) -> None:
         row = new_row(manifest)
-        self._uploader.db.insert(row)  # first the row, then the move: recover() handles a crash between
+        self.uploader.db.insert(row)  # first the row, then the move: recover() handles a crash between
         try:
-            os.replace(path, self._uploader.sending_dir / manifest.id)
+            os.replace(path, self.uploader.sending_dir / manifest.id)
         except OSError:
-            self._uploader.db.finish(row, "failed", "could not move it to sending/")
+            self.uploader.db.finish(row, "failed", "could not move it to sending/")
             raise
         meta_path(self.dir, path.name).unlink(missing_ok=True)
-        self._uploader.add(row)
+        self.uploader.add(row)
         log.info("file %r queued for upload as %s (%d bytes, %d chunks)", manifest.name, manifest.id,
                  manifest.size, manifest.chunks)
 
@@ -148,7 +148,7 @@ class Outbox:
                 tick()
             except Exception:  # the one blind except of this loop: logged and counted, the loop goes on
                 log.exception("outbox scan failed")
-                self._counters.scan_errors += 1
+                self.counters.scan_errors += 1
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._cfg.scan_interval_s)
 
