@@ -1,7 +1,8 @@
 """The upload side of file transfer, put together: ``uploads.db``, the uploader (the forwarder's bulk
 source), the outbox scanner and the receipt handler, sharing one set of counters. Built by
 :mod:`gateway.assemble`; :meth:`Uploads.open` / :meth:`Uploads.run` / :meth:`Uploads.close` by the
-service."""
+service. A whole file from another part of the gateway (a device upload) is handed over with
+``uploads.outbox.submit(path, name, content_type, meta, device)``."""
 
 from __future__ import annotations
 

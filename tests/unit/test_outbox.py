@@ -56,3 +56,17 @@ async def test_a_file_in_sending_without_its_row_goes_back_to_the_outbox(tmp_pat
     outbox = _outbox(tmp_path)
     assert (outbox.dir / f"recovered-{'f' * 32}").read_bytes() == b"orphan"
     assert await outbox.scan() == 1
+
+
+async def test_a_file_submitted_by_a_device_is_queued_with_its_device(tmp_path: Path) -> None:
+    outbox = _outbox(tmp_path)
+    src = tmp_path / "assembled.part"
+    src.write_bytes(b"d" * 3000)
+    file_id = outbox.submit(src, "cam.jpg", "image/jpeg", {"shot": 1}, device="cam-7")
+    assert file_id is not None and not src.exists()
+    manifest = outbox.uploader.transfers[file_id].row.manifest
+    assert (manifest.name, manifest.device, manifest.chunks) == ("cam.jpg", "cam-7", 3)
+    bad = tmp_path / "other.part"
+    bad.write_bytes(b"x")
+    assert outbox.submit(bad, "../up", device="cam-7") is None
+    assert outbox.counters.rejected == {"bad_name": 1}
