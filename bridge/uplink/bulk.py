@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from bridge.mqtt.connection import MqttConnection
-from bridge.mqtt.errors import BridgeError, ConnectionLost, UplinkBusy
+from bridge.mqtt.errors import BridgeError, ConnectionLost, PublishRejected, UplinkBusy
 from bridge.uplink.pacing import TokenBucket
 
 log = logging.getLogger(__name__)
 
 BULK_QOS = 1
+RETRY_PAUSE_S = 1.0  # after a broker's "retry later" PUBACK
 
 __all__ = ["BULK_QOS", "BulkItem", "BulkLane", "BulkPolicy", "BulkSource"]
 
@@ -94,6 +95,7 @@ class BulkLane:
         self._clock = clock
         self._connection = 0
         self._sent_at: dict[str, float] = {}  # in flight: when it went out
+        self._paused_until = 0.0
         self.sent = 0  # messages published
         self.bytes = 0  # payload bytes published
         self.acked = 0
@@ -102,6 +104,8 @@ class BulkLane:
     def fill(self, conn: MqttConnection, free_slots: int, uplink: TokenBucket | None) -> float | None:
         """Publish what the window, ``free_slots`` (the connection slots the other lanes leave) and
         both byte caps allow. Returns when to look again if a cap holds items back."""
+        if (pause := self._paused_until - self._clock()) > 0:
+            return pause
         free = min(self.policy.window - self.source.in_flight(), free_slots)
         while free > 0 and self.source.available() > 0:
             wait = max(b.wait_s() for b in (self._bucket, uplink) if b is not None) \
@@ -133,15 +137,20 @@ class BulkLane:
         return None
 
     def _done(self, connection: int, key: str, fut: asyncio.Future[None]) -> None:
-        ok = not fut.cancelled() and fut.exception() is None
+        exc = None if fut.cancelled() else fut.exception()
         if connection != self._connection:
             return  # released when its connection ended
         self._sent_at.pop(key, None)
-        if ok:
-            self.acked += 1
-        else:
+        if isinstance(exc, PublishRejected) and not exc.permanent:  # the broker asks to retry later:
+            self._paused_until = self._clock() + RETRY_PAUSE_S  # not an attempt, the lane pauses
+            log.warning("broker asked us to retry %s later: %s", key, exc)
+            self.source.release(key)
+        elif fut.cancelled() or exc is not None:
             self.failed += 1
-        self.source.settle(key, ok)
+            self.source.settle(key, False)
+        else:
+            self.acked += 1
+            self.source.settle(key, True)
         self._on_settled()
 
     def oldest_s(self) -> float:

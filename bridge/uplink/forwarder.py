@@ -34,8 +34,6 @@ from bridge.uplink.store import LANES, Lane, Record, RecordStore, Source, StoreE
 
 log = logging.getLogger(__name__)
 
-# PUBACK reason codes that retrying will not fix.
-PERMANENT_PUBACK_CODES = frozenset({0x87, 0x90, 0x95, 0x99})
 _RETRY_PAUSE_S = 1.0
 _LAG_PROBE_S = 0.01
 # Acknowledged telemetry is deleted in groups: one transaction (one fsync) for the PUBACKs of up to
@@ -302,7 +300,7 @@ class Forwarder:
     def _settle(self, rec: Record, size: int, fut: asyncio.Future[None]) -> None:
         exc = None if fut.cancelled() else fut.exception()
         if fut.cancelled() or exc is not None:
-            if isinstance(exc, PublishRejected) and exc.reason_code in PERMANENT_PUBACK_CODES:
+            if isinstance(exc, PublishRejected) and exc.permanent:
                 acked = self._store.ack(rec.key).get(rec.key)
                 if acked is not None:
                     self._on_rejected(acked, f"broker refused it: {exc}")
