@@ -9,6 +9,7 @@ The bulk source here is a plain in-memory list implementing the port; the gatewa
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bridge.mqtt.connection import MqttConnection
@@ -17,6 +18,7 @@ from bridge.uplink.bulk import BulkItem, BulkLane, BulkPolicy
 from bridge.uplink.forwarder import Forwarder, LanePolicy
 from bridge.uplink.store import Lane
 from gateway.store.buffer import Budget, DiskBuffer
+from tests.e2e.fake_broker import publish_topic_and_id, read_packet
 from tests.support import FakeClock, Mosquitto, RecordingClient, eventually
 
 POLICIES: dict[Lane, LanePolicy] = {"control": LanePolicy(1, 10), "telemetry": LanePolicy(1, 10)}
@@ -31,7 +33,11 @@ class ListSource:
         self.acked: list[str] = []
         self.published = 0
         self.max_in_flight = 0
+        self.conn: MqttConnection | None = None  # when set: the most publishes unacknowledged on it
+        self.wire_max = 0
         self.released = 0
+        self.not_sent = 0  # released one by one: never went out, or the broker asked to retry later
+        self.failed = 0
 
     def available(self) -> int:
         return len(self.waiting)
@@ -42,6 +48,8 @@ class ListSource:
             self.out[item.key] = item
         self.published += len(items)
         self.max_in_flight = max(self.max_in_flight, len(self.out))
+        if self.conn is not None:  # what the connection has unacknowledged once these go out (every lane)
+            self.wire_max = max(self.wire_max, self.conn.info.inflight_window - self.conn.free_slots + len(items))
         return items
 
     def settle(self, key: str, ok: bool) -> None:
@@ -49,10 +57,12 @@ class ListSource:
         if ok:
             self.acked.append(key)
         else:
+            self.failed += 1
             self.waiting.insert(0, item)
 
     def release(self, key: str) -> None:
-        self.settle(key, False)
+        self.not_sent += 1
+        self.waiting.insert(0, self.out.pop(key))
 
     def release_all(self) -> int:
         n = len(self.out)
@@ -87,6 +97,7 @@ async def test_control_overtakes_queued_bulk_and_bulk_keeps_out_of_reserved_slot
     await sub.subscribe("edge/gw/#")
     # 6 slots: 2 kept for control, 2 for telemetry, so bulk gets 2 whatever its window of 32
     conn = await MqttConnection.open(mosquitto.url, ClientSettings(client_id="gw", protocol="5", max_inflight=6))
+    source.conn = conn
     stop = asyncio.Event()
     pump = asyncio.create_task(fw.pump(conn, stop))
     try:
@@ -110,7 +121,9 @@ async def test_control_overtakes_queued_bulk_and_bulk_keeps_out_of_reserved_slot
     later = [i for i, (t, p) in enumerate(order) if t.endswith("/chunk") and
              int.from_bytes(p[:4], "big") >= not_yet_published]
     assert later and second < min(later)  # the control record overtook every bulk item still queued
-    assert source.max_in_flight == 2
+    # 2 bulk publishes at most, plus the one control record that may be in flight: never the 6 slots
+    # a window of 32 would take without the reserves
+    assert source.wire_max <= 3
 
 
 async def test_window_and_byte_cap_hold_counted_in_bytes(tmp_path: Path, mosquitto: Mosquitto) -> None:
@@ -151,3 +164,48 @@ async def test_window_and_byte_cap_hold_counted_in_bytes(tmp_path: Path, mosquit
         assert windowed.acked == []  # PUBACKs of the ended connection are not settled twice
     finally:
         await conn.close()
+
+
+Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def _broker_answering(codes: list[int]) -> Serve:
+    """MQTT 5 broker stand-in: the PUBACKs of the first publishes carry ``codes``, then success."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head, body = await read_packet(reader)
+                if head >> 4 == 1:  # CONNECT
+                    writer.write(b"\x20\x03\x00\x00\x00")
+                elif head >> 4 == 3 and (head >> 1) & 3:
+                    _topic, packet_id = publish_topic_and_id(body)
+                    writer.write(b"\x40\x03" + packet_id + bytes([codes.pop(0) if codes else 0]))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    return serve
+
+
+async def test_retry_later_pauses_the_lane_without_an_attempt_and_a_refusal_is_one() -> None:
+    server = await asyncio.start_server(_broker_answering([0x97, 0x87]), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    clock = FakeClock(0.0)
+    source = ListSource(2, 100)
+    lane = BulkLane(source, BulkPolicy(window=1), on_settled=lambda: None, clock=clock)
+    conn = await MqttConnection.open(f"mqtt://127.0.0.1:{port}", ClientSettings(client_id="gw", protocol="5"))
+    try:
+        lane.fill(conn, 10, None)
+        await eventually(lambda: source.not_sent == 1)  # 0x97 quota exceeded: back, not counted as failed
+        assert source.failed == 0 and [i.key for i in source.waiting] == ["0", "1"]
+        assert lane.fill(conn, 10, None) == 1.0 and source.in_flight() == 0  # paused
+        clock.advance(1.0)
+        lane.fill(conn, 10, None)
+        await eventually(lambda: source.failed == 1)  # 0x87 not authorized: a failed attempt
+        lane.fill(conn, 10, None)
+        await eventually(lambda: source.acked == ["0"])
+    finally:
+        await conn.close()
+        server.close()
+        await server.wait_closed()
