@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from bridge.mqtt.backoff import DecorrelatedJitter
 from bridge.mqtt.types import ClientSettings, TlsSettings
 from bridge.protocol.topics import CloudTopics
+from bridge.uplink.bulk import BulkPolicy
 from bridge.uplink.downlink import CommandLimits, DownlinkRouter
 from bridge.uplink.forwarder import DrainPolicy, Forwarder, LanePolicy
 from bridge.uplink.link import UplinkLink
@@ -24,6 +25,7 @@ from gateway.config import GatewayConfig, Secrets
 from gateway.control.answered import AnsweredCommands
 from gateway.control.commands import CommandRouter
 from gateway.control.config_push import ConfigPusher, PushedConfigFile
+from gateway.files.uploads import Uploads
 from gateway.observe.accounting import Accounting
 from gateway.observe.delivery import DeliveryAccounting
 from gateway.observe.state import GatewayState, Outage
@@ -60,7 +62,7 @@ def uplink_settings(cfg: GatewayConfig, secrets: Secrets) -> ClientSettings:
         username=up.username,
         password=secrets.uplink_password.get_secret_value() if secrets.uplink_password else None,
         tls=tls,
-        max_inflight=up.max_inflight + up.control_max_inflight,
+        max_inflight=up.max_inflight + up.control_max_inflight + (cfg.files.window if cfg.files.enabled else 0),
         connect_timeout_s=up.connect_timeout_s,
         # a command published retained is recognised and never executed: MQTT 5 keeps the flag on
         # live delivery when asked to; on MQTT 3.1.1 each live command waits for a retain check
@@ -78,8 +80,9 @@ def build_buffer(cfg: GatewayConfig, on_dropped: Callable[[Record, str], None]) 
         on_dropped=on_dropped)
 
 
-def build_forwarder(cfg: GatewayConfig, buffer: DiskBuffer, delivery: DeliveryAccounting) -> Forwarder:
-    up = cfg.uplink
+def build_forwarder(cfg: GatewayConfig, buffer: DiskBuffer, delivery: DeliveryAccounting,
+                    uploads: Uploads | None = None) -> Forwarder:
+    up, files = cfg.uplink, cfg.files
     return Forwarder(
         buffer,
         {"control": LanePolicy(up.control_qos, up.control_max_inflight),
@@ -88,6 +91,8 @@ def build_forwarder(cfg: GatewayConfig, buffer: DiskBuffer, delivery: DeliveryAc
         on_rejected=delivery.rejected,
         drain=DrainPolicy(up.backlog_per_live, up.max_bytes_per_s, burst_bytes=max(65536, cfg.batch.max_bytes),
                           max_loop_lag_s=up.drain_max_loop_lag_ms / 1000),
+        bulk=uploads.uploader if uploads is not None else None,
+        bulk_policy=BulkPolicy(files.window, files.max_bytes_per_s, burst_bytes=max(65536, files.chunk_bytes)),
     )
 
 
@@ -156,6 +161,7 @@ class Parts:
     link: UplinkLink
     local: LocalSide
     state: GatewayState
+    uploads: Uploads | None
 
 
 def build_parts(cfg: GatewayConfig, secrets: Secrets) -> Parts:
@@ -168,7 +174,11 @@ def build_parts(cfg: GatewayConfig, secrets: Secrets) -> Parts:
                      restored_fn=lambda: buffer.restored_readings)
     buffer = build_buffer(cfg, on_dropped=drop_counter(acc))
     delivery = DeliveryAccounting(acc, rejects, topics.alerts)
-    forwarder = build_forwarder(cfg, buffer, delivery)
+    # uploads write FileStatus records through the lane writer and wake the forwarder, both built
+    # below with uploads as the forwarder's bulk source: they are looked up only when called
+    uploads = Uploads(cfg, topics.files, on_status=lambda rec: lanes.write_control(rec),  # noqa: PLW0108
+                      wake=lambda: forwarder.wake()) if cfg.files.enabled else None  # noqa: PLW0108
+    forwarder = build_forwarder(cfg, buffer, delivery, uploads)
     lanes = LaneWriter(buffer, topics, acc, compression=cfg.batch.compression, level=cfg.batch.level,
                        on_written=forwarder.wake)
     ingest = Ingest(cfg.local_broker.ingest_queue_max, delivery.ingest_overflow, stages.decoder.is_control)
@@ -192,13 +202,15 @@ def build_parts(cfg: GatewayConfig, secrets: Secrets) -> Parts:
         topics, CommandLimits(cfg.downlink.max_command_bytes), clock=time.time,
         on_command=commands.handle if cfg.downlink.commands else None,
         on_config=pusher.on_config if cfg.downlink.config_push else None,
+        on_file_receipt=uploads.receipts if uploads is not None else None,
     )
     outage = Outage()
     link = build_link(cfg, secrets, topics, forwarder, downlink, buffer, outage, stages.batcher)
     state = GatewayState(cfg=cfg, accounting=acc, delivery=delivery, rejects=rejects, buffer=buffer, lanes=lanes,
                          link=link, forwarder=forwarder, outage=outage, local=local, ingest=ingest,
                          processor=processor, commands=commands, downlink=downlink, config_pusher=pusher,
-                         clock=stages.clock)
+                         clock=stages.clock, uploads=uploads)
     return Parts(cfg=cfg, topics=topics, accounting=acc, rejects=rejects, buffer=buffer, forwarder=forwarder,
                  lanes=lanes, stages=stages, answered=answered, commands=commands, ingest=ingest,
-                 processor=processor, config_pusher=pusher, downlink=downlink, link=link, local=local, state=state)
+                 processor=processor, config_pusher=pusher, downlink=downlink, link=link, local=local, state=state,
+                 uploads=uploads)

@@ -73,6 +73,15 @@ def main() -> None:
     broker, with commands and config coming back down."""
 
 
+# the files group: each command imported when used (cloud-side ones such as ``push`` join here)
+FILES_COMMANDS = {"send": "gateway.files_cli:send", "list": "gateway.files_cli:list_transfers"}
+
+
+@main.group(cls=LazyGroup, lazy=FILES_COMMANDS)
+def files() -> None:
+    """Send files to the cloud and list transfers (docs/OPERATIONS.md, "File transfer")."""
+
+
 @main.command()
 @CONFIG_OPTION
 def run(config_path: Path | None) -> None:

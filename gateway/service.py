@@ -84,6 +84,8 @@ class GatewayService:
         p = self.parts
         self.buffer.open(scan=False)  # the backlog is counted once devices can connect
         p.answered.open()
+        if p.uploads is not None:
+            p.uploads.open()
         if self.cfg.downlink.config_push:
             p.config_pusher.load_persisted()  # before anything is processed
         try:
@@ -91,6 +93,8 @@ class GatewayService:
         except BaseExceptionGroup as group:
             raise sole_error(group) from None
         finally:
+            if p.uploads is not None:
+                p.uploads.close()
             p.answered.close()
             self.buffer.close()
 
@@ -106,6 +110,8 @@ class GatewayService:
             tg.create_task(count_backlog(self.buffer, uplink_stop), name="backlog-count")
             proc = tg.create_task(p.processor.run(proc_stop), name="processor")
             commands = tg.create_task(p.commands.run(source_stop), name="commands")
+            if p.uploads is not None:
+                tg.create_task(p.uploads.run(uplink_stop), name="outbox")
             tg.create_task(refresh_periodically(self.board, self.typed_snapshot, cfg.metrics.refresh_s,
                                                 uplink_stop), name="snapshot")
             tg.create_task(write_periodically(cfg.status_file, self.status, cfg.status.interval_s,

@@ -60,6 +60,16 @@ class PublishRejected(PermanentBridgeError):
         self.reason_code = reason_code
         self.reason = reason
 
+    @property
+    def permanent(self) -> bool:
+        """Retrying will not fix it (not authorized, bad topic, packet too large, bad payload format);
+        otherwise the broker asks to retry later (e.g. quota exceeded)."""
+        return self.reason_code in PERMANENT_PUBACK_CODES
+
+
+# PUBACK reason codes that retrying will not fix.
+PERMANENT_PUBACK_CODES = frozenset({0x87, 0x90, 0x95, 0x99})
+
 
 class SubscribeFailed(PermanentBridgeError):
     """A SUBACK refused at least one filter. ``results`` holds the code returned per filter."""

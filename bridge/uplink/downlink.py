@@ -20,17 +20,21 @@ class DownlinkRouter:
     """Dispatches messages from the cloud subscription by topic: commands are parsed and handed to
     ``on_command``; the config topic goes to ``on_config`` as the raw message. An empty message on
     a command topic is how an operator clears a retained one: it is counted in ``cleared`` and
-    goes nowhere (it has no id, so there is nobody to answer). Anything else is counted in
+    goes nowhere (it has no id, so there is nobody to answer). Receipts for uploaded files go to
+    ``on_file_receipt`` as raw messages. Anything else is counted in
     ``ignored``. Used as the uplink's ``on_message``; runs on the event loop."""
 
     def __init__(self, topics: CloudTopics, limits: CommandLimits, *, clock: Callable[[], float],
-                 on_command: CommandHandler | None = None, on_config: MessageCallback | None = None) -> None:
+                 on_command: CommandHandler | None = None, on_config: MessageCallback | None = None,
+                 on_file_receipt: MessageCallback | None = None) -> None:
         self._commands_prefix = f"{topics.prefix}/commands/"
         self._config = topics.config
         self._limits = limits
         self._clock = clock
         self.on_command = on_command
         self.on_config = on_config
+        self.on_file_receipt = on_file_receipt  # receipts of the receiver of uploads: {prefix}/files/up/+/receipt
+        self._receipts = (f"{topics.prefix}/files/up/", "/receipt")
         self.ignored = 0
         self.cleared = 0
 
@@ -41,6 +45,8 @@ class DownlinkRouter:
             subs.append((f"{self._commands_prefix}#", 1))
         if self.on_config is not None:
             subs.append((self._config, 1))
+        if self.on_file_receipt is not None:
+            subs.append((f"{self._receipts[0]}+{self._receipts[1]}", 1))
         return subs
 
     def __call__(self, msg: Message) -> None:
@@ -54,5 +60,8 @@ class DownlinkRouter:
             self.on_command(parse_command(suffix, msg.payload, self._clock(), self._limits, retained=msg.retain))
         elif topic == self._config and self.on_config is not None:
             self.on_config(msg)
+        elif self.on_file_receipt is not None and topic.startswith(self._receipts[0]) \
+                and topic.endswith(self._receipts[1]):
+            self.on_file_receipt(msg)
         else:
             self.ignored += 1

@@ -11,6 +11,10 @@ it cannot block the lane forever.
 
 What is in flight and what is backlog is the store's state (its leases and replay flags); the
 forwarder asks the store and keeps no copy of it.
+
+A third, optional lane carries bulk messages (file chunks, :mod:`bridge.uplink.bulk`): it goes after
+control and telemetry, only while no control record and no live telemetry batch waits, and only
+into connection slots neither of them reserves; it is not drained at a clean stop.
 """
 
 from __future__ import annotations
@@ -24,13 +28,12 @@ from dataclasses import dataclass
 from bridge.mqtt.connection import MqttConnection
 from bridge.mqtt.errors import BridgeError, ConnectionLost, PublishRejected, UplinkBusy
 from bridge.protocol.codec import set_replay
+from bridge.uplink.bulk import BulkLane, BulkPolicy, BulkSource
 from bridge.uplink.pacing import RateMeter, TokenBucket
 from bridge.uplink.store import LANES, Lane, Record, RecordStore, Source, StoreError
 
 log = logging.getLogger(__name__)
 
-# PUBACK reason codes that retrying will not fix.
-PERMANENT_PUBACK_CODES = frozenset({0x87, 0x90, 0x95, 0x99})
 _RETRY_PAUSE_S = 1.0
 _LAG_PROBE_S = 0.01
 # Acknowledged telemetry is deleted in groups: one transaction (one fsync) for the PUBACKs of up to
@@ -65,6 +68,8 @@ class Forwarder:
         on_delivered: Callable[[Record, int], None],
         on_rejected: Callable[[Record, str], None],
         drain: DrainPolicy = DrainPolicy(),
+        bulk: BulkSource | None = None,
+        bulk_policy: BulkPolicy | None = None,
     ) -> None:
         self._store = store
         self._policies = policies
@@ -74,6 +79,7 @@ class Forwarder:
         self._bucket = TokenBucket(drain.max_bytes_per_s, max(drain.burst_bytes, drain.max_bytes_per_s)) \
             if drain.max_bytes_per_s > 0 else None
         self._wake = asyncio.Event()
+        self.bulk = BulkLane(bulk, bulk_policy or BulkPolicy(), on_settled=self._wake.set) if bulk is not None else None
         self._paused_until: dict[Lane, float] = dict.fromkeys(LANES, 0.0)  # after a "retry later" PUBACK
         self._backlog_credit = 0
         # The backlog's share of the telemetry window. A drain on a fast link would otherwise keep
@@ -110,7 +116,8 @@ class Forwarder:
     def oldest_unacked_s(self) -> float:
         """How long the oldest record in flight has waited for its PUBACK (0 when none is in flight).
         PUBACKs of other records do not reset it: one lost publish is noticed while the rest flow."""
-        return self._store.oldest_lease_s()
+        bulk = self.bulk.oldest_s() if self.bulk is not None else 0.0
+        return max(self._store.oldest_lease_s(), bulk)
 
     async def pump(self, conn: MqttConnection, stop: asyncio.Event, drain_timeout_s: float = 5.0) -> None:
         """Send over ``conn`` until it closes or ``stop`` is set (then wait for in-flight acks)."""
@@ -143,7 +150,7 @@ class Forwarder:
         deadline = loop.time() + timeout_s
         while not conn.closed and loop.time() < deadline:
             self._wake.clear()
-            hint = self._fill_all(conn)
+            hint = self._fill_all(conn, bulk=False)
             if not any(self._store.in_flight(lane) for lane in LANES) and hint is None:
                 break
             try:
@@ -157,11 +164,23 @@ class Forwarder:
         telemetry while an alert waits."""
         free = min(self._policies[lane].window - self._in_flight(lane), conn.free_slots)
         if lane == "telemetry":
-            window = conn.info.inflight_window
-            reserve = min(self._policies["control"].window, max(1, window // 3)) if window > 1 else 0
-            reserve_unused = max(0, reserve - self._in_flight("control"))
-            free = min(free, conn.free_slots - reserve_unused)
+            free = min(free, conn.free_slots - self._reserve_unused(conn, "control"))
         return free
+
+    def _reserve_unused(self, conn: MqttConnection, lane: Lane) -> int:
+        """Connection slots kept for ``lane`` (a third of the window at most, its own window at
+        most) that it does not use now."""
+        window = conn.info.inflight_window
+        reserve = min(self._policies[lane].window, max(1, window // 3)) if window > 1 else 0
+        return max(0, reserve - self._in_flight(lane))
+
+    def _fill_bulk(self, conn: MqttConnection) -> float | None:
+        """Bulk goes last: not while a control record or a live telemetry batch waits, and never
+        into the slots reserved for control and telemetry."""
+        if self.bulk is None or self._store.available("control") or self._store.available("telemetry", "live"):
+            return None
+        free = conn.free_slots - self._reserve_unused(conn, "control") - self._reserve_unused(conn, "telemetry")
+        return self.bulk.fill(conn, free, self._bucket) if free > 0 else None
 
     async def _probe_loop_lag(self) -> None:
         """Measure how late the event loop runs a 10 ms timer and size the backlog's window."""
@@ -179,7 +198,7 @@ class Forwarder:
                 self._backlog_window += 1
                 self._wake.set()
 
-    def _fill_all(self, conn: MqttConnection) -> float | None:
+    def _fill_all(self, conn: MqttConnection, bulk: bool = True) -> float | None:
         """Send what the windows allow, control first. Returns when to look again if a pause or
         the rate cap holds records back (None: wait for an ack or a new record)."""
         now = asyncio.get_running_loop().time()
@@ -190,6 +209,8 @@ class Forwarder:
             hint = self._fill_telemetry(conn)
             if hint is not None:
                 waits.append(hint)
+        if bulk and (hint := self._fill_bulk(conn)) is not None:
+            waits.append(hint)
         return min(waits) if waits else None
 
     def _fill_control(self, conn: MqttConnection) -> None:
@@ -279,7 +300,7 @@ class Forwarder:
     def _settle(self, rec: Record, size: int, fut: asyncio.Future[None]) -> None:
         exc = None if fut.cancelled() else fut.exception()
         if fut.cancelled() or exc is not None:
-            if isinstance(exc, PublishRejected) and exc.reason_code in PERMANENT_PUBACK_CODES:
+            if isinstance(exc, PublishRejected) and exc.permanent:
                 acked = self._store.ack(rec.key).get(rec.key)
                 if acked is not None:
                     self._on_rejected(acked, f"broker refused it: {exc}")
@@ -332,6 +353,8 @@ class Forwarder:
 
     def _release_all(self) -> None:
         self._connection += 1
+        if self.bulk is not None:
+            self.bulk.connection_ended()
         unacked = self._store.release_all()
         if unacked:
             log.info("%d record(s) sent without a PUBACK stay on disk and go again on the next connection", unacked)

@@ -185,6 +185,28 @@ class ClockBlock:
 
 
 @dataclass(frozen=True)
+class FilesUpBlock:
+    """Uploads (gateway -> cloud, :mod:`gateway.files`); counters since start."""
+
+    transfers: int = 0  # under way: in sending/, not yet stored, failed or expired
+    sending_bytes: int = 0
+    waiting_for_space: int = 0  # outbox files that do not fit files.max_disk_bytes yet
+    queued: int = 0
+    sent: int = 0
+    stored: int = 0
+    failed: int = 0
+    expired: int = 0
+    chunks_sent: int = 0
+    chunks_resent: int = 0
+    manifests_sent: int = 0
+    bytes: int = 0
+    receipts: int = 0
+    rejected: Counts = field(default_factory=_empty)
+    receipts_rejected: Counts = field(default_factory=_empty)
+    scan_errors: int = 0
+
+
+@dataclass(frozen=True)
 class Snapshot:
     gateway: str
     accounting: AccountingBlock = AccountingBlock()
@@ -203,6 +225,7 @@ class Snapshot:
     security: SecurityBlock = SecurityBlock()
     ready: ReadyBlock = ReadyBlock()
     clock: ClockBlock = ClockBlock()
+    files_up: FilesUpBlock | None = None  # None when files.enabled is false
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON-ready document (``stats`` message, status file)."""

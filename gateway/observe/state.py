@@ -21,6 +21,7 @@ from bridge.uplink.store import Lane
 from gateway.config import GatewayConfig
 from gateway.control.commands import CommandRouter
 from gateway.control.config_push import ConfigPusher
+from gateway.files.uploads import Uploads
 from gateway.observe.accounting import Accounting
 from gateway.observe.delivery import DeliveryAccounting
 from gateway.observe.snapshot import (
@@ -30,6 +31,7 @@ from gateway.observe.snapshot import (
     ConfigPushBlock,
     DiskBlock,
     DrainBlock,
+    FilesUpBlock,
     LaneBlock,
     ReadyBlock,
     SecurityBlock,
@@ -81,6 +83,7 @@ class GatewayState:
     downlink: DownlinkRouter
     config_pusher: ConfigPusher
     clock: ClockGuard
+    uploads: Uploads | None = None
 
     def snapshot(self) -> Snapshot:
         """On the event loop: every figure, copied."""
@@ -105,6 +108,7 @@ class GatewayState:
             security=self.security(),
             ready=self.readiness(),
             clock=ClockBlock(**self.clock.snapshot()),
+            files_up=self._files_up(),
         )
 
     def document(self) -> dict[str, Any]:
@@ -147,6 +151,18 @@ class GatewayState:
             watchdog_trips=link.watchdog_trips, last_error=link.last_error, previous_error=link.previous_error,
             drain=DrainBlock.at_rate(self.buffer.readings("telemetry"), self.forwarder.backlog_rate.rate()),
             offline_s=self.outage.offline_s())
+
+    def _files_up(self) -> FilesUpBlock | None:
+        if self.uploads is None:
+            return None
+        c, up = self.uploads.counters, self.uploads.uploader
+        return FilesUpBlock(
+            transfers=len(up.transfers), sending_bytes=up.bytes_on_disk,
+            waiting_for_space=self.uploads.outbox.waiting_for_space, queued=c.files_queued, sent=c.files_sent,
+            stored=c.files_stored, failed=c.files_failed, expired=c.files_expired, chunks_sent=c.chunks_sent,
+            chunks_resent=c.chunks_resent, manifests_sent=c.manifests_sent, bytes=c.bulk_bytes, receipts=c.receipts,
+            rejected=frozen_counts(c.rejected), receipts_rejected=frozen_counts(c.receipts_rejected),
+            scan_errors=c.scan_errors)
 
     def _commands(self) -> CommandsBlock:
         c = self.commands.counters

@@ -179,3 +179,17 @@ def test_empty_messages_on_command_topics_are_cleared_not_answered() -> None:
     router(msg("edge/gw-1/config", b"", retain=True))  # the config pusher ignores and counts these itself
     assert commands == [] and router.cleared == 3
     assert [m.payload for m in configs] == [b""]
+
+
+def test_upload_receipts_are_routed_only_when_a_handler_is_set() -> None:
+    topics = CloudTopics("gw1")
+    got: list[str] = []
+    router = DownlinkRouter(topics, LIMITS, clock=lambda: NOW, on_file_receipt=lambda m: got.append(m.topic))
+    assert router.subscriptions() == [("edge/gw1/files/up/+/receipt", 1)]
+    receipt = f"edge/gw1/files/up/{'a' * 32}/receipt"
+    for topic in (receipt, f"edge/gw1/files/down/{'a' * 32}/receipt", f"edge/gw1/files/up/{'a' * 32}/chunk"):
+        router(Message(topic, b"{}", 1, False))
+    assert got == [receipt] and router.ignored == 2
+    plain = DownlinkRouter(topics, LIMITS, clock=lambda: NOW)
+    plain(Message(receipt, b"{}", 1, False))
+    assert plain.subscriptions() == [] and plain.ignored == 1

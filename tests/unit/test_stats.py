@@ -12,14 +12,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.observe.accounting import Accounting
-from gateway.observe.snapshot import DrainBlock, Snapshot, to_plain
+from gateway.observe.snapshot import DrainBlock, FilesUpBlock, Snapshot, to_plain
 from gateway.observe.stats import SnapshotBoard
 
 # the stats message's layout: top-level keys and each block's keys, in order
 LAYOUT = {
     "": ["gateway", "accounting", "rejects", "buffer", "disk", "uplink", "budget", "connected_clients",
          "alert_latency", "ingest_queue", "commands", "internal_errors", "config_version", "config_push",
-         "security", "ready", "clock"],
+         "security", "ready", "clock", "files_up"],
     "accounting": ["readings_in", "restored", "delivered", "filtered", "dropped", "buffered", "pending",
                    "messages_in", "batches_written", "batches_delivered", "bytes_up_telemetry", "bytes_up_control",
                    "alerts", "events", "responses", "control_written", "control_delivered", "control_dropped"],
@@ -44,6 +44,11 @@ def test_the_document_keeps_the_documented_layout() -> None:
     for block, keys in LAYOUT.items():
         assert list((doc[block] if block else doc).keys()) == keys, block
     assert list(doc["uplink"]["drain"]) == ["backlog_readings", "rate_readings_s", "eta_s"]
+    assert doc["files_up"] is None  # files.enabled = false
+    assert list(to_plain(FilesUpBlock())) == [
+        "transfers", "sending_bytes", "waiting_for_space", "queued", "sent", "stored", "failed", "expired",
+        "chunks_sent", "chunks_resent", "manifests_sent", "bytes", "receipts", "rejected", "receipts_rejected",
+        "scan_errors"]
 
 
 counts = st.dictionaries(st.sampled_from(["overflow", "expired", "bad_json", "deadband"]), st.integers(0, 10**9))

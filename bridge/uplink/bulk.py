@@ -1,0 +1,165 @@
+"""The bulk lane: the port between the forwarder and a source of bulk messages (file chunks), and
+the small scheduler that sends them with the slots and bytes the other lanes leave.
+
+The source is the one owner of its items' state (what is waiting, what is in flight, what was sent
+before); the forwarder asks it, like it asks the :class:`~bridge.uplink.store.RecordStore`:
+:meth:`BulkSource.take` lends items out, :meth:`BulkSource.settle` returns each one after its PUBACK
+(``ok``) or a failure, :meth:`BulkSource.release_all` takes back everything in flight when a
+connection ends (sent again later, flagged as a resend by the source).
+
+The lane (:class:`BulkLane`) goes last: only while no control record waits and no live telemetry
+batch waits, never into the connection slots reserved for control and for telemetry, with its own
+window and its own byte-rate cap on top of the uplink-wide one. Bulk is always QoS 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from bridge.mqtt.connection import MqttConnection
+from bridge.mqtt.errors import BridgeError, ConnectionLost, PublishRejected, UplinkBusy
+from bridge.uplink.pacing import TokenBucket
+
+log = logging.getLogger(__name__)
+
+BULK_QOS = 1
+RETRY_PAUSE_S = 1.0  # after a broker's "retry later" PUBACK
+
+__all__ = ["BULK_QOS", "BulkItem", "BulkLane", "BulkPolicy", "BulkSource"]
+
+
+@dataclass(frozen=True)
+class BulkItem:
+    """One bulk message: ``key`` names it to its source (e.g. ``{file id}/{chunk index}``)."""
+
+    key: str
+    topic: str
+    payload: bytes
+
+
+class BulkSource(Protocol):
+    """What the forwarder may ask of a bulk source. Runs on the event loop; never raises."""
+
+    def available(self) -> int:
+        """Items :meth:`take` could return now."""
+        ...
+
+    def take(self, limit: int) -> list[BulkItem]:
+        """Up to ``limit`` items to publish, in the order they should go; they are in flight until
+        settled or released."""
+        ...
+
+    def settle(self, key: str, ok: bool) -> None:
+        """The broker acknowledged the item (``ok``) or its publish failed (not ``ok``: send it again
+        later, counting the attempt)."""
+        ...
+
+    def release(self, key: str) -> None:
+        """The item was not sent after all (the connection would not take it): it waits again,
+        no attempt counted."""
+        ...
+
+    def release_all(self) -> int:
+        """The connection ended: everything in flight goes back (and is sent again, as a resend);
+        returns how many."""
+        ...
+
+    def in_flight(self) -> int:
+        """Items taken and not yet settled or released."""
+        ...
+
+
+@dataclass(frozen=True)
+class BulkPolicy:
+    window: int = 2  # items in flight
+    max_bytes_per_s: float = 0.0  # the lane's own cap; 0 = none (the uplink-wide cap applies too)
+    burst_bytes: int = 65536
+
+
+class BulkLane:
+    """Sends a :class:`BulkSource`'s items over one connection at a time (see the module doc)."""
+
+    def __init__(self, source: BulkSource, policy: BulkPolicy, *, on_settled: Callable[[], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.source = source
+        self.policy = policy
+        self._bucket = TokenBucket(policy.max_bytes_per_s, max(policy.burst_bytes, policy.max_bytes_per_s), clock) \
+            if policy.max_bytes_per_s > 0 else None
+        self._on_settled = on_settled
+        self._clock = clock
+        self._connection = 0
+        self._sent_at: dict[str, float] = {}  # in flight: when it went out
+        self._paused_until = 0.0
+        self.sent = 0  # messages published
+        self.bytes = 0  # payload bytes published
+        self.acked = 0
+        self.failed = 0
+
+    def fill(self, conn: MqttConnection, free_slots: int, uplink: TokenBucket | None) -> float | None:
+        """Publish what the window, ``free_slots`` (the connection slots the other lanes leave) and
+        both byte caps allow. Returns when to look again if a cap holds items back."""
+        if (pause := self._paused_until - self._clock()) > 0:
+            return pause
+        free = min(self.policy.window - self.source.in_flight(), free_slots)
+        while free > 0 and self.source.available() > 0:
+            wait = max(b.wait_s() for b in (self._bucket, uplink) if b is not None) \
+                if self._bucket is not None or uplink is not None else 0.0
+            if wait > 0:
+                return wait
+            items = self.source.take(1)
+            if not items:
+                return None
+            item = items[0]
+            try:
+                fut = conn.publish(item.topic, item.payload, BULK_QOS)
+            except BridgeError as exc:
+                if isinstance(exc, (UplinkBusy, ConnectionLost)):
+                    self.source.release(item.key)  # never went out: no attempt spent
+                else:
+                    self.source.settle(item.key, False)
+                log.debug("bulk publish of %s not sent: %s", item.key, exc)
+                return None
+            size = len(item.payload) + len(item.topic)
+            for bucket in (self._bucket, uplink):
+                if bucket is not None:
+                    bucket.spend(size)
+            self.sent += 1
+            self.bytes += len(item.payload)
+            self._sent_at[item.key] = self._clock()
+            fut.add_done_callback(functools.partial(self._done, self._connection, item.key))
+            free -= 1
+        return None
+
+    def _done(self, connection: int, key: str, fut: asyncio.Future[None]) -> None:
+        exc = None if fut.cancelled() else fut.exception()
+        if connection != self._connection:
+            return  # released when its connection ended
+        self._sent_at.pop(key, None)
+        if isinstance(exc, PublishRejected) and not exc.permanent:  # the broker asks to retry later:
+            self._paused_until = self._clock() + RETRY_PAUSE_S  # not an attempt, the lane pauses
+            log.warning("broker asked us to retry %s later: %s", key, exc)
+            self.source.release(key)
+        elif fut.cancelled() or exc is not None:
+            self.failed += 1
+            self.source.settle(key, False)
+        else:
+            self.acked += 1
+            self.source.settle(key, True)
+        self._on_settled()
+
+    def oldest_s(self) -> float:
+        """How long the item longest in flight has waited for its PUBACK (0 when none)."""
+        return self._clock() - min(self._sent_at.values()) if self._sent_at else 0.0
+
+    def connection_ended(self) -> None:
+        self._connection += 1
+        self._sent_at.clear()
+        released = self.source.release_all()
+        if released:
+            log.info("%d bulk message(s) sent without a PUBACK go again on the next connection", released)

@@ -1,0 +1,211 @@
+"""The bulk lane of the forwarder (bridge/uplink/bulk.py) against a real mosquitto and a real disk
+buffer: control goes ahead of queued bulk messages, bulk stays out of the slots reserved for control
+and telemetry, its window and byte caps hold (counted in bytes with a stepped clock, not timed), and
+what a dropped connection leaves in flight goes back to the source.
+
+The bulk source here is a plain in-memory list implementing the port; the gateway's own source
+(gateway/files/) is tested end to end elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from bridge.mqtt.connection import MqttConnection
+from bridge.mqtt.types import ClientSettings
+from bridge.uplink.bulk import BulkItem, BulkLane, BulkPolicy
+from bridge.uplink.forwarder import Forwarder, LanePolicy
+from bridge.uplink.store import Lane
+from gateway.store.buffer import Budget, DiskBuffer
+from tests.e2e.fake_broker import publish_topic_and_id, read_packet
+from tests.support import FakeClock, Mosquitto, RecordingClient, eventually
+
+POLICIES: dict[Lane, LanePolicy] = {"control": LanePolicy(1, 10), "telemetry": LanePolicy(1, 10)}
+
+
+class ListSource:
+    """Items in order; a failed or released item goes back to the front."""
+
+    def __init__(self, count: int, size: int, prefix: str = "edge/gw/files/up/x") -> None:
+        self.waiting = [BulkItem(str(i), f"{prefix}/chunk", i.to_bytes(4, "big") * (size // 4)) for i in range(count)]
+        self.out: dict[str, BulkItem] = {}
+        self.acked: list[str] = []
+        self.published = 0
+        self.max_in_flight = 0
+        self.conn: MqttConnection | None = None  # when set: the most publishes unacknowledged on it
+        self.wire_max = 0
+        self.released = 0
+        self.not_sent = 0  # released one by one: never went out, or the broker asked to retry later
+        self.failed = 0
+
+    def available(self) -> int:
+        return len(self.waiting)
+
+    def take(self, limit: int) -> list[BulkItem]:
+        items, self.waiting = self.waiting[:limit], self.waiting[limit:]
+        for item in items:
+            self.out[item.key] = item
+        self.published += len(items)
+        self.max_in_flight = max(self.max_in_flight, len(self.out))
+        if self.conn is not None:  # what the connection has unacknowledged once these go out (every lane)
+            self.wire_max = max(self.wire_max, self.conn.info.inflight_window - self.conn.free_slots + len(items))
+        return items
+
+    def settle(self, key: str, ok: bool) -> None:
+        item = self.out.pop(key)
+        if ok:
+            self.acked.append(key)
+        else:
+            self.failed += 1
+            self.waiting.insert(0, item)
+
+    def release(self, key: str) -> None:
+        self.not_sent += 1
+        self.waiting.insert(0, self.out.pop(key))
+
+    def release_all(self) -> int:
+        n = len(self.out)
+        self.waiting[:0] = sorted(self.out.values(), key=lambda i: int(i.key))
+        self.out.clear()
+        self.released += n
+        return n
+
+    def in_flight(self) -> int:
+        return len(self.out)
+
+
+def _buffer(path: Path) -> DiskBuffer:
+    buf = DiskBuffer(path, {"telemetry": Budget(10**9), "control": Budget(10**9)})
+    buf.open()
+    return buf
+
+
+def _control(buf: DiskBuffer, body: bytes) -> None:
+    buf.append("control", "edge/gw/alerts", lambda seq: body, 0)
+
+
+async def test_control_overtakes_queued_bulk_and_bulk_keeps_out_of_reserved_slots(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    buf = _buffer(tmp_path / "buf")
+    source = ListSource(40, 2048)
+    fw = Forwarder(buf, POLICIES, on_delivered=lambda r, n: None, on_rejected=lambda r, w: None, bulk=source,
+                   bulk_policy=BulkPolicy(window=32, max_bytes_per_s=20_000, burst_bytes=4096))
+    _control(buf, b"first")  # waiting before the pump starts: it goes before any bulk
+    sub = RecordingClient(mosquitto.port).start()
+    await sub.connected()
+    await sub.subscribe("edge/gw/#")
+    # 6 slots: 2 kept for control, 2 for telemetry, so bulk gets 2 whatever its window of 32
+    conn = await MqttConnection.open(mosquitto.url, ClientSettings(client_id="gw", protocol="5", max_inflight=6))
+    source.conn = conn
+    stop = asyncio.Event()
+    pump = asyncio.create_task(fw.pump(conn, stop))
+    try:
+        await eventually(lambda: len(source.acked) >= 10)
+        _control(buf, b"second")
+        fw.wake()
+        not_yet_published = source.published  # every bulk item from this one on was still queued
+        await eventually(lambda: len(source.acked) == 40 and sub.has("edge/gw/alerts") and
+                         len(sub.on("edge/gw/alerts")) == 2, timeout=30)
+    finally:
+        stop.set()
+        await pump
+        await conn.close()
+        sub.stop()
+        buf.close()
+    order = [(m.topic, m.payload) for m in sub.messages]
+    bulk_index = [int.from_bytes(p[:4], "big") for t, p in order if t.endswith("/chunk")]
+    assert bulk_index == list(range(40))  # in order, each once
+    assert order[0] == ("edge/gw/alerts", b"first")
+    second = order.index(("edge/gw/alerts", b"second"))
+    later = [i for i, (t, p) in enumerate(order) if t.endswith("/chunk") and
+             int.from_bytes(p[:4], "big") >= not_yet_published]
+    assert later and second < min(later)  # the control record overtook every bulk item still queued
+    # 2 bulk publishes at most, plus the one control record that may be in flight: never the 6 slots
+    # a window of 32 would take without the reserves
+    assert source.wire_max <= 3
+
+
+async def test_window_and_byte_cap_hold_counted_in_bytes(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    clock = FakeClock(0.0)
+    source = ListSource(50, 1000)
+    item_bytes = 1000 + len("edge/gw/files/up/x/chunk")
+    # the bucket holds max(burst, one second of the rate) = 5000 bytes
+    lane = BulkLane(source, BulkPolicy(window=8, max_bytes_per_s=5000, burst_bytes=3000), on_settled=lambda: None,
+                    clock=clock)
+    conn = await MqttConnection.open(mosquitto.url, ClientSettings(client_id="gw", protocol="5", max_inflight=50))
+    try:
+        def fill() -> None:
+            lane.fill(conn, conn.free_slots, None)
+
+        fill()
+        assert source.published == 5  # a full bucket: 5 items (the fifth overdraws it)
+        await eventually(lambda: len(source.acked) == 5)
+        fill()
+        assert source.published == 5  # the bucket is empty until the clock moves
+        for second in range(1, 6):
+            clock.advance(1.0)
+            fill()
+            await eventually(lambda: source.in_flight() == 0)
+            # never more than the bucket + rate x elapsed + one item's overdraw
+            assert source.published * item_bytes <= 5000 + 5000 * second + item_bytes
+        assert source.published >= 25  # and the cap is used, not starved
+        windowed = ListSource(50, 1000)
+        lane = BulkLane(windowed, BulkPolicy(window=4), on_settled=lambda: None)
+        lane.fill(conn, conn.free_slots, None)
+        assert windowed.in_flight() == 4  # no cap: the window is what holds
+        lane.fill(conn, 2, None)
+        assert windowed.in_flight() == 4
+        lane.connection_ended()  # before any PUBACK could be read: all four go back, in order
+        assert windowed.released == 4 and windowed.in_flight() == 0
+        assert [i.key for i in windowed.waiting[:4]] == ["0", "1", "2", "3"]
+        await asyncio.sleep(0)
+        await conn.close()
+        assert windowed.acked == []  # PUBACKs of the ended connection are not settled twice
+    finally:
+        await conn.close()
+
+
+Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def _broker_answering(codes: list[int]) -> Serve:
+    """MQTT 5 broker stand-in: the PUBACKs of the first publishes carry ``codes``, then success."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head, body = await read_packet(reader)
+                if head >> 4 == 1:  # CONNECT
+                    writer.write(b"\x20\x03\x00\x00\x00")
+                elif head >> 4 == 3 and (head >> 1) & 3:
+                    _topic, packet_id = publish_topic_and_id(body)
+                    writer.write(b"\x40\x03" + packet_id + bytes([codes.pop(0) if codes else 0]))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    return serve
+
+
+async def test_retry_later_pauses_the_lane_without_an_attempt_and_a_refusal_is_one() -> None:
+    server = await asyncio.start_server(_broker_answering([0x97, 0x87]), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    clock = FakeClock(0.0)
+    source = ListSource(2, 100)
+    lane = BulkLane(source, BulkPolicy(window=1), on_settled=lambda: None, clock=clock)
+    conn = await MqttConnection.open(f"mqtt://127.0.0.1:{port}", ClientSettings(client_id="gw", protocol="5"))
+    try:
+        lane.fill(conn, 10, None)
+        await eventually(lambda: source.not_sent == 1)  # 0x97 quota exceeded: back, not counted as failed
+        assert source.failed == 0 and [i.key for i in source.waiting] == ["0", "1"]
+        assert lane.fill(conn, 10, None) == 1.0 and source.in_flight() == 0  # paused
+        clock.advance(1.0)
+        lane.fill(conn, 10, None)
+        await eventually(lambda: source.failed == 1)  # 0x87 not authorized: a failed attempt
+        lane.fill(conn, 10, None)
+        await eventually(lambda: source.acked == ["0"])
+    finally:
+        await conn.close()
+        server.close()
+        await server.wait_closed()

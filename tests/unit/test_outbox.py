@@ -1,0 +1,72 @@
+"""The outbox scanner (gateway/files/outbox.py) on real directories and a real uploads.db: metadata
+from the ``.{name}.meta`` file, the disk budget (a file waits, it is not refused), and recovery of a
+file left in ``sending/`` without its row."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bridge.protocol.files import FileTopics
+from gateway.config_sections import FilesSection
+from gateway.files.counters import UploadCounters
+from gateway.files.outbox import Outbox, meta_path
+from gateway.files.uploader import Uploader
+from gateway.files.uploads_db import UploadsDb
+
+
+def _outbox(tmp: Path, **files: int) -> Outbox:
+    db = UploadsDb(tmp / "uploads.db")
+    db.open()
+    counters = UploadCounters()
+    uploader = Uploader(db, tmp / "sending", FileTopics("edge/gw"), counters, max_attempts=3, keep_sent_s=60,
+                        on_status=lambda s: None, wake=lambda: None, on_gone=lambda p, n, r: None)
+    uploader.start()
+    outbox = Outbox(tmp / "outbox", FilesSection(chunk_bytes=1024, **files), uploader, counters)
+    outbox.recover()
+    return outbox
+
+
+async def test_metadata_is_taken_and_a_file_over_the_disk_budget_waits(tmp_path: Path) -> None:
+    outbox = _outbox(tmp_path, max_disk_bytes=10_000, max_file_bytes=8_000)
+    (outbox.dir / "a.txt").write_bytes(b"a" * 6000)
+    meta_path(outbox.dir, "a.txt").write_text(json.dumps({"content_type": "text/plain", "meta": {"k": "v"}}))
+    (outbox.dir / "b.txt").write_bytes(b"b" * 6000)
+    assert await outbox.scan() == 1  # a.txt; b.txt does not fit beside it
+    assert outbox.waiting_for_space == 1 and (outbox.dir / "b.txt").exists()
+    (manifest,) = [t.row.manifest for t in outbox.uploader.transfers.values()]
+    assert (manifest.name, manifest.content_type, dict(manifest.meta)) == ("a.txt", "text/plain", {"k": "v"})
+    assert not meta_path(outbox.dir, "a.txt").exists()
+    assert sorted(p.name for p in outbox.dir.iterdir()) == ["b.txt"]
+    assert outbox.counters.rejected == {}
+
+
+async def test_bad_metadata_is_refused_with_a_reason(tmp_path: Path) -> None:
+    outbox = _outbox(tmp_path)
+    (outbox.dir / "c.txt").write_bytes(b"c")
+    meta_path(outbox.dir, "c.txt").write_text("[1, 2]")
+    assert await outbox.scan() == 0
+    assert outbox.counters.rejected == {"malformed": 1}
+    assert (outbox.dir / ".rejected" / "c.txt.reason").read_text().startswith("malformed")
+
+
+async def test_a_file_in_sending_without_its_row_goes_back_to_the_outbox(tmp_path: Path) -> None:
+    (tmp_path / "sending").mkdir()
+    (tmp_path / "sending" / ("f" * 32)).write_bytes(b"orphan")
+    outbox = _outbox(tmp_path)
+    assert (outbox.dir / f"recovered-{'f' * 32}").read_bytes() == b"orphan"
+    assert await outbox.scan() == 1
+
+
+async def test_a_file_submitted_by_a_device_is_queued_with_its_device(tmp_path: Path) -> None:
+    outbox = _outbox(tmp_path)
+    src = tmp_path / "assembled.part"
+    src.write_bytes(b"d" * 3000)
+    file_id = outbox.submit(src, "cam.jpg", "image/jpeg", {"shot": 1}, device="cam-7")
+    assert file_id is not None and not src.exists()
+    manifest = outbox.uploader.transfers[file_id].row.manifest
+    assert (manifest.name, manifest.device, manifest.chunks) == ("cam.jpg", "cam-7", 3)
+    bad = tmp_path / "other.part"
+    bad.write_bytes(b"x")
+    assert outbox.submit(bad, "../up", device="cam-7") is None
+    assert outbox.counters.rejected == {"bad_name": 1}
