@@ -106,6 +106,7 @@ class GatewayService:
             tg.create_task(count_backlog(self.buffer, uplink_stop), name="backlog-count")
             proc = tg.create_task(p.processor.run(proc_stop), name="processor")
             commands = tg.create_task(p.commands.run(source_stop), name="commands")
+            tg.create_task(p.device_files.run(source_stop), name="device-files")
             tg.create_task(refresh_periodically(self.board, self.typed_snapshot, cfg.metrics.refresh_s,
                                                 uplink_stop), name="snapshot")
             tg.create_task(write_periodically(cfg.status_file, self.status, cfg.status.interval_s,
