@@ -219,7 +219,7 @@ def build_parts(cfg: GatewayConfig, secrets: Secrets) -> Parts:
     state = GatewayState(cfg=cfg, accounting=acc, delivery=delivery, rejects=rejects, buffer=buffer, lanes=lanes,
                          link=link, forwarder=forwarder, outage=outage, local=local, ingest=ingest,
                          processor=processor, commands=commands, downlink=downlink, config_pusher=pusher,
-                         clock=stages.clock)
+                         clock=stages.clock, device_files=device_files)
     return Parts(cfg=cfg, topics=topics, accounting=acc, rejects=rejects, buffer=buffer, forwarder=forwarder,
                  lanes=lanes, stages=stages, answered=answered, commands=commands, ingest=ingest,
                  processor=processor, config_pusher=pusher, downlink=downlink, link=link, local=local, state=state,

@@ -20,6 +20,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from bridge.mqtt.errors import BridgeError
 from gateway.errors import GatewayError
@@ -73,6 +74,13 @@ class DeviceIntake:
 
     def __len__(self) -> int:
         return len(self._queue)
+
+    def counts(self) -> dict[str, Any]:
+        """The figures of the stats document's ``device_files`` block."""
+        r = self.receiver
+        return {"files": r.files, "chunks": r.chunks, "bytes": r.bytes, "duplicates": r.duplicates,
+                "under_way": r.under_way, "queued": len(self._queue), "rejected": dict(r.rejected),
+                "answers_failed": self.answers_failed, "internal_errors": self.internal_errors}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Handle queued messages until ``stop``; what is still queued then is left (the devices ask again)."""

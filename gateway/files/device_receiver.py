@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bridge.protocol.files import BAD_CHUNK, BAD_ID, CONFLICT, NO_SPACE, FileRejected
+from bridge.protocol.files import BAD_CHUNK, BAD_ID, CONFLICT, NO_SPACE, REJECT_REASONS, UNKNOWN_FILE, FileRejected
 from gateway.files.device_contract import (
     DeviceFileTopics,
     DeviceManifest,
@@ -39,6 +39,7 @@ BUSY = "busy"  # the device has MAX_OPEN_PER_DEVICE uploads under way already
 EXPIRED = "expired"  # no chunk for files.device_upload_timeout_s
 OVERFLOW = "overflow"  # the intake queue was full: the message was dropped (the device asks again)
 IO_ERROR = "io_error"  # the disk failed otherwise
+DEVICE_FILE_REASONS = (*REJECT_REASONS, DISABLED, BUSY, EXPIRED, OVERFLOW, IO_ERROR)
 MAX_OPEN_PER_DEVICE = 8
 ASK_EVERY_S = 1.0  # unsolicited answers (chunk of an unknown file, uploads disabled) per file, at most
 
@@ -133,7 +134,7 @@ class DeviceReceiver:
             if done_manifest(self.root / msg.device, msg.file_id) is not None:
                 self.duplicates += 1  # a late copy of a chunk of a file handed on already
                 return []
-            self.rejected["unknown_file"] += 1
+            self.rejected[UNKNOWN_FILE] += 1
             return self._unsolicited(msg, "missing")
         if msg.index < 0:
             self.rejected[BAD_CHUNK] += 1
@@ -219,5 +220,5 @@ def _last_change(upload: DeviceUpload) -> float:
     return max(_mtime(upload.work_dir / f"{upload.file_id}.have"), _mtime(upload.work_dir / f"{upload.file_id}.json"))
 
 
-__all__ = ["BUSY", "DISABLED", "EXPIRED", "IO_ERROR", "OVERFLOW", "DeviceManifest", "DeviceReceiver", "Limits",
-           "OnFile", "Status"]
+__all__ = ["BUSY", "DEVICE_FILE_REASONS", "DISABLED", "EXPIRED", "IO_ERROR", "OVERFLOW", "DeviceManifest",
+           "DeviceReceiver", "Limits", "OnFile", "Status"]

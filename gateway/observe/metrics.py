@@ -29,10 +29,12 @@ from bridge.uplink.downlink import REJECT_REASONS as COMMAND_REJECTS
 from gateway.config import MetricsSection, split_host_port
 from gateway.control.commands import GATEWAY_STATUSES, RETAINED_WITHOUT_ID
 from gateway.errors import AddressInUse, MetricsError
+from gateway.files.device_receiver import DEVICE_FILE_REASONS
 from gateway.observe.accounting import CONTROL_DROP_REASONS, DROP_REASONS
 from gateway.observe.snapshot import (
     ClockBlock,
     CommandsBlock,
+    DeviceFilesBlock,
     HistogramBlock,
     SecurityBlock,
     Snapshot,
@@ -57,6 +59,7 @@ KNOWN_LABELS: dict[str, tuple[str, ...]] = {
     "edge_commands_ignored": (RETAINED_WITHOUT_ID,),
     "edge_security_denials": DENIAL_REASONS,
     "edge_config_pushes": ("applied", "rejected", "stale"),
+    "edge_device_file_rejections": DEVICE_FILE_REASONS,
 }
 
 
@@ -121,6 +124,7 @@ class SnapshotCollector(Collector):
         yield from _config_metrics(s)
         yield from _security_metrics(s.security)
         yield from _clock_metrics(s.clock)
+        yield from _device_file_metrics(s.device_files)
         clients = s.connected_clients
         if clients is not None:  # embedded broker only: an external broker's clients are not visible here
             yield _gauge("edge_connected_clients", "Local MQTT clients (devices and local tools) connected to the "
@@ -251,6 +255,16 @@ def _security_metrics(s: SecurityBlock) -> Iterator[Family]:
     yield _counter("edge_security_credential_reloads", "Credential files reloaded", s.credential_reloads)
     yield _counter("edge_security_credential_reload_errors", "Credential file versions refused as invalid (the "
                    "previous ones stayed in force)", s.credential_reload_errors)
+
+
+def _device_file_metrics(d: DeviceFilesBlock) -> Iterator[Family]:
+    yield _counter("edge_device_files_received", "Files devices sent, verified whole and handed on", d.files)
+    yield _counter("edge_device_file_chunks_received", "Chunks of device files written (repeats not counted)",
+                   d.chunks)
+    yield _counter("edge_device_file_bytes_received", "Bytes of device file chunks written", d.bytes)
+    yield _by_label("edge_device_file_rejections", "Device file messages and uploads refused, by reason", "reason",
+                    d.rejected)
+    yield _gauge("edge_device_file_uploads", "Device file uploads under way", d.under_way)
 
 
 def _clock_metrics(c: ClockBlock) -> Iterator[Family]:

@@ -82,4 +82,6 @@ async def test_an_upload_resumes_untouched_by_another_device(tmp_path: Path, mos
         assert landed.read_bytes() == path.read_bytes()
         receiver = svc.parts.device_files.receiver
         assert receiver.files == 1 and receiver.duplicates == 0 and not receiver.rejected
+        block = svc.snapshot()["device_files"]  # the stats document and the status file
+        assert block["files"] == 1 and block["chunks"] == local.chunks and block["bytes"] == 200_000
         assert svc.accounting.messages_in == 0 and svc.accounting.balance() == 0  # no file message was telemetry
