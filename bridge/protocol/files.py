@@ -159,7 +159,7 @@ def encode_manifest(manifest: Manifest) -> bytes:
     return _json(manifest.to_json())
 
 
-def _load_object(payload: bytes, limit: int, what: str) -> dict[str, Any]:
+def _load_object(payload: bytes, limit: int, what: str, *, version_optional: bool = False) -> dict[str, Any]:
     if len(payload) > limit:
         raise FileRejected(TOO_LARGE, f"{what} of {len(payload)} bytes is above {limit}")
     try:
@@ -168,9 +168,17 @@ def _load_object(payload: bytes, limit: int, what: str) -> dict[str, Any]:
         raise FileRejected(MALFORMED, f"{what} is not UTF-8 JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise FileRejected(MALFORMED, f"{what} is not a JSON object")
-    if obj.get("v") != VERSION or isinstance(obj.get("v"), bool):
+    version = obj.get("v", VERSION if version_optional else None)
+    if version != VERSION or isinstance(version, bool):
         raise FileRejected(BAD_VERSION, f"{what} version {str(obj.get('v'))[:20]!r} (this side reads {VERSION})")
     return obj
+
+
+# for other JSON messages of the same family (the device side's, gateway/files/device_contract.py):
+# a JSON object of at most ``limit`` bytes whose ``v`` is VERSION (or absent, with
+# ``version_optional``), and the canonical compact form every file-transfer JSON message takes
+load_object = _load_object
+canonical_json = _json
 
 
 def _no_constant(name: str) -> None:
