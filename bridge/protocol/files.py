@@ -200,6 +200,17 @@ def _sha(value: object, what: str) -> str:
     return value
 
 
+def content_type_and_meta(obj: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A manifest's optional ``content_type`` and ``meta``, checked (``malformed``)."""
+    content_type = obj.get("content_type", "application/octet-stream")
+    if not isinstance(content_type, str) or not 0 < len(content_type) <= MAX_CONTENT_TYPE:
+        raise FileRejected(MALFORMED, "content_type must be a short non-empty string")
+    meta = obj.get("meta", {})
+    if not isinstance(meta, dict) or len(_json(meta)) > MAX_META_BYTES:
+        raise FileRejected(MALFORMED, f"meta must be a JSON object of at most {MAX_META_BYTES} bytes")
+    return content_type, meta
+
+
 def decode_manifest(payload: bytes, *, max_size: int = 2**62) -> Manifest:
     """Parse and check a manifest. ``max_size`` is the receiver's size limit (``too_large``)."""
     obj = _load_object(payload, MAX_MANIFEST_BYTES, "manifest")
@@ -215,12 +226,7 @@ def decode_manifest(payload: bytes, *, max_size: int = 2**62) -> Manifest:
     hashes = obj.get("chunk_sha256")
     if not isinstance(hashes, list) or len(hashes) != n:
         raise FileRejected(MALFORMED, f"chunk_sha256 must list {n} hashes")
-    content_type = obj.get("content_type", "application/octet-stream")
-    if not isinstance(content_type, str) or not 0 < len(content_type) <= MAX_CONTENT_TYPE:
-        raise FileRejected(MALFORMED, "content_type must be a short non-empty string")
-    meta = obj.get("meta", {})
-    if not isinstance(meta, dict) or len(_json(meta)) > MAX_META_BYTES:
-        raise FileRejected(MALFORMED, f"meta must be a JSON object of at most {MAX_META_BYTES} bytes")
+    content_type, meta = content_type_and_meta(obj)
     device = obj.get("device")
     if device is not None and not _valid_device(device):
         raise FileRejected(MALFORMED, "device must be a device id or null")
