@@ -11,23 +11,22 @@ the gateway checks the whole file's SHA-256 once every chunk is in.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from bridge.protocol.files import (
-    BAD_VERSION,
     MALFORMED,
     MAX_CHUNK_BYTES,
     MAX_CHUNKS,
-    MAX_CONTENT_TYPE,
-    MAX_META_BYTES,
     MAX_REASON,
     MIN_CHUNK_BYTES,
     TOO_LARGE,
     FileRejected,
+    canonical_json,
     check_name,
     chunk_count,
+    content_type_and_meta,
+    load_object,
     to_ranges,
 )
 from bridge.protocol.topics import TopicPattern, valid_id
@@ -118,23 +117,10 @@ class DeviceManifest:
                 "content_type": self.content_type, "meta": self.meta}
 
 
-def _compact(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-
-
 def decode_device_manifest(payload: bytes, max_size: int) -> DeviceManifest:
     """Parse and check a device manifest, or raise :class:`FileRejected` (``malformed``,
     ``bad_version``, ``bad_name``, ``too_large`` above ``max_size`` bytes or the chunk limits)."""
-    if len(payload) > MAX_DEVICE_MANIFEST_BYTES:
-        raise FileRejected(TOO_LARGE, f"manifest of {len(payload)} bytes is above {MAX_DEVICE_MANIFEST_BYTES}")
-    try:
-        obj = json.loads(payload.decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise FileRejected(MALFORMED, f"manifest is not UTF-8 JSON: {str(exc)[:80]}") from None
-    if not isinstance(obj, dict):
-        raise FileRejected(MALFORMED, "manifest is not a JSON object")
-    if obj.get("v", 1) != 1 or isinstance(obj.get("v"), bool):
-        raise FileRejected(BAD_VERSION, f"manifest version {str(obj.get('v'))[:20]!r} (the gateway reads 1)")
+    obj = load_object(payload, MAX_DEVICE_MANIFEST_BYTES, "manifest", version_optional=True)
     name = check_name(obj.get("name"))
     size, chunk_size = _int(obj, "size"), _int(obj, "chunk_size")
     if size > max_size:
@@ -147,12 +133,7 @@ def decode_device_manifest(payload: bytes, max_size: int) -> DeviceManifest:
     sha = obj.get("sha256")
     if not isinstance(sha, str) or len(sha) != 64 or not set(sha) <= set("0123456789abcdef"):
         raise FileRejected(MALFORMED, "sha256 must be 64 lowercase hex digits")
-    content_type = obj.get("content_type", "application/octet-stream")
-    if not isinstance(content_type, str) or not 0 < len(content_type) <= MAX_CONTENT_TYPE:
-        raise FileRejected(MALFORMED, "content_type must be a short non-empty string")
-    meta = obj.get("meta", {})
-    if not isinstance(meta, dict) or len(_compact(meta)) > MAX_META_BYTES:
-        raise FileRejected(MALFORMED, f"meta must be a JSON object of at most {MAX_META_BYTES} bytes")
+    content_type, meta = content_type_and_meta(obj)
     return DeviceManifest(name, size, sha, chunk_size, content_type, meta)
 
 
@@ -161,10 +142,6 @@ def _int(obj: dict[str, Any], key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise FileRejected(MALFORMED, f"{key} must be a non-negative integer")
     return value
-
-
-def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
 
 
 def encode_status(state: State, missing: list[int] | None = None, reason: str = "", *,
@@ -178,7 +155,7 @@ def encode_status(state: State, missing: list[int] | None = None, reason: str = 
         obj["manifest"] = manifest
     if reason:
         obj["reason"] = reason[:MAX_REASON]
-    return _compact(obj)
+    return canonical_json(obj)
 
 
 def ids_valid(message: FileMessage) -> bool:

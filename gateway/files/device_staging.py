@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 from pathlib import Path
 
-from bridge.protocol.files import BAD_CHUNK, HASH_MISMATCH, FileRejected
-from bridge.transfer.assembly import fsync_dir
+from bridge.protocol.files import BAD_CHUNK, HASH_MISMATCH, FileRejected, canonical_json
+from bridge.transfer.assembly import fsync_dir, write_synced
 from gateway.files.device_contract import DeviceManifest, decode_device_manifest
 
 __all__ = ["DeviceUpload", "bytes_under", "done_manifest", "forget_done", "mark_done"]
@@ -35,15 +34,6 @@ _PARTS = ("json", "part", "have", "file")
 
 def _paths(work_dir: Path, file_id: str) -> dict[str, Path]:
     return {part: work_dir / f"{file_id}.{part}" for part in (*_PARTS, "done")}
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _pwrite_synced(path: Path, data: bytes, offset: int) -> None:
@@ -56,7 +46,7 @@ def _pwrite_synced(path: Path, data: bytes, offset: int) -> None:
 
 
 def _manifest_bytes(manifest: DeviceManifest) -> bytes:
-    return json.dumps(manifest.to_json(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return canonical_json(manifest.to_json())
 
 
 class DeviceUpload:
@@ -74,8 +64,8 @@ class DeviceUpload:
         paths = _paths(work_dir, file_id)
         with open(paths["part"], "wb") as f:
             f.truncate(manifest.size)  # sparse: disk blocks are taken as chunks arrive
-        _write_synced(paths["have"], bytes(manifest.chunks))
-        _write_synced(paths["json"], _manifest_bytes(manifest))  # last: its presence means "under way"
+        write_synced(paths["have"], bytes(manifest.chunks))
+        write_synced(paths["json"], _manifest_bytes(manifest))  # last: its presence means "under way"
         fsync_dir(work_dir)
         return cls(work_dir, file_id, manifest, bytearray(manifest.chunks))
 
@@ -95,7 +85,7 @@ class DeviceUpload:
             have = bytearray(manifest.chunks)
             with open(paths["part"], "wb") as f:
                 f.truncate(manifest.size)
-            _write_synced(paths["have"], bytes(have))
+            write_synced(paths["have"], bytes(have))
         return cls(work_dir, file_id, manifest, have)
 
     @staticmethod
@@ -153,7 +143,7 @@ class DeviceUpload:
 
 def mark_done(work_dir: Path, file_id: str, manifest: DeviceManifest) -> None:
     """Remember a file handed on (so a device asking again is told ``complete``), and forget its upload."""
-    _write_synced(_paths(work_dir, file_id)["done"], _manifest_bytes(manifest))
+    write_synced(_paths(work_dir, file_id)["done"], _manifest_bytes(manifest))
     DeviceUpload.remove(work_dir, file_id)
     fsync_dir(work_dir)
 
