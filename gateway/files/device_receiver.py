@@ -107,6 +107,8 @@ class DeviceReceiver:
         key, work_dir = (msg.device, msg.file_id), self.root / msg.device
         upload = self._open.get(key)
         if upload is not None and upload.manifest == manifest:
+            if upload.complete:  # every chunk was in when the gateway stopped: finish it now
+                return self._finish(msg, upload)
             return [self._status(msg, "missing", upload.missing())]
         if upload is None and done_manifest(work_dir, msg.file_id) == manifest:
             self.duplicates += 1

@@ -82,6 +82,7 @@ class DeviceUpload:
             cls.remove(work_dir, file_id)
             return None
         if len(have) != manifest.chunks or not paths["part"].exists():
+            paths["file"].unlink(missing_ok=True)  # a hand-off cut short: the device sends it again
             have = bytearray(manifest.chunks)
             with open(paths["part"], "wb") as f:
                 f.truncate(manifest.size)

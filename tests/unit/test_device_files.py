@@ -116,6 +116,17 @@ def test_a_restarted_gateway_resumes_an_upload_from_disk(tmp_path: Path) -> None
     assert [p.name for p in (tmp_path / "devices" / "d1").iterdir()] == ["f1.done"]
 
 
+def test_an_upload_whose_chunks_were_all_in_at_a_crash_is_finished_by_the_next_manifest(tmp_path: Path) -> None:
+    work = tmp_path / "devices" / "d1"
+    upload = DeviceUpload.open(work, "f1", decode_device_manifest(manifest(), 1 << 20))
+    for i in range(5):
+        upload.write(i, DATA[i * 1024:(i + 1) * 1024])  # the gateway stopped before it checked the whole
+    calls = Calls()
+    r = receiver(tmp_path, on_file=calls)
+    r.load()
+    assert ask(r, manifest()) == {"state": "complete"} and calls == [("a.bin", "d1")]
+
+
 def test_limits_budget_busy_and_disabled(tmp_path: Path) -> None:
     full = receiver(tmp_path, used=LIMITS.max_disk_bytes - 100)
     assert ask(full, manifest()) == {"state": "failed", "reason": "no_space"}
