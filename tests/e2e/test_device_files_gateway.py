@@ -17,7 +17,7 @@ from device_sim.settings import BrokerSettings
 from gateway.service import GatewayService
 from tests.e2e.harness import gateway_config, running_gateway
 from tests.e2e.security_support import write_passwords
-from tests.support import Mosquitto, RecordingClient, eventually
+from tests.support import Mosquitto, RecordingClient, eventually, free_port
 
 PASSWORDS = {"dev-a": "secret-a", "dev-b": "secret-b"}
 REFUSED = 0x80
@@ -85,3 +85,23 @@ async def test_an_upload_resumes_untouched_by_another_device(tmp_path: Path, mos
         block = svc.snapshot()["device_files"]  # the stats document and the status file
         assert block["files"] == 1 and block["chunks"] == local.chunks and block["bytes"] == 200_000
         assert svc.accounting.messages_in == 0 and svc.accounting.balance() == 0  # no file message was telemetry
+
+
+async def test_an_upload_survives_a_gateway_restart(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    listen = f"127.0.0.1:{free_port()}"
+    cfg = gateway_config(tmp_path, mosquitto.url, local_broker={"listen": listen, "auth": {
+        "mode": "password", "password_file": str(write_passwords(tmp_path / "passwd", PASSWORDS))}})
+    path = tmp_path / "model.bin"
+    path.write_bytes(os.urandom(100_000))
+    local = LocalFile.describe(path, chunk_bytes=4096)
+    port = int(listen.rsplit(":", 1)[1])
+    async with running_gateway(cfg) as svc:
+        await partial_send(port, local, 9)
+        await eventually(lambda: svc.parts.device_files.receiver.chunks == 9, message="9 chunks on disk")
+    async with running_gateway(cfg) as svc:
+        code, output = await send_file_cli(port, path, "--device", "dev-a", "--chunk-bytes", "4096", "--json")
+        assert code == 0, output
+        summary = json.loads(output.splitlines()[-1])
+        assert summary["chunks_sent"] == local.chunks - 9 and summary["manifests_sent"] == 1
+        assert (cfg.outbox_dir / "dev-a-model.bin").read_bytes() == path.read_bytes()
+        assert svc.parts.device_files.receiver.duplicates == 0
