@@ -84,7 +84,7 @@ class DeviceIntake:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Handle queued messages until ``stop``; what is still queued then is left (the devices ask again)."""
-        await asyncio.to_thread(self.receiver.load)
+        await self._step(self._load)
         every = min(60.0, self.receiver.limits.timeout_s / 4)
         next_expiry = time.monotonic() + every
         while not stop.is_set():
@@ -106,6 +106,11 @@ class DeviceIntake:
             except (GatewayError, BridgeError) as exc:
                 self.answers_failed += 1
                 log.warning("device file status to %s not published: %s", topic[:120], exc)
+
+    async def _load(self) -> None:
+        await asyncio.to_thread(self.receiver.load)
+        if self.receiver.under_way:
+            log.info("%d device upload(s) under way found on disk", self.receiver.under_way)
 
     async def _expire(self) -> None:
         expired = await asyncio.to_thread(self.receiver.expire)
