@@ -12,13 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.protocol.files import FileRejected
 from gateway.config import parse_config
 from gateway.config_sections import TopicsSection
 from gateway.errors import ConfigError
 from gateway.files.device_contract import DeviceFileTopics, FileMessage, decode_device_manifest, encode_status
-from gateway.files.device_receiver import DeviceReceiver, Limits
+from gateway.files.device_intake import DeviceIntake
+from gateway.files.device_receiver import DEVICE_FILE_REASONS, DeviceReceiver, Limits
 from gateway.files.device_staging import DeviceUpload
 from gateway.source.local import acl_policy
 from tests.support import FakeClock
@@ -174,3 +177,38 @@ def test_the_default_acl_confines_file_topics_to_their_device() -> None:
     assert not grants.may_subscribe("devices/d1/files/+/chunk/+")
     off = acl_policy(parse_config({"files": {"device_uploads": False}}, "<test>")).grants("d1")
     assert not off.may_publish("devices/d1/files/f1/manifest") and not off.may_subscribe("devices/d1/files/+/status")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600) | st.builds(lambda d: json.dumps(d).encode(), st.dictionaries(
+    st.sampled_from(["name", "size", "sha256", "chunk_size", "content_type", "meta", "v"]),
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=80) | st.lists(st.integers()))))
+def test_any_manifest_payload_is_a_manifest_or_a_counted_refusal(payload: bytes) -> None:
+    reason = None
+    try:
+        decode_device_manifest(payload, 1 << 20)
+    except FileRejected as exc:
+        reason = exc.reason
+    assert reason is None or reason in DEVICE_FILE_REASONS
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="devices/fil+#chunkmanifest0123.-_ \x00", max_size=60))
+def test_any_topic_parses_or_is_left_to_ingest(topic: str) -> None:
+    msg = DeviceFileTopics(TopicsSection()).parse(topic)
+    assert msg is None or (msg.part in ("manifest", "chunk") and "/" not in msg.device + msg.file_id)
+
+
+def test_a_full_intake_queue_drops_and_counts_but_telemetry_passes() -> None:
+    telemetry: list[str] = []
+
+    async def nowhere(_t: str, _p: bytes) -> None:
+        return None
+
+    intake = DeviceIntake(receiver(Path("/nonexistent")), nowhere, max_queued=2)
+    route = intake.route(lambda topic, _p: telemetry.append(topic))
+    for i in range(3):
+        route(f"devices/d1/files/f1/chunk/{i}", b"x")
+    route("devices/d1/telemetry", b"{}")
+    assert len(intake) == 2 and intake.receiver.rejected == {"overflow": 1}
+    assert telemetry == ["devices/d1/telemetry"]
