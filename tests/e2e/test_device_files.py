@@ -24,6 +24,7 @@ from gateway.files.device_intake import DeviceIntake
 from gateway.files.device_receiver import DeviceReceiver, Limits
 from gateway.files.device_staging import bytes_under
 from gateway.source.broker import EmbeddedBroker
+from tests.chaos import ChaosProxy
 from tests.support import RecordingClient, eventually
 
 
@@ -178,3 +179,24 @@ async def test_bad_names_oversized_files_and_wrong_hashes_fail_and_are_counted(r
     assert rig.receiver.rejected == {"bad_name": 1, "too_large": 1, "hash_mismatch": 1, "malformed": 1}
     assert rig.handed.calls == []
     assert not [p for p in (rig.files_dir / "devices").rglob("*") if p.is_file()]  # nothing partial left
+
+
+async def test_a_link_cut_mid_file_costs_at_most_the_chunks_in_flight(rig: Rig, tmp_path: Path) -> None:
+    path = some_file(tmp_path, 400_000)
+    local = LocalFile.describe(path, chunk_bytes=4096)
+    async with ChaosProxy("127.0.0.1", rig.port) as proxy:
+        sender = FileSender(local, "cam-1", answer_timeout_s=2.0)
+        publisher = Publisher(BrokerSettings(port=proxy.port), "cam-1", subscriptions=[sender.topics["status"]],
+                              on_message=sender.on_message)
+        await publisher.connect()
+        try:
+            run = asyncio.create_task(sender.run(publisher, deadline_s=60.0))
+            await eventually(lambda: rig.receiver.chunks >= 30, message="30 chunks in")
+            proxy.cut()
+            outcome = await run
+        finally:
+            await publisher.close()
+    assert outcome.state == "complete", outcome
+    assert publisher.reconnects == 1
+    assert rig.handed.calls[0][0] == path.read_bytes()
+    assert rig.receiver.chunks == local.chunks and rig.receiver.duplicates <= 20  # paho resends its window
