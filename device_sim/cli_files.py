@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from device_sim.cli_options import (
     broker_options,
     broker_settings,
     check_device_id,
+    echo_summary,
     run_async,
     setup_logging,
     verbose_option,
@@ -86,11 +86,12 @@ def send_file_command(**opts: Any) -> None:
             await publisher.close()
 
     summary = run_async(go)
-    if opts["as_json"]:
-        click.echo(json.dumps(summary))
-    else:
-        click.echo(f"{summary['name']}: {summary['state']}{' (' + summary['reason'] + ')' if summary['reason'] else ''}"
-                   f", {summary['chunks_sent']} of {summary['chunks']} chunks sent ({summary['bytes_sent']} bytes), "
-                   f"{summary['manifests_sent']} manifest(s)")
+    echo_summary(summary, opts["as_json"], _text)
     if summary["state"] != "complete":
         raise SystemExit(1)
+
+
+def _text(s: dict[str, Any]) -> str:
+    reason = f" ({s['reason']})" if s["reason"] else ""
+    return (f"{s['name']}: {s['state']}{reason}, {s['chunks_sent']} of {s['chunks']} chunks sent "
+            f"({s['bytes_sent']} bytes), {s['manifests_sent']} manifest(s)")
