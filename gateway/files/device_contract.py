@@ -70,7 +70,8 @@ class DeviceFileTopics:
 
     def parse(self, topic: str) -> FileMessage | None:
         """The file message ``topic`` carries, or None for any other topic. The ids are not checked
-        here (see :meth:`FileMessage`'s users): a topic of the right shape is a file topic."""
+        here (:func:`ids_valid`, by the receiver): a topic of the right shape is a file topic, so a
+        bad id is refused as ``bad_id`` there instead of reaching the telemetry decoder."""
         for part, pattern in (("chunk", self.chunk), ("manifest", self.manifest)):
             fields = pattern.match(topic)
             if fields is not None:

@@ -12,8 +12,9 @@ file (its manifest) so that a device asking again is told ``complete``.
 
 Why not :class:`Assembly` itself: it checks each chunk against the hash the manifest lists and
 keeps the cloud protocol's manifest (32-hex id, per-chunk hashes) on disk. A device sends neither,
-and placeholder hashes would put a lie on disk. The rules are the same: data synced before its
-mark, the manifest written last, the whole checked before it is handed on.
+and placeholder hashes would put a lie on disk. The rules are the same (and the synced writes are
+Assembly's own): data synced before its mark, the manifest written last, the whole checked before
+it is handed on.
 """
 
 from __future__ import annotations
