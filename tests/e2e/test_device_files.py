@@ -200,3 +200,14 @@ async def test_a_link_cut_mid_file_costs_at_most_the_chunks_in_flight(rig: Rig, 
     assert publisher.reconnects == 1
     assert rig.handed.calls[0][0] == path.read_bytes()
     assert rig.receiver.chunks == local.chunks and rig.receiver.duplicates <= 20  # paho resends its window
+
+
+@pytest.mark.parametrize("rig", [replace(LIMITS, timeout_s=1.0)], indirect=True)
+async def test_an_abandoned_upload_expires_and_is_counted(rig: Rig, tmp_path: Path) -> None:
+    local = LocalFile.describe(some_file(tmp_path, 10_000), chunk_bytes=1024)
+    assert (await send(rig, local, max_chunks=3)).state == "stopped"
+    await eventually(lambda: rig.receiver.rejected["expired"] == 1, message="the upload expired")
+    assert rig.receiver.under_way == 0
+    assert not [p for p in (rig.files_dir / "devices").rglob("*") if p.is_file()]
+    again = await send(rig, local)  # the device comes back later: it starts over, and completes
+    assert again.state == "complete" and again.answers[0]["state"] == "accepted"
