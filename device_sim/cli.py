@@ -9,6 +9,7 @@ import click
 
 from device_sim import topics
 from device_sim.builtin_profiles import BUILTIN_PROFILES, DEFAULT_PROFILE
+from device_sim.cli_files import send_file_command
 from device_sim.cli_options import (
     broker_options,
     broker_settings,
@@ -177,3 +178,4 @@ def profiles_command(path: str | None, verbose: bool) -> None:
 
 main.add_command(publish_command)
 main.add_command(replay_command)
+main.add_command(send_file_command)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import threading
@@ -157,6 +158,11 @@ def check_device_id(_ctx: click.Context, _param: click.Parameter, value: str | N
     if value is not None and not topics.is_valid_device_id(value):
         raise click.BadParameter(f"{value!r} is not a valid device id: use 1-64 of [A-Za-z0-9_.-]")
     return value
+
+
+def echo_summary(summary: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]], str]) -> None:
+    """Print a command's summary: one JSON line with ``--json``, else ``text(summary)``."""
+    click.echo(json.dumps(summary) if as_json else text(summary))
 
 
 def setup_logging(verbose: int) -> None:

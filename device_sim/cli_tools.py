@@ -16,6 +16,7 @@ from device_sim.cli_options import (
     broker_options,
     broker_settings,
     check_device_id,
+    echo_summary,
     format_option,
     qos_option,
     run_async,
@@ -196,10 +197,6 @@ def replay_command(**opts: Any) -> None:
         finally:
             await close_all(connections)
 
-    summary = run_async(go)
-    if opts["as_json"]:
-        click.echo(json.dumps(summary))
-    else:
-        click.echo(f"replayed {summary['readings']} readings in {summary['messages']} messages: {summary['sent']} "
-                   f"acknowledged, {summary['failed']} failed, {summary['reconnects']} reconnects "
-                   f"in {summary['elapsed_s']:.1f} s")
+    echo_summary(run_async(go), opts["as_json"], lambda s: (
+        f"replayed {s['readings']} readings in {s['messages']} messages: {s['sent']} acknowledged, "
+        f"{s['failed']} failed, {s['reconnects']} reconnects in {s['elapsed_s']:.1f} s"))

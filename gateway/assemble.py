@@ -26,6 +26,11 @@ from gateway.control.answered import AnsweredCommands
 from gateway.control.commands import CommandRouter
 from gateway.control.config_push import ConfigPusher, PushedConfigFile
 from gateway.files.uploads import Uploads
+from gateway.files.device_contract import DeviceFileTopics
+from gateway.files.device_handoff import into_outbox, into_uploads
+from gateway.files.device_intake import DeviceIntake, Publish
+from gateway.files.device_receiver import DeviceReceiver, Limits, OnFile
+from gateway.files.device_staging import bytes_under
 from gateway.observe.accounting import Accounting
 from gateway.observe.delivery import DeliveryAccounting
 from gateway.observe.state import GatewayState, Outage
@@ -142,6 +147,17 @@ def build_config_pusher(cfg: GatewayConfig, stages: Processing, lanes: LaneWrite
     )
 
 
+def build_device_intake(cfg: GatewayConfig, publish: Publish, on_file: OnFile) -> DeviceIntake:
+    """Device file uploads under ``{files_dir}/devices``; the disk budget counts every file under
+    ``files_dir``."""
+    f = cfg.files
+    limits = Limits(f.enabled and f.device_uploads, f.max_device_file_bytes, f.max_disk_bytes,
+                    f.device_upload_timeout_s)
+    receiver = DeviceReceiver(cfg.files_dir / "devices", DeviceFileTopics(cfg.topics), limits, on_file,
+                              used_bytes=lambda: bytes_under(cfg.files_dir))
+    return DeviceIntake(receiver, publish)
+
+
 @dataclass(frozen=True)
 class Parts:
     cfg: GatewayConfig
@@ -162,6 +178,7 @@ class Parts:
     local: LocalSide
     state: GatewayState
     uploads: Uploads | None
+    device_files: DeviceIntake
 
 
 def build_parts(cfg: GatewayConfig, secrets: Secrets) -> Parts:
@@ -182,12 +199,16 @@ def build_parts(cfg: GatewayConfig, secrets: Secrets) -> Parts:
     lanes = LaneWriter(buffer, topics, acc, compression=cfg.batch.compression, level=cfg.batch.level,
                        on_written=forwarder.wake)
     ingest = Ingest(cfg.local_broker.ingest_queue_max, delivery.ingest_overflow, stages.decoder.is_control)
+    # device file uploads are taken out before ingest (they never reach the decoder) and answered
+    # through the local broker (built just below)
+    device_files = build_device_intake(cfg, lambda topic, payload: local.deliver(topic, payload),  # noqa: PLW0108
+                                       into_outbox(cfg.outbox_dir) if uploads is None else into_uploads(uploads.outbox))
     # the command router and the embedded broker need each other: the router delivers through the
     # broker, the broker tells the router when a device subscribes (through this closure: the
     # router is built just below, and the broker calls it only once it runs)
-    local = build_local(cfg, secrets, on_message=ingest.offer,
+    local = build_local(cfg, secrets, on_message=device_files.route(ingest.offer),
                         on_presence=lambda: commands.presence_changed(),  # noqa: PLW0108
-                        subscriptions=stages.decoder.subscriptions())
+                        subscriptions=stages.decoder.subscriptions() + device_files.topics.subscriptions())
     answered = AnsweredCommands(cfg.gateway.data_dir / "commands-answered.jsonl")
     commands = CommandRouter(
         cfg.downlink, cfg.topics.commands, deliver=local.deliver, answer=lanes.write_control,
@@ -209,8 +230,8 @@ def build_parts(cfg: GatewayConfig, secrets: Secrets) -> Parts:
     state = GatewayState(cfg=cfg, accounting=acc, delivery=delivery, rejects=rejects, buffer=buffer, lanes=lanes,
                          link=link, forwarder=forwarder, outage=outage, local=local, ingest=ingest,
                          processor=processor, commands=commands, downlink=downlink, config_pusher=pusher,
-                         clock=stages.clock, uploads=uploads)
+                         clock=stages.clock, uploads=uploads, device_files=device_files)
     return Parts(cfg=cfg, topics=topics, accounting=acc, rejects=rejects, buffer=buffer, forwarder=forwarder,
                  lanes=lanes, stages=stages, answered=answered, commands=commands, ingest=ingest,
                  processor=processor, config_pusher=pusher, downlink=downlink, link=link, local=local, state=state,
-                 uploads=uploads)
+                 uploads=uploads, device_files=device_files)

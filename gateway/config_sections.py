@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from bridge.protocol.files import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
-from bridge.protocol.topics import DEFAULT_PREFIX, ID_RULE, valid_id
+from bridge.protocol.topics import DEFAULT_PREFIX, ID_RULE, TopicPattern, valid_id
 from gateway.config_types import (
     NonNegFloat,
     PositiveFloat,
@@ -38,14 +38,37 @@ class GatewaySection(Strict):
 
 class TopicsSection(Strict):
     """Local (device-side) topic patterns and the cloud prefix. ``{device_id}``, ``{metric}``,
-    ``{name}`` and ``{gateway_id}`` are placeholders that match exactly one topic level."""
+    ``{name}``, ``{file_id}``, ``{index}`` and ``{gateway_id}`` are placeholders that match exactly
+    one topic level."""
 
     telemetry: str = "devices/{device_id}/telemetry"
     telemetry_metric: str = "devices/{device_id}/telemetry/{metric}"
     events: str = "devices/{device_id}/events"
     responses: str = "devices/{device_id}/responses"
     commands: str = "devices/{device_id}/commands/{name}"
+    # device file uploads (docs/OPERATIONS.md, "Device file uploads"): the device publishes the
+    # manifest and the chunks, the gateway answers on the status topic
+    file_manifest: str = "devices/{device_id}/files/{file_id}/manifest"
+    file_chunk: str = "devices/{device_id}/files/{file_id}/chunk/{index}"
+    file_status: str = "devices/{device_id}/files/{file_id}/status"
     cloud_prefix: str = DEFAULT_PREFIX
+
+    @model_validator(mode="after")
+    def _file_topics(self) -> TopicsSection:
+        needs = {"file_manifest": {"device_id", "file_id"}, "file_chunk": {"device_id", "file_id", "index"},
+                 "file_status": {"device_id", "file_id"}}
+        for key, fields in needs.items():
+            pattern = getattr(self, key)
+            try:
+                have = set(TopicPattern(pattern).fields)
+            except ValueError as exc:
+                raise ValueError(f"topics.{key}: {exc}") from None
+            if not fields <= have:
+                shown = ", ".join(f"{{{f}}}" for f in sorted(fields))
+                raise ValueError(f"topics.{key} {pattern!r} must hold {shown}")
+        if len({self.file_manifest, self.file_chunk, self.file_status}) != 3:
+            raise ValueError("topics.file_manifest, file_chunk and file_status must differ")
+        return self
 
 
 class DecodeSection(Strict):
@@ -249,6 +272,7 @@ class FilesSection(Strict):
     scan_interval_s: PositiveFloat = 1.0  # how often the outbox is looked at
     device_uploads: bool = True  # devices may send files on devices/{device_id}/files/...
     max_device_file_bytes: PositiveInt = 16 * 1024 * 1024
+    device_upload_timeout_s: PositiveFloat = 3600.0  # a device upload idle this long is dropped (counted: expired)
 
 
 class StatusSection(Strict):

@@ -112,6 +112,7 @@ class GatewayService:
             commands = tg.create_task(p.commands.run(source_stop), name="commands")
             if p.uploads is not None:
                 tg.create_task(p.uploads.run(uplink_stop), name="outbox")
+            tg.create_task(p.device_files.run(source_stop), name="device-files")
             tg.create_task(refresh_periodically(self.board, self.typed_snapshot, cfg.metrics.refresh_s,
                                                 uplink_stop), name="snapshot")
             tg.create_task(write_periodically(cfg.status_file, self.status, cfg.status.interval_s,

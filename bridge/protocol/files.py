@@ -165,7 +165,7 @@ def encode_manifest(manifest: Manifest) -> bytes:
     return _json(manifest.to_json())
 
 
-def _load_object(payload: bytes, limit: int, what: str) -> dict[str, Any]:
+def _load_object(payload: bytes, limit: int, what: str, *, version_optional: bool = False) -> dict[str, Any]:
     if len(payload) > limit:
         raise FileRejected(TOO_LARGE, f"{what} of {len(payload)} bytes is above {limit}")
     try:
@@ -178,9 +178,17 @@ def _load_object(payload: bytes, limit: int, what: str) -> dict[str, Any]:
         _json(obj)
     except (ValueError, RecursionError) as exc:
         raise FileRejected(MALFORMED, f"{what} is not valid Unicode text with finite numbers: {exc}") from None
-    if type(obj.get("v")) is not int or obj.get("v") != VERSION:
+    version = obj.get("v", VERSION if version_optional else None)
+    if type(version) is not int or version != VERSION:
         raise FileRejected(BAD_VERSION, f"{what} version {str(obj.get('v'))[:20]!r} (this side reads {VERSION})")
     return obj
+
+
+# for other JSON messages of the same family (the device side's, gateway/files/device_contract.py):
+# a JSON object of at most ``limit`` bytes whose ``v`` is VERSION (or absent, with
+# ``version_optional``), and the canonical compact form every file-transfer JSON message takes
+load_object = _load_object
+canonical_json = _json
 
 
 def _no_constant(name: str) -> None:
@@ -202,6 +210,17 @@ def _sha(value: object, what: str) -> str:
     return value
 
 
+def content_type_and_meta(obj: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A manifest's optional ``content_type`` and ``meta``, checked (``malformed``)."""
+    content_type = obj.get("content_type", "application/octet-stream")
+    if not isinstance(content_type, str) or not 0 < len(content_type) <= MAX_CONTENT_TYPE:
+        raise FileRejected(MALFORMED, "content_type must be a short non-empty string")
+    meta = obj.get("meta", {})
+    if not isinstance(meta, dict) or len(_json(meta)) > MAX_META_BYTES:
+        raise FileRejected(MALFORMED, f"meta must be a JSON object of at most {MAX_META_BYTES} bytes")
+    return content_type, meta
+
+
 def decode_manifest(payload: bytes, *, max_size: int = 2**62) -> Manifest:
     """Parse and check a manifest. ``max_size`` is the receiver's size limit (``too_large``)."""
     obj = _load_object(payload, MAX_MANIFEST_BYTES, "manifest")
@@ -217,12 +236,7 @@ def decode_manifest(payload: bytes, *, max_size: int = 2**62) -> Manifest:
     hashes = obj.get("chunk_sha256")
     if not isinstance(hashes, list) or len(hashes) != n:
         raise FileRejected(MALFORMED, f"chunk_sha256 must list {n} hashes")
-    content_type = obj.get("content_type", "application/octet-stream")
-    if not isinstance(content_type, str) or not 0 < len(content_type) <= MAX_CONTENT_TYPE:
-        raise FileRejected(MALFORMED, "content_type must be a short non-empty string")
-    meta = obj.get("meta", {})
-    if not isinstance(meta, dict) or len(_json(meta)) > MAX_META_BYTES:
-        raise FileRejected(MALFORMED, f"meta must be a JSON object of at most {MAX_META_BYTES} bytes")
+    content_type, meta = content_type_and_meta(obj)
     device = obj.get("device")
     if device is not None and not _valid_device(device):
         raise FileRejected(MALFORMED, "device must be a device id or null")

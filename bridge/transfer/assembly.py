@@ -216,3 +216,6 @@ def _write_synced(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+write_synced = _write_synced  # replace a file with synced content (gateway/files/device_staging.py too)

@@ -127,24 +127,16 @@ class Outbox:
             return 0
         return 1
 
-    def submit(self, path: Path, name: str, content_type: str = "application/octet-stream",
-               meta: dict[str, Any] | None = None, device: str | None = None) -> str | None:
+    def take(self, path: Path, name: str, content_type: str = "application/octet-stream",
+             meta: dict[str, Any] | None = None, device: str | None = None) -> str:
         """Queue a whole file from elsewhere on the gateway (a device's upload, say) at once, under
-        ``name``; ``path`` is moved (same file system). Returns the file id, or None when it is
-        refused (counted and set aside like an outbox file) or cannot be taken now (logged)."""
+        ``name``; ``path`` is moved (same file system). Returns the file id. Raises
+        ``FileRejected`` (refused: bad name, too large), ``OSError`` or ``FilesError`` (not taken:
+        ``path`` is left where it was)."""
         limit = min(self._cfg.max_file_bytes, self._cfg.max_disk_bytes)
-        try:
-            manifest = plan_file(path, chunk_size=self._cfg.chunk_bytes, name=name, content_type=content_type,
-                                 meta=meta, device=device, max_size=limit)
-            self._queue(path, manifest)
-        except FileRejected as exc:
-            self.counters.rejected[exc.reason] += 1
-            log.warning("file %r from %s refused: %s", name, device or "the gateway", exc)
-            set_aside(path, self.dir, path.name, f"{exc.reason}: {exc}")
-            return None
-        except (OSError, FilesError) as exc:
-            log.warning("file %r from %s not taken: %s", name, device or "the gateway", exc)
-            return None
+        manifest = plan_file(path, chunk_size=self._cfg.chunk_bytes, name=name, content_type=content_type,
+                             meta=meta, device=device, max_size=limit)
+        self._queue(path, manifest)
         return manifest.id
 
     def _queue(self, path: Path, manifest: Manifest) -> None:

@@ -30,11 +30,13 @@ from bridge.uplink.downlink import REJECT_REASONS as COMMAND_REJECTS
 from gateway.config import MetricsSection, split_host_port
 from gateway.control.commands import GATEWAY_STATUSES, RETAINED_WITHOUT_ID
 from gateway.errors import AddressInUse, MetricsError
+from gateway.files.device_receiver import DEVICE_FILE_REASONS
 from gateway.observe.accounting import CONTROL_DROP_REASONS, DROP_REASONS
 from gateway.observe.snapshot import (
     ClockBlock,
     CommandsBlock,
     FilesUpBlock,
+    DeviceFilesBlock,
     HistogramBlock,
     SecurityBlock,
     Snapshot,
@@ -61,6 +63,7 @@ KNOWN_LABELS: dict[str, tuple[str, ...]] = {
     "edge_config_pushes": ("applied", "rejected", "stale"),
     "edge_files_up_rejected": (wire.BAD_NAME, wire.MALFORMED, wire.TOO_LARGE),
     "edge_files_up_receipts_rejected": wire.REJECT_REASONS,
+    "edge_device_file_rejections": DEVICE_FILE_REASONS,
 }
 _FILES_UP = (  # edge_files_up_<field>: help (counters)
     ("queued", "Files taken from the outbox for upload"),
@@ -140,6 +143,7 @@ class SnapshotCollector(Collector):
         yield from _clock_metrics(s.clock)
         if s.files_up is not None:
             yield from _files_up_metrics(s.files_up)
+        yield from _device_file_metrics(s.device_files)
         clients = s.connected_clients
         if clients is not None:  # embedded broker only: an external broker's clients are not visible here
             yield _gauge("edge_connected_clients", "Local MQTT clients (devices and local tools) connected to the "
@@ -280,6 +284,14 @@ def _files_up_metrics(f: FilesUpBlock) -> Iterator[Family]:
     yield _gauge("edge_files_up_waiting_for_space", "Outbox files waiting for disk budget", f.waiting_for_space)
     yield _by_label("edge_files_up_rejected", "Outbox files refused, by reason", "reason", f.rejected)
     yield _by_label("edge_files_up_receipts_rejected", "Receipts refused, by reason", "reason", f.receipts_rejected)
+def _device_file_metrics(d: DeviceFilesBlock) -> Iterator[Family]:
+    yield _counter("edge_device_files_received", "Files devices sent, verified whole and handed on", d.files)
+    yield _counter("edge_device_file_chunks_received", "Chunks of device files written (repeats not counted)",
+                   d.chunks)
+    yield _counter("edge_device_file_bytes_received", "Bytes of device file chunks written", d.bytes)
+    yield _by_label("edge_device_file_rejections", "Device file messages and uploads refused, by reason", "reason",
+                    d.rejected)
+    yield _gauge("edge_device_file_uploads", "Device file uploads under way", d.under_way)
 
 
 def _clock_metrics(c: ClockBlock) -> Iterator[Family]:

@@ -163,6 +163,21 @@ class SecurityBlock:
 
 
 @dataclass(frozen=True)
+class DeviceFilesBlock:
+    """Files devices send on the local broker (gateway/files/device_intake.py)."""
+
+    files: int = 0  # verified and handed on
+    chunks: int = 0  # written (duplicates not counted)
+    bytes: int = 0
+    duplicates: int = 0  # chunks and manifests of files already here
+    under_way: int = 0
+    queued: int = 0
+    rejected: Counts = field(default_factory=_empty)  # by reason
+    answers_failed: int = 0  # status answers the local broker did not take
+    internal_errors: int = 0
+
+
+@dataclass(frozen=True)
 class ReadyBlock:
     """What /readyz requires (the uplink is reported but not required: the buffer covers it)."""
 
@@ -223,6 +238,7 @@ class Snapshot:
     config_version: int = 0
     config_push: ConfigPushBlock = ConfigPushBlock()
     security: SecurityBlock = SecurityBlock()
+    device_files: DeviceFilesBlock = DeviceFilesBlock()
     ready: ReadyBlock = ReadyBlock()
     clock: ClockBlock = ClockBlock()
     files_up: FilesUpBlock | None = None  # None when files.enabled is false

@@ -22,6 +22,7 @@ from gateway.config import GatewayConfig
 from gateway.control.commands import CommandRouter
 from gateway.control.config_push import ConfigPusher
 from gateway.files.uploads import Uploads
+from gateway.files.device_intake import DeviceIntake
 from gateway.observe.accounting import Accounting
 from gateway.observe.delivery import DeliveryAccounting
 from gateway.observe.snapshot import (
@@ -29,6 +30,7 @@ from gateway.observe.snapshot import (
     ClockBlock,
     CommandsBlock,
     ConfigPushBlock,
+    DeviceFilesBlock,
     DiskBlock,
     DrainBlock,
     FilesUpBlock,
@@ -83,6 +85,7 @@ class GatewayState:
     downlink: DownlinkRouter
     config_pusher: ConfigPusher
     clock: ClockGuard
+    device_files: DeviceIntake
     uploads: Uploads | None = None
 
     def snapshot(self) -> Snapshot:
@@ -106,6 +109,7 @@ class GatewayState:
             config_version=self.config_pusher.version,
             config_push=ConfigPushBlock(**self.config_pusher.snapshot()),
             security=self.security(),
+            device_files=self._device_files(),
             ready=self.readiness(),
             clock=ClockBlock(**self.clock.snapshot()),
             files_up=self._files_up(),
@@ -121,6 +125,10 @@ class GatewayState:
         return {**self.document(),
                 "connected_devices": embedded.connected_clients() if embedded is not None else None,
                 "last_rejects": self.rejects.recent()}
+
+    def _device_files(self) -> DeviceFilesBlock:
+        counts = self.device_files.counts()
+        return DeviceFilesBlock(**{**counts, "rejected": frozen_counts(counts["rejected"])})
 
     def readiness(self) -> ReadyBlock:
         """The local broker listening (embedded) or connected (external), and the buffer open."""

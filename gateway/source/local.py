@@ -33,11 +33,15 @@ log = logging.getLogger(__name__)
 
 def acl_policy(cfg: GatewayConfig) -> AclPolicy:
     """``[local_broker.auth.acl]``, or by default each device's own topics of ``[topics]``: publish
-    telemetry, per-metric telemetry, events and responses; subscribe to its commands."""
+    telemetry, per-metric telemetry, events and responses (and, with device uploads on, file
+    manifests and chunks); subscribe to its commands (and its file status topics)."""
     acl, t = cfg.local_broker.auth.acl, cfg.topics
+    files = cfg.files.enabled and cfg.files.device_uploads
     publish = acl.publish if acl.publish is not None else [
-        pattern_as_filter(p) for p in (t.telemetry, t.telemetry_metric, t.events, t.responses)]
-    subscribe = acl.subscribe if acl.subscribe is not None else [pattern_as_filter(t.commands, open_end=True)]
+        pattern_as_filter(p) for p in (t.telemetry, t.telemetry_metric, t.events, t.responses,
+                                       *((t.file_manifest, t.file_chunk) if files else ()))]
+    subscribe = acl.subscribe if acl.subscribe is not None else [
+        pattern_as_filter(t.commands, open_end=True), *([pattern_as_filter(t.file_status)] if files else [])]
     return AclPolicy(tuple(publish), tuple(subscribe))
 
 

@@ -19,7 +19,7 @@ from gateway.observe.stats import SnapshotBoard
 LAYOUT = {
     "": ["gateway", "accounting", "rejects", "buffer", "disk", "uplink", "budget", "connected_clients",
          "alert_latency", "ingest_queue", "commands", "internal_errors", "config_version", "config_push",
-         "security", "ready", "clock", "files_up"],
+         "security", "device_files", "ready", "clock", "files_up"],
     "accounting": ["readings_in", "restored", "delivered", "filtered", "dropped", "buffered", "pending",
                    "messages_in", "batches_written", "batches_delivered", "bytes_up_telemetry", "bytes_up_control",
                    "alerts", "events", "responses", "control_written", "control_delivered", "control_dropped"],
@@ -33,6 +33,8 @@ LAYOUT = {
     "config_push": ["applied", "rejected", "stale", "load_errors", "cleared"],
     "security": ["auth", "denied", "authenticated_connects", "devices_with_password", "revoked_certificates",
                  "credential_reloads", "credential_reload_errors"],
+    "device_files": ["files", "chunks", "bytes", "duplicates", "under_way", "queued", "rejected", "answers_failed",
+                     "internal_errors"],
     "ready": ["local_broker", "buffer"],
     "clock": ["synced", "floor_date", "sync_file", "jumps", "last_jump_s", "receive_stamped_unsynced",
               "window_not_judged"],
