@@ -24,6 +24,8 @@ from gateway.config import GatewayConfig, Secrets
 from gateway.control.answered import AnsweredCommands
 from gateway.control.commands import CommandRouter
 from gateway.control.config_push import ConfigPusher, PushedConfigFile
+from gateway.files.download import Downloads
+from gateway.files.installed import InstalledLog
 from gateway.observe.accounting import Accounting
 from gateway.observe.delivery import DeliveryAccounting
 from gateway.observe.state import GatewayState, Outage
@@ -92,15 +94,19 @@ def build_forwarder(cfg: GatewayConfig, buffer: DiskBuffer, delivery: DeliveryAc
 
 
 def build_link(cfg: GatewayConfig, secrets: Secrets, topics: CloudTopics, forwarder: Forwarder,
-               downlink: DownlinkRouter, buffer: DiskBuffer, outage: Outage, batcher: Batcher) -> UplinkLink:
+               downlink: DownlinkRouter, buffer: DiskBuffer, outage: Outage, batcher: Batcher,
+               downloads: Downloads | None = None) -> UplinkLink:
     """The uplink session; its state changes reach the buffer (write-behind only while up), the
-    batcher (outage batching only while down) and the outage clock."""
+    batcher (outage batching only while down), the outage clock and the downloads (which ask for
+    what they miss on every connect)."""
 
     def link_state(state: str, _url: str | None) -> None:
         up = state == "connected"
         buffer.set_link_up(up)
         batcher.set_link_up(up)
         outage.changed(up)
+        if downloads is not None:
+            downloads.link_changed(up)
 
     return UplinkLink(
         cfg.uplink.urls, uplink_settings(cfg, secrets),
@@ -137,6 +143,15 @@ def build_config_pusher(cfg: GatewayConfig, stages: Processing, lanes: LaneWrite
     )
 
 
+def build_downloads(cfg: GatewayConfig, lanes: LaneWriter) -> Downloads | None:
+    f = cfg.files
+    if not f.enabled:
+        return None
+    return Downloads(cfg.files_dir / "incoming", cfg.inbox_dir, InstalledLog(cfg.files_dir / "installed.json"),
+                     lanes.write_control, max_file_bytes=f.max_file_bytes, max_disk_bytes=f.max_disk_bytes,
+                     stall_s=f.stall_s)
+
+
 @dataclass(frozen=True)
 class Parts:
     cfg: GatewayConfig
@@ -156,6 +171,7 @@ class Parts:
     link: UplinkLink
     local: LocalSide
     state: GatewayState
+    downloads: Downloads | None = None
 
 
 def build_parts(cfg: GatewayConfig, secrets: Secrets) -> Parts:
@@ -188,17 +204,20 @@ def build_parts(cfg: GatewayConfig, secrets: Secrets) -> Parts:
                         on_control=lanes.write_control, on_response=commands.device_response)
     processor = Processor(ingest, pipeline, lanes, acc, stages.clock)
     pusher = build_config_pusher(cfg, stages, lanes)
+    downloads = build_downloads(cfg, lanes)
     downlink = DownlinkRouter(
         topics, CommandLimits(cfg.downlink.max_command_bytes), clock=time.time,
         on_command=commands.handle if cfg.downlink.commands else None,
         on_config=pusher.on_config if cfg.downlink.config_push else None,
+        on_file=downloads.offer if downloads is not None else None,
     )
     outage = Outage()
-    link = build_link(cfg, secrets, topics, forwarder, downlink, buffer, outage, stages.batcher)
+    link = build_link(cfg, secrets, topics, forwarder, downlink, buffer, outage, stages.batcher, downloads)
     state = GatewayState(cfg=cfg, accounting=acc, delivery=delivery, rejects=rejects, buffer=buffer, lanes=lanes,
                          link=link, forwarder=forwarder, outage=outage, local=local, ingest=ingest,
                          processor=processor, commands=commands, downlink=downlink, config_pusher=pusher,
-                         clock=stages.clock)
+                         clock=stages.clock, downloads=downloads)
     return Parts(cfg=cfg, topics=topics, accounting=acc, rejects=rejects, buffer=buffer, forwarder=forwarder,
                  lanes=lanes, stages=stages, answered=answered, commands=commands, ingest=ingest,
-                 processor=processor, config_pusher=pusher, downlink=downlink, link=link, local=local, state=state)
+                 processor=processor, config_pusher=pusher, downlink=downlink, link=link, local=local, state=state,
+                 downloads=downloads)

@@ -29,10 +29,12 @@ from bridge.uplink.downlink import REJECT_REASONS as COMMAND_REJECTS
 from gateway.config import MetricsSection, split_host_port
 from gateway.control.commands import GATEWAY_STATUSES, RETAINED_WITHOUT_ID
 from gateway.errors import AddressInUse, MetricsError
+from gateway.files.download import DOWNLOAD_REASONS
 from gateway.observe.accounting import CONTROL_DROP_REASONS, DROP_REASONS
 from gateway.observe.snapshot import (
     ClockBlock,
     CommandsBlock,
+    DownloadsBlock,
     HistogramBlock,
     SecurityBlock,
     Snapshot,
@@ -57,6 +59,8 @@ KNOWN_LABELS: dict[str, tuple[str, ...]] = {
     "edge_commands_ignored": (RETAINED_WITHOUT_ID,),
     "edge_security_denials": DENIAL_REASONS,
     "edge_config_pushes": ("applied", "rejected", "stale"),
+    "edge_files_download_failed": DOWNLOAD_REASONS,
+    "edge_files_download_rejected": DOWNLOAD_REASONS,
 }
 
 
@@ -121,6 +125,7 @@ class SnapshotCollector(Collector):
         yield from _config_metrics(s)
         yield from _security_metrics(s.security)
         yield from _clock_metrics(s.clock)
+        yield from _download_metrics(s.downloads)
         clients = s.connected_clients
         if clients is not None:  # embedded broker only: an external broker's clients are not visible here
             yield _gauge("edge_connected_clients", "Local MQTT clients (devices and local tools) connected to the "
@@ -239,6 +244,21 @@ def _config_metrics(s: Snapshot) -> Iterator[Family]:
                    push.load_errors)
     yield _counter("edge_config_cleared", "Empty messages on the config topic (a retained document cleared), ignored",
                    push.cleared)
+
+
+def _download_metrics(d: DownloadsBlock) -> Iterator[Family]:
+    p = "edge_files_download"
+    yield _counter(f"{p}_received", "Downloads verified and installed into the inbox", d.received)
+    yield _counter(f"{p}_received_again", "Manifests of downloads already installed (answered again)",
+                   d.received_again)
+    yield _by_label(f"{p}_failed", "Downloads refused or given up, by reason", "reason", d.failed)
+    yield _by_label(f"{p}_rejected", "Download manifests and chunks refused, by reason", "reason", d.rejected)
+    yield _counter(f"{p}_chunks", "Download chunks written to disk", d.chunks)
+    yield _counter(f"{p}_duplicate_chunks", "Download chunks that were already on disk", d.duplicates)
+    yield _counter(f"{p}_bytes", "Download bytes written to disk", d.bytes)
+    yield _counter(f"{p}_missing_requests", "'missing' statuses sent (resume requests)", d.missing_sent)
+    yield _gauge(f"{p}_in_progress", "Downloads under way", d.in_progress)
+    yield _gauge(f"{p}_disk_bytes", "Bytes reserved by the downloads under way", d.bytes_in_use)
 
 
 def _security_metrics(s: SecurityBlock) -> Iterator[Family]:

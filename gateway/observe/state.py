@@ -21,6 +21,7 @@ from bridge.uplink.store import Lane
 from gateway.config import GatewayConfig
 from gateway.control.commands import CommandRouter
 from gateway.control.config_push import ConfigPusher
+from gateway.files.download import Downloads
 from gateway.observe.accounting import Accounting
 from gateway.observe.delivery import DeliveryAccounting
 from gateway.observe.snapshot import (
@@ -29,6 +30,7 @@ from gateway.observe.snapshot import (
     CommandsBlock,
     ConfigPushBlock,
     DiskBlock,
+    DownloadsBlock,
     DrainBlock,
     LaneBlock,
     ReadyBlock,
@@ -81,6 +83,7 @@ class GatewayState:
     downlink: DownlinkRouter
     config_pusher: ConfigPusher
     clock: ClockGuard
+    downloads: Downloads | None = None
 
     def snapshot(self) -> Snapshot:
         """On the event loop: every figure, copied."""
@@ -105,6 +108,7 @@ class GatewayState:
             security=self.security(),
             ready=self.readiness(),
             clock=ClockBlock(**self.clock.snapshot()),
+            downloads=self._downloads(),
         )
 
     def document(self) -> dict[str, Any]:
@@ -147,6 +151,12 @@ class GatewayState:
             watchdog_trips=link.watchdog_trips, last_error=link.last_error, previous_error=link.previous_error,
             drain=DrainBlock.at_rate(self.buffer.readings("telemetry"), self.forwarder.backlog_rate.rate()),
             offline_s=self.outage.offline_s())
+
+    def _downloads(self) -> DownloadsBlock:
+        if self.downloads is None:
+            return DownloadsBlock()
+        d = self.downloads.snapshot()
+        return DownloadsBlock(**{**d, "failed": frozen_counts(d["failed"]), "rejected": frozen_counts(d["rejected"])})
 
     def _commands(self) -> CommandsBlock:
         c = self.commands.counters

@@ -1,0 +1,1 @@
+"""File transfer on the gateway: uploads from the outbox and devices, downloads into the inbox."""
