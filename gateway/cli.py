@@ -66,7 +66,8 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]},
              lazy={"devices": "gateway.devices_cli:devices", "sink": "bridge.cloud.cli:sink",
                    "report": "bridge.cloud.cli:report", "command": "bridge.cloud.cli:command",
-                   "fleet": "bridge.cloud.fleet_cli:fleet"})
+                   "fleet": "bridge.cloud.fleet_cli:fleet",
+                   "files-down": "bridge.cloud.files_cli:files_down"})  # temporary: push joins `files`
 @click.version_option(package_name="edge-mqtt-gateway")
 def main() -> None:
     """Edge MQTT gateway: filter, batch, buffer on disk and forward device readings to a cloud
