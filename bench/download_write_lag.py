@@ -82,8 +82,8 @@ async def main(args: argparse.Namespace) -> None:
     print(f"{args.chunks} chunks of {args.chunk_bytes} bytes, {args.rounds} rounds, in {args.dir}")
     print(f"{'mode':8} {'lag p50 ms':>11} {'lag p99 ms':>11} {'lag max ms':>11} {'write s':>9}")
     rows = {}
-    for mode, (lags, took) in results.items():
-        rows[mode] = (pct(lags, 0.5), pct(lags, 0.99), max(lags) * 1000, statistics.median(took))
+    for mode, (all_lags, times) in results.items():
+        rows[mode] = (pct(all_lags, 0.5), pct(all_lags, 0.99), max(all_lags) * 1000, statistics.median(times))
         print(f"{mode:8} {rows[mode][0]:11.2f} {rows[mode][1]:11.2f} {rows[mode][2]:11.2f} {rows[mode][3]:9.3f}")
     inline, thread = rows["inline"], rows["thread"]
     print(f"thread / inline: lag p99 {thread[1] / max(inline[1], 1e-9):.2f}, "
