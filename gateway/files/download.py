@@ -55,8 +55,8 @@ log = logging.getLogger(__name__)
 
 STALL_CAP_S = 600.0
 UNKNOWN_REPEAT_S = 5.0
-QUEUE_MAX_BYTES = 16 * 1024 * 1024  # messages waiting for the disk; beyond, chunks are dropped (asked again)
-BUSY = "busy"  # a chunk dropped because the queue was full
+QUEUE_MAX_BYTES = 16 * 1024 * 1024  # messages waiting for the disk; beyond, they are dropped (and counted)
+BUSY = "busy"  # a message dropped because the queue was full
 IO_ERROR = "io_error"  # the disk refused (the transfer fails; see the log)
 DOWNLOAD_REASONS = (*REJECT_REASONS, BUSY, IO_ERROR)  # every reason a download counter may carry
 _HEX = frozenset("0123456789abcdef")
@@ -135,8 +135,8 @@ class Downloads:
         if len(file_id) != 32 or not set(file_id) <= _HEX:
             self.counters.rejected[BAD_ID] += 1
             return
-        if part == "chunk" and self._queued_bytes + len(payload) > QUEUE_MAX_BYTES:
-            self.counters.rejected[BUSY] += 1  # the stall timer asks for it again
+        if self._queued_bytes + len(payload) > QUEUE_MAX_BYTES:
+            self.counters.rejected[BUSY] += 1  # asked for again by the stall timer (a manifest: sent again)
             return
         self._queue.append((file_id, part, payload))
         self._queued_bytes += len(payload)
