@@ -96,6 +96,7 @@ class Downloads:
         self.stall_s = stall_s
         self._clock = clock
         self.counters = DownloadCounters()
+        self.internal_errors = 0
         self._transfers: dict[str, _Transfer] = {}
         self._queue: deque[tuple[str, str, bytes]] = deque()
         self._queued_bytes = 0
@@ -157,7 +158,11 @@ class Downloads:
             while self._queue:
                 file_id, part, payload = self._queue.popleft()
                 self._queued_bytes -= len(payload)
-                await (self._on_manifest if part == "manifest" else self._on_chunk)(file_id, payload)
+                try:
+                    await (self._on_manifest if part == "manifest" else self._on_chunk)(file_id, payload)
+                except Exception:  # the one catch-all of this loop: a bug must not stop every download
+                    self.internal_errors += 1
+                    log.exception("downloads: unexpected error on a %s of %s", part, file_id)
             self._check_stalls()
             self._wake.clear()
             waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]

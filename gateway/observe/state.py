@@ -102,7 +102,8 @@ class GatewayState:
             alert_latency=self.delivery.alert_latency.snapshot(),
             ingest_queue=len(self.ingest),
             commands=self._commands(),
-            internal_errors=self.processor.internal_errors + (embedded.hook_errors if embedded is not None else 0),
+            internal_errors=self.processor.internal_errors + (embedded.hook_errors if embedded is not None else 0)
+            + (self.downloads.internal_errors if self.downloads is not None else 0),
             config_version=self.config_pusher.version,
             config_push=ConfigPushBlock(**self.config_pusher.snapshot()),
             security=self.security(),
