@@ -5,8 +5,9 @@ The pusher publishes the manifest, then the chunks (QoS 1, at most ``window`` un
 FileStatus records about this id (docs/OPERATIONS.md, "File transfer: downloads"):
 
 - ``missing``: the chunks listed are sent again (with the resend flag), and the manifest when
-  asked. A chunk sent less than ``resend_after_s`` ago, in flight or still queued is not sent
-  twice: the status may have been written before that copy arrived.
+  asked. A chunk in flight or still queued is not sent twice, nor, when the status may have been
+  written before that copy arrived (:data:`MAY_BE_IN_TRANSIT`), one sent less than
+  ``resend_after_s`` ago.
 - ``received``: done (the gateway verified and installed the file); ``failed``: the gateway
   refused it (the reason says why).
 - nothing heard for ``quiet_s`` with nothing left to send: the manifest is published again (the
@@ -39,6 +40,10 @@ from bridge.transfer.plan import read_chunk
 __all__ = ["FilePusher", "PushOutcome", "push_file"]
 
 QUIET_CAP_S = 120.0
+# `missing` statuses (by their reason) that may list chunks still on their way to the gateway:
+# a chunk sent less than resend_after_s ago is not sent again for those. The others (a chunk the
+# gateway refused or dropped) name chunks that are not coming: sent again unless queued or in flight.
+MAY_BE_IN_TRANSIT = frozenset({"opened", "manifest", "reconnect", "stalled", ""})
 
 
 @dataclass
@@ -102,10 +107,13 @@ class FilePusher:
         except FileRejected:
             return
         now = self._loop.time()
+        timed = record.reason in MAY_BE_IN_TRANSIT
         for index in wanted:
-            if index not in self._queued and now - self._sent_at.get(index, -1e9) >= self.resend_after_s:
-                self._queue.append(index)
-                self._queued.add(index)
+            sent = self._sent_at.get(index, -1e9)
+            if index in self._queued or sent == float("inf") or (timed and now - sent < self.resend_after_s):
+                continue
+            self._queue.append(index)
+            self._queued.add(index)
 
     async def run(self, timeout_s: float) -> PushOutcome:
         """Push until the gateway answers ``received``/``failed`` or ``timeout_s`` passes. Raises

@@ -13,7 +13,13 @@ it survives restarts. What the gateway answers:
   dropped), at most once per :data:`UNKNOWN_REPEAT_S` per id;
 - the whole file verified and installed -> ``received`` with its path relative to the inbox;
 - on every uplink connect (the first one after a start included), and when a transfer got no
-  chunk for ``stall_s`` (doubling up to :data:`STALL_CAP_S` while nothing comes) -> ``missing``.
+  chunk for ``stall_s`` (doubling up to :data:`STALL_CAP_S` while nothing comes) -> ``missing``;
+- chunks dropped because too much waited for the disk -> ``missing`` for them, once the queue is empty.
+
+A ``missing`` status says in its ``reason`` why it was sent: ``opened`` (a new manifest),
+``manifest`` (a manifest again), ``reconnect``, ``stalled`` (these may list chunks still on their way:
+a pusher waits a moment before it sends those again), or ``busy``, ``unknown_file`` or the refusal
+reason of a chunk (``hash_mismatch``...: those chunks are not coming, send them now).
 
 Messages are queued by the downlink callback and handled one at a time, in arrival order, by
 :meth:`Downloads.run`; the disk work (each chunk is written and fdatasync'ed twice, the whole is
@@ -57,6 +63,8 @@ STALL_CAP_S = 600.0
 UNKNOWN_REPEAT_S = 5.0
 QUEUE_MAX_BYTES = 16 * 1024 * 1024  # messages waiting for the disk; beyond, they are dropped (and counted)
 BUSY = "busy"  # a message dropped because the queue was full
+# why a `missing` status is sent (its `reason`), besides the refusal reasons of a chunk and BUSY:
+OPENED, AGAIN, RECONNECT, STALLED = "opened", "manifest", "reconnect", "stalled"
 IO_ERROR = "io_error"  # the disk refused (the transfer fails; see the log)
 DOWNLOAD_REASONS = (*REJECT_REASONS, BUSY, IO_ERROR)  # every reason a download counter may carry
 _HEX = frozenset("0123456789abcdef")
@@ -103,6 +111,7 @@ class Downloads:
         self._wake = asyncio.Event()
         self._link_up = False
         self._unknown_asked: dict[str, float] = {}
+        self._dropped: dict[str, set[int]] = {}  # chunks dropped while the queue was full, by file
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -137,7 +146,10 @@ class Downloads:
             self.counters.rejected[BAD_ID] += 1
             return
         if self._queued_bytes + len(payload) > QUEUE_MAX_BYTES:
-            self.counters.rejected[BUSY] += 1  # asked for again by the stall timer (a manifest: sent again)
+            self.counters.rejected[BUSY] += 1  # a chunk is asked for again once the queue is empty
+            index = _chunk_index(payload, file_id) if part == "chunk" else None
+            if index is not None:
+                self._dropped.setdefault(file_id, set()).add(index)
             return
         self._queue.append((file_id, part, payload))
         self._queued_bytes += len(payload)
@@ -150,7 +162,7 @@ class Downloads:
             now = self._clock()
             for t in self._transfers.values():
                 t.last_progress, t.stall_s = now, self.stall_s
-                self._ask(t.assembly)
+                self._ask(t.assembly, why=RECONNECT)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Handle queued messages in order; check for stalled transfers about once a second."""
@@ -163,6 +175,8 @@ class Downloads:
                 except Exception:  # the one catch-all of this loop: a bug must not stop every download
                     self.internal_errors += 1
                     log.exception("downloads: unexpected error on a %s of %s", part, file_id)
+            if self._dropped:
+                self._ask_dropped()
             self._check_stalls()
             self._wake.clear()
             waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
@@ -191,7 +205,7 @@ class Downloads:
             if known.assembly.manifest.to_json() | {"created_ms": 0} != manifest.to_json() | {"created_ms": 0}:
                 self._refuse(file_id, FileRejected(CONFLICT, "another manifest is under way under this id"))
             else:
-                self._ask(known.assembly)
+                self._ask(known.assembly, why=AGAIN)
             return
         if self.bytes_in_use() + self._other_bytes() + manifest.size > self.max_disk_bytes:
             self._refuse(file_id, FileRejected(NO_SPACE, f"{manifest.size} bytes do not fit files.max_disk_bytes"))
@@ -208,7 +222,7 @@ class Downloads:
         if assembly.complete:  # an empty file
             await self._install(self._transfers[manifest.id])
         else:
-            self._ask(assembly)
+            self._ask(assembly, why=OPENED)
 
     async def _on_chunk(self, file_id: str, payload: bytes) -> None:
         t = self._transfers.get(file_id)
@@ -222,7 +236,7 @@ class Downloads:
             log.warning("downloads: chunk of %s refused: %s", file_id, exc)
             index = _chunk_index(payload, file_id)
             if index is not None and index < t.assembly.manifest.chunks and not t.assembly.has(index):
-                self._ask(t.assembly, [index])
+                self._ask(t.assembly, [index], why=exc.reason)
             return
         except OSError as exc:
             self._io_failed(file_id, exc)
@@ -249,7 +263,7 @@ class Downloads:
                 self._unknown_asked.clear()
             self._unknown_asked[file_id] = now
             self.counters.missing_sent += 1
-            self._status(FileStatus(file_id, "down", "missing", missing=[], manifest=True))
+            self._status(FileStatus(file_id, "down", "missing", reason=UNKNOWN_FILE, missing=[], manifest=True))
 
     async def _install(self, t: _Transfer) -> None:
         m = t.assembly.manifest
@@ -259,7 +273,7 @@ class Downloads:
         except FileRejected as exc:  # the whole does not match: every chunk is asked for again
             self.counters.rejected[exc.reason] += 1
             log.warning("downloads: %s refused as a whole: %s", m.id, exc)
-            self._ask(t.assembly)
+            self._ask(t.assembly, why=exc.reason)
             return
         except OSError as exc:
             self._io_failed(m.id, exc)
@@ -283,14 +297,25 @@ class Downloads:
         for t in self._transfers.values():
             if now - t.last_progress >= t.stall_s:
                 t.last_progress, t.stall_s = now, min(t.stall_s * 2, STALL_CAP_S)
-                self._ask(t.assembly)
+                self._ask(t.assembly, why=STALLED)
 
-    def _ask(self, assembly: Assembly, indexes: list[int] | None = None) -> None:
+    def _ask(self, assembly: Assembly, indexes: list[int] | None = None, *, why: str) -> None:
+        """A ``missing`` status; its ``reason`` says why it is sent (see the module doc)."""
         missing = assembly.missing() if indexes is None else indexes
         self.counters.missing_sent += 1
         m = assembly.manifest
-        self._status(FileStatus(m.id, "down", "missing", name=m.name, size=m.size, missing=to_ranges(missing),
-                                manifest=False, device=m.device))
+        self._status(FileStatus(m.id, "down", "missing", name=m.name, size=m.size, reason=why,
+                                missing=to_ranges(missing), manifest=False, device=m.device))
+
+    def _ask_dropped(self) -> None:
+        """Once the queue is empty: ask for the chunks dropped while it was full."""
+        dropped, self._dropped = self._dropped, {}
+        for file_id, indexes in dropped.items():
+            t = self._transfers.get(file_id)
+            wanted = sorted(i for i in indexes if t is not None and i < t.assembly.manifest.chunks
+                            and not t.assembly.has(i))
+            if t is not None and wanted:
+                self._ask(t.assembly, wanted, why=BUSY)
 
     def _received(self, done: Installed) -> None:
         self._status(FileStatus(done.id, "down", "received", name=done.name, size=done.size, sha256=done.sha256,

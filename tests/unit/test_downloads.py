@@ -146,3 +146,26 @@ async def test_bad_ids_and_a_full_queue_are_counted(tmp_path: Path) -> None:
     for _ in range(17):  # nothing handles the queue: it fills at 16 MiB
         d.offer("ab" * 16, "chunk", big)
     assert d.counters.rejected["busy"] == 1
+
+
+async def test_chunks_dropped_on_a_full_queue_are_asked_for_once_it_is_empty(tmp_path: Path) -> None:
+    size = 1024 * 1024
+    data = bytes(range(256)) * (18 * size // 256)
+    pieces = [data[i:i + size] for i in range(0, len(data), size)]
+    m = Manifest(new_file_id(), "big.bin", len(data), size, hashlib.sha256(data).hexdigest(),
+                 tuple(hashlib.sha256(p).hexdigest() for p in pieces))
+    out: list[ControlRecord] = []
+    d = new_downloads(tmp_path, out, Clock(), max_file_bytes=10**8, max_disk_bytes=10**8)
+    d.offer(m.id, "manifest", encode_manifest(m))
+    for i, piece in enumerate(pieces):  # all at once, before the task runs: the queue takes 16 MiB
+        d.offer(m.id, "chunk", encode_chunk(m.id, i, i * size, piece))
+    assert d.counters.rejected["busy"] == 3
+    async with running(d):
+        await eventually(lambda: "busy" in [r.reason for r in out if isinstance(r, FileStatus)])
+        busy = [r for r in out if isinstance(r, FileStatus) and r.reason == "busy"]
+        assert len(busy) == 1 and busy[0].missing == [[15, 17]]
+        for i in (15, 16, 17):
+            d.offer(m.id, "chunk", encode_chunk(m.id, i, i * size, pieces[i]))
+        await eventually(lambda: states(out, m.id)[-1:] == ["received"])
+    assert [(r.state, r.reason) for r in out if isinstance(r, FileStatus)] == [
+        ("missing", "opened"), ("missing", "busy"), ("received", "")]
