@@ -1,6 +1,6 @@
 """Alert and command latency through the gateway while it receives a download, vs idle, in one run.
 
-    python bench/download_command_latency.py [--samples 100] [--file-mb 20] [--window 8]
+    python bench/download_command_latency.py [--samples 100] [--file-mb 8] [--window 8]
 
 The gateway runs as its own process with mosquitto as the cloud broker, as in
 ``bench/control_latency.py`` (whose probe is used: one device on the local broker answering
@@ -100,7 +100,7 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--samples", type=int, default=100, help="alert + command pairs per row")
-    parser.add_argument("--file-mb", type=int, default=20)
+    parser.add_argument("--file-mb", type=int, default=8)
     parser.add_argument("--window", type=int, default=8)
     parser.add_argument("--dir", default="/var/tmp")
     asyncio.run(main(parser.parse_args()))

@@ -1,9 +1,14 @@
 """Send a file down to a gateway through the cloud broker (``edge-gateway files push``).
 
-The pusher publishes the manifest, then the chunks (QoS 1, at most ``window`` unacknowledged), on
+The pusher publishes the manifest, then the chunks (QoS 1), on
 ``{prefix}/files/down/{id}/...``, and listens on ``{prefix}/files/status`` for the gateway's
 FileStatus records about this id (docs/OPERATIONS.md, "File transfer: downloads"):
 
+- at most ``window`` chunks are sent and not yet confirmed by the gateway: a ``missing`` status
+  with the full list (``progress`` while chunks arrive, ``opened``, ``reconnect``...) confirms
+  every chunk sent that it does not name. So the chunks waiting for the gateway (in the broker's
+  queue for it, where a command from the cloud would wait behind them) stay within the window,
+  whatever the link's speed, and a gateway that is offline costs at most a window of chunks.
 - ``missing``: the chunks listed are sent again (with the resend flag), and the manifest when
   asked. A chunk in flight or still queued is not sent twice, nor, when the status may have been
   written before that copy arrived (:data:`MAY_BE_IN_TRANSIT`), one sent less than
@@ -43,7 +48,7 @@ QUIET_CAP_S = 120.0
 # `missing` statuses (by their reason) that may list chunks still on their way to the gateway:
 # a chunk sent less than resend_after_s ago is not sent again for those. The others (a chunk the
 # gateway refused or dropped) name chunks that are not coming: sent again unless queued or in flight.
-MAY_BE_IN_TRANSIT = frozenset({"opened", "manifest", "reconnect", "stalled", ""})
+MAY_BE_IN_TRANSIT = frozenset({"opened", "manifest", "reconnect", "stalled", "progress", ""})
 
 
 @dataclass
@@ -73,6 +78,7 @@ class FilePusher:
         self._loop = asyncio.get_running_loop()
         self._queue: deque[int] = deque(range(manifest.chunks))
         self._queued: set[int] = set(self._queue)
+        self._unconfirmed: set[int] = set()  # chunks sent that no full `missing` list has shown processed
         self._sent_at: dict[int, float] = {}  # chunk -> when its last copy was acknowledged (inf: in flight)
         self._inflight: set[asyncio.Future[None]] = set()
         self._want_manifest = True
@@ -108,12 +114,15 @@ class FilePusher:
             return
         now = self._loop.time()
         timed = record.reason in MAY_BE_IN_TRANSIT
+        if timed:  # a full list: every chunk sent that it does not name was processed by the gateway
+            self._unconfirmed &= set(wanted)
         for index in wanted:
             sent = self._sent_at.get(index, -1e9)
             if index in self._queued or sent == float("inf") or (timed and now - sent < self.resend_after_s):
                 continue
             self._queue.append(index)
             self._queued.add(index)
+            self._unconfirmed.discard(index)
 
     async def run(self, timeout_s: float) -> PushOutcome:
         """Push until the gateway answers ``received``/``failed`` or ``timeout_s`` passes. Raises
@@ -127,7 +136,7 @@ class FilePusher:
                 self.outcome.manifests += 1
                 await self.conn.publish(self.topics.manifest("down", self.manifest.id), encode_manifest(self.manifest))
             self._fill()
-            idle = not self._queue and not self._inflight
+            idle = not self._inflight and (not self._queue or len(self._unconfirmed) >= self.window)
             if idle and self._loop.time() - self._heard >= quiet:
                 self._want_manifest, self._heard = True, self._loop.time()
                 quiet = min(quiet * 2, QUIET_CAP_S)
@@ -142,7 +151,7 @@ class FilePusher:
         return self.outcome
 
     def _fill(self) -> None:
-        while self._queue and len(self._inflight) < self.window:
+        while self._queue and len(self._inflight) < self.window and len(self._unconfirmed) < self.window:
             index = self._queue.popleft()
             self._queued.discard(index)
             data, digest = read_chunk(self.path, self.manifest, index)
@@ -154,6 +163,7 @@ class FilePusher:
             else:
                 self.outcome.chunks += 1
             self._sent_at[index] = float("inf")
+            self._unconfirmed.add(index)
             fut = self.conn.publish(self.topics.chunk("down", self.manifest.id), payload)
             self._inflight.add(fut)
             fut.add_done_callback(functools.partial(self._acked, index))

@@ -14,10 +14,15 @@ it survives restarts. What the gateway answers:
 - the whole file verified and installed -> ``received`` with its path relative to the inbox;
 - on every uplink connect (the first one after a start included), and when a transfer got no
   chunk for ``stall_s`` (doubling up to :data:`STALL_CAP_S` while nothing comes) -> ``missing``;
-- chunks dropped because too much waited for the disk -> ``missing`` for them, once the queue is empty.
+- chunks dropped because too much waited for the disk -> ``missing`` for them, once the queue is empty;
+- chunks written -> ``missing`` (reason ``progress``) once nothing is left to handle, at most every
+  :data:`PROGRESS_MIN_S` (or after :data:`PROGRESS_EVERY` chunks): the pusher keeps at most its
+  window of chunks that the gateway has not confirmed this way, so chunks never pile up in the
+  broker's queue for the gateway, where a command would wait behind them.
 
 A ``missing`` status says in its ``reason`` why it was sent: ``opened`` (a new manifest),
-``manifest`` (a manifest again), ``reconnect``, ``stalled`` (these may list chunks still on their way:
+``manifest`` (a manifest again), ``reconnect``, ``stalled``, ``progress`` (these list every chunk
+still missing, and may list chunks still on their way:
 a pusher waits a moment before it sends those again), or ``busy``, ``unknown_file`` or the refusal
 reason of a chunk (``hash_mismatch``...: those chunks are not coming, send them now).
 
@@ -64,7 +69,9 @@ UNKNOWN_REPEAT_S = 5.0
 QUEUE_MAX_BYTES = 16 * 1024 * 1024  # messages waiting for the disk; beyond, they are dropped (and counted)
 BUSY = "busy"  # a message dropped because the queue was full
 # why a `missing` status is sent (its `reason`), besides the refusal reasons of a chunk and BUSY:
-OPENED, AGAIN, RECONNECT, STALLED = "opened", "manifest", "reconnect", "stalled"
+OPENED, AGAIN, RECONNECT, STALLED, PROGRESS = "opened", "manifest", "reconnect", "stalled", "progress"
+PROGRESS_MIN_S = 0.1  # at most this often a `progress` status per transfer...
+PROGRESS_EVERY = 16  # ...unless this many chunks were written since the last one
 IO_ERROR = "io_error"  # the disk refused (the transfer fails; see the log)
 DOWNLOAD_REASONS = (*REJECT_REASONS, BUSY, IO_ERROR)  # every reason a download counter may carry
 _HEX = frozenset("0123456789abcdef")
@@ -88,6 +95,8 @@ class _Transfer:
     assembly: Assembly
     last_progress: float
     stall_s: float
+    unreported: int = 0  # chunks written since the last full `missing` list
+    reported_at: float = -1e9
 
 
 class Downloads:
@@ -177,10 +186,11 @@ class Downloads:
                     log.exception("downloads: unexpected error on a %s of %s", part, file_id)
             if self._dropped:
                 self._ask_dropped()
+            timeout = PROGRESS_MIN_S if self._report_progress() else min(1.0, self.stall_s)
             self._check_stalls()
             self._wake.clear()
             waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
-            _, pending = await asyncio.wait(waiters, timeout=min(1.0, self.stall_s),
+            _, pending = await asyncio.wait(waiters, timeout=timeout,
                                             return_when=asyncio.FIRST_COMPLETED)
             for w in pending:
                 w.cancel()
@@ -247,8 +257,11 @@ class Downloads:
         self.counters.chunks += 1
         self.counters.bytes += len(payload) - CHUNK_HEADER.size
         t.last_progress, t.stall_s = self._clock(), self.stall_s
+        t.unreported += 1
         if t.assembly.complete:
             await self._install(t)
+        elif t.unreported >= PROGRESS_EVERY:
+            self._ask(t.assembly, why=PROGRESS)
 
     def _unknown_chunk(self, file_id: str) -> None:
         if self.installed.get(file_id) is not None:
@@ -290,6 +303,20 @@ class Downloads:
 
     # -- answers ------------------------------------------------------------------------------------
 
+    def _report_progress(self) -> bool:
+        """With nothing left to handle: a ``progress`` status (the full ``missing`` list) for each
+        transfer that got chunks since its last one, so the pusher sends the next ones (its window
+        counts the chunks the gateway has not confirmed). True when one had to wait for
+        :data:`PROGRESS_MIN_S`."""
+        now, waiting = self._clock(), False
+        for t in self._transfers.values():
+            if t.unreported:
+                if now - t.reported_at >= PROGRESS_MIN_S:
+                    self._ask(t.assembly, why=PROGRESS)
+                else:
+                    waiting = True
+        return waiting
+
     def _check_stalls(self) -> None:
         if not self._link_up:
             return
@@ -304,6 +331,9 @@ class Downloads:
         missing = assembly.missing() if indexes is None else indexes
         self.counters.missing_sent += 1
         m = assembly.manifest
+        t = self._transfers.get(m.id)
+        if indexes is None and t is not None:  # a full list: it reports every chunk written so far
+            t.unreported, t.reported_at = 0, self._clock()
         self._status(FileStatus(m.id, "down", "missing", name=m.name, size=m.size, reason=why,
                                 missing=to_ranges(missing), manifest=False, device=m.device))
 

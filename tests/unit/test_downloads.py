@@ -167,5 +167,9 @@ async def test_chunks_dropped_on_a_full_queue_are_asked_for_once_it_is_empty(tmp
         for i in (15, 16, 17):
             d.offer(m.id, "chunk", encode_chunk(m.id, i, i * size, pieces[i]))
         await eventually(lambda: states(out, m.id)[-1:] == ["received"])
-    assert [(r.state, r.reason) for r in out if isinstance(r, FileStatus)] == [
+    assert [(r.state, r.reason) for r in out if isinstance(r, FileStatus) and r.reason != "progress"] == [
         ("missing", "opened"), ("missing", "busy"), ("received", "")]
+    progress = [r for r in out if isinstance(r, FileStatus) and r.reason == "progress"]
+    # the clock stands still, so no progress within PROGRESS_MIN_S of `opened`: the first one comes
+    # after PROGRESS_EVERY (16) chunks written
+    assert progress and progress[0].missing == [[16, 17]]
