@@ -205,3 +205,31 @@ async def test_hostile_names_oversized_files_and_a_full_budget_are_refused_and_c
             f"{first.id}.{part}" for part in ("have", "manifest", "part"))
         doc = svc.snapshot()["downloads"]
         assert doc["failed"] == {"bad_name": 5, "too_large": 1, "no_space": 1} and doc["in_progress"] == 1
+
+
+async def test_a_push_started_while_the_gateway_is_offline_completes_once_it_connects(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    source = make_file(tmp_path, "rules-v2.pack", 300_000)
+    manifest = plan_file(source, chunk_size=16 * 1024)
+    pusher: FilePusher | None = None
+
+    def on_message(msg: Message) -> None:
+        if pusher is not None:
+            pusher.on_message(msg)
+
+    conn = await MqttConnection.open(mosquitto.url, ClientSettings(client_id="test-early-pusher"),
+                                     on_message=on_message)
+    try:
+        pusher = FilePusher(conn, FileTopics(PREFIX), source, manifest, window=4, quiet_s=0.5)
+        pushing = asyncio.ensure_future(pusher.run(60))
+        # a window of chunks goes out to nobody, then the pusher waits for the gateway
+        await eventually(lambda: pusher is not None and pusher.outcome.chunks == 4 and not pusher._inflight)
+        async with running_gateway(gateway_config(tmp_path, mosquitto.url)) as svc:
+            with InboxWatch(svc.cfg.inbox_dir, {manifest.sha256}):
+                outcome = await asyncio.wait_for(pushing, 60)
+            assert outcome.state == "received", outcome
+            assert outcome.manifests >= 2  # offered again until the gateway answered
+            assert (outcome.chunks, outcome.resent) == (manifest.chunks, 4)  # only the lost window again
+            assert sha256(svc.cfg.inbox_dir / "rules-v2.pack") == manifest.sha256
+    finally:
+        await conn.close()
