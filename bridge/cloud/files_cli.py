@@ -40,7 +40,8 @@ __all__ = ["files_down", "push"]
 @click.option("--timeout-s", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
               help="Give up (exit 1) when the gateway has not answered received/failed by then.")
 @click.option("--window", type=click.IntRange(1, 64), default=8, show_default=True,
-              help="Chunks published and not yet acknowledged by the cloud broker, at most.")
+              help="Chunks sent and not yet confirmed by the gateway, at most (a command from the cloud waits "
+                   "behind at most these).")
 @click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help=PREFIX_HELP)
 @click.option("--protocol", type=click.Choice(["5", "3.1.1"]), default="5", show_default=True,
               help="MQTT version to speak to the cloud broker.")

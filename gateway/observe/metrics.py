@@ -256,7 +256,8 @@ def _download_metrics(d: DownloadsBlock) -> Iterator[Family]:
     yield _counter(f"{p}_chunks", "Download chunks written to disk", d.chunks)
     yield _counter(f"{p}_duplicate_chunks", "Download chunks that were already on disk", d.duplicates)
     yield _counter(f"{p}_bytes", "Download bytes written to disk", d.bytes)
-    yield _counter(f"{p}_missing_requests", "'missing' statuses sent (resume requests)", d.missing_sent)
+    yield _counter(f"{p}_missing_requests", "'missing' statuses sent (progress, resume and re-requests)",
+                   d.missing_sent)
     yield _gauge(f"{p}_in_progress", "Downloads under way", d.in_progress)
     yield _gauge(f"{p}_disk_bytes", "Bytes reserved by the downloads under way", d.bytes_in_use)
 
