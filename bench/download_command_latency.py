@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.control_latency import GW, GatewayProcess, Probe, summary  # noqa: E402
+from bench.control_latency import GW, GatewayProcess, Probe, print_rows, summary  # noqa: E402
 from bridge.cloud.files_push import push_file  # noqa: E402
 from bridge.mqtt.types import ClientSettings  # noqa: E402
 from bridge.protocol.files import FileTopics  # noqa: E402
@@ -88,13 +87,8 @@ async def main(args: argparse.Namespace) -> None:
                 gw.stop()
     finally:
         await probe.close()
-        mosq.stop()
-    idle = rows[0]
-    for row in rows:
-        for kind in ("alert", "command"):
-            if row[kind] and idle[kind]:
-                row[kind]["p99_vs_idle"] = round(row[kind]["p99_ms"] / idle[kind]["p99_ms"], 2)
-        print(json.dumps(row))
+        mosq.cleanup()
+    print_rows(rows)
 
 
 if __name__ == "__main__":
