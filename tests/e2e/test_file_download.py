@@ -5,18 +5,23 @@ The inbox is watched all along: it never shows a file that is not whole."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+
+from rich.console import Console
 
 from bridge.cloud.files_push import FilePusher
 from bridge.mqtt.connection import MqttConnection
 from bridge.mqtt.types import ClientSettings, Message
 from bridge.protocol.files import FileTopics
 from bridge.transfer.plan import plan_file, read_chunk
+from gateway.observe.status import render_status
 from gateway.service import GatewayService
 from tests.e2e.download_support import PREFIX, ForeignPusher, InboxWatch, make_file, sha256
 from tests.e2e.gateway_process import GatewayProcess, scrape, write_config
@@ -70,6 +75,10 @@ async def test_push_cli_installs_a_2mb_file_answers_received_and_again_for_a_rep
         d = svc.downloads
         assert d is not None
         assert (d.counters.received, d.counters.received_again, d.counters.chunks) == (1, 1, 33)
+        shown = io.StringIO()
+        render_status({**svc.status(), "stale": False, "pid": 1, "ts": time.time(), "age_s": 0},
+                      Console(file=shown, width=100))
+        assert "Downloads: 0 under way (0 bytes reserved), 1 received, failed: none" in shown.getvalue()
 
 
 class GatedPusher(FilePusher):
