@@ -384,6 +384,11 @@ async def main() -> None:
     finally:
         await probe.close()
         mosq.cleanup()
+    print_rows(rows)
+
+
+def print_rows(rows: list[dict[str, Any]]) -> None:
+    """One JSON line per row, each kind with its p99 / the first (idle) row's p99."""
     idle = rows[0]
     for row in rows:
         for kind in ("alert", "command"):

@@ -25,12 +25,14 @@ from gateway.config import GatewayConfig, Secrets
 from gateway.control.answered import AnsweredCommands
 from gateway.control.commands import CommandRouter
 from gateway.control.config_push import ConfigPusher, PushedConfigFile
-from gateway.files.uploads import Uploads
 from gateway.files.device_contract import DeviceFileTopics
 from gateway.files.device_handoff import into_outbox, into_uploads
 from gateway.files.device_intake import DeviceIntake, Publish
 from gateway.files.device_receiver import DeviceReceiver, Limits, OnFile
 from gateway.files.device_staging import bytes_under
+from gateway.files.download import Downloads
+from gateway.files.installed import InstalledLog
+from gateway.files.uploads import Uploads
 from gateway.observe.accounting import Accounting
 from gateway.observe.delivery import DeliveryAccounting
 from gateway.observe.state import GatewayState, Outage
@@ -102,15 +104,19 @@ def build_forwarder(cfg: GatewayConfig, buffer: DiskBuffer, delivery: DeliveryAc
 
 
 def build_link(cfg: GatewayConfig, secrets: Secrets, topics: CloudTopics, forwarder: Forwarder,
-               downlink: DownlinkRouter, buffer: DiskBuffer, outage: Outage, batcher: Batcher) -> UplinkLink:
+               downlink: DownlinkRouter, buffer: DiskBuffer, outage: Outage, batcher: Batcher,
+               downloads: Downloads | None = None) -> UplinkLink:
     """The uplink session; its state changes reach the buffer (write-behind only while up), the
-    batcher (outage batching only while down) and the outage clock."""
+    batcher (outage batching only while down), the outage clock and the downloads (which ask for
+    what they miss on every connect)."""
 
     def link_state(state: str, _url: str | None) -> None:
         up = state == "connected"
         buffer.set_link_up(up)
         batcher.set_link_up(up)
         outage.changed(up)
+        if downloads is not None:
+            downloads.link_changed(up)
 
     return UplinkLink(
         cfg.uplink.urls, uplink_settings(cfg, secrets),
@@ -158,6 +164,15 @@ def build_device_intake(cfg: GatewayConfig, publish: Publish, on_file: OnFile) -
     return DeviceIntake(receiver, publish)
 
 
+def build_downloads(cfg: GatewayConfig, lanes: LaneWriter) -> Downloads | None:
+    f = cfg.files
+    if not f.enabled:
+        return None
+    return Downloads(cfg.files_dir / "incoming", cfg.inbox_dir, InstalledLog(cfg.files_dir / "installed.json"),
+                     lanes.write_control, max_file_bytes=f.max_file_bytes, max_disk_bytes=f.max_disk_bytes,
+                     stall_s=f.stall_s)
+
+
 @dataclass(frozen=True)
 class Parts:
     cfg: GatewayConfig
@@ -179,6 +194,7 @@ class Parts:
     state: GatewayState
     uploads: Uploads | None
     device_files: DeviceIntake
+    downloads: Downloads | None = None
 
 
 def build_parts(cfg: GatewayConfig, secrets: Secrets) -> Parts:
@@ -219,6 +235,7 @@ def build_parts(cfg: GatewayConfig, secrets: Secrets) -> Parts:
                         on_control=lanes.write_control, on_response=commands.device_response)
     processor = Processor(ingest, pipeline, lanes, acc, stages.clock)
     pusher = build_config_pusher(cfg, stages, lanes)
+    downloads = build_downloads(cfg, lanes)
     downlink = DownlinkRouter(
         topics, CommandLimits(cfg.downlink.max_command_bytes), clock=time.time,
         on_command=commands.handle if cfg.downlink.commands else None,
@@ -226,12 +243,12 @@ def build_parts(cfg: GatewayConfig, secrets: Secrets) -> Parts:
         on_file_receipt=uploads.receipts if uploads is not None else None,
     )
     outage = Outage()
-    link = build_link(cfg, secrets, topics, forwarder, downlink, buffer, outage, stages.batcher)
+    link = build_link(cfg, secrets, topics, forwarder, downlink, buffer, outage, stages.batcher, downloads)
     state = GatewayState(cfg=cfg, accounting=acc, delivery=delivery, rejects=rejects, buffer=buffer, lanes=lanes,
                          link=link, forwarder=forwarder, outage=outage, local=local, ingest=ingest,
                          processor=processor, commands=commands, downlink=downlink, config_pusher=pusher,
-                         clock=stages.clock, uploads=uploads, device_files=device_files)
+                         clock=stages.clock, uploads=uploads, device_files=device_files, downloads=downloads)
     return Parts(cfg=cfg, topics=topics, accounting=acc, rejects=rejects, buffer=buffer, forwarder=forwarder,
                  lanes=lanes, stages=stages, answered=answered, commands=commands, ingest=ingest,
                  processor=processor, config_pusher=pusher, downlink=downlink, link=link, local=local, state=state,
-                 uploads=uploads, device_files=device_files)
+                 uploads=uploads, device_files=device_files, downloads=downloads)

@@ -73,13 +73,15 @@ def main() -> None:
     broker, with commands and config coming back down."""
 
 
-# the files group: each command imported when used (cloud-side ones such as ``push`` join here)
-FILES_COMMANDS = {"send": "gateway.files_cli:send", "list": "gateway.files_cli:list_transfers"}
+# the files group: each command imported when used; ``push`` is a cloud-side tool
+FILES_COMMANDS = {"send": "gateway.files_cli:send", "list": "gateway.files_cli:list_transfers",
+                  "push": "bridge.cloud.files_cli:push"}
 
 
 @main.group(cls=LazyGroup, lazy=FILES_COMMANDS)
 def files() -> None:
-    """Send files to the cloud and list transfers (docs/OPERATIONS.md, "File transfer")."""
+    """Send files to the cloud, list transfers, push files down to a gateway (docs/OPERATIONS.md,
+    "File transfer")."""
 
 
 @main.command()

@@ -270,6 +270,7 @@ class FilesSection(Strict):
     max_attempts: Annotated[int, Field(ge=1, le=1000)] = 20  # sends of one chunk before the transfer fails
     keep_sent_s: NonNegFloat = 86400.0  # a sent file waits this long for the receiver's "stored" before it is deleted
     scan_interval_s: PositiveFloat = 1.0  # how often the outbox is looked at
+    stall_s: PositiveFloat = 30.0  # a download that got no chunk this long asks for what it misses (doubling to 10 min)
     device_uploads: bool = True  # devices may send files on devices/{device_id}/files/...
     max_device_file_bytes: PositiveInt = 16 * 1024 * 1024
     device_upload_timeout_s: PositiveFloat = 3600.0  # a device upload idle this long is dropped (counted: expired)

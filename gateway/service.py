@@ -62,7 +62,7 @@ class GatewayService:
         self.topics, self.accounting, self.rejects, self.buffer = p.topics, p.accounting, p.rejects, p.buffer
         self.forwarder, self.lanes, self.batcher, self.ingest = p.forwarder, p.lanes, p.stages.batcher, p.ingest
         self.commands, self.config_pusher, self.downlink, self.link = p.commands, p.config_pusher, p.downlink, p.link
-        self.processor, self.state = p.processor, p.state
+        self.processor, self.state, self.downloads = p.processor, p.state, p.downloads
         self.embedded, self.external, self.credentials = p.local.embedded, p.local.external, p.local.credentials
         self.reload_credentials = asyncio.Event()  # set on SIGHUP
         self.board = SnapshotBoard()  # the snapshot other threads (the metrics endpoint) may read
@@ -88,6 +88,8 @@ class GatewayService:
             p.uploads.open()
         if self.cfg.downlink.config_push:
             p.config_pusher.load_persisted()  # before anything is processed
+        if p.downloads is not None:
+            p.downloads.open()  # before the uplink connects: it asks for what these transfers miss
         try:
             await self._run(stop)
         except BaseExceptionGroup as group:
@@ -113,6 +115,8 @@ class GatewayService:
             if p.uploads is not None:
                 tg.create_task(p.uploads.run(uplink_stop), name="outbox")
             tg.create_task(p.device_files.run(source_stop), name="device-files")
+            if p.downloads is not None:
+                tg.create_task(p.downloads.run(uplink_stop), name="downloads")
             tg.create_task(refresh_periodically(self.board, self.typed_snapshot, cfg.metrics.refresh_s,
                                                 uplink_stop), name="snapshot")
             tg.create_task(write_periodically(cfg.status_file, self.status, cfg.status.interval_s,

@@ -28,9 +28,9 @@ from bridge.protocol.errors import CodecError
 
 __all__ = [
     "CHUNK_HEADER", "CHUNK_MAGIC", "DEFAULT_CHUNK_BYTES", "MAX_CHUNKS", "MAX_CHUNK_BYTES", "MAX_MANIFEST_BYTES",
-    "MIN_CHUNK_BYTES", "REJECT_REASONS", "Chunk", "Direction", "FileRejected", "FileTopics", "Manifest", "Receipt",
-    "ReceiptState", "check_chunk", "check_name", "chunk_count", "decode_chunk", "decode_manifest", "decode_receipt",
-    "encode_chunk", "encode_manifest", "encode_receipt", "from_ranges", "new_file_id", "to_ranges",
+    "MIN_CHUNK_BYTES", "REJECT_REASONS", "Chunk", "Direction", "FileRejected", "Manifest", "Receipt",
+    "ReceiptState", "check_chunk", "check_file_id", "check_name", "chunk_count", "decode_chunk", "decode_manifest",
+    "decode_receipt", "encode_chunk", "encode_manifest", "encode_receipt", "from_ranges", "new_file_id", "to_ranges",
     "valid_file_id",
 ]
 
@@ -94,7 +94,7 @@ def valid_file_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and len(value) == 32 and set(value) <= _HEX
 
 
-def _check_id(value: object) -> str:
+def check_file_id(value: object) -> str:
     if not valid_file_id(value):
         raise FileRejected(BAD_ID, f"{str(value)[:40]!r} is not 32 lowercase hex digits")
     return value
@@ -224,7 +224,7 @@ def content_type_and_meta(obj: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 def decode_manifest(payload: bytes, *, max_size: int = 2**62) -> Manifest:
     """Parse and check a manifest. ``max_size`` is the receiver's size limit (``too_large``)."""
     obj = _load_object(payload, MAX_MANIFEST_BYTES, "manifest")
-    file_id = _check_id(obj.get("id"))
+    file_id = check_file_id(obj.get("id"))
     name = check_name(obj.get("name"))
     size = _int(obj, "size", 0, max_size)
     chunk_size = _int(obj, "chunk_size", MIN_CHUNK_BYTES, MAX_CHUNK_BYTES)
@@ -266,8 +266,9 @@ def encode_chunk(file_id: str, index: int, offset: int, data: bytes, *, resend: 
     """The binary chunk message: the 72-byte header then ``data``. ``sha256`` (the raw digest) may
     be passed when known, to save hashing ``data`` again."""
     digest = sha256 if sha256 is not None else hashlib.sha256(data).digest()
-    header = CHUNK_HEADER.pack(CHUNK_MAGIC, VERSION, FLAG_RESEND if resend else 0, 0, bytes.fromhex(_check_id(file_id)),
-                               index, offset, len(data), digest)
+    raw_id = bytes.fromhex(check_file_id(file_id))
+    header = CHUNK_HEADER.pack(CHUNK_MAGIC, VERSION, FLAG_RESEND if resend else 0, 0, raw_id, index, offset, len(data),
+                               digest)
     return header + data
 
 
@@ -349,7 +350,8 @@ class Receipt:
 
 
 def encode_receipt(receipt: Receipt) -> bytes:
-    obj: dict[str, Any] = {"v": VERSION, "id": _check_id(receipt.id), "state": receipt.state, "ts_ms": receipt.ts_ms}
+    obj: dict[str, Any] = {"v": VERSION, "id": check_file_id(receipt.id), "state": receipt.state,
+                           "ts_ms": receipt.ts_ms}
     if receipt.state == "missing":
         obj["chunks"] = to_ranges(receipt.missing)
         obj["manifest"] = receipt.manifest
@@ -362,7 +364,7 @@ def encode_receipt(receipt: Receipt) -> bytes:
 
 def decode_receipt(payload: bytes) -> Receipt:
     obj = _load_object(payload, MAX_RECEIPT_BYTES, "receipt")
-    file_id = _check_id(obj.get("id"))
+    file_id = check_file_id(obj.get("id"))
     state = obj.get("state")
     if state not in RECEIPT_STATES:
         raise FileRejected(MALFORMED, f"state {str(state)[:20]!r} is not one of {', '.join(RECEIPT_STATES)}")
@@ -382,33 +384,3 @@ def decode_receipt(payload: bytes) -> Receipt:
         raise FileRejected(MALFORMED, "ts_ms must be an integer")
     return Receipt(file_id, state, tuple(missing), manifest, reason[:MAX_REASON],
                    None if sha is None else _sha(sha, "sha256"), ts)
-
-
-@dataclass(frozen=True)
-class FileTopics:
-    """The file-transfer topics of one gateway under its cloud prefix (``edge/{gw}`` by default)."""
-
-    prefix: str
-
-    def manifest(self, direction: Direction, file_id: str) -> str:
-        return f"{self.prefix}/files/{direction}/{_check_id(file_id)}/manifest"
-
-    def chunk(self, direction: Direction, file_id: str) -> str:
-        return f"{self.prefix}/files/{direction}/{_check_id(file_id)}/chunk"
-
-    def receipt(self, direction: Direction, file_id: str) -> str:
-        return f"{self.prefix}/files/{direction}/{_check_id(file_id)}/receipt"
-
-    def filter(self, direction: Direction, part: Literal["manifest", "chunk", "receipt"]) -> str:
-        return f"{self.prefix}/files/{direction}/+/{part}"
-
-    def parse(self, topic: str) -> tuple[Direction, str, str] | None:
-        """``(direction, file id, part)`` of a file topic under this prefix, or None."""
-        head = f"{self.prefix}/files/"
-        if not topic.startswith(head):
-            return None
-        parts = topic[len(head):].split("/")
-        if len(parts) != 3 or parts[0] not in ("up", "down") or parts[2] not in ("manifest", "chunk", "receipt"):
-            return None
-        direction: Direction = "up" if parts[0] == "up" else "down"
-        return direction, parts[1], parts[2]

@@ -102,7 +102,9 @@ class FileStatus:
     upload (``direction`` ``up``): ``sent`` (every chunk acknowledged by the cloud broker), ``stored``
     (the receiver has it whole) or ``failed``; for a download (``down``): ``missing`` (send these
     chunks, as ``[first, last]`` ranges, and the manifest too when ``manifest`` is set),
-    ``received`` (verified and installed) or ``failed``. ``reason`` says why it failed."""
+    ``received`` (verified and installed) or ``failed``. ``reason`` says why it failed, and for a
+    download's ``missing`` why it was sent (``opened``, ``manifest``, ``reconnect``, ``stalled``,
+    ``progress``: the full list; ``busy``, ``unknown_file`` or a chunk's refusal reason: just those)."""
 
     kind: ClassVar[Literal["file_status"]] = "file_status"
     id: str

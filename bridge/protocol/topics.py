@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from bridge.protocol.files import FileTopics
+from bridge.protocol.file_topics import FileTopics
 
 # The one id grammar (device ids, metric names, gateway ids, command names, stream ids): 1 to 64
 # characters from [A-Za-z0-9_.-], the first one not '.' or '-'. So an id is never empty, never

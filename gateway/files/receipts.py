@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 
 from bridge.mqtt.types import Message
-from bridge.protocol.files import MALFORMED, UNKNOWN_FILE, FileRejected, FileTopics, decode_receipt
+from bridge.protocol.file_topics import FileTopics
+from bridge.protocol.files import MALFORMED, UNKNOWN_FILE, FileRejected, decode_receipt
 from gateway.files.uploader import Uploader
 from gateway.files.uploads_db import FilesError
 

@@ -22,7 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bridge.protocol.files import FileRejected, FileTopics, encode_chunk, encode_manifest
+from bridge.protocol.file_topics import FileTopics
+from bridge.protocol.files import FileRejected, encode_chunk, encode_manifest
 from bridge.protocol.records import FileStatus
 from bridge.transfer.plan import read_chunk
 from bridge.uplink.bulk import BulkItem

@@ -2,7 +2,7 @@
 source), the outbox scanner and the receipt handler, sharing one set of counters. Built by
 :mod:`gateway.assemble`; :meth:`Uploads.open` / :meth:`Uploads.run` / :meth:`Uploads.close` by the
 service. A whole file from another part of the gateway (a device upload) is handed over with
-``uploads.outbox.submit(path, name, content_type, meta, device)``."""
+``uploads.outbox.take(path, name, content_type, meta, device)``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-from bridge.protocol.files import FileTopics
+from bridge.protocol.file_topics import FileTopics
 from bridge.protocol.records import FileStatus
 from gateway.config import GatewayConfig
 from gateway.files.counters import UploadCounters

@@ -25,18 +25,15 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 from pydantic import SecretStr
 
-from bridge.protocol import files as wire
 from bridge.uplink.downlink import REJECT_REASONS as COMMAND_REJECTS
 from gateway.config import MetricsSection, split_host_port
 from gateway.control.commands import GATEWAY_STATUSES, RETAINED_WITHOUT_ID
 from gateway.errors import AddressInUse, MetricsError
-from gateway.files.device_receiver import DEVICE_FILE_REASONS
 from gateway.observe.accounting import CONTROL_DROP_REASONS, DROP_REASONS
+from gateway.observe.metrics_files import FILE_LABELS, Spec, file_specs
 from gateway.observe.snapshot import (
     ClockBlock,
     CommandsBlock,
-    FilesUpBlock,
-    DeviceFilesBlock,
     HistogramBlock,
     SecurityBlock,
     Snapshot,
@@ -61,23 +58,8 @@ KNOWN_LABELS: dict[str, tuple[str, ...]] = {
     "edge_commands_ignored": (RETAINED_WITHOUT_ID,),
     "edge_security_denials": DENIAL_REASONS,
     "edge_config_pushes": ("applied", "rejected", "stale"),
-    "edge_files_up_rejected": (wire.BAD_NAME, wire.MALFORMED, wire.TOO_LARGE),
-    "edge_files_up_receipts_rejected": wire.REJECT_REASONS,
-    "edge_device_file_rejections": DEVICE_FILE_REASONS,
+    **FILE_LABELS,
 }
-_FILES_UP = (  # edge_files_up_<field>: help (counters)
-    ("queued", "Files taken from the outbox for upload"),
-    ("sent", "Uploads whose every chunk the cloud broker acknowledged"),
-    ("stored", "Uploads the receiver stored whole (receipt stored)"),
-    ("failed", "Uploads given up (max attempts, refused by the receiver, the file changed)"),
-    ("expired", "Sent uploads deleted after files.keep_sent_s without a receipt"),
-    ("chunks_sent", "Chunks published the first time"),
-    ("chunks_resent", "Chunks published again (reconnect, restart, receiver asked)"),
-    ("manifests_sent", "Manifests published"),
-    ("bytes", "Chunk data bytes published on the bulk lane"),
-    ("receipts", "Receipts from the receiver taken in"),
-    ("scan_errors", "Unexpected errors of the outbox loop (a bug: see the log)"),
-)
 
 
 def build_version() -> str:
@@ -101,6 +83,12 @@ def _by_label(name: str, help_text: str, label: str, counts: Mapping[str, int]) 
     for value in sorted({*KNOWN_LABELS.get(name, ()), *counts}):
         fam.add_metric([value], counts.get(value, 0))
     return fam
+
+
+def _from_spec(spec: Spec) -> Family:
+    if isinstance(spec.value, Mapping):
+        return _by_label(spec.name, spec.help, "reason", spec.value)
+    return (_counter if spec.kind == "counter" else _gauge)(spec.name, spec.help, spec.value)
 
 
 def _per_lane(fam: CounterMetricFamily | GaugeMetricFamily,
@@ -141,9 +129,8 @@ class SnapshotCollector(Collector):
         yield from _config_metrics(s)
         yield from _security_metrics(s.security)
         yield from _clock_metrics(s.clock)
-        if s.files_up is not None:
-            yield from _files_up_metrics(s.files_up)
-        yield from _device_file_metrics(s.device_files)
+        for spec in file_specs(s):
+            yield _from_spec(spec)
         clients = s.connected_clients
         if clients is not None:  # embedded broker only: an external broker's clients are not visible here
             yield _gauge("edge_connected_clients", "Local MQTT clients (devices and local tools) connected to the "
@@ -274,24 +261,6 @@ def _security_metrics(s: SecurityBlock) -> Iterator[Family]:
     yield _counter("edge_security_credential_reloads", "Credential files reloaded", s.credential_reloads)
     yield _counter("edge_security_credential_reload_errors", "Credential file versions refused as invalid (the "
                    "previous ones stayed in force)", s.credential_reload_errors)
-
-
-def _files_up_metrics(f: FilesUpBlock) -> Iterator[Family]:
-    for name, help_text in _FILES_UP:
-        yield _counter(f"edge_files_up_{name}", help_text, getattr(f, name))
-    yield _gauge("edge_files_up_transfers", "Uploads under way (in sending/)", f.transfers)
-    yield _gauge("edge_files_up_sending_bytes", "Bytes of the uploads under way", f.sending_bytes)
-    yield _gauge("edge_files_up_waiting_for_space", "Outbox files waiting for disk budget", f.waiting_for_space)
-    yield _by_label("edge_files_up_rejected", "Outbox files refused, by reason", "reason", f.rejected)
-    yield _by_label("edge_files_up_receipts_rejected", "Receipts refused, by reason", "reason", f.receipts_rejected)
-def _device_file_metrics(d: DeviceFilesBlock) -> Iterator[Family]:
-    yield _counter("edge_device_files_received", "Files devices sent, verified whole and handed on", d.files)
-    yield _counter("edge_device_file_chunks_received", "Chunks of device files written (repeats not counted)",
-                   d.chunks)
-    yield _counter("edge_device_file_bytes_received", "Bytes of device file chunks written", d.bytes)
-    yield _by_label("edge_device_file_rejections", "Device file messages and uploads refused, by reason", "reason",
-                    d.rejected)
-    yield _gauge("edge_device_file_uploads", "Device file uploads under way", d.under_way)
 
 
 def _clock_metrics(c: ClockBlock) -> Iterator[Family]:

@@ -152,6 +152,20 @@ class ConfigPushBlock:
 
 
 @dataclass(frozen=True)
+class DownloadsBlock:
+    received: int = 0
+    received_again: int = 0
+    failed: Counts = field(default_factory=_empty)
+    rejected: Counts = field(default_factory=_empty)
+    chunks: int = 0
+    duplicates: int = 0
+    bytes: int = 0
+    missing_sent: int = 0
+    in_progress: int = 0
+    bytes_in_use: int = 0
+
+
+@dataclass(frozen=True)
 class SecurityBlock:
     auth: str = "none"
     denied: Counts = field(default_factory=_empty)
@@ -242,6 +256,7 @@ class Snapshot:
     ready: ReadyBlock = ReadyBlock()
     clock: ClockBlock = ClockBlock()
     files_up: FilesUpBlock | None = None  # None when files.enabled is false
+    downloads: DownloadsBlock = DownloadsBlock()
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON-ready document (``stats`` message, status file)."""

@@ -21,8 +21,9 @@ from bridge.uplink.store import Lane
 from gateway.config import GatewayConfig
 from gateway.control.commands import CommandRouter
 from gateway.control.config_push import ConfigPusher
-from gateway.files.uploads import Uploads
 from gateway.files.device_intake import DeviceIntake
+from gateway.files.download import Downloads
+from gateway.files.uploads import Uploads
 from gateway.observe.accounting import Accounting
 from gateway.observe.delivery import DeliveryAccounting
 from gateway.observe.snapshot import (
@@ -32,6 +33,7 @@ from gateway.observe.snapshot import (
     ConfigPushBlock,
     DeviceFilesBlock,
     DiskBlock,
+    DownloadsBlock,
     DrainBlock,
     FilesUpBlock,
     LaneBlock,
@@ -87,6 +89,7 @@ class GatewayState:
     clock: ClockGuard
     device_files: DeviceIntake
     uploads: Uploads | None = None
+    downloads: Downloads | None = None
 
     def snapshot(self) -> Snapshot:
         """On the event loop: every figure, copied."""
@@ -105,7 +108,8 @@ class GatewayState:
             alert_latency=self.delivery.alert_latency.snapshot(),
             ingest_queue=len(self.ingest),
             commands=self._commands(),
-            internal_errors=self.processor.internal_errors + (embedded.hook_errors if embedded is not None else 0),
+            internal_errors=self.processor.internal_errors + (embedded.hook_errors if embedded is not None else 0)
+            + (self.downloads.internal_errors if self.downloads is not None else 0),
             config_version=self.config_pusher.version,
             config_push=ConfigPushBlock(**self.config_pusher.snapshot()),
             security=self.security(),
@@ -113,6 +117,7 @@ class GatewayState:
             ready=self.readiness(),
             clock=ClockBlock(**self.clock.snapshot()),
             files_up=self._files_up(),
+            downloads=self._downloads(),
         )
 
     def document(self) -> dict[str, Any]:
@@ -171,6 +176,11 @@ class GatewayState:
             chunks_resent=c.chunks_resent, manifests_sent=c.manifests_sent, bytes=c.bulk_bytes, receipts=c.receipts,
             rejected=frozen_counts(c.rejected), receipts_rejected=frozen_counts(c.receipts_rejected),
             scan_errors=c.scan_errors)
+    def _downloads(self) -> DownloadsBlock:
+        if self.downloads is None:
+            return DownloadsBlock()
+        d = self.downloads.snapshot()
+        return DownloadsBlock(**{**d, "failed": frozen_counts(d["failed"]), "rejected": frozen_counts(d["rejected"])})
 
     def _commands(self) -> CommandsBlock:
         c = self.commands.counters

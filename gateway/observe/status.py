@@ -141,6 +141,11 @@ def render_status(doc: dict[str, Any], console: Console) -> None:
     for lane, b in doc["buffer"].items():
         lanes.add_row(lane, str(b["records"]), str(b["bytes"]), str(b["readings"]))
     console.print(lanes)
+    down = doc.get("downloads") or {}
+    if down.get("in_progress") or down.get("received") or down.get("failed"):
+        failed = ", ".join(f"{r} {n}" for r, n in sorted((down.get("failed") or {}).items())) or "none"
+        console.print(f"Downloads: {down.get('in_progress', 0)} under way ({down.get('bytes_in_use', 0)} bytes "
+                      f"reserved), {down.get('received', 0)} received, failed: {failed}", highlight=False)
     clients = doc.get("connected_devices")
     if clients is None:
         console.print("Connected devices: unknown (external broker)")

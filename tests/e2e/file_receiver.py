@@ -15,7 +15,8 @@ from typing import Any
 from bridge.mqtt.connection import MqttConnection
 from bridge.mqtt.types import ClientSettings, Message
 from bridge.protocol.codec import decode_batch
-from bridge.protocol.files import FileTopics, Receipt, decode_chunk, decode_manifest, encode_receipt
+from bridge.protocol.file_topics import FileTopics
+from bridge.protocol.files import Receipt, decode_chunk, decode_manifest, encode_receipt
 from bridge.protocol.records import decode_control
 from bridge.transfer.assembly import Assembly
 

@@ -193,3 +193,19 @@ def test_upload_receipts_are_routed_only_when_a_handler_is_set() -> None:
     plain = DownlinkRouter(topics, LIMITS, clock=lambda: NOW)
     plain(Message(receipt, b"{}", 1, False))
     assert plain.subscriptions() == [] and plain.ignored == 1
+
+
+def test_router_hands_download_messages_to_the_file_handler() -> None:
+    files: list[tuple[str, str, bytes]] = []
+    router = DownlinkRouter(CloudTopics("gw-1"), LIMITS, clock=lambda: NOW,
+                            on_file=lambda file_id, part, payload: files.append((file_id, part, payload)))
+    assert router.subscriptions() == [("edge/gw-1/files/down/+/manifest", 1), ("edge/gw-1/files/down/+/chunk", 1)]
+    fid = "ab" * 16
+    router(msg(f"edge/gw-1/files/down/{fid}/manifest", b"m"))
+    router(msg(f"edge/gw-1/files/down/{fid}/chunk", b"c"))
+    router(msg("edge/gw-1/files/down/not-an-id/chunk", b"x"))  # the handler checks the id: counted there
+    router(msg(f"edge/gw-1/files/down/{fid}/receipt", b"r"))  # receipts are for uploads
+    router(msg(f"edge/gw-1/files/down/{fid}/chunk/extra", b"e"))
+    router(msg(f"edge/gw-1/files/up/{fid}/chunk", b"u"))
+    assert files == [(fid, "manifest", b"m"), (fid, "chunk", b"c"), ("not-an-id", "chunk", b"x")]
+    assert router.ignored == 3

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.protocol.errors import InvalidRecord
+from bridge.protocol.file_topics import FileTopics
 from bridge.protocol.files import (
     CHUNK_HEADER,
     MAX_CHUNK_BYTES,
@@ -25,7 +26,6 @@ from bridge.protocol.files import (
     REJECT_REASONS,
     Chunk,
     FileRejected,
-    FileTopics,
     Manifest,
     Receipt,
     check_chunk,

@@ -7,7 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bridge.protocol.files import FileTopics
+import pytest
+
+from bridge.protocol.file_topics import FileTopics
+from bridge.protocol.files import FileRejected
 from gateway.config_sections import FilesSection
 from gateway.files.counters import UploadCounters
 from gateway.files.outbox import Outbox, meta_path
@@ -62,11 +65,12 @@ async def test_a_file_submitted_by_a_device_is_queued_with_its_device(tmp_path: 
     outbox = _outbox(tmp_path)
     src = tmp_path / "assembled.part"
     src.write_bytes(b"d" * 3000)
-    file_id = outbox.submit(src, "cam.jpg", "image/jpeg", {"shot": 1}, device="cam-7")
-    assert file_id is not None and not src.exists()
+    file_id = outbox.take(src, "cam.jpg", "image/jpeg", {"shot": 1}, device="cam-7")
+    assert not src.exists()
     manifest = outbox.uploader.transfers[file_id].row.manifest
     assert (manifest.name, manifest.device, manifest.chunks) == ("cam.jpg", "cam-7", 3)
     bad = tmp_path / "other.part"
     bad.write_bytes(b"x")
-    assert outbox.submit(bad, "../up", device="cam-7") is None
-    assert outbox.counters.rejected == {"bad_name": 1}
+    with pytest.raises(FileRejected, match="bad_name"):  # the device is told; its upload is dropped
+        outbox.take(bad, "../up", device="cam-7")
+    assert bad.exists()

@@ -19,7 +19,7 @@ from gateway.observe.stats import SnapshotBoard
 LAYOUT = {
     "": ["gateway", "accounting", "rejects", "buffer", "disk", "uplink", "budget", "connected_clients",
          "alert_latency", "ingest_queue", "commands", "internal_errors", "config_version", "config_push",
-         "security", "device_files", "ready", "clock", "files_up"],
+         "security", "device_files", "ready", "clock", "files_up", "downloads"],
     "accounting": ["readings_in", "restored", "delivered", "filtered", "dropped", "buffered", "pending",
                    "messages_in", "batches_written", "batches_delivered", "bytes_up_telemetry", "bytes_up_control",
                    "alerts", "events", "responses", "control_written", "control_delivered", "control_dropped"],
@@ -38,6 +38,8 @@ LAYOUT = {
     "ready": ["local_broker", "buffer"],
     "clock": ["synced", "floor_date", "sync_file", "jumps", "last_jump_s", "receive_stamped_unsynced",
               "window_not_judged"],
+    "downloads": ["received", "received_again", "failed", "rejected", "chunks", "duplicates", "bytes", "missing_sent",
+                  "in_progress", "bytes_in_use"],
 }
 
 

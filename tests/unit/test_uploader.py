@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from bridge.mqtt.types import Message
-from bridge.protocol.files import FileTopics, Receipt, decode_chunk, decode_manifest, encode_receipt
+from bridge.protocol.file_topics import FileTopics
+from bridge.protocol.files import Receipt, decode_chunk, decode_manifest, encode_receipt
 from bridge.protocol.records import FileStatus
 from bridge.transfer.plan import plan_file
 from bridge.uplink.bulk import BulkItem
