@@ -160,8 +160,14 @@ def build_device_intake(cfg: GatewayConfig, publish: Publish, on_file: OnFile) -
     limits = Limits(f.enabled and f.device_uploads, f.max_device_file_bytes, f.max_disk_bytes,
                     f.device_upload_timeout_s)
     receiver = DeviceReceiver(cfg.files_dir / "devices", DeviceFileTopics(cfg.topics), limits, on_file,
-                              used_bytes=lambda: bytes_under(cfg.files_dir))
+                              used_bytes=lambda: transfer_bytes(cfg))
     return DeviceIntake(receiver, publish)
+
+
+def transfer_bytes(cfg: GatewayConfig, *parts: str) -> int:
+    """Bytes the file transfers hold on disk (``files.max_disk_bytes`` is for all of them): uploads
+    in ``sending/``, downloads in ``incoming/``, device uploads in ``devices/`` (or just ``parts``)."""
+    return sum(bytes_under(cfg.files_dir / part) for part in parts or ("sending", "incoming", "devices"))
 
 
 def build_downloads(cfg: GatewayConfig, lanes: LaneWriter) -> Downloads | None:
@@ -170,7 +176,7 @@ def build_downloads(cfg: GatewayConfig, lanes: LaneWriter) -> Downloads | None:
         return None
     return Downloads(cfg.files_dir / "incoming", cfg.inbox_dir, InstalledLog(cfg.files_dir / "installed.json"),
                      lanes.write_control, max_file_bytes=f.max_file_bytes, max_disk_bytes=f.max_disk_bytes,
-                     stall_s=f.stall_s)
+                     stall_s=f.stall_s, other_bytes=lambda: transfer_bytes(cfg, "sending", "devices"))
 
 
 @dataclass(frozen=True)
@@ -210,15 +216,17 @@ def build_parts(cfg: GatewayConfig, secrets: Secrets) -> Parts:
     # uploads write FileStatus records through the lane writer and wake the forwarder, both built
     # below with uploads as the forwarder's bulk source: they are looked up only when called
     uploads = Uploads(cfg, topics.files, on_status=lambda rec: lanes.write_control(rec),  # noqa: PLW0108
-                      wake=lambda: forwarder.wake()) if cfg.files.enabled else None  # noqa: PLW0108
+                      wake=lambda: forwarder.wake(),  # noqa: PLW0108
+                      other_bytes=lambda: transfer_bytes(cfg, "incoming", "devices")) if cfg.files.enabled else None
     forwarder = build_forwarder(cfg, buffer, delivery, uploads)
     lanes = LaneWriter(buffer, topics, acc, compression=cfg.batch.compression, level=cfg.batch.level,
                        on_written=forwarder.wake)
     ingest = Ingest(cfg.local_broker.ingest_queue_max, delivery.ingest_overflow, stages.decoder.is_control)
     # device file uploads are taken out before ingest (they never reach the decoder) and answered
     # through the local broker (built just below)
+    hand_off = into_outbox(cfg.outbox_dir) if uploads is None else into_uploads(uploads.outbox, lambda: uploads.loop)
     device_files = build_device_intake(cfg, lambda topic, payload: local.deliver(topic, payload),  # noqa: PLW0108
-                                       into_outbox(cfg.outbox_dir) if uploads is None else into_uploads(uploads.outbox))
+                                       hand_off)
     # the command router and the embedded broker need each other: the router delivers through the
     # broker, the broker tells the router when a device subscribes (through this closure: the
     # router is built just below, and the broker calls it only once it runs)
@@ -241,6 +249,7 @@ def build_parts(cfg: GatewayConfig, secrets: Secrets) -> Parts:
         on_command=commands.handle if cfg.downlink.commands else None,
         on_config=pusher.on_config if cfg.downlink.config_push else None,
         on_file_receipt=uploads.receipts if uploads is not None else None,
+        on_file=downloads.offer if downloads is not None else None,
     )
     outage = Outage()
     link = build_link(cfg, secrets, topics, forwarder, downlink, buffer, outage, stages.batcher, downloads)

@@ -7,10 +7,12 @@ the device is told and nothing is deleted as if it had been handed on."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import errno
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +23,30 @@ from gateway.files.uploads_db import FilesError
 
 __all__ = ["into_outbox", "into_uploads"]
 
+HANDOFF_TIMEOUT_S = 30.0
 
-def into_uploads(outbox: Outbox) -> OnFile:
+
+def into_uploads(outbox: Outbox, loop: Callable[[], asyncio.AbstractEventLoop | None]) -> OnFile:
     """An ``on_file`` that queues each file for upload with everything the device said about it.
-    A refusal (``FileRejected``) reaches the device; a file not taken now raises ``OSError``."""
+    It runs in the device intake's worker thread: the file is planned (hashed) there, then queued
+    on the event loop (``loop()``, the gateway's), which owns the upload state. A refusal
+    (``FileRejected``) reaches the device; a file not taken now raises ``OSError``."""
 
     def on_file(path: Path, name: str, content_type: str, meta: Mapping[str, Any], device: str) -> None:
+        manifest = outbox.plan(path, name, content_type, dict(meta), device)
+        running = loop()
+        if running is None:
+            raise OSError(errno.EAGAIN, "the uploads are not running")
+
+        async def queue() -> None:
+            outbox.queue(path, manifest)
+
         try:
-            outbox.take(path, name, content_type, dict(meta), device)
+            asyncio.run_coroutine_threadsafe(queue(), running).result(HANDOFF_TIMEOUT_S)
         except FilesError as exc:
             raise OSError(errno.EIO, f"the upload state refused it: {exc}") from exc
+        except concurrent.futures.TimeoutError:
+            raise OSError(errno.ETIMEDOUT, "the event loop did not take the file in time") from None
 
     return on_file
 

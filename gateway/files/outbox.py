@@ -66,9 +66,13 @@ def set_aside(path: Path, outbox: Path, name: str, reason: str) -> None:
 
 
 class Outbox:
-    def __init__(self, outbox_dir: Path, cfg: FilesSection, uploader: Uploader, counters: UploadCounters) -> None:
+    def __init__(self, outbox_dir: Path, cfg: FilesSection, uploader: Uploader, counters: UploadCounters,
+                 other_bytes: Callable[[], int] = lambda: 0) -> None:
+        """``other_bytes``: what the other transfers (downloads, device uploads) hold on disk; the
+        budget ``files.max_disk_bytes`` is for all of them together."""
         self.dir = outbox_dir
         self._cfg = cfg
+        self._other_bytes = other_bytes
         self.uploader = uploader
         self.counters = counters
         self.waiting_for_space = 0  # files that wait for disk budget at the last scan
@@ -108,14 +112,14 @@ class Outbox:
             limit = min(self._cfg.max_file_bytes, self._cfg.max_disk_bytes)
             if size > limit:
                 raise FileRejected(TOO_LARGE, f"{size} bytes, the limit is {limit}")
-            if size + self.uploader.bytes_on_disk > self._cfg.max_disk_bytes:
+            if size + self.uploader.bytes_on_disk + self._other_bytes() > self._cfg.max_disk_bytes:
                 self.waiting_for_space += 1
                 return 0
             extra = _read_meta(self.dir, name)
             manifest = await asyncio.to_thread(
                 plan_file, path, chunk_size=self._cfg.chunk_bytes, max_size=limit,
                 content_type=extra.get("content_type") or "application/octet-stream", meta=extra.get("meta"))
-            self._queue(path, manifest)
+            self.queue(path, manifest)
         except FileRejected as exc:
             self.counters.rejected[exc.reason] += 1
             log.warning("outbox file %r refused: %s", name, exc)
@@ -133,13 +137,21 @@ class Outbox:
         ``name``; ``path`` is moved (same file system). Returns the file id. Raises
         ``FileRejected`` (refused: bad name, too large), ``OSError`` or ``FilesError`` (not taken:
         ``path`` is left where it was)."""
-        limit = min(self._cfg.max_file_bytes, self._cfg.max_disk_bytes)
-        manifest = plan_file(path, chunk_size=self._cfg.chunk_bytes, name=name, content_type=content_type,
-                             meta=meta, device=device, max_size=limit)
-        self._queue(path, manifest)
+        manifest = self.plan(path, name, content_type, meta, device)
+        self.queue(path, manifest)
         return manifest.id
 
-    def _queue(self, path: Path, manifest: Manifest) -> None:
+    def plan(self, path: Path, name: str, content_type: str = "application/octet-stream",
+             meta: dict[str, Any] | None = None, device: str | None = None) -> Manifest:
+        """The manifest of a file to queue (reads it once: may run in a worker thread). Raises
+        ``FileRejected`` or ``OSError``."""
+        limit = min(self._cfg.max_file_bytes, self._cfg.max_disk_bytes)
+        return plan_file(path, chunk_size=self._cfg.chunk_bytes, name=name, content_type=content_type,
+                         meta=meta, device=device, max_size=limit)
+
+    def queue(self, path: Path, manifest: Manifest) -> None:
+        """Record ``manifest`` and move ``path`` to ``sending/`` (on the event loop). Raises
+        ``FilesError`` or ``OSError`` (not taken)."""
         row = new_row(manifest)
         self.uploader.db.insert(row)  # first the row, then the move: recover() handles a crash between
         try:

@@ -29,7 +29,7 @@ def uploads_db_path(cfg: GatewayConfig) -> Path:
 
 class Uploads:
     def __init__(self, cfg: GatewayConfig, topics: FileTopics, *, on_status: Callable[[FileStatus], None],
-                 wake: Callable[[], None]) -> None:
+                 wake: Callable[[], None], other_bytes: Callable[[], int] = lambda: 0) -> None:
         self.counters = UploadCounters()
         self.db = UploadsDb(uploads_db_path(cfg))
         outbox_dir = cfg.outbox_dir
@@ -40,8 +40,9 @@ class Uploads:
         self.uploader = Uploader(self.db, cfg.files_dir / SENDING, topics, self.counters,
                                  max_attempts=cfg.files.max_attempts, keep_sent_s=cfg.files.keep_sent_s,
                                  on_status=on_status, wake=wake, on_gone=gone)
-        self.outbox = Outbox(outbox_dir, cfg.files, self.uploader, self.counters)
+        self.outbox = Outbox(outbox_dir, cfg.files, self.uploader, self.counters, other_bytes)
         self.receipts = ReceiptHandler(topics, self.uploader)
+        self.loop: asyncio.AbstractEventLoop | None = None  # while run() runs
 
     def open(self) -> None:
         """Open the state, take up the transfers under way, put back orphans (raises FilesError)."""
@@ -50,7 +51,11 @@ class Uploads:
         self.outbox.recover()
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.outbox.run(stop, self.uploader.tick)
+        self.loop = asyncio.get_running_loop()  # device uploads are handed over from a worker thread
+        try:
+            await self.outbox.run(stop, self.uploader.tick)
+        finally:
+            self.loop = None
 
     def close(self) -> None:
         self.uploader.save()

@@ -19,6 +19,7 @@ from bridge.protocol.file_topics import FileTopics
 from bridge.protocol.files import Receipt, decode_chunk, decode_manifest, encode_receipt
 from bridge.protocol.records import decode_control
 from bridge.transfer.assembly import Assembly
+from gateway.service import GatewayService
 
 
 class FileReceiver:
@@ -117,3 +118,13 @@ async def drop(path: Path, data: bytes) -> None:
     tmp = path.with_name("." + path.name + ".tmp")
     await asyncio.to_thread(tmp.write_bytes, data)
     tmp.rename(path)
+
+
+def queued_upload(svc: GatewayService, name: str, device: str) -> Path | None:
+    """The file a device sent, as the gateway queued it for upload (``sending/{id}``), or None yet."""
+    uploads = svc.parts.uploads
+    assert uploads is not None
+    for file_id, t in uploads.uploader.transfers.items():
+        if (t.row.manifest.name, t.row.manifest.device) == (name, device):
+            return uploads.uploader.sending_dir / file_id
+    return None

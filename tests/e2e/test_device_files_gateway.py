@@ -1,6 +1,6 @@
 """Device file uploads through a whole gateway (password auth, the default ACL derived from
 [topics]): the `device-sim send-file` program resumes an upload another device tried to spoil, the
-file lands in the outbox, and not one file message reaches the telemetry pipeline."""
+file is queued for upload (with its name and device), and not one file message reaches the telemetry pipeline."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from device_sim.file_upload import FileSender, LocalFile
 from device_sim.publisher import Publisher
 from device_sim.settings import BrokerSettings
 from gateway.service import GatewayService
+from tests.e2e.file_receiver import queued_upload
 from tests.e2e.harness import gateway_config, running_gateway
 from tests.e2e.security_support import write_passwords
 from tests.support import Mosquitto, RecordingClient, eventually, free_port
@@ -77,9 +78,10 @@ async def test_an_upload_resumes_untouched_by_another_device(tmp_path: Path, mos
         assert code == 0, output
         summary = json.loads(output.splitlines()[-1])
         assert summary["state"] == "complete" and summary["chunks_sent"] == local.chunks - 5
-        landed = cfg.outbox_dir / "dev-a-logs.tar.gz"
-        await eventually(landed.exists, message="the file in the outbox")
-        assert landed.read_bytes() == path.read_bytes()
+        await eventually(lambda: queued_upload(svc, "logs.tar.gz", "dev-a") is not None,
+                         message="the file queued for upload")
+        landed = queued_upload(svc, "logs.tar.gz", "dev-a")
+        assert landed is not None and landed.read_bytes() == path.read_bytes()
         receiver = svc.parts.device_files.receiver
         assert receiver.files == 1 and receiver.duplicates == 0 and not receiver.rejected
         block = svc.snapshot()["device_files"]  # the stats document and the status file
@@ -103,5 +105,6 @@ async def test_an_upload_survives_a_gateway_restart(tmp_path: Path, mosquitto: M
         assert code == 0, output
         summary = json.loads(output.splitlines()[-1])
         assert summary["chunks_sent"] == local.chunks - 9 and summary["manifests_sent"] == 1
-        assert (cfg.outbox_dir / "dev-a-model.bin").read_bytes() == path.read_bytes()
+        landed = queued_upload(svc, "model.bin", "dev-a")
+        assert landed is not None and landed.read_bytes() == path.read_bytes()
         assert svc.parts.device_files.receiver.duplicates == 0

@@ -19,6 +19,7 @@ from device_sim.settings import BrokerSettings
 from gateway.config import Secrets
 from gateway.service import GatewayService
 from gateway.source.broker import EmbeddedBroker
+from tests.e2e.file_receiver import queued_upload
 from tests.e2e.harness import gateway_config
 from tests.secure_mosquitto import Deployment, secure_mosquitto
 from tests.support import RecordingClient, eventually
@@ -63,9 +64,10 @@ async def test_a_device_file_goes_through_the_shipped_broker_and_only_its_device
             await publisher.close()
         assert outcome.state == "complete", outcome
         assert outcome.chunks_sent == local_file.chunks and outcome.manifests_sent == 1
-        landed = cfg.outbox_dir / "dev-a-dump.bin"
-        await eventually(landed.exists, message="the file in the outbox")
-        assert landed.read_bytes() == path.read_bytes()
+        await eventually(lambda: queued_upload(svc, "dump.bin", "dev-a") is not None,
+                         message="the file queued for upload")
+        landed = queued_upload(svc, "dump.bin", "dev-a")
+        assert landed is not None and landed.read_bytes() == path.read_bytes()
         receiver = svc.parts.device_files.receiver
         assert receiver.rejected == {} and receiver.duplicates == 0  # dev-b's chunk never reached the gateway
         assert spy.topics() == []  # nothing of dev-a's upload, not its status, not its chunks
