@@ -85,6 +85,10 @@ class FileIntake:
         self._open[(gateway, manifest.id)] = assembly
         return assembly
 
+    def knows(self, gateway: str, file_id: str) -> bool:
+        """Whether ``file_id`` is under way here (opened before, or found on disk at start)."""
+        return (gateway, file_id) in self._open
+
     def write(self, assembly: Assembly, chunk: Chunk) -> bool:
         """Write a chunk (synced before it is marked); False for one already here."""
         return assembly.write(chunk)

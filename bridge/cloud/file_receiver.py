@@ -14,12 +14,14 @@ order, which brokers accept (mosquitto does: tests/e2e/test_sink_files.py).
 
 Receipts (QoS 1, best effort: a lost one is covered by the stall timer here and by the gateway
 publishing its manifest again): ``stored`` once a file is installed, and again for a manifest or
-chunk of a file already stored; ``missing`` (the chunks not yet here) for every manifest of a file
-under way, after a stall (no chunk for ``stall_s``, then doubling up to ``max_stall_s``), and for
-every transfer under way each time the sink (re)connects, which is what resumes a transfer whose
-chunks were lost with the sink's broker session; ``missing`` with ``manifest`` set for a chunk of
-a file this side does not know (at most once per ``stall_s`` per file); ``failed`` with the reason
-for a manifest refused (size limit, bad name, conflict) or a whole that does not match its SHA-256.
+chunk of a file already stored; ``missing`` (the chunks not yet here) for a manifest of a file
+already under way or asked for (the manifest that opens a transfer is not answered: its chunks are
+on their way, and a list now would have them sent twice), after a stall (no chunk for ``stall_s``,
+then doubling up to ``max_stall_s``), and for every transfer under way each time the sink
+(re)connects, which is what resumes a transfer whose chunks were lost with the sink's broker
+session; ``missing`` with ``manifest`` set for a chunk of a file this side does not know (at most
+once per ``stall_s`` per file); ``failed`` with the reason for a manifest refused (size limit, bad
+name, conflict) or a whole that does not match its SHA-256.
 Bad input is counted by :class:`~bridge.protocol.files.FileRejected` reason in the sink's invalid
 counters (and the store's ``invalid`` table), never a crash.
 """
@@ -232,6 +234,7 @@ class FileReceiver:
         if self._answer_stored(gateway, file_id, group):
             self.counters.repeated_manifests += 1
             return
+        known = self.intake.knows(gateway, file_id) or key in self._asked  # under way, or asked for
         try:
             assembly = await self._offload(self.intake.open, gateway, manifest)
         except FileRejected as exc:  # conflict: another manifest under this id is under way
@@ -246,7 +249,10 @@ class FileReceiver:
             await self._install(gateway, assembly, group)
         else:
             group.rows[key] = transfer_row(gateway, assembly, "under_way")
-            group.receipts.append((gateway, missing_receipt(assembly)))
+            if known:  # the sender asks (it sent the manifest again): what is still missing
+                group.receipts.append((gateway, missing_receipt(assembly)))
+            # a new transfer is not answered: its chunks follow the manifest, and a "missing" now
+            # would name chunks already on their way (sent twice); the stall timer asks if they stop
 
     async def _chunk(self, gateway: str, file_id: str, payload: bytes, group: _Group) -> None:
         key = (gateway, file_id)
