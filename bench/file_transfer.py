@@ -17,15 +17,19 @@ Rows (one JSON line each):
   topic, packet id and payload of the manifest and every chunk message, counted from what arrived)
   per file byte;
 - ``latency``: alert and command round trips (p50/p99, as in ``bench/control_latency.py``) and live
-  telemetry latency (a device publishes 50 readings/s with its wall-clock time; latency = arrival of
-  the batch carrying it at the cloud client - that time) without an upload and during an uncapped
-  ``--size-mb`` upload, back to back in the same run, with the ratios.
+  telemetry latency (a device publishes 50 readings/s; latency = arrival of the batch carrying a
+  reading at the cloud client - its publish, so it includes the batch age, 0.5 s here) without an
+  upload and during a ``--size-mb`` upload, back to back in the same run, with the ratios. The upload
+  is held to ``--latency-cap-kb`` so that it lasts the whole sampling (uncapped on loopback a 20 MB
+  file takes well under a second);
+- ``uncapped``: the same file without a cap: goodput on loopback.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -73,9 +77,11 @@ class Watcher:
         self.chunks = 0
         self.telemetry_latency_ms: list[float] = []
         self.sent_at: dict[int, float] = {}
+        self.arrivals: list[tuple[float, int]] = []  # (time, chunk data received so far)
         self.started = asyncio.Event()  # the first chunk arrived
         self.target = 0  # file bytes expected
         self.done = asyncio.Event()  # that many arrived
+        self.drained = asyncio.Event()  # every telemetry reading sent has arrived
 
     def reset(self) -> None:
         self.__init__()  # type: ignore[misc]
@@ -88,6 +94,7 @@ class Watcher:
                 chunk = decode_chunk(msg.payload)
                 self.chunk_bytes += len(chunk.data)
                 self.chunks += 1
+                self.arrivals.append((now, self.chunk_bytes))
                 self.first = self.first or now
                 self.last = now
                 self.started.set()
@@ -97,6 +104,8 @@ class Watcher:
             for reading in decode_batch(msg.payload).readings:
                 if reading.device == TELEMETRY_DEVICE and reading.seq in self.sent_at:
                     self.telemetry_latency_ms.append((now - self.sent_at.pop(reading.seq)) * 1000)
+            if not self.sent_at:
+                self.drained.set()
 
 
 class Bench:
@@ -161,7 +170,18 @@ async def telemetry(probe_port: int, watcher: Watcher, stop: asyncio.Event) -> N
         await conn.close()
 
 
+def steady_goodput(arrivals: list[tuple[float, int]], skip_bytes: int) -> tuple[float, float]:
+    """Bytes per second between the arrival that passed ``skip_bytes`` (the token bucket's initial
+    burst) and the last one, and that span in seconds."""
+    start = next(((t, b) for t, b in arrivals if b >= skip_bytes), arrivals[0])
+    end = arrivals[-1]
+    span = end[0] - start[0]
+    return ((end[1] - start[1]) / span if span > 0 else 0.0), span
+
+
 async def latency_row(bench: Bench, probe: Probe, watcher: Watcher, samples: int, upload: int) -> dict[str, Any]:
+    """``samples`` samples with telemetry flowing (with ``upload``: while that file is sent, fewer if
+    it is through first); then the telemetry already sent is waited for (its batches close by age)."""
     watcher.reset()
     stop = asyncio.Event()
     tel = asyncio.create_task(telemetry(bench.port, watcher, stop))
@@ -172,6 +192,10 @@ async def latency_row(bench: Bench, probe: Probe, watcher: Watcher, samples: int
     got = await probe.sample(samples, until=lambda: upload > 0 and watcher.chunk_bytes >= upload)
     stop.set()
     await tel
+    if watcher.sent_at:  # the last batches close by age
+        watcher.drained.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(watcher.drained.wait(), 5)
     row: dict[str, Any] = {"row": "latency", "upload_bytes": upload, "uploaded_during_sampling": watcher.chunk_bytes}
     for kind in ("alert", "command"):
         values = got[kind]
@@ -203,26 +227,33 @@ async def measure(args: argparse.Namespace, watcher: Watcher, cloud_url: str, tm
     bench = Bench(tmpdir, cloud_url, watcher)
     chunk = args.chunk_kb * 1024
     try:
-        bench.start("latency", 0, args.window, chunk)
+        bench.start("latency", args.latency_cap_kb * 1024, args.window, chunk)
         probe = Probe(cloud_url)
         await probe.connect_cloud()
         await probe.connect_device(bench.port)
         await probe.ready()
         size = args.size_mb << 20
-        base = await latency_row(bench, probe, watcher, args.samples, 0)
-        print(json.dumps(base), flush=True)
-        during = await latency_row(bench, probe, watcher, args.samples, size)
-        await bench.wait_chunks(600)
-        for kind in ("alert", "command", "telemetry"):
-            if base[kind] and during[kind]:
-                during[kind]["p99_vs_without"] = round(during[kind]["p99_ms"] / base[kind]["p99_ms"], 2)
-        print(json.dumps(during), flush=True)
+        for _ in range(args.rounds):  # alternating, back to back: the machine's load hits both alike
+            base = await latency_row(bench, probe, watcher, args.samples, 0)
+            print(json.dumps(base), flush=True)
+            during = await latency_row(bench, probe, watcher, args.samples, size)
+            await bench.wait_chunks(600)
+            for kind in ("alert", "command", "telemetry"):
+                if base[kind] and during[kind]:
+                    during[kind]["p99_vs_without"] = round(during[kind]["p99_ms"] / base[kind]["p99_ms"], 2)
+            print(json.dumps(during), flush=True)
         print(json.dumps({"row": "wire", "file_bytes": size, "chunk_bytes": chunk,
                           "chunk_data_received": watcher.chunk_bytes, "wire_bytes": watcher.wire_bytes,
-                          "wire_per_file_byte": round(watcher.wire_bytes / size, 4),
-                          "goodput_uncapped_bytes_per_s": round(size / max(1e-9, watcher.last - watcher.first))}),
-              flush=True)
+                          "wire_per_file_byte": round(watcher.wire_bytes / size, 4)}), flush=True)
         await probe.close()
+        bench.stop()
+        watcher.reset()
+        watcher.target = size
+        bench.start("uncapped", 0, args.window, chunk)
+        bench.drop(size)
+        await bench.wait_chunks(600)
+        print(json.dumps({"row": "uncapped", "file_bytes": size, "window": args.window,
+                          "goodput_bytes_per_s": round(size / max(1e-9, watcher.last - watcher.first))}), flush=True)
         bench.stop()
         for cap_kb in (int(c) for c in args.caps_kb.split(",")):
             cap = cap_kb * 1024
@@ -232,9 +263,8 @@ async def measure(args: argparse.Namespace, watcher: Watcher, cloud_url: str, tm
             bench.start(f"cap-{cap_kb}", cap, args.window, chunk)
             bench.drop(size)
             await bench.wait_chunks(args.cap_seconds * 5 + 60)
-            took = watcher.last - watcher.first
-            # the first chunk arrives after a burst allowance: goodput over the chunks after it
-            goodput = (watcher.chunk_bytes - chunk) / took if took > 0 else 0.0
+            # the bucket starts full (one second of the cap): goodput once that burst is spent
+            goodput, took = steady_goodput(watcher.arrivals, max(65536, cap) + chunk)
             print(json.dumps({"row": "cap", "cap_bytes_per_s": cap, "file_bytes": size, "seconds": round(took, 2),
                               "goodput_bytes_per_s": round(goodput), "goodput_vs_cap": round(goodput / cap, 3)}),
                   flush=True)
@@ -248,8 +278,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size-mb", type=int, default=20)
     ap.add_argument("--caps-kb", default="256,1024,4096")
-    ap.add_argument("--cap-seconds", type=float, default=8.0)
+    ap.add_argument("--cap-seconds", type=float, default=10.0)
+    ap.add_argument("--latency-cap-kb", type=int, default=2048,
+                    help="files.max_bytes_per_s of the latency rows, so the upload lasts the sampling")
     ap.add_argument("--samples", type=int, default=100)
+    ap.add_argument("--rounds", type=int, default=3, help="latency rows without / with an upload, alternating")
     ap.add_argument("--chunk-kb", type=int, default=64)
     ap.add_argument("--window", type=int, default=2)
     asyncio.run(run(ap.parse_args()))
