@@ -28,10 +28,34 @@ from bridge.protocol.files import (
     Manifest,
     check_name,
     chunk_count,
+    content_type_and_meta,
+    decode_manifest,
+    encode_manifest,
     new_file_id,
 )
 
-__all__ = ["plan_file", "read_chunk"]
+__all__ = ["check_extras", "plan_file", "read_chunk"]
+
+
+def check_extras(content_type: str, meta: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """The content type and metadata a manifest may carry, checked as a receiver checks them
+    (``FileRejected("malformed")``: too long, not a JSON object, NaN or infinity, a lone surrogate)."""
+    try:
+        return content_type_and_meta({"content_type": content_type, "meta": dict(meta or {})})
+    except (ValueError, TypeError, RecursionError) as exc:  # not JSON at all
+        raise FileRejected(MALFORMED, f"meta is not JSON: {exc}") from None
+
+
+def _readable(manifest: Manifest) -> Manifest:
+    """``manifest`` if a receiver can read it back (the sender builds nothing it could not)."""
+    try:
+        decode_manifest(encode_manifest(manifest))
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise FileRejected(MALFORMED, f"{manifest.name!r}: its manifest is not JSON: {exc}") from None
+    except FileRejected as exc:
+        raise FileRejected(exc.reason if exc.reason == TOO_LARGE else MALFORMED,
+                           f"{manifest.name!r}: a receiver would refuse its manifest: {exc}") from None
+    return manifest
 
 
 def plan_file(path: Path, *, chunk_size: int = DEFAULT_CHUNK_BYTES, name: str | None = None,
@@ -40,8 +64,10 @@ def plan_file(path: Path, *, chunk_size: int = DEFAULT_CHUNK_BYTES, name: str | 
               max_size: int | None = None) -> Manifest:
     """Read ``path`` once and describe it. Raises ``FileRejected`` (``bad_name``, ``too_large``,
     ``malformed`` for anything but a regular file, ``hash_mismatch`` when it changes size while read)
-    and ``OSError`` (unreadable)."""
+    and ``OSError`` (unreadable); ``malformed`` too for a content type or metadata a receiver
+    would refuse, checked before the file is read."""
     name = check_name(path.name if name is None else name)
+    content_type, checked_meta = check_extras(content_type, meta)
     if not MIN_CHUNK_BYTES <= chunk_size <= MAX_CHUNK_BYTES:  # a receiver would refuse the manifest
         raise ValueError(f"chunk_size {chunk_size} is outside {MIN_CHUNK_BYTES}..{MAX_CHUNK_BYTES}")
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # NONBLOCK: opening a FIFO must not hang us
@@ -65,8 +91,8 @@ def plan_file(path: Path, *, chunk_size: int = DEFAULT_CHUNK_BYTES, name: str | 
             hashes.append(hashlib.sha256(block).hexdigest())
         if f.read(1):
             raise FileRejected(HASH_MISMATCH, f"{name!r} grew while it was read")
-    return Manifest(file_id or new_file_id(), name, size, chunk_size, whole.hexdigest(), tuple(hashes),
-                    content_type, dict(meta or {}), int(time.time() * 1000), device)
+    return _readable(Manifest(file_id or new_file_id(), name, size, chunk_size, whole.hexdigest(), tuple(hashes),
+                              content_type, checked_meta, int(time.time() * 1000), device))
 
 
 def read_chunk(path: Path, manifest: Manifest, index: int) -> tuple[bytes, bytes]:

@@ -21,6 +21,7 @@ class UploadCounters:
     receipts: int = 0  # receipts taken in
     rejected: Counter[str] = field(default_factory=Counter)  # outbox files refused, by reason
     receipts_rejected: Counter[str] = field(default_factory=Counter)  # bad or unknown receipts, by reason
+    not_taken: int = 0  # outbox files left for the next scan (unreadable, the state not writable)
     scan_errors: int = 0  # unexpected errors of the outbox loop (a bug: see the log)
 
     def document(self) -> dict[str, Any]:
@@ -29,4 +30,4 @@ class UploadCounters:
                 "chunks_sent": self.chunks_sent, "chunks_resent": self.chunks_resent,
                 "manifests_sent": self.manifests_sent, "bulk_bytes": self.bulk_bytes, "receipts": self.receipts,
                 "rejected": dict(self.rejected), "receipts_rejected": dict(self.receipts_rejected),
-                "scan_errors": self.scan_errors}
+                "not_taken": self.not_taken, "scan_errors": self.scan_errors}

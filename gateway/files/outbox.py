@@ -127,6 +127,7 @@ class Outbox:
             meta_path(self.dir, name).unlink(missing_ok=True)
             return 0
         except (OSError, FilesError) as exc:  # gone meanwhile, unreadable, or the state is not writable
+            self.counters.not_taken += 1
             log.warning("outbox file %r not taken yet: %s", name, exc)
             return 0
         return 1

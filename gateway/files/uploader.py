@@ -80,7 +80,13 @@ class Uploader:
     def start(self) -> None:
         """Take up the transfers found in ``uploads.db`` (after a restart)."""
         self.sending_dir.mkdir(parents=True, exist_ok=True)
-        for row in self.db.load():
+        rows, unreadable = self.db.load()
+        for file_id, name, reason in unreadable:  # already failed in the history: the file is set aside
+            log.warning("upload %s (%s) failed: %s", file_id, name, reason)
+            self.counters.files_failed += 1
+            if (self.sending_dir / file_id).is_file():
+                self._on_gone(self.sending_dir / file_id, name, reason)
+        for row in rows:
             path = self.sending_dir / row.id
             if not path.is_file():
                 self._finish(Transfer(row, path), "failed", "the file in sending/ is gone")

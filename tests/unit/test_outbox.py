@@ -74,3 +74,23 @@ async def test_a_file_submitted_by_a_device_is_queued_with_its_device(tmp_path: 
     with pytest.raises(FileRejected, match="bad_name"):  # the device is told; its upload is dropped
         outbox.take(bad, "../up", device="cam-7")
     assert bad.exists()
+
+
+@pytest.mark.parametrize("meta", [{"content_type": "x" * 300, "meta": {}}, '{"meta": {"v": NaN}}',
+                                  {"meta": {"big": "v" * 5000}}])
+async def test_metadata_a_receiver_would_refuse_is_set_aside_and_the_scan_goes_on(
+        tmp_path: Path, meta: object) -> None:
+    """A manifest the gateway could not read back must never reach uploads.db (a restart would fail)
+    nor leave a transaction open (every later save would fail); the next file is still taken."""
+    outbox = _outbox(tmp_path)
+    (outbox.dir / "a.bin").write_bytes(b"a")
+    meta_path(outbox.dir, "a.bin").write_text(meta if isinstance(meta, str) else json.dumps(meta))
+    (outbox.dir / "b.bin").write_bytes(b"b")
+    assert await outbox.scan() == 1
+    assert outbox.counters.rejected == {"malformed": 1}
+    assert (outbox.dir / ".rejected" / "a.bin").read_bytes() == b"a"
+    (transfer,) = outbox.uploader.transfers.values()
+    outbox.uploader.db.save(transfer.row)  # no transaction left open
+    outbox.uploader.db.close()
+    again = _outbox(tmp_path)  # a restart reads the state back
+    assert [t.row.manifest.name for t in again.uploader.transfers.values()] == ["b.bin"]
