@@ -4,8 +4,10 @@ the small scheduler that sends them with the slots and bytes the other lanes lea
 The source is the one owner of its items' state (what is waiting, what is in flight, what was sent
 before); the forwarder asks it, like it asks the :class:`~bridge.uplink.store.RecordStore`:
 :meth:`BulkSource.take` lends items out, :meth:`BulkSource.settle` returns each one after its PUBACK
-(``ok``) or a failure, :meth:`BulkSource.release_all` takes back everything in flight when a
-connection ends (sent again later, flagged as a resend by the source).
+(``ok``) or a failure (an attempt: the source gives up after its limit), :meth:`BulkSource.reject`
+after a permanent refusal, :meth:`BulkSource.release_all` takes back everything in flight when a
+connection ends (sent again later, flagged as a resend by the source). After any failed publish the
+lane pauses for a second.
 
 The lane (:class:`BulkLane`) goes last: only while no control record waits and no live telemetry
 batch waits, never into the connection slots reserved for control and for telemetry, with its own
@@ -29,7 +31,7 @@ from bridge.uplink.pacing import TokenBucket
 log = logging.getLogger(__name__)
 
 BULK_QOS = 1
-RETRY_PAUSE_S = 1.0  # after a broker's "retry later" PUBACK
+RETRY_PAUSE_S = 1.0  # after a failed publish: the lane waits, it never spins on a refusal
 
 __all__ = ["BULK_QOS", "BulkItem", "BulkLane", "BulkPolicy", "BulkSource"]
 
@@ -58,6 +60,11 @@ class BulkSource(Protocol):
     def settle(self, key: str, ok: bool) -> None:
         """The broker acknowledged the item (``ok``) or its publish failed (not ``ok``: send it again
         later, counting the attempt)."""
+        ...
+
+    def reject(self, key: str, reason: str) -> None:
+        """The broker refused the item for good (not authorized, packet too large): sending it
+        again cannot help, the source gives it up."""
         ...
 
     def release(self, key: str) -> None:
@@ -141,13 +148,15 @@ class BulkLane:
         if connection != self._connection:
             return  # released when its connection ended
         self._sent_at.pop(key, None)
-        if isinstance(exc, PublishRejected) and not exc.permanent:  # the broker asks to retry later:
-            self._paused_until = self._clock() + RETRY_PAUSE_S  # not an attempt, the lane pauses
-            log.warning("broker asked us to retry %s later: %s", key, exc)
-            self.source.release(key)
-        elif fut.cancelled() or exc is not None:
+        if fut.cancelled() or exc is not None:
             self.failed += 1
-            self.source.settle(key, False)
+            self._paused_until = self._clock() + RETRY_PAUSE_S
+            if isinstance(exc, PublishRejected) and exc.permanent:
+                log.warning("broker refused %s for good: %s", key, exc)
+                self.source.reject(key, f"refused by the broker: {exc.reason} (0x{exc.reason_code:02X})")
+            else:  # "retry later" or lost: an attempt, counted against the source's limit
+                log.warning("bulk publish of %s failed: %s", key, exc)
+                self.source.settle(key, False)
         else:
             self.acked += 1
             self.source.settle(key, True)

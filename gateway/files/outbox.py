@@ -118,6 +118,7 @@ class Outbox:
             extra = _read_meta(self.dir, name)
             manifest = await asyncio.to_thread(
                 plan_file, path, chunk_size=self._cfg.chunk_bytes, max_size=limit,
+                max_manifest_bytes=self._cfg.max_manifest_bytes,
                 content_type=extra.get("content_type") or "application/octet-stream", meta=extra.get("meta"))
             self.queue(path, manifest)
         except FileRejected as exc:
@@ -148,7 +149,7 @@ class Outbox:
         ``FileRejected`` or ``OSError``."""
         limit = min(self._cfg.max_file_bytes, self._cfg.max_disk_bytes)
         return plan_file(path, chunk_size=self._cfg.chunk_bytes, name=name, content_type=content_type,
-                         meta=meta, device=device, max_size=limit)
+                         meta=meta, device=device, max_size=limit, max_manifest_bytes=self._cfg.max_manifest_bytes)
 
     def queue(self, path: Path, manifest: Manifest) -> None:
         """Record ``manifest`` and move ``path`` to ``sending/`` (on the event loop). Raises

@@ -44,6 +44,7 @@ class Transfer:
     path: Path
     waiting: list[int] = field(default_factory=list)  # heap of chunk indexes to send
     manifest_due: bool = False
+    manifest_sends: int = 0  # sends of the manifest since it was last acknowledged
     in_flight: set[int] = field(default_factory=set)
     repeat_s: float = FIRST_REPEAT_S
     repeat_at: float = 0.0  # monotonic: when to publish the manifest again (state sent)
@@ -133,6 +134,10 @@ class Uploader:
         m = t.row.manifest
         if t.manifest_due:
             t.manifest_due = False
+            if t.manifest_sends >= self._max_attempts:
+                self._finish(t, "failed", f"the manifest was sent {t.manifest_sends} times without being acknowledged")
+                return None
+            t.manifest_sends += 1
             t.in_flight.add(MANIFEST)
             self.counters.manifests_sent += 1
             return BulkItem(f"{m.id}/{MANIFEST}", self._topics.manifest("up", m.id), encode_manifest(m))
@@ -170,6 +175,7 @@ class Uploader:
             self._requeue(t, index)
             return
         if index == MANIFEST:
+            t.manifest_sends = 0
             if t.row.state == "queued":
                 t.row.state = "sending"
                 self._dirty[file_id] = t.row
@@ -192,15 +198,23 @@ class Uploader:
         index = int(idx)
         if t is not None and index in t.in_flight:
             t.in_flight.discard(index)
-            if index == MANIFEST:
+            if index == MANIFEST:  # it never went out: not an attempt
                 self.counters.manifests_sent -= 1
-            else:  # it never went out: not an attempt
+                t.manifest_sends -= 1
+            else:
                 t.row.attempts[index] -= 1
                 first = t.row.attempts[index] == 0
                 self.counters.chunks_sent -= first
                 self.counters.chunks_resent -= not first
                 self.counters.bulk_bytes -= t.row.manifest.chunk_length(index)
             self._requeue(t, index)
+
+    def reject(self, key: str, reason: str) -> None:
+        """The broker refused the manifest or a chunk for good: the transfer fails at once."""
+        t = self.transfers.get(key.partition("/")[0])
+        if t is not None:
+            what = "the manifest" if key.endswith(f"/{MANIFEST}") else f"chunk {key.rpartition('/')[2]}"
+            self._finish(t, "failed", f"{what} {reason}")
 
     def release_all(self) -> int:
         released = 0

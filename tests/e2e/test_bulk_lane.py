@@ -38,6 +38,7 @@ class ListSource:
         self.released = 0
         self.not_sent = 0  # released one by one: never went out, or the broker asked to retry later
         self.failed = 0
+        self.rejected: list[tuple[str, str]] = []
 
     def available(self) -> int:
         return len(self.waiting)
@@ -59,6 +60,10 @@ class ListSource:
         else:
             self.failed += 1
             self.waiting.insert(0, item)
+
+    def reject(self, key: str, reason: str) -> None:
+        self.out.pop(key)
+        self.rejected.append((key, reason))
 
     def release(self, key: str) -> None:
         self.not_sent += 1
@@ -188,7 +193,10 @@ def _broker_answering(codes: list[int]) -> Serve:
     return serve
 
 
-async def test_retry_later_pauses_the_lane_without_an_attempt_and_a_refusal_is_one() -> None:
+async def test_a_failed_publish_is_an_attempt_that_pauses_the_lane_and_a_refusal_gives_the_item_up() -> None:
+    """A "retry later" PUBACK counts as an attempt (so the source's limit ends a refusal that never
+    clears) and pauses the lane instead of sending again at once; a permanent refusal goes to
+    ``reject``: the source gives the item up, it is not sent again."""
     server = await asyncio.start_server(_broker_answering([0x97, 0x87]), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     clock = FakeClock(0.0)
@@ -197,14 +205,18 @@ async def test_retry_later_pauses_the_lane_without_an_attempt_and_a_refusal_is_o
     conn = await MqttConnection.open(f"mqtt://127.0.0.1:{port}", ClientSettings(client_id="gw", protocol="5"))
     try:
         lane.fill(conn, 10, None)
-        await eventually(lambda: source.not_sent == 1)  # 0x97 quota exceeded: back, not counted as failed
-        assert source.failed == 0 and [i.key for i in source.waiting] == ["0", "1"]
+        await eventually(lambda: source.failed == 1)  # 0x97 quota exceeded: an attempt, the item waits again
+        assert source.not_sent == 0 and [i.key for i in source.waiting] == ["0", "1"]
         assert lane.fill(conn, 10, None) == 1.0 and source.in_flight() == 0  # paused
         clock.advance(1.0)
         lane.fill(conn, 10, None)
-        await eventually(lambda: source.failed == 1)  # 0x87 not authorized: a failed attempt
+        await eventually(lambda: len(source.rejected) == 1)  # 0x87 not authorized: given up
+        assert source.rejected[0][0] == "0" and "0x87" in source.rejected[0][1]
+        assert lane.fill(conn, 10, None) == 1.0 and source.published == 2  # paused again: no hot loop
+        clock.advance(1.0)
         lane.fill(conn, 10, None)
-        await eventually(lambda: source.acked == ["0"])
+        await eventually(lambda: source.acked == ["1"])
+        assert source.published == 3 and lane.failed == 2
     finally:
         await conn.close()
         server.close()

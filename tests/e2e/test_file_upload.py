@@ -79,3 +79,29 @@ async def test_a_chunk_never_acknowledged_fails_the_transfer_after_max_attempts(
     finally:
         await receiver.close()
         limited.cleanup()
+
+
+async def test_a_manifest_the_broker_refuses_fails_the_transfer_after_max_attempts(
+        tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """Chunks of 1 KiB fit mosquitto's max_packet_size, the manifest of 60 of them (~4.5 KB) does not:
+    each send of it costs the connection. The manifest's sends count as attempts, so the transfer
+    fails after max_attempts instead of sending the manifest again for ever."""
+    mosquitto.stop()
+    limited = Mosquitto(port=mosquitto.port, extra_conf="max_packet_size 3000\n")
+    limited.start()
+    cfg = gateway_config(tmp_path, mosquitto.url, files={"chunk_bytes": 1024, "scan_interval_s": 0.1,
+                                                         "max_attempts": 3})
+    receiver = await FileReceiver(tmp_path / "cloud").start(limited.url)
+    try:
+        async with running_gateway(cfg) as gw:
+            assert gw.parts.uploads is not None
+            counters = gw.parts.uploads.counters
+            await drop(cfg.outbox_dir / "many-chunks.bin", os.urandom(60 * 1024))
+            await eventually(lambda: counters.files_failed == 1, timeout=30)
+            await eventually(lambda: [s["state"] for s in receiver.statuses] == ["failed"], timeout=30)
+            assert "manifest was sent 3 times" in receiver.statuses[0]["reason"]
+            assert counters.manifests_sent == 3 and counters.chunks_sent <= 1  # at most one beside it (window 2)
+            assert (cfg.outbox_dir / ".rejected" / "many-chunks.bin").stat().st_size == 60 * 1024
+    finally:
+        await receiver.close()
+        limited.cleanup()

@@ -94,3 +94,13 @@ async def test_metadata_a_receiver_would_refuse_is_set_aside_and_the_scan_goes_o
     outbox.uploader.db.close()
     again = _outbox(tmp_path)  # a restart reads the state back
     assert [t.row.manifest.name for t in again.uploader.transfers.values()] == ["b.bin"]
+
+
+async def test_a_file_whose_manifest_is_above_max_manifest_bytes_is_refused_at_plan_time(tmp_path: Path) -> None:
+    outbox = _outbox(tmp_path, max_manifest_bytes=2048)
+    (outbox.dir / "small.bin").write_bytes(b"s" * 5 * 1024)  # 5 chunks: a manifest of ~700 bytes
+    (outbox.dir / "wide.bin").write_bytes(b"w" * 40 * 1024)  # 40 chunks: ~3 KB
+    assert await outbox.scan() == 1
+    assert outbox.counters.rejected == {"too_large": 1}
+    reason = (outbox.dir / ".rejected" / "wide.bin.reason").read_text()
+    assert reason.startswith("too_large: too_large: manifest of 2974 bytes")

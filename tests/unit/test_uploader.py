@@ -126,6 +126,27 @@ async def test_failed_receipt_and_max_attempts_fail_the_transfer(tmp_path: Path)
     assert stuck not in side.up.transfers and side.up.counters.files_failed == 2
 
 
+async def test_a_manifest_never_acknowledged_fails_after_max_attempts_and_a_refusal_at_once(tmp_path: Path) -> None:
+    side = Side(tmp_path, FakeClock(0.0), max_attempts=3)
+    side.add("a.bin", os.urandom(2 * CHUNK))
+    sends = 0
+    while side.up.transfers and sends < 10:  # before: the manifest went again after every failure, forever
+        sends += len(side.send_all(limit=1, ok=False))
+    assert sends == 3 and side.states() == ["failed"]
+    assert "manifest was sent 3 times" in side.statuses[0].reason and side.gone[0][0] == "a.bin"
+    side.add("b.bin", os.urandom(2 * CHUNK))
+    (item,) = side.up.take(1)
+    side.up.reject(item.key, "refused by the broker: Not authorized (0x87)")
+    assert side.states() == ["failed", "failed"] and side.up.available() == 0
+    assert side.statuses[1].reason == "the manifest refused by the broker: Not authorized (0x87)"
+    side.add("c.bin", os.urandom(2 * CHUNK))
+    side.send_all(limit=2)  # the manifest and chunk 0
+    (chunk,) = side.up.take(1)
+    side.up.reject(chunk.key, "refused by the broker: Packet too large (0x95)")
+    assert side.statuses[2].reason == "chunk 1 refused by the broker: Packet too large (0x95)"
+    assert side.up.counters.files_failed == 3 and side.up.transfers == {}
+
+
 async def test_sent_file_repeats_its_manifest_doubling_then_expires(tmp_path: Path) -> None:
     clock = FakeClock(0.0)
     side = Side(tmp_path, clock, keep_sent_s=3600)
