@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bridge.protocol.file_topics import FileTopics
-from bridge.protocol.files import FileRejected, encode_chunk, encode_manifest
+from bridge.protocol.files import HASH_MISMATCH, FileRejected, encode_chunk, encode_manifest
 from bridge.protocol.records import FileStatus
 from bridge.transfer.plan import read_chunk
 from bridge.uplink.bulk import BulkItem
@@ -257,11 +257,15 @@ class Uploader:
         self._wake()
         return True
 
-    def finish(self, file_id: str, state: str, reason: str = "") -> bool:
-        """The receiver stored the file, or refused it. False if unknown."""
+    def finish(self, file_id: str, state: str, reason: str = "", sha256: str | None = None) -> bool:
+        """The receiver stored the file, or refused it. False if unknown. A ``stored`` whose
+        ``sha256`` is not the file's raises ``FileRejected("hash_mismatch")``: the file is kept."""
         t = self.transfers.get(file_id)
         if t is None:
             return False
+        if state == "stored" and sha256 is not None and sha256 != t.row.manifest.sha256:
+            raise FileRejected(HASH_MISMATCH, f"receipt stored for {file_id} with sha256 {sha256[:16]}..., "
+                                              f"the file has {t.row.manifest.sha256[:16]}...: kept")
         if state == "stored" and t.row.state != "sent":
             self._sent(t)  # the receipt overtook the last PUBACKs: every chunk did arrive
         self._finish(t, state, reason)

@@ -169,6 +169,17 @@ async def test_sent_file_repeats_its_manifest_doubling_then_expires(tmp_path: Pa
     assert side.db.listing()[0]["state"] == "expired"
 
 
+async def test_a_stored_receipt_with_another_sha256_keeps_the_file(tmp_path: Path) -> None:
+    side = Side(tmp_path, FakeClock(0.0))
+    file_id = side.add("a.bin", os.urandom(2 * CHUNK))
+    side.send_all()
+    side.receipt(Receipt(file_id, "stored", sha256="0" * 64))
+    assert dict(side.up.counters.receipts_rejected) == {"hash_mismatch": 1}
+    assert file_id in side.up.transfers and (tmp_path / "sending" / file_id).exists()
+    side.receipt(Receipt(file_id, "stored", sha256=side.up.transfers[file_id].row.manifest.sha256))
+    assert side.states() == ["sent", "stored"] and not (tmp_path / "sending" / file_id).exists()
+
+
 @pytest.mark.parametrize(("topic_id", "payload", "reason"), [
     (None, b"{", "malformed"),
     ("0" * 32, encode_receipt(Receipt("1" * 32, "stored")), "malformed"),  # topic and body disagree
