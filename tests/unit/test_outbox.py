@@ -4,7 +4,10 @@ file left in ``sending/`` without its row."""
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from bridge.protocol.file_topics import FileTopics
 from bridge.protocol.files import FileRejected
 from gateway.config_sections import FilesSection
 from gateway.files.counters import UploadCounters
+from gateway.files.device_handoff import into_uploads, no_uploads
 from gateway.files.outbox import Outbox, meta_path
 from gateway.files.uploader import Uploader
 from gateway.files.uploads_db import UploadsDb
@@ -104,3 +108,30 @@ async def test_a_file_whose_manifest_is_above_max_manifest_bytes_is_refused_at_p
     assert outbox.counters.rejected == {"too_large": 1}
     reason = (outbox.dir / ".rejected" / "wide.bin.reason").read_text()
     assert reason.startswith("too_large: too_large: manifest of 2974 bytes")
+
+
+async def test_a_device_hand_off_that_timed_out_is_never_queued_later(tmp_path: Path) -> None:
+    """The event loop is busy past the hand-off's timeout: the device is told the file was not taken,
+    so when the loop runs again the file must not be queued after all."""
+    outbox = _outbox(tmp_path)
+    src = tmp_path / "assembled.part"
+    src.write_bytes(b"d" * 3000)
+    loop = asyncio.get_running_loop()
+    on_file = into_uploads(outbox, lambda: loop, timeout_s=0.01)
+    errors: list[OSError] = []
+
+    def hand_off() -> None:
+        try:
+            on_file(src, "cam.jpg", "image/jpeg", {}, "cam-7")
+        except OSError as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=hand_off)
+    worker.start()
+    worker.join()  # blocks the event loop: the queueing coroutine cannot run before the timeout
+    assert [e.errno for e in errors] == [errno.ETIMEDOUT]
+    for _ in range(5):
+        await asyncio.sleep(0)  # the loop runs what was scheduled meanwhile
+    assert outbox.uploader.transfers == {} and src.exists()
+    with pytest.raises(OSError, match="disabled"):
+        no_uploads(src, "cam.jpg", "image/jpeg", {}, "cam-7")
