@@ -270,7 +270,9 @@ class FilesSection(Strict):
     max_attempts: Annotated[int, Field(ge=1, le=1000)] = 20  # sends of one chunk (or the manifest) before it fails
     # a file whose manifest is larger is refused (too_large): set it below the cloud broker's packet limit
     max_manifest_bytes: Annotated[int, Field(ge=1024, le=MAX_MANIFEST_BYTES)] = MAX_MANIFEST_BYTES
-    keep_sent_s: NonNegFloat = 86400.0  # a sent file waits this long for the receiver's "stored" before it is deleted
+    # a sent file waits this long for the receiver's "stored", then it is set aside (outbox/.rejected/, expired)
+    keep_sent_s: Annotated[float, Field(ge=60)] = 86400.0
+    rejected_keep: Annotated[int, Field(ge=1)] = 100  # files kept in outbox/.rejected/ (the newest; older are deleted)
     scan_interval_s: PositiveFloat = 1.0  # how often the outbox is looked at
     stall_s: PositiveFloat = 30.0  # a download that got no chunk this long asks for what it misses (doubling to 10 min)
     device_uploads: bool = True  # devices may send files on devices/{device_id}/files/...

@@ -8,8 +8,9 @@ with the resend flag. A chunk sent ``max_attempts`` times fails the transfer. Ev
 acknowledged makes the transfer ``sent``; the receiver's receipt (:mod:`gateway.files.receipts`)
 makes it ``stored`` (or asks for chunks again). While a sent file waits for that receipt its
 manifest is published again after 30 s, then at doubling intervals up to 10 min, for at most
-``keep_sent_s``; then it is deleted and counted as expired. Every outcome is a FileStatus record on
-the control lane. Runs on the event loop.
+``keep_sent_s``; then it is counted as expired, set aside (``outbox/.rejected/``: it may be the only
+copy) and reported as FileStatus ``failed`` with reason ``expired``. Every outcome is a FileStatus
+record on the control lane. Runs on the event loop.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ MANIFEST = -1  # the index that stands for the manifest in keys and in flight
 FIRST_REPEAT_S = 30.0
 MAX_REPEAT_S = 600.0
 SAVE_GROUP_S = 0.025
+EXPIRED = "expired"  # the reason of a sent file that got no receipt within keep_sent_s
 
 
 @dataclass
@@ -278,16 +280,15 @@ class Uploader:
             self.db.finish(t.row, state, reason)
         except FilesError as exc:
             log.warning("upload %s: could not record its end (%s): %s", t.row.id, state, exc)
-        if state == "failed":
-            self.counters.files_failed += 1
-            log.warning("upload %s (%s) failed: %s", t.row.id, t.row.manifest.name, reason)
-            self._on_gone(t.path, t.row.manifest.name, reason)
-        else:
-            self.counters.files_stored += state == "stored"
-            self.counters.files_expired += state == "expired"
+        if state == "stored":
+            self.counters.files_stored += 1
             t.path.unlink(missing_ok=True)
-        if state != "expired":
-            self._on_status(status(t.row, state, reason))
+        else:  # failed or expired: the file is kept aside (it may be the only copy)
+            self.counters.files_failed += state == "failed"
+            self.counters.files_expired += state == "expired"
+            log.warning("upload %s (%s) %s: %s", t.row.id, t.row.manifest.name, state, reason)
+            self._on_gone(t.path, t.row.manifest.name, reason)
+        self._on_status(status(t.row, "failed" if state == "expired" else state, reason))
 
     def tick(self) -> None:
         """Periodic: publish the manifest of sent files again while no receipt came; expire those
@@ -297,8 +298,7 @@ class Uploader:
             if t.row.state != "sent":
                 continue
             if t.row.sent_ms is not None and wall - t.row.sent_ms > self._keep_sent_ms:
-                log.warning("upload %s (%s): no receipt, deleted after keep_sent_s", t.row.id, t.row.manifest.name)
-                self._finish(t, "expired", "no receipt within files.keep_sent_s")
+                self._finish(t, "expired", EXPIRED)
             elif now >= t.repeat_at and MANIFEST not in t.in_flight:
                 t.manifest_due = True
                 t.repeat_s = min(t.repeat_s * 2, MAX_REPEAT_S)

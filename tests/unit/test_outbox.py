@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import os
 import threading
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from bridge.protocol.file_topics import FileTopics
 from bridge.protocol.files import FileRejected
@@ -135,3 +137,19 @@ async def test_a_device_hand_off_that_timed_out_is_never_queued_later(tmp_path: 
     assert outbox.uploader.transfers == {} and src.exists()
     with pytest.raises(OSError, match="disabled"):
         no_uploads(src, "cam.jpg", "image/jpeg", {}, "cam-7")
+
+
+async def test_rejected_keeps_only_the_newest_files_with_their_reasons(tmp_path: Path) -> None:
+    outbox = _outbox(tmp_path, rejected_keep=2)
+    for i in range(4):
+        (outbox.dir / f"-bad{i}").write_bytes(b"x")  # a bad name: set aside
+        assert await outbox.scan() == 0
+        rejected = outbox.dir / ".rejected"
+        os.utime(rejected / f"-bad{i}", ns=(i * 10**9, i * 10**9))  # in the order they came
+    assert sorted(p.name for p in rejected.iterdir()) == ["-bad2", "-bad2.reason", "-bad3", "-bad3.reason"]
+    assert outbox.counters.rejected == {"bad_name": 4}
+
+
+def test_keep_sent_s_below_a_minute_is_refused() -> None:
+    with pytest.raises(ValidationError, match="keep_sent_s"):
+        FilesSection(keep_sent_s=0)

@@ -147,7 +147,7 @@ async def test_a_manifest_never_acknowledged_fails_after_max_attempts_and_a_refu
     assert side.up.counters.files_failed == 3 and side.up.transfers == {}
 
 
-async def test_sent_file_repeats_its_manifest_doubling_then_expires(tmp_path: Path) -> None:
+async def test_sent_file_repeats_its_manifest_doubling_then_expires_set_aside_and_reported(tmp_path: Path) -> None:
     clock = FakeClock(0.0)
     side = Side(tmp_path, clock, keep_sent_s=3600)
     file_id = side.add("a.bin", os.urandom(CHUNK))
@@ -165,8 +165,11 @@ async def test_sent_file_repeats_its_manifest_doubling_then_expires(tmp_path: Pa
     assert row.sent_ms is not None
     row.sent_ms -= 3601 * 1000  # as if sent more than keep_sent_s ago
     side.up.tick()
-    assert side.up.counters.files_expired == 1 and not (tmp_path / "sending" / file_id).exists()
+    assert side.up.counters.files_expired == 1 and side.up.counters.files_failed == 0
     assert side.db.listing()[0]["state"] == "expired"
+    # never deleted silently: set aside (it may be the only copy) and reported as failed, reason expired
+    assert side.gone == [("a.bin", "expired")]
+    assert (side.statuses[-1].state, side.statuses[-1].reason) == ("failed", "expired")
 
 
 async def test_a_stored_receipt_with_another_sha256_keeps_the_file(tmp_path: Path) -> None:
