@@ -99,7 +99,8 @@ def build_forwarder(cfg: GatewayConfig, buffer: DiskBuffer, delivery: DeliveryAc
         drain=DrainPolicy(up.backlog_per_live, up.max_bytes_per_s, burst_bytes=max(65536, cfg.batch.max_bytes),
                           max_loop_lag_s=up.drain_max_loop_lag_ms / 1000),
         bulk=uploads.uploader if uploads is not None else None,
-        bulk_policy=BulkPolicy(files.window, files.max_bytes_per_s, burst_bytes=max(65536, files.chunk_bytes)),
+        bulk_policy=BulkPolicy(files.window, files.max_bytes_per_s, burst_bytes=max(65536, files.chunk_bytes),
+                               item_bytes=files.chunk_bytes + 1024),  # a chunk, its header and topic
     )
 
 

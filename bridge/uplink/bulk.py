@@ -11,7 +11,11 @@ lane pauses for a second.
 
 The lane (:class:`BulkLane`) goes last: only while no control record waits and no live telemetry
 batch waits, never into the connection slots reserved for control and for telemetry, with its own
-window and its own byte-rate cap on top of the uplink-wide one. Bulk is always QoS 1.
+window and its own byte-rate cap on top of the uplink-wide one. Under the uplink-wide cap it never
+borrows: an item goes only when the shared bucket holds all of it plus half the bucket (kept for
+telemetry), so a chunk never leaves live telemetry waiting for the bucket to refill. With a cap
+set, at most about one second of the (lowest) cap is in flight (at least one item), so a chunk
+queued in the socket delays a later control record by at most that. Bulk is always QoS 1.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from bridge.uplink.pacing import TokenBucket
 log = logging.getLogger(__name__)
 
 BULK_QOS = 1
+IN_FLIGHT_S = 1.0  # with a byte-rate cap: seconds of it bulk may have in flight
 RETRY_PAUSE_S = 1.0  # after a failed publish: the lane waits, it never spins on a refusal
 
 __all__ = ["BULK_QOS", "BulkItem", "BulkLane", "BulkPolicy", "BulkSource"]
@@ -87,6 +92,7 @@ class BulkPolicy:
     window: int = 2  # items in flight
     max_bytes_per_s: float = 0.0  # the lane's own cap; 0 = none (the uplink-wide cap applies too)
     burst_bytes: int = 65536
+    item_bytes: int = 65536 + 1024  # the largest item (a chunk with its header and topic): what a cap must hold
 
 
 class BulkLane:
@@ -102,6 +108,7 @@ class BulkLane:
         self._clock = clock
         self._connection = 0
         self._sent_at: dict[str, float] = {}  # in flight: when it went out
+        self._sizes: dict[str, int] = {}  # in flight: bytes
         self._paused_until = 0.0
         self.sent = 0  # messages published
         self.bytes = 0  # payload bytes published
@@ -115,10 +122,10 @@ class BulkLane:
             return pause
         free = min(self.policy.window - self.source.in_flight(), free_slots)
         while free > 0 and self.source.available() > 0:
-            wait = max(b.wait_s() for b in (self._bucket, uplink) if b is not None) \
-                if self._bucket is not None or uplink is not None else 0.0
-            if wait > 0:
+            if (wait := self._wait_s(uplink)) > 0:
                 return wait
+            if self._sizes and sum(self._sizes.values()) + self.policy.item_bytes > self._max_in_flight(uplink):
+                return None  # about a second of the cap is on its way: the next PUBACK wakes us
             items = self.source.take(1)
             if not items:
                 return None
@@ -139,15 +146,32 @@ class BulkLane:
             self.sent += 1
             self.bytes += len(item.payload)
             self._sent_at[item.key] = self._clock()
+            self._sizes[item.key] = size
             fut.add_done_callback(functools.partial(self._done, self._connection, item.key))
             free -= 1
         return None
+
+    def _wait_s(self, uplink: TokenBucket | None) -> float:
+        """How long until both caps let the next item go (0 = now). The lane's own bucket is only
+        bulk's and may go below zero; the shared one must hold the item and a telemetry reserve."""
+        waits = [0.0]
+        if self._bucket is not None:
+            waits.append(self._bucket.wait_s())
+        if uplink is not None:
+            waits.append(uplink.wait_for_s(self.policy.item_bytes + uplink.burst / 2))
+        return max(waits)
+
+    def _max_in_flight(self, uplink: TokenBucket | None) -> float:
+        """Bytes bulk may have in flight: about one second of the lowest cap (no bound without one)."""
+        rates = [b.rate for b in (self._bucket, uplink) if b is not None]
+        return min(rates) * IN_FLIGHT_S if rates else float("inf")
 
     def _done(self, connection: int, key: str, fut: asyncio.Future[None]) -> None:
         exc = None if fut.cancelled() else fut.exception()
         if connection != self._connection:
             return  # released when its connection ended
         self._sent_at.pop(key, None)
+        self._sizes.pop(key, None)
         if fut.cancelled() or exc is not None:
             self.failed += 1
             self._paused_until = self._clock() + RETRY_PAUSE_S
@@ -169,6 +193,7 @@ class BulkLane:
     def connection_ended(self) -> None:
         self._connection += 1
         self._sent_at.clear()
+        self._sizes.clear()
         released = self.source.release_all()
         if released:
             log.info("%d bulk message(s) sent without a PUBACK go again on the next connection", released)
