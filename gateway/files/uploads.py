@@ -59,4 +59,5 @@ class Uploads:
 
     def close(self) -> None:
         self.uploader.save()
+        self.uploader.prefetch.close()
         self.db.close()

@@ -19,7 +19,7 @@ from gateway.files.counters import UploadCounters
 from gateway.files.receipts import ReceiptHandler
 from gateway.files.uploader import FIRST_REPEAT_S, Uploader
 from gateway.files.uploads_db import UploadsDb, new_row
-from tests.support import FakeClock
+from tests.support import FakeClock, eventually
 
 TOPICS = FileTopics("edge/gw")
 CHUNK = 1024
@@ -181,6 +181,20 @@ async def test_a_stored_receipt_with_another_sha256_keeps_the_file(tmp_path: Pat
     assert file_id in side.up.transfers and (tmp_path / "sending" / file_id).exists()
     side.receipt(Receipt(file_id, "stored", sha256=side.up.transfers[file_id].row.manifest.sha256))
     assert side.states() == ["sent", "stored"] and not (tmp_path / "sending" / file_id).exists()
+
+
+async def test_the_next_chunk_is_read_ahead_in_a_thread_and_taken_when_ready(tmp_path: Path) -> None:
+    side = Side(tmp_path, FakeClock(0.0))
+    data = os.urandom(3 * CHUNK)
+    side.add("a.bin", data)
+    side.send_all(limit=2)  # the manifest and chunk 0; chunk 1 is read ahead
+    counters = side.up.counters
+    for index in (1, 2):
+        await eventually(side.up.prefetch.ready)
+        (item,) = side.send_all(limit=1)
+        assert decode_chunk(item.payload).data == data[index * CHUNK:(index + 1) * CHUNK]
+    assert counters.chunks_read_ahead == 2 and counters.chunks_sent == 3 and side.states() == ["sent"]
+    side.up.prefetch.close()
 
 
 @pytest.mark.parametrize(("topic_id", "payload", "reason"), [
