@@ -31,6 +31,8 @@ _FILES_UP = (  # edge_files_up_<field>: help (counters)
     ("manifests_sent", "Manifests published"),
     ("bytes", "Chunk data bytes published on the bulk lane"),
     ("receipts", "Receipts from the receiver taken in"),
+    ("chunks_read_ahead", "Chunks read and hashed ahead in a worker thread, ready when wanted"),
+    ("not_taken", "Outbox files left for the next scan (unreadable, the upload state not writable)"),
     ("scan_errors", "Unexpected errors of the outbox loop (a bug: see the log)"),
 )
 
