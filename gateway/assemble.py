@@ -26,7 +26,7 @@ from gateway.control.answered import AnsweredCommands
 from gateway.control.commands import CommandRouter
 from gateway.control.config_push import ConfigPusher, PushedConfigFile
 from gateway.files.device_contract import DeviceFileTopics
-from gateway.files.device_handoff import into_outbox, into_uploads
+from gateway.files.device_handoff import into_uploads, no_uploads
 from gateway.files.device_intake import DeviceIntake, Publish
 from gateway.files.device_receiver import DeviceReceiver, Limits, OnFile
 from gateway.files.device_staging import bytes_under
@@ -99,7 +99,8 @@ def build_forwarder(cfg: GatewayConfig, buffer: DiskBuffer, delivery: DeliveryAc
         drain=DrainPolicy(up.backlog_per_live, up.max_bytes_per_s, burst_bytes=max(65536, cfg.batch.max_bytes),
                           max_loop_lag_s=up.drain_max_loop_lag_ms / 1000),
         bulk=uploads.uploader if uploads is not None else None,
-        bulk_policy=BulkPolicy(files.window, files.max_bytes_per_s, burst_bytes=max(65536, files.chunk_bytes)),
+        bulk_policy=BulkPolicy(files.window, files.max_bytes_per_s, burst_bytes=max(65536, files.chunk_bytes),
+                               item_bytes=files.chunk_bytes + 1024),  # a chunk, its header and topic
     )
 
 
@@ -224,7 +225,7 @@ def build_parts(cfg: GatewayConfig, secrets: Secrets) -> Parts:
     ingest = Ingest(cfg.local_broker.ingest_queue_max, delivery.ingest_overflow, stages.decoder.is_control)
     # device file uploads are taken out before ingest (they never reach the decoder) and answered
     # through the local broker (built just below)
-    hand_off = into_outbox(cfg.outbox_dir) if uploads is None else into_uploads(uploads.outbox, lambda: uploads.loop)
+    hand_off = no_uploads if uploads is None else into_uploads(uploads.outbox, lambda: uploads.loop)
     device_files = build_device_intake(cfg, lambda topic, payload: local.deliver(topic, payload),  # noqa: PLW0108
                                        hand_off)
     # the command router and the embedded broker need each other: the router delivers through the

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from bridge.protocol.files import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
+from bridge.protocol.files import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MAX_MANIFEST_BYTES, MIN_CHUNK_BYTES
 from bridge.protocol.topics import DEFAULT_PREFIX, ID_RULE, TopicPattern, valid_id
 from gateway.config_types import (
     NonNegFloat,
@@ -267,8 +267,12 @@ class FilesSection(Strict):
     max_disk_bytes: PositiveInt = 1024 * 1024 * 1024  # all transfers on disk, apart from the telemetry buffer
     window: Annotated[int, Field(ge=1, le=32)] = 2  # chunks in flight on the bulk lane
     max_bytes_per_s: NonNegFloat = 0.0  # the bulk lane's own cap; 0 = none (the uplink's cap applies too)
-    max_attempts: Annotated[int, Field(ge=1, le=1000)] = 20  # sends of one chunk before the transfer fails
-    keep_sent_s: NonNegFloat = 86400.0  # a sent file waits this long for the receiver's "stored" before it is deleted
+    max_attempts: Annotated[int, Field(ge=1, le=1000)] = 20  # sends of one chunk (or the manifest) before it fails
+    # a file whose manifest is larger is refused (too_large): set it below the cloud broker's packet limit
+    max_manifest_bytes: Annotated[int, Field(ge=1024, le=MAX_MANIFEST_BYTES)] = MAX_MANIFEST_BYTES
+    # a sent file waits this long for the receiver's "stored", then it is set aside (outbox/.rejected/, expired)
+    keep_sent_s: Annotated[float, Field(ge=60)] = 86400.0
+    rejected_keep: Annotated[int, Field(ge=1)] = 100  # files kept in outbox/.rejected/ (the newest; older are deleted)
     scan_interval_s: PositiveFloat = 1.0  # how often the outbox is looked at
     stall_s: PositiveFloat = 30.0  # a download that got no chunk this long asks for what it misses (doubling to 10 min)
     device_uploads: bool = True  # devices may send files on devices/{device_id}/files/...

@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from bridge.protocol.files import FileRejected, check_name
+from bridge.transfer.plan import check_extras
 from gateway.atomic_file import atomic_write
 from gateway.cli_common import CONFIG_OPTION, err_console, load_or_exit
 from gateway.files.outbox import meta_path
@@ -78,7 +79,11 @@ def send(path: Path, name: str | None, content_type: str, meta_pairs: tuple[str,
     except FileRejected as exc:
         _fail(f"bad name: {exc}", 2)
         return
-    meta = _meta(meta_pairs)
+    try:
+        content_type, meta = check_extras(content_type, _meta(meta_pairs))
+    except FileRejected as exc:
+        _fail(f"bad --content-type or --meta: {exc}", 2)
+        return
     size = path.stat().st_size
     if size > cfg.files.max_file_bytes:
         _fail(f"{path} has {size} bytes, files.max_file_bytes is {cfg.files.max_file_bytes}", 2)

@@ -4,12 +4,18 @@ the small scheduler that sends them with the slots and bytes the other lanes lea
 The source is the one owner of its items' state (what is waiting, what is in flight, what was sent
 before); the forwarder asks it, like it asks the :class:`~bridge.uplink.store.RecordStore`:
 :meth:`BulkSource.take` lends items out, :meth:`BulkSource.settle` returns each one after its PUBACK
-(``ok``) or a failure, :meth:`BulkSource.release_all` takes back everything in flight when a
-connection ends (sent again later, flagged as a resend by the source).
+(``ok``) or a failure (an attempt: the source gives up after its limit), :meth:`BulkSource.reject`
+after a permanent refusal, :meth:`BulkSource.release_all` takes back everything in flight when a
+connection ends (sent again later, flagged as a resend by the source). After any failed publish the
+lane pauses for a second.
 
 The lane (:class:`BulkLane`) goes last: only while no control record waits and no live telemetry
 batch waits, never into the connection slots reserved for control and for telemetry, with its own
-window and its own byte-rate cap on top of the uplink-wide one. Bulk is always QoS 1.
+window and its own byte-rate cap on top of the uplink-wide one. Under the uplink-wide cap it never
+borrows: an item goes only when the shared bucket holds all of it plus half the bucket (kept for
+telemetry), so a chunk never leaves live telemetry waiting for the bucket to refill. With a cap
+set, at most about one second of the (lowest) cap is in flight (at least one item), so a chunk
+queued in the socket delays a later control record by at most that. Bulk is always QoS 1.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from bridge.uplink.pacing import TokenBucket
 log = logging.getLogger(__name__)
 
 BULK_QOS = 1
-RETRY_PAUSE_S = 1.0  # after a broker's "retry later" PUBACK
+IN_FLIGHT_S = 1.0  # with a byte-rate cap: seconds of it bulk may have in flight
+RETRY_PAUSE_S = 1.0  # after a failed publish: the lane waits, it never spins on a refusal
 
 __all__ = ["BULK_QOS", "BulkItem", "BulkLane", "BulkPolicy", "BulkSource"]
 
@@ -60,6 +67,11 @@ class BulkSource(Protocol):
         later, counting the attempt)."""
         ...
 
+    def reject(self, key: str, reason: str) -> None:
+        """The broker refused the item for good (not authorized, packet too large): sending it
+        again cannot help, the source gives it up."""
+        ...
+
     def release(self, key: str) -> None:
         """The item was not sent after all (the connection would not take it): it waits again,
         no attempt counted."""
@@ -80,6 +92,7 @@ class BulkPolicy:
     window: int = 2  # items in flight
     max_bytes_per_s: float = 0.0  # the lane's own cap; 0 = none (the uplink-wide cap applies too)
     burst_bytes: int = 65536
+    item_bytes: int = 65536 + 1024  # the largest item (a chunk with its header and topic): what a cap must hold
 
 
 class BulkLane:
@@ -95,6 +108,7 @@ class BulkLane:
         self._clock = clock
         self._connection = 0
         self._sent_at: dict[str, float] = {}  # in flight: when it went out
+        self._sizes: dict[str, int] = {}  # in flight: bytes
         self._paused_until = 0.0
         self.sent = 0  # messages published
         self.bytes = 0  # payload bytes published
@@ -108,10 +122,10 @@ class BulkLane:
             return pause
         free = min(self.policy.window - self.source.in_flight(), free_slots)
         while free > 0 and self.source.available() > 0:
-            wait = max(b.wait_s() for b in (self._bucket, uplink) if b is not None) \
-                if self._bucket is not None or uplink is not None else 0.0
-            if wait > 0:
+            if (wait := self._wait_s(uplink)) > 0:
                 return wait
+            if self._sizes and sum(self._sizes.values()) + self.policy.item_bytes > self._max_in_flight(uplink):
+                return None  # about a second of the cap is on its way: the next PUBACK wakes us
             items = self.source.take(1)
             if not items:
                 return None
@@ -132,22 +146,41 @@ class BulkLane:
             self.sent += 1
             self.bytes += len(item.payload)
             self._sent_at[item.key] = self._clock()
+            self._sizes[item.key] = size
             fut.add_done_callback(functools.partial(self._done, self._connection, item.key))
             free -= 1
         return None
+
+    def _wait_s(self, uplink: TokenBucket | None) -> float:
+        """How long until both caps let the next item go (0 = now). The lane's own bucket is only
+        bulk's and may go below zero; the shared one must hold the item and a telemetry reserve."""
+        waits = [0.0]
+        if self._bucket is not None:
+            waits.append(self._bucket.wait_s())
+        if uplink is not None:
+            waits.append(uplink.wait_for_s(self.policy.item_bytes + uplink.burst / 2))
+        return max(waits)
+
+    def _max_in_flight(self, uplink: TokenBucket | None) -> float:
+        """Bytes bulk may have in flight: about one second of the lowest cap (no bound without one)."""
+        rates = [b.rate for b in (self._bucket, uplink) if b is not None]
+        return min(rates) * IN_FLIGHT_S if rates else float("inf")
 
     def _done(self, connection: int, key: str, fut: asyncio.Future[None]) -> None:
         exc = None if fut.cancelled() else fut.exception()
         if connection != self._connection:
             return  # released when its connection ended
         self._sent_at.pop(key, None)
-        if isinstance(exc, PublishRejected) and not exc.permanent:  # the broker asks to retry later:
-            self._paused_until = self._clock() + RETRY_PAUSE_S  # not an attempt, the lane pauses
-            log.warning("broker asked us to retry %s later: %s", key, exc)
-            self.source.release(key)
-        elif fut.cancelled() or exc is not None:
+        self._sizes.pop(key, None)
+        if fut.cancelled() or exc is not None:
             self.failed += 1
-            self.source.settle(key, False)
+            self._paused_until = self._clock() + RETRY_PAUSE_S
+            if isinstance(exc, PublishRejected) and exc.permanent:
+                log.warning("broker refused %s for good: %s", key, exc)
+                self.source.reject(key, f"refused by the broker: {exc.reason} (0x{exc.reason_code:02X})")
+            else:  # "retry later" or lost: an attempt, counted against the source's limit
+                log.warning("bulk publish of %s failed: %s", key, exc)
+                self.source.settle(key, False)
         else:
             self.acked += 1
             self.source.settle(key, True)
@@ -160,6 +193,7 @@ class BulkLane:
     def connection_ended(self) -> None:
         self._connection += 1
         self._sent_at.clear()
+        self._sizes.clear()
         released = self.source.release_all()
         if released:
             log.info("%d bulk message(s) sent without a PUBACK go again on the next connection", released)

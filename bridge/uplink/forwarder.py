@@ -115,9 +115,10 @@ class Forwarder:
 
     def oldest_unacked_s(self) -> float:
         """How long the oldest record in flight has waited for its PUBACK (0 when none is in flight).
-        PUBACKs of other records do not reset it: one lost publish is noticed while the rest flow."""
-        bulk = self.bulk.oldest_s() if self.bulk is not None else 0.0
-        return max(self._store.oldest_lease_s(), bulk)
+        PUBACKs of other records do not reset it: one lost publish is noticed while the rest flow.
+        Bulk messages do not count: a large chunk on a slow link may take longer than the ack
+        timeout to go out whole (a dead link is still noticed by keepalive and the other lanes)."""
+        return self._store.oldest_lease_s()
 
     async def pump(self, conn: MqttConnection, stop: asyncio.Event, drain_timeout_s: float = 5.0) -> None:
         """Send over ``conn`` until it closes or ``stop`` is set (then wait for in-flight acks)."""

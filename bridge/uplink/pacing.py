@@ -34,6 +34,13 @@ class TokenBucket:
         self._refill()
         return 0.0 if self._tokens > 0 else -self._tokens / self.rate + 1e-3
 
+    def wait_for_s(self, amount: float) -> float:
+        """Seconds until the bucket holds ``amount`` bytes (at most ``burst``; 0 = now): for a sender
+        that must not take the bucket below zero."""
+        self._refill()
+        missing = min(amount, self.burst) - self._tokens
+        return 0.0 if missing <= 0 else missing / self.rate + 1e-3
+
     def spend(self, size: int) -> None:
         self._refill()
         self._tokens -= size

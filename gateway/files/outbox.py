@@ -5,9 +5,10 @@ planned (:func:`bridge.transfer.plan.plan_file`), recorded in ``uploads.db`` and
 Names starting with ``.`` and anything that is not a regular file are left alone. A file with a
 bad name or above ``files.max_file_bytes`` (or above the whole ``files.max_disk_bytes``) is moved to
 ``outbox/.rejected/`` beside a ``{name}.reason`` text file and counted by reason; so is a file whose
-upload failed. A file that does not fit the disk budget beside the transfers under way waits in
-the outbox. ``.{name}.meta`` (JSON: ``content_type``, ``meta``), written by ``edge-gateway files send``
-before it renames the file in, gives the manifest its content type and metadata.
+upload failed or expired. Only the newest ``files.rejected_keep`` files stay there. A file that does
+not fit the disk budget beside the transfers under way waits in the outbox. ``.{name}.meta``
+(JSON: ``content_type``, ``meta``), written by ``edge-gateway files send`` before it renames the
+file in, gives the manifest its content type and metadata.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from gateway.files.uploads_db import FilesError, new_row
 log = logging.getLogger(__name__)
 
 REJECTED = ".rejected"
+REJECTED_KEEP = 100
 
 
 def meta_path(outbox: Path, name: str) -> Path:
@@ -50,8 +52,9 @@ def _read_meta(outbox: Path, name: str) -> dict[str, Any]:
     return obj
 
 
-def set_aside(path: Path, outbox: Path, name: str, reason: str) -> None:
-    """Move ``path`` to ``outbox/.rejected/`` (under ``name``, made unique) with a ``.reason`` file."""
+def set_aside(path: Path, outbox: Path, name: str, reason: str, keep: int = REJECTED_KEEP) -> None:
+    """Move ``path`` to ``outbox/.rejected/`` (under ``name``, made unique) with a ``.reason`` file;
+    only the newest ``keep`` files stay there (with their ``.reason``)."""
     target_dir = outbox / REJECTED
     try:
         target_dir.mkdir(parents=True, exist_ok=True)
@@ -63,6 +66,25 @@ def set_aside(path: Path, outbox: Path, name: str, reason: str) -> None:
         target.with_name(target.name + ".reason").write_text(reason + "\n", "utf-8")
     except OSError as exc:
         log.error("could not set %s aside (%s): %s", path, reason, exc)
+    prune_rejected(target_dir, keep)
+
+
+def prune_rejected(rejected: Path, keep: int) -> int:
+    """Delete all but the newest ``keep`` files of ``rejected`` (and their ``.reason``); returns how many."""
+    try:
+        files = [(e.stat().st_mtime_ns, e.name) for e in os.scandir(rejected)
+                 if e.is_file(follow_symlinks=False) and not e.name.endswith(".reason")]
+    except OSError as exc:
+        log.warning("cannot read %s: %s", rejected, exc)
+        return 0
+    old = sorted(files, reverse=True)[keep:]
+    for _, name in old:
+        for gone in (rejected / name, rejected / f"{name}.reason"):
+            with contextlib.suppress(OSError):
+                gone.unlink()
+    if old:
+        log.info("%d old file(s) deleted from %s (files.rejected_keep = %d)", len(old), rejected, keep)
+    return len(old)
 
 
 class Outbox:
@@ -118,15 +140,17 @@ class Outbox:
             extra = _read_meta(self.dir, name)
             manifest = await asyncio.to_thread(
                 plan_file, path, chunk_size=self._cfg.chunk_bytes, max_size=limit,
+                max_manifest_bytes=self._cfg.max_manifest_bytes,
                 content_type=extra.get("content_type") or "application/octet-stream", meta=extra.get("meta"))
             self.queue(path, manifest)
         except FileRejected as exc:
             self.counters.rejected[exc.reason] += 1
             log.warning("outbox file %r refused: %s", name, exc)
-            set_aside(path, self.dir, name, f"{exc.reason}: {exc}")
+            set_aside(path, self.dir, name, f"{exc.reason}: {exc}", self._cfg.rejected_keep)
             meta_path(self.dir, name).unlink(missing_ok=True)
             return 0
         except (OSError, FilesError) as exc:  # gone meanwhile, unreadable, or the state is not writable
+            self.counters.not_taken += 1
             log.warning("outbox file %r not taken yet: %s", name, exc)
             return 0
         return 1
@@ -147,7 +171,7 @@ class Outbox:
         ``FileRejected`` or ``OSError``."""
         limit = min(self._cfg.max_file_bytes, self._cfg.max_disk_bytes)
         return plan_file(path, chunk_size=self._cfg.chunk_bytes, name=name, content_type=content_type,
-                         meta=meta, device=device, max_size=limit)
+                         meta=meta, device=device, max_size=limit, max_manifest_bytes=self._cfg.max_manifest_bytes)
 
     def queue(self, path: Path, manifest: Manifest) -> None:
         """Record ``manifest`` and move ``path`` to ``sending/`` (on the event loop). Raises

@@ -1,6 +1,7 @@
 """Receipts from the upload's receiver (``{prefix}/files/up/{id}/receipt``, JSON, see
 :func:`bridge.protocol.files.decode_receipt`): ``missing`` queues chunks (and the manifest) again,
-``stored`` ends the transfer (the file is deleted), ``failed`` ends it with the receiver's reason.
+``stored`` ends the transfer (the file is deleted; not when the receipt names another SHA-256:
+that is counted as ``hash_mismatch`` and the file kept), ``failed`` ends it with the receiver's reason.
 A bad receipt, or one for a file this gateway never sent, is counted as a rejection by reason; a
 receipt for a transfer already over (a repeated ``stored``) is counted in ``receipts_late``."""
 
@@ -43,7 +44,7 @@ class ReceiptHandler:
         if receipt.state == "missing":
             known = up.resend(receipt.id, receipt.missing, receipt.manifest)
         else:
-            known = up.finish(receipt.id, receipt.state, receipt.reason)
+            known = up.finish(receipt.id, receipt.state, receipt.reason, receipt.sha256)
         if known:
             return
         try:

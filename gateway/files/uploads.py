@@ -32,10 +32,10 @@ class Uploads:
                  wake: Callable[[], None], other_bytes: Callable[[], int] = lambda: 0) -> None:
         self.counters = UploadCounters()
         self.db = UploadsDb(uploads_db_path(cfg))
-        outbox_dir = cfg.outbox_dir
+        outbox_dir, keep = cfg.outbox_dir, cfg.files.rejected_keep
 
         def gone(path: Path, name: str, reason: str) -> None:
-            set_aside(path, outbox_dir, name, f"failed: {reason}")
+            set_aside(path, outbox_dir, name, f"failed: {reason}", keep)
 
         self.uploader = Uploader(self.db, cfg.files_dir / SENDING, topics, self.counters,
                                  max_attempts=cfg.files.max_attempts, keep_sent_s=cfg.files.keep_sent_s,
@@ -59,4 +59,5 @@ class Uploads:
 
     def close(self) -> None:
         self.uploader.save()
+        self.uploader.prefetch.close()
         self.db.close()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bridge.protocol.files import Manifest, decode_manifest, encode_manifest
+from bridge.protocol.files import MALFORMED, FileRejected, Manifest, check_name, decode_manifest, encode_manifest
 from gateway.errors import TransientError
 
 HISTORY_KEEP = 200
@@ -95,22 +95,48 @@ class UploadsDb:
             self._db.execute("BEGIN")
             yield self._db
             self._db.execute("COMMIT")
-        except (OSError, sqlite3.Error) as exc:
+        except BaseException as exc:  # whatever went wrong, the transaction ends here: later ones can begin
             if self._db.in_transaction:
                 self._db.rollback()
-            raise FilesError(f"{self.path}: {exc}") from exc
+            if isinstance(exc, (OSError, sqlite3.Error)):
+                raise FilesError(f"{self.path}: {exc}") from exc
+            raise
 
-    def load(self) -> list[UploadRow]:
-        """Every transfer under way, oldest first."""
+    def load(self) -> tuple[list[UploadRow], list[tuple[str, str, str]]]:
+        """Every transfer under way, oldest first, and the ``(id, name, reason)`` of the rows that cannot
+        be read back (written by an older version, damaged): those become failed history entries,
+        one by one, so one bad row never stops the others."""
         with self._tx() as db:
-            rows = db.execute("SELECT manifest, state, acked, attempts, created_ms, sent_ms FROM uploads "
+            rows = db.execute("SELECT id, manifest, state, acked, attempts, created_ms, sent_ms FROM uploads "
                               "ORDER BY created_ms, id").fetchall()
-        out = []
-        for manifest, state, acked, attempts, created, sent in rows:
-            counts: array[int] = array("I")
-            counts.frombytes(attempts)
-            out.append(UploadRow(decode_manifest(manifest.encode()), state, bytearray(acked), counts, created, sent))
-        return out
+        out: list[UploadRow] = []
+        bad: list[tuple[str, str, str]] = []
+        for file_id, manifest, state, acked, attempts, created, sent in rows:
+            try:
+                counts: array[int] = array("I")
+                counts.frombytes(attempts)
+                m = decode_manifest(manifest.encode())
+                if len(counts) != m.chunks or len(acked) != m.chunks:
+                    raise FileRejected(MALFORMED, "its progress does not fit its manifest")
+            except (FileRejected, ValueError, TypeError, AttributeError) as exc:
+                reason = f"unreadable upload state: {exc}"[:200]
+                bad.append((str(file_id), self._fail_unreadable(str(file_id), manifest, created, reason), reason))
+                continue
+            out.append(UploadRow(m, state, bytearray(acked), counts, created, sent))
+        return out, bad
+
+    def _fail_unreadable(self, file_id: str, manifest: object, created_ms: int, reason: str) -> str:
+        """Move an unreadable row to the history as failed; returns the name it had (or its id)."""
+        try:
+            obj = json.loads(str(manifest))
+            name, size, sha = check_name(obj.get("name")), int(obj.get("size", 0)), str(obj.get("sha256", ""))
+        except (ValueError, TypeError, AttributeError, FileRejected):
+            name, size, sha = file_id, 0, ""
+        with self._tx() as db:
+            db.execute("DELETE FROM uploads WHERE id = ?", (file_id,))
+            db.execute("INSERT OR REPLACE INTO history VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (file_id, name, size, sha, "failed", reason, created_ms, now_ms()))
+        return name
 
     def insert(self, row: UploadRow) -> None:
         with self._tx() as db:

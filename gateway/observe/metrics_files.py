@@ -25,12 +25,14 @@ _FILES_UP = (  # edge_files_up_<field>: help (counters)
     ("sent", "Uploads whose every chunk the cloud broker acknowledged"),
     ("stored", "Uploads the receiver stored whole (receipt stored)"),
     ("failed", "Uploads given up (max attempts, refused by the receiver, the file changed)"),
-    ("expired", "Sent uploads deleted after files.keep_sent_s without a receipt"),
+    ("expired", "Sent uploads set aside after files.keep_sent_s without a receipt"),
     ("chunks_sent", "Chunks published the first time"),
     ("chunks_resent", "Chunks published again (reconnect, restart, receiver asked)"),
     ("manifests_sent", "Manifests published"),
     ("bytes", "Chunk data bytes published on the bulk lane"),
     ("receipts", "Receipts from the receiver taken in"),
+    ("chunks_read_ahead", "Chunks read and hashed ahead in a worker thread, ready when wanted"),
+    ("not_taken", "Outbox files left for the next scan (unreadable, the upload state not writable)"),
     ("scan_errors", "Unexpected errors of the outbox loop (a bug: see the log)"),
 )
 

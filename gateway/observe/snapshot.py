@@ -232,6 +232,8 @@ class FilesUpBlock:
     receipts: int = 0
     rejected: Counts = field(default_factory=_empty)
     receipts_rejected: Counts = field(default_factory=_empty)
+    chunks_read_ahead: int = 0  # chunks read and hashed in the worker thread before they were wanted
+    not_taken: int = 0  # outbox files left for the next scan (unreadable, the upload state not writable)
     scan_errors: int = 0
 
 

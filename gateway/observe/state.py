@@ -175,7 +175,7 @@ class GatewayState:
             stored=c.files_stored, failed=c.files_failed, expired=c.files_expired, chunks_sent=c.chunks_sent,
             chunks_resent=c.chunks_resent, manifests_sent=c.manifests_sent, bytes=c.bulk_bytes, receipts=c.receipts,
             rejected=frozen_counts(c.rejected), receipts_rejected=frozen_counts(c.receipts_rejected),
-            scan_errors=c.scan_errors)
+            chunks_read_ahead=c.chunks_read_ahead, not_taken=c.not_taken, scan_errors=c.scan_errors)
     def _downloads(self) -> DownloadsBlock:
         if self.downloads is None:
             return DownloadsBlock()

@@ -16,6 +16,7 @@ from bridge.mqtt.connection import MqttConnection
 from bridge.mqtt.types import ClientSettings
 from bridge.uplink.bulk import BulkItem, BulkLane, BulkPolicy
 from bridge.uplink.forwarder import Forwarder, LanePolicy
+from bridge.uplink.pacing import TokenBucket
 from bridge.uplink.store import Lane
 from gateway.store.buffer import Budget, DiskBuffer
 from tests.e2e.fake_broker import publish_topic_and_id, read_packet
@@ -38,6 +39,7 @@ class ListSource:
         self.released = 0
         self.not_sent = 0  # released one by one: never went out, or the broker asked to retry later
         self.failed = 0
+        self.rejected: list[tuple[str, str]] = []
 
     def available(self) -> int:
         return len(self.waiting)
@@ -59,6 +61,10 @@ class ListSource:
         else:
             self.failed += 1
             self.waiting.insert(0, item)
+
+    def reject(self, key: str, reason: str) -> None:
+        self.out.pop(key)
+        self.rejected.append((key, reason))
 
     def release(self, key: str) -> None:
         self.not_sent += 1
@@ -131,13 +137,16 @@ async def test_window_and_byte_cap_hold_counted_in_bytes(tmp_path: Path, mosquit
     source = ListSource(50, 1000)
     item_bytes = 1000 + len("edge/gw/files/up/x/chunk")
     # the bucket holds max(burst, one second of the rate) = 5000 bytes
-    lane = BulkLane(source, BulkPolicy(window=8, max_bytes_per_s=5000, burst_bytes=3000), on_settled=lambda: None,
-                    clock=clock)
+    lane = BulkLane(source, BulkPolicy(window=8, max_bytes_per_s=5000, burst_bytes=3000, item_bytes=item_bytes),
+                    on_settled=lambda: None, clock=clock)
     conn = await MqttConnection.open(mosquitto.url, ClientSettings(client_id="gw", protocol="5", max_inflight=50))
     try:
         def fill() -> None:
             lane.fill(conn, conn.free_slots, None)
 
+        fill()
+        assert source.published == 4  # about one second of the cap in flight (4 x 1024 bytes of 5000)
+        await eventually(lambda: len(source.acked) == 4)
         fill()
         assert source.published == 5  # a full bucket: 5 items (the fifth overdraws it)
         await eventually(lambda: len(source.acked) == 5)
@@ -149,7 +158,7 @@ async def test_window_and_byte_cap_hold_counted_in_bytes(tmp_path: Path, mosquit
             await eventually(lambda: source.in_flight() == 0)
             # never more than the bucket + rate x elapsed + one item's overdraw
             assert source.published * item_bytes <= 5000 + 5000 * second + item_bytes
-        assert source.published >= 25  # and the cap is used, not starved
+        assert source.published >= 25  # and the cap is used, not starved (4 in flight per second at most)
         windowed = ListSource(50, 1000)
         lane = BulkLane(windowed, BulkPolicy(window=4), on_settled=lambda: None)
         lane.fill(conn, conn.free_slots, None)
@@ -169,8 +178,9 @@ async def test_window_and_byte_cap_hold_counted_in_bytes(tmp_path: Path, mosquit
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-def _broker_answering(codes: list[int]) -> Serve:
-    """MQTT 5 broker stand-in: the PUBACKs of the first publishes carry ``codes``, then success."""
+def _broker_answering(codes: list[int], ack: bool = True) -> Serve:
+    """MQTT 5 broker stand-in: the PUBACKs of the first publishes carry ``codes``, then success
+    (no PUBACK at all without ``ack``)."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -178,7 +188,7 @@ def _broker_answering(codes: list[int]) -> Serve:
                 head, body = await read_packet(reader)
                 if head >> 4 == 1:  # CONNECT
                     writer.write(b"\x20\x03\x00\x00\x00")
-                elif head >> 4 == 3 and (head >> 1) & 3:
+                elif head >> 4 == 3 and (head >> 1) & 3 and ack:
                     _topic, packet_id = publish_topic_and_id(body)
                     writer.write(b"\x40\x03" + packet_id + bytes([codes.pop(0) if codes else 0]))
                 await writer.drain()
@@ -188,7 +198,10 @@ def _broker_answering(codes: list[int]) -> Serve:
     return serve
 
 
-async def test_retry_later_pauses_the_lane_without_an_attempt_and_a_refusal_is_one() -> None:
+async def test_a_failed_publish_is_an_attempt_that_pauses_the_lane_and_a_refusal_gives_the_item_up() -> None:
+    """A "retry later" PUBACK counts as an attempt (so the source's limit ends a refusal that never
+    clears) and pauses the lane instead of sending again at once; a permanent refusal goes to
+    ``reject``: the source gives the item up, it is not sent again."""
     server = await asyncio.start_server(_broker_answering([0x97, 0x87]), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     clock = FakeClock(0.0)
@@ -197,15 +210,72 @@ async def test_retry_later_pauses_the_lane_without_an_attempt_and_a_refusal_is_o
     conn = await MqttConnection.open(f"mqtt://127.0.0.1:{port}", ClientSettings(client_id="gw", protocol="5"))
     try:
         lane.fill(conn, 10, None)
-        await eventually(lambda: source.not_sent == 1)  # 0x97 quota exceeded: back, not counted as failed
-        assert source.failed == 0 and [i.key for i in source.waiting] == ["0", "1"]
+        await eventually(lambda: source.failed == 1)  # 0x97 quota exceeded: an attempt, the item waits again
+        assert source.not_sent == 0 and [i.key for i in source.waiting] == ["0", "1"]
         assert lane.fill(conn, 10, None) == 1.0 and source.in_flight() == 0  # paused
         clock.advance(1.0)
         lane.fill(conn, 10, None)
-        await eventually(lambda: source.failed == 1)  # 0x87 not authorized: a failed attempt
+        await eventually(lambda: len(source.rejected) == 1)  # 0x87 not authorized: given up
+        assert source.rejected[0][0] == "0" and "0x87" in source.rejected[0][1]
+        assert lane.fill(conn, 10, None) == 1.0 and source.published == 2  # paused again: no hot loop
+        clock.advance(1.0)
         lane.fill(conn, 10, None)
-        await eventually(lambda: source.acked == ["0"])
+        await eventually(lambda: source.acked == ["1"])
+        assert source.published == 3 and lane.failed == 2
     finally:
         await conn.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_bulk_never_borrows_from_the_uplink_cap_and_keeps_about_a_second_of_it_in_flight(
+        mosquitto: Mosquitto) -> None:
+    """Under a shared 8 kB/s uplink cap a 60 kB chunk goes only when the bucket holds it and half the
+    bucket for telemetry: live telemetry then never waits for a chunk's bytes to drain (counted in
+    the bucket's bytes, not timed). With a lane cap of 20 kB/s at most ~1 s of it is in flight."""
+    clock = FakeClock(0.0)
+    source = ListSource(4, 60_000)
+    item_bytes = 60_000 + 100
+    uplink = TokenBucket(8000, 65536, clock)
+    lane = BulkLane(source, BulkPolicy(window=4, item_bytes=item_bytes), on_settled=lambda: None, clock=clock)
+    conn = await MqttConnection.open(mosquitto.url, ClientSettings(client_id="gw", protocol="5", max_inflight=50))
+    try:
+        assert lane.fill(conn, 10, uplink) is not None and source.published == 1  # a full bucket: one chunk
+        await eventually(lambda: source.acked == ["0"])
+        wait = lane.fill(conn, 10, uplink)
+        assert source.published == 1 and wait is not None and wait > 0  # it waits for the bucket to refill
+        assert uplink.wait_s() == 0.0  # what is left is telemetry's: a live batch goes at once
+        clock.advance(wait)
+        lane.fill(conn, 10, uplink)
+        assert source.published == 2 and uplink.wait_s() == 0.0
+        capped = ListSource(8, 8000)
+        lane = BulkLane(capped, BulkPolicy(window=8, max_bytes_per_s=20_000, item_bytes=8100),
+                        on_settled=lambda: None, clock=clock)
+        lane.fill(conn, 10, None)
+        assert capped.published == 2  # 2 x 8100 bytes of the 20 000 a second allows; the window would take 8
+        await eventually(lambda: len(capped.acked) == 2)
+        lane.fill(conn, 10, None)
+        assert capped.published == 4
+    finally:
+        await conn.close()
+
+
+async def test_bulk_in_flight_does_not_count_towards_the_ack_timeout(tmp_path: Path) -> None:
+    """A broker that never acknowledges: the chunk waits, but the forwarder's oldest unacknowledged
+    age (what the ack timeout tears the link down on) is the control and telemetry records' only."""
+    server = await asyncio.start_server(_broker_answering([], ack=False), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    buf = _buffer(tmp_path / "buf")
+    fw = Forwarder(buf, POLICIES, on_delivered=lambda r, n: None, on_rejected=lambda r, w: None,
+                   bulk=ListSource(1, 100))
+    conn = await MqttConnection.open(f"mqtt://127.0.0.1:{port}", ClientSettings(client_id="gw", protocol="5"))
+    try:
+        assert fw.bulk is not None
+        fw.bulk.fill(conn, 10, None)
+        await eventually(lambda: fw.bulk is not None and fw.bulk.oldest_s() > 0)
+        assert fw.oldest_unacked_s() == 0.0
+    finally:
+        await conn.close()
+        buf.close()
         server.close()
         await server.wait_closed()

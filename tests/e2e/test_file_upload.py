@@ -8,6 +8,8 @@ import hashlib
 import os
 from pathlib import Path
 
+import pytest
+
 from gateway.files.uploads import SENDING
 from tests.e2e.file_receiver import FileReceiver, drop
 from tests.e2e.harness import gateway_config, running_gateway
@@ -56,26 +58,34 @@ async def test_a_too_large_file_and_a_bad_name_are_set_aside_with_a_reason(
         assert counters.files_queued == 0
 
 
-async def test_a_chunk_never_acknowledged_fails_the_transfer_after_max_attempts(
-        tmp_path: Path, mosquitto: Mosquitto) -> None:
-    """mosquitto refuses messages above its max_packet_size: each send of the chunk fails (the
-    connection drops), until the transfer is given up with a FileStatus ``failed``."""
+@pytest.mark.parametrize(("chunk_bytes", "size", "reason"), [
+    (4096, 6000, "chunk 0 was sent 3 times"),  # a chunk above the limit
+    (1024, 60 * 1024, "the manifest was sent 3 times"),  # 1 KiB chunks fit, their manifest (~4.5 KB) does not
+])
+async def test_a_message_the_broker_never_takes_fails_the_transfer_after_max_attempts(
+        tmp_path: Path, mosquitto: Mosquitto, chunk_bytes: int, size: int, reason: str) -> None:
+    """mosquitto drops the connection on a message above its max_packet_size: each send of the chunk
+    or of the manifest is an attempt, until the transfer is given up with a FileStatus ``failed``
+    (the manifest used to be sent again for ever)."""
     mosquitto.stop()
     limited = Mosquitto(port=mosquitto.port, extra_conf="max_packet_size 3000\n")
     limited.start()
-    cfg = gateway_config(tmp_path, mosquitto.url, files={"chunk_bytes": 4096, "scan_interval_s": 0.1,
+    cfg = gateway_config(tmp_path, mosquitto.url, files={"chunk_bytes": chunk_bytes, "scan_interval_s": 0.1,
                                                          "max_attempts": 3})
     receiver = await FileReceiver(tmp_path / "cloud").start(limited.url)
     try:
         async with running_gateway(cfg) as gw:
             assert gw.parts.uploads is not None
             counters = gw.parts.uploads.counters
-            await drop(cfg.outbox_dir / "too-big-chunks.bin", os.urandom(6000))
+            await drop(cfg.outbox_dir / "refused.bin", os.urandom(size))
             await eventually(lambda: counters.files_failed == 1, timeout=30)
             await eventually(lambda: [s["state"] for s in receiver.statuses] == ["failed"], timeout=30)
-            assert "sent 3 times" in receiver.statuses[0]["reason"]
-            assert counters.chunks_sent == 2 and counters.chunks_resent >= 2
-            assert (cfg.outbox_dir / ".rejected" / "too-big-chunks.bin").stat().st_size == 6000
+            assert reason in receiver.statuses[0]["reason"]
+            if chunk_bytes == 4096:
+                assert counters.chunks_sent == 2 and counters.chunks_resent >= 2
+            else:
+                assert counters.manifests_sent == 3 and counters.chunks_sent <= 1  # one beside it (window 2)
+            assert (cfg.outbox_dir / ".rejected" / "refused.bin").stat().st_size == size
     finally:
         await receiver.close()
         limited.cleanup()

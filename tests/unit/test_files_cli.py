@@ -39,7 +39,8 @@ def test_send_refuses_bad_names_bad_meta_and_too_large_files(tmp_path: Path) -> 
     cfg = _config(tmp_path)
     src = tmp_path / "x.bin"
     src.write_bytes(b"x")
-    for args in (["--name", "../evil"], ["--name", ".hidden"], ["--meta", "novalue"]):
+    for args in (["--name", "../evil"], ["--name", ".hidden"], ["--meta", "novalue"],
+                 ["--content-type", "x" * 300], ["--content-type", ""], ["--meta", "k=" + "v" * 5000]):
         result = CliRunner().invoke(main, ["files", "send", str(src), *args, "-c", str(cfg)])
         assert result.exit_code == 2, (args, result.output)
     big = tmp_path / "big.bin"

@@ -23,6 +23,16 @@ def test_token_bucket_allows_a_burst_then_paces_to_the_rate() -> None:
     assert 500 * 100 / (clock.now - 100.41) == pytest.approx(1000, rel=0.05)
 
 
+def test_wait_for_waits_until_the_bucket_holds_the_amount_capped_at_the_burst() -> None:
+    clock = FakeClock(0.0)
+    bucket = TokenBucket(rate=1000, burst=2000, clock=clock)
+    assert bucket.wait_for_s(2000) == 0 and bucket.wait_for_s(5000) == 0  # never more than the burst
+    bucket.spend(1500)
+    assert bucket.wait_s() == 0 and bucket.wait_for_s(1000) == pytest.approx(0.5, abs=0.01)  # 500 bytes held
+    clock.now += 0.5
+    assert bucket.wait_for_s(1000) == 0
+
+
 def test_token_bucket_refuses_nonsense() -> None:
     with pytest.raises(ValueError, match="positive"):
         TokenBucket(rate=0, burst=10)

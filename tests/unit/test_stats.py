@@ -52,7 +52,7 @@ def test_the_document_keeps_the_documented_layout() -> None:
     assert list(to_plain(FilesUpBlock())) == [
         "transfers", "sending_bytes", "waiting_for_space", "queued", "sent", "stored", "failed", "expired",
         "chunks_sent", "chunks_resent", "manifests_sent", "bytes", "receipts", "rejected", "receipts_rejected",
-        "scan_errors"]
+        "chunks_read_ahead", "not_taken", "scan_errors"]
 
 
 counts = st.dictionaries(st.sampled_from(["overflow", "expired", "bad_json", "deadband"]), st.integers(0, 10**9))

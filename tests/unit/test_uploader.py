@@ -19,7 +19,7 @@ from gateway.files.counters import UploadCounters
 from gateway.files.receipts import ReceiptHandler
 from gateway.files.uploader import FIRST_REPEAT_S, Uploader
 from gateway.files.uploads_db import UploadsDb, new_row
-from tests.support import FakeClock
+from tests.support import FakeClock, eventually
 
 TOPICS = FileTopics("edge/gw")
 CHUNK = 1024
@@ -126,7 +126,28 @@ async def test_failed_receipt_and_max_attempts_fail_the_transfer(tmp_path: Path)
     assert stuck not in side.up.transfers and side.up.counters.files_failed == 2
 
 
-async def test_sent_file_repeats_its_manifest_doubling_then_expires(tmp_path: Path) -> None:
+async def test_a_manifest_never_acknowledged_fails_after_max_attempts_and_a_refusal_at_once(tmp_path: Path) -> None:
+    side = Side(tmp_path, FakeClock(0.0), max_attempts=3)
+    side.add("a.bin", os.urandom(2 * CHUNK))
+    sends = 0
+    while side.up.transfers and sends < 10:  # before: the manifest went again after every failure, forever
+        sends += len(side.send_all(limit=1, ok=False))
+    assert sends == 3 and side.states() == ["failed"]
+    assert "manifest was sent 3 times" in side.statuses[0].reason and side.gone[0][0] == "a.bin"
+    side.add("b.bin", os.urandom(2 * CHUNK))
+    (item,) = side.up.take(1)
+    side.up.reject(item.key, "refused by the broker: Not authorized (0x87)")
+    assert side.states() == ["failed", "failed"] and side.up.available() == 0
+    assert side.statuses[1].reason == "the manifest refused by the broker: Not authorized (0x87)"
+    side.add("c.bin", os.urandom(2 * CHUNK))
+    side.send_all(limit=2)  # the manifest and chunk 0
+    (chunk,) = side.up.take(1)
+    side.up.reject(chunk.key, "refused by the broker: Packet too large (0x95)")
+    assert side.statuses[2].reason == "chunk 1 refused by the broker: Packet too large (0x95)"
+    assert side.up.counters.files_failed == 3 and side.up.transfers == {}
+
+
+async def test_sent_file_repeats_its_manifest_doubling_then_expires_set_aside_and_reported(tmp_path: Path) -> None:
     clock = FakeClock(0.0)
     side = Side(tmp_path, clock, keep_sent_s=3600)
     file_id = side.add("a.bin", os.urandom(CHUNK))
@@ -144,8 +165,36 @@ async def test_sent_file_repeats_its_manifest_doubling_then_expires(tmp_path: Pa
     assert row.sent_ms is not None
     row.sent_ms -= 3601 * 1000  # as if sent more than keep_sent_s ago
     side.up.tick()
-    assert side.up.counters.files_expired == 1 and not (tmp_path / "sending" / file_id).exists()
+    assert side.up.counters.files_expired == 1 and side.up.counters.files_failed == 0
     assert side.db.listing()[0]["state"] == "expired"
+    # never deleted silently: set aside (it may be the only copy) and reported as failed, reason expired
+    assert side.gone == [("a.bin", "expired")]
+    assert (side.statuses[-1].state, side.statuses[-1].reason) == ("failed", "expired")
+
+
+async def test_a_stored_receipt_with_another_sha256_keeps_the_file(tmp_path: Path) -> None:
+    side = Side(tmp_path, FakeClock(0.0))
+    file_id = side.add("a.bin", os.urandom(2 * CHUNK))
+    side.send_all()
+    side.receipt(Receipt(file_id, "stored", sha256="0" * 64))
+    assert dict(side.up.counters.receipts_rejected) == {"hash_mismatch": 1}
+    assert file_id in side.up.transfers and (tmp_path / "sending" / file_id).exists()
+    side.receipt(Receipt(file_id, "stored", sha256=side.up.transfers[file_id].row.manifest.sha256))
+    assert side.states() == ["sent", "stored"] and not (tmp_path / "sending" / file_id).exists()
+
+
+async def test_the_next_chunk_is_read_ahead_in_a_thread_and_taken_when_ready(tmp_path: Path) -> None:
+    side = Side(tmp_path, FakeClock(0.0))
+    data = os.urandom(3 * CHUNK)
+    side.add("a.bin", data)
+    side.send_all(limit=2)  # the manifest and chunk 0; chunk 1 is read ahead
+    counters = side.up.counters
+    for index in (1, 2):
+        await eventually(side.up.prefetch.ready)
+        (item,) = side.send_all(limit=1)
+        assert decode_chunk(item.payload).data == data[index * CHUNK:(index + 1) * CHUNK]
+    assert counters.chunks_read_ahead == 2 and counters.chunks_sent == 3 and side.states() == ["sent"]
+    side.up.prefetch.close()
 
 
 @pytest.mark.parametrize(("topic_id", "payload", "reason"), [
