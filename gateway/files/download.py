@@ -15,10 +15,12 @@ it survives restarts. What the gateway answers:
 - on every uplink connect (the first one after a start included), and when a transfer got no
   chunk for ``stall_s`` (doubling up to :data:`STALL_CAP_S` while nothing comes) -> ``missing``;
 - chunks dropped because too much waited for the disk -> ``missing`` for them, once the queue is empty;
-- chunks written -> ``missing`` (reason ``progress``) once nothing is left to handle, at most every
-  :data:`PROGRESS_MIN_S` (or after :data:`PROGRESS_EVERY` chunks): the pusher keeps at most its
-  window of chunks that the gateway has not confirmed this way, so chunks never pile up in the
-  broker's queue for the gateway, where a command would wait behind them.
+- chunks written -> ``missing`` (reason ``progress``) after every :data:`PROGRESS_EVERY` chunks,
+  or once no chunk came for :data:`PROGRESS_QUIET_S` (a pusher with a smaller window waits for
+  it): the pusher keeps at most its window of chunks that the gateway has not confirmed this way,
+  so chunks never pile up in the broker's queue for the gateway, where a command would wait behind
+  them. Each status is a control record the sink stores: counting chunks, not time, keeps them to
+  about one per :data:`PROGRESS_EVERY` chunks on a slow link as on a fast one.
 
 A ``missing`` status says in its ``reason`` why it was sent: ``opened`` (a new manifest),
 ``manifest`` (a manifest again), ``reconnect``, ``stalled``, ``progress`` (these list every chunk
@@ -78,8 +80,8 @@ UNKNOWN_REPEAT_S = 5.0
 QUEUE_MAX_BYTES = 16 * 1024 * 1024  # messages waiting for the disk; beyond, they are dropped (and counted)
 # why a `missing` status is sent (its `reason`), besides the refusal reasons of a chunk and BUSY:
 OPENED, AGAIN, RECONNECT, STALLED, PROGRESS = "opened", "manifest", "reconnect", "stalled", "progress"
-PROGRESS_MIN_S = 0.1  # at most this often a `progress` status per transfer...
-PROGRESS_EVERY = 16  # ...unless this many chunks were written since the last one
+PROGRESS_EVERY = 4  # a `progress` status after this many chunks written since the last one...
+PROGRESS_QUIET_S = 0.5  # ...or once the transfer got no chunk this long (a pusher's window below PROGRESS_EVERY)
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -173,7 +175,8 @@ class Downloads:
                     log.exception("downloads: unexpected error on a %s of %s", part, file_id)
             if self._dropped:
                 self._ask_dropped()
-            timeout = PROGRESS_MIN_S if self._report_progress() else min(1.0, self.stall_s)
+            due = self._report_progress()
+            timeout = min(1.0, self.stall_s) if due is None else max(due, 0.01)
             self._check_stalls()
             await self._expire()
             self._wake.clear()
@@ -298,19 +301,20 @@ class Downloads:
 
     # -- answers ------------------------------------------------------------------------------------
 
-    def _report_progress(self) -> bool:
+    def _report_progress(self) -> float | None:
         """With nothing left to handle: a ``progress`` status (the full ``missing`` list) for each
-        transfer that got chunks since its last one, so the pusher sends the next ones (its window
-        counts the chunks the gateway has not confirmed). True when one had to wait for
-        :data:`PROGRESS_MIN_S`."""
-        now, waiting = self._clock(), False
+        transfer that got chunks since its last one but none for :data:`PROGRESS_QUIET_S`, so a
+        pusher whose window is below :data:`PROGRESS_EVERY` sends the next ones. Seconds until the
+        next one is due (None: none is)."""
+        now, due = self._clock(), None
         for t in self._transfers.values():
             if t.unreported:
-                if now - t.reported_at >= PROGRESS_MIN_S:
+                wait = t.active_at + PROGRESS_QUIET_S - now
+                if wait <= 0:
                     self._ask(t.assembly, why=PROGRESS)
                 else:
-                    waiting = True
-        return waiting
+                    due = wait if due is None else min(due, wait)
+        return due
 
     def _check_stalls(self) -> None:
         if not self._link_up:
@@ -345,7 +349,7 @@ class Downloads:
         m = assembly.manifest
         t = self._transfers.get(m.id)
         if indexes is None and t is not None:  # a full list: it reports every chunk written so far
-            t.unreported, t.reported_at = 0, self._clock()
+            t.unreported = 0
         self._status(FileStatus(m.id, "down", "missing", name=m.name, size=m.size, reason=why,
                                 missing=to_ranges(missing), manifest=False, device=m.device))
 

@@ -25,7 +25,6 @@ class Transfer:
     stall_s: float
     active_at: float  # opened or a chunk written (the clock's time): idle past timeout_s, it expires
     unreported: int = 0  # chunks written since the last full `missing` list
-    reported_at: float = -1e9
     whole_mismatches: int = 0  # whole-file hash mismatches: the first asks for every chunk again, the second fails
 
 

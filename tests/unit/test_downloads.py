@@ -17,7 +17,7 @@ import pytest
 from bridge.protocol.files import Manifest, decode_chunk, encode_chunk, encode_manifest, new_file_id
 from bridge.protocol.records import ControlRecord, FileStatus
 from bridge.transfer.assembly import Assembly
-from gateway.files.download import STALL_CAP_S, Downloads
+from gateway.files.download import PROGRESS_EVERY, PROGRESS_QUIET_S, STALL_CAP_S, Downloads
 from gateway.files.download_counters import UNSOLICITED_BURST
 from gateway.files.installed import InstalledLog
 from tests.support import eventually
@@ -177,9 +177,8 @@ async def test_chunks_dropped_on_a_full_queue_are_asked_for_once_it_is_empty(tmp
     assert [(r.state, r.reason) for r in out if isinstance(r, FileStatus) and r.reason != "progress"] == [
         ("missing", "opened"), ("missing", "busy"), ("received", "")]
     progress = [r for r in out if isinstance(r, FileStatus) and r.reason == "progress"]
-    # the clock stands still, so no progress within PROGRESS_MIN_S of `opened`: the first one comes
-    # after PROGRESS_EVERY (16) chunks written
-    assert progress and progress[0].missing == [[16, 17]]
+    # the clock stands still, so no quiet progress: the first one comes after PROGRESS_EVERY chunks written
+    assert progress and progress[0].missing == [[PROGRESS_EVERY, 17]]
 
 
 def reasons(out: list[ControlRecord], file_id: str) -> list[tuple[str, str]]:
@@ -296,3 +295,26 @@ async def test_a_download_complete_on_disk_at_start_is_installed(tmp_path: Path)
     async with running(d):
         await eventually(lambda: states(out, m.id) == ["received"])
     assert (tmp_path / "inbox" / m.name).read_bytes() == b"t" * 2100
+
+
+async def test_progress_statuses_follow_chunks_not_time_and_a_quiet_transfer_gets_one(tmp_path: Path) -> None:
+    m, chunks = planned(bytes(range(256)) * 4 * 18)  # 18 chunks
+    out: list[ControlRecord] = []
+    clock = Clock()
+    d = new_downloads(tmp_path, out, clock)
+    async with running(d):
+        d.offer(m.id, "manifest", encode_manifest(m))
+        for i in range(16):  # a slow link: one chunk every half second
+            clock.now += PROGRESS_QUIET_S / 2
+            d.offer(m.id, "chunk", chunks[i])
+            await eventually(lambda: d.counters.chunks == i + 1)  # noqa: B023 (awaited at once)
+        progress = [r for r in out if isinstance(r, FileStatus) and r.reason == "progress"]
+        assert len(progress) == 16 // PROGRESS_EVERY  # one per PROGRESS_EVERY chunks, not one per chunk
+        assert progress[0].missing == [[PROGRESS_EVERY, 17]]
+        d.offer(m.id, "chunk", chunks[16])  # one more, then nothing: a pusher with a small window waits
+        await eventually(lambda: d.counters.chunks == 17)
+        clock.now += PROGRESS_QUIET_S
+        await eventually(lambda: [r.missing for r in out if isinstance(r, FileStatus)][-1] == [[17, 17]])
+        d.offer(m.id, "chunk", chunks[17])
+        await eventually(lambda: states(out, m.id)[-1:] == ["received"])
+    assert d.counters.received == 1
