@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bridge.protocol.files import CHUNK_HEADER, CHUNK_MAGIC, REJECT_REASONS
+from bridge.uplink.pacing import TokenBucket
 
 BUSY = "busy"  # a message dropped because the queue was full
 IO_ERROR = "io_error"  # the disk refused (the transfer fails; see the log)
@@ -37,17 +38,12 @@ class UnsolicitedAnswers:
     durable control record, and random ids from the cloud must not make one each."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._tokens = float(UNSOLICITED_BURST)
-        self._at = clock()
+        self._bucket = TokenBucket(UNSOLICITED_PER_S, UNSOLICITED_BURST, clock)
 
     def allow(self) -> bool:
-        now = self._clock()
-        self._tokens = min(float(UNSOLICITED_BURST), self._tokens + (now - self._at) * UNSOLICITED_PER_S)
-        self._at = now
-        if self._tokens < 1:
+        if self._bucket.wait_s() > 0:
             return False
-        self._tokens -= 1
+        self._bucket.spend(1)
         return True
 
 
