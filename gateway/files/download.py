@@ -11,7 +11,12 @@ it survives restarts. What the gateway answers:
 - a chunk it refuses (hash mismatch, wrong offset...) -> counted, and that chunk asked for again;
 - a chunk of a file it has no manifest for -> ``missing`` with ``manifest: true`` (the data is
   dropped), at most once per :data:`UNKNOWN_REPEAT_S` per id;
-- the whole file verified and installed -> ``received`` with its path relative to the inbox;
+- (these answers to messages of no transfer under way share one token bucket: beyond it they are
+  counted as ``unanswered`` and not sent, so junk from the cloud cannot make a record each);
+- the whole file verified and installed -> ``received`` with its path relative to the inbox; a
+  whole that does not match -> every chunk asked for again, once; the second time ``failed``;
+- a transfer that got no chunk for ``timeout_s`` (files.download_timeout_s) -> dropped, ``failed``
+  with reason ``expired``;
 - on every uplink connect (the first one after a start included), and when a transfer got no
   chunk for ``stall_s`` (doubling up to :data:`STALL_CAP_S` while nothing comes) -> ``missing``;
 - chunks dropped because too much waited for the disk -> ``missing`` for them, once the queue is empty;
