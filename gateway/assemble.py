@@ -177,7 +177,8 @@ def build_downloads(cfg: GatewayConfig, lanes: LaneWriter) -> Downloads | None:
         return None
     return Downloads(cfg.files_dir / "incoming", cfg.inbox_dir, InstalledLog(cfg.files_dir / "installed.json"),
                      lanes.write_control, max_file_bytes=f.max_file_bytes, max_disk_bytes=f.max_disk_bytes,
-                     stall_s=f.stall_s, other_bytes=lambda: transfer_bytes(cfg, "sending", "devices"))
+                     stall_s=f.stall_s, timeout_s=f.download_timeout_s,
+                     other_bytes=lambda: transfer_bytes(cfg, "sending", "devices"))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from gateway.config_broker import AclPattern, AclSection, AuthSection, ListenerTlsSection, LocalBrokerSection
 from gateway.config_sections import (
@@ -116,9 +116,34 @@ class GatewayConfig(Strict):
     def pushed_config_file(self) -> Path:
         return self.downlink.config_file or self.gateway.data_dir / "pushed-config.json"
 
+    @model_validator(mode="after")
+    def _inbox_apart(self) -> GatewayConfig:
+        """Downloads are renamed into the inbox under names the cloud chooses: it must not hold the
+        gateway's own state (``uploads.db``, ``installed.json``, buffer segments...)."""
+        if self.files.enabled:
+            inbox_apart(self.inbox_dir, state={"gateway.data_dir": self.gateway.data_dir, "files.dir": self.files_dir,
+                                               "buffer.dir": self.buffer_dir},
+                        work={"files.outbox_dir": self.outbox_dir, "buffer.dir": self.buffer_dir,
+                              "local_broker.auth.pki_dir": self.pki_dir,
+                              **{f"{{files.dir}}/{d}": self.files_dir / d for d in ("incoming", "sending", "devices")}})
+        return self
+
     def redacted(self) -> dict[str, Any]:
         """The effective config as plain data; secret references are shown, values never."""
         return self.model_dump(mode="json")
+
+
+def inbox_apart(inbox: Path, *, state: dict[str, Path], work: dict[str, Path]) -> None:
+    """``ValueError`` when ``inbox`` is, or holds, one of the ``state`` or ``work`` directories, or
+    lies inside a ``work`` directory (where the gateway creates and deletes files of its own)."""
+    where = inbox.resolve()
+    for key, path in {**state, **work}.items():
+        if path.resolve() == where or where in path.resolve().parents:
+            raise ValueError(f"files.inbox_dir ({inbox}) must not be {key} ({path}) nor hold it: "
+                             "a download could replace the gateway's own files")
+    for key, path in work.items():
+        if path.resolve() in where.parents:
+            raise ValueError(f"files.inbox_dir ({inbox}) must not be inside {key} ({path})")
 
 
 # Versions stay exact in JSON consumers that read numbers as doubles.

@@ -278,6 +278,7 @@ class FilesSection(Strict):
     device_uploads: bool = True  # devices may send files on devices/{device_id}/files/...
     max_device_file_bytes: PositiveInt = 16 * 1024 * 1024
     device_upload_timeout_s: PositiveFloat = 3600.0  # a device upload idle this long is dropped (counted: expired)
+    download_timeout_s: PositiveFloat = 7 * 86400.0  # a download without a chunk this long is dropped (failed: expired)
 
 
 class StatusSection(Strict):

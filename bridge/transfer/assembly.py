@@ -8,6 +8,13 @@ marked only after its data is synced, so after a crash the marks never claim mor
 holds; a chunk written but not yet marked is simply asked for again. :meth:`Assembly.install`
 reads the whole file back, checks its SHA-256, syncs it and renames it into place: a partial or
 corrupt file is never presented under its name.
+
+Just before that rename, ``<id>.target`` records where the file goes. A crash after the rename but
+before the work files are removed leaves ``.manifest``, ``.have`` (every chunk marked) and
+``.target`` without ``.part``: that transfer is installed, not under way. :meth:`Assembly.finished`
+lists such leftovers (:class:`Finished`: the manifest and the installed path) so a receiver records
+them as installed, then removes them with :meth:`Assembly.remove`; :meth:`Assembly.under_way` and
+:meth:`Assembly.load` skip them (they are never started over).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import hashlib
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.protocol.files import (
@@ -32,7 +40,15 @@ from bridge.protocol.files import (
     encode_manifest,
 )
 
-__all__ = ["Assembly", "fsync_dir"]
+__all__ = ["Assembly", "Finished", "fsync_dir"]
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A transfer installed at ``path`` before a crash left its work files behind (see the module doc)."""
+
+    manifest: Manifest
+    path: Path
 
 
 def fsync_dir(path: Path) -> None:
@@ -58,6 +74,8 @@ class Assembly:
         """Start receiving ``manifest``'s file, or resume it when it is already under way. A
         different manifest under the same id raises ``FileRejected("conflict")``."""
         work_dir.mkdir(parents=True, exist_ok=True)
+        if cls._finished(work_dir, manifest.id) is not None:  # installed, not recorded by the caller: anew
+            cls.remove(work_dir, manifest.id)
         known = cls.load(work_dir, manifest.id)
         if known is not None:
             if known.manifest.to_json() | {"created_ms": 0} != manifest.to_json() | {"created_ms": 0}:
@@ -73,8 +91,11 @@ class Assembly:
 
     @classmethod
     def load(cls, work_dir: Path, file_id: str) -> Assembly | None:
-        """The transfer of ``file_id`` under way in ``work_dir``, or None."""
+        """The transfer of ``file_id`` under way in ``work_dir``, or None (also for one already
+        installed: :meth:`finished`)."""
         paths = _paths(work_dir, file_id)
+        if cls._finished(work_dir, file_id) is not None:
+            return None
         try:
             manifest = decode_manifest(paths["manifest"].read_bytes())
             have = bytearray(paths["have"].read_bytes())
@@ -103,6 +124,30 @@ class Assembly:
             if found is not None:
                 yield found
 
+    @classmethod
+    def finished(cls, work_dir: Path) -> list[Finished]:
+        """The transfers in ``work_dir`` installed before a crash that left their work files (see
+        the module doc): record each as installed, then :meth:`remove` it."""
+        if not work_dir.is_dir():
+            return []
+        found = (cls._finished(work_dir, path.stem) for path in sorted(work_dir.glob("*.target")))
+        return [f for f in found if f is not None]
+
+    @staticmethod
+    def _finished(work_dir: Path, file_id: str) -> Finished | None:
+        paths = _paths(work_dir, file_id)
+        if paths["part"].exists():  # still there: the rename did not happen (or did not last)
+            return None
+        try:
+            target = Path(paths["target"].read_text(encoding="utf-8"))
+            manifest = decode_manifest(paths["manifest"].read_bytes())
+            have = paths["have"].read_bytes()
+        except (OSError, ValueError, FileRejected):  # missing or torn: not a finished transfer
+            return None
+        if manifest.id != file_id or len(have) != manifest.chunks or not all(have):
+            return None
+        return Finished(manifest, target)
+
     @staticmethod
     def remove(work_dir: Path, file_id: str) -> None:
         for path in _paths(work_dir, file_id).values():
@@ -125,6 +170,11 @@ class Assembly:
     @property
     def received(self) -> int:
         return sum(self._have)
+
+    def updated_at(self) -> float:
+        """When the transfer last changed: opened or a chunk written (wall clock, read from the disk,
+        so it survives restarts; for expiring abandoned transfers). Raises ``OSError``."""
+        return os.stat(_paths(self.work_dir, self.id)["have"]).st_mtime
 
     @property
     def complete(self) -> bool:
@@ -171,6 +221,7 @@ class Assembly:
             raise FileRejected(HASH_MISMATCH, f"{self.manifest.name!r} does not match its SHA-256 as a whole")
         _make_dirs(dest)
         target = dest / name
+        _write_synced(_paths(self.work_dir, self.id)["target"], str(target.absolute()).encode())
         try:
             os.replace(part, target)
         except OSError as exc:
@@ -178,7 +229,7 @@ class Assembly:
                 raise
             self._copy_into(part, target)  # dest is on another file system (files.inbox_dir elsewhere)
         fsync_dir(dest)
-        self.remove(self.work_dir, self.id)  # the .manifest first: without it nothing is under way
+        self.remove(self.work_dir, self.id)  # the .manifest first: without it nothing is under way or finished
         fsync_dir(self.work_dir)
         return target
 
@@ -206,7 +257,7 @@ def _make_dirs(path: Path) -> None:
 
 
 def _paths(work_dir: Path, file_id: str) -> dict[str, Path]:
-    return {part: work_dir / f"{file_id}.{part}" for part in ("manifest", "part", "have")}
+    return {part: work_dir / f"{file_id}.{part}" for part in ("manifest", "part", "have", "target")}
 
 
 def _write_synced(path: Path, data: bytes) -> None:

@@ -11,14 +11,21 @@ it survives restarts. What the gateway answers:
 - a chunk it refuses (hash mismatch, wrong offset...) -> counted, and that chunk asked for again;
 - a chunk of a file it has no manifest for -> ``missing`` with ``manifest: true`` (the data is
   dropped), at most once per :data:`UNKNOWN_REPEAT_S` per id;
-- the whole file verified and installed -> ``received`` with its path relative to the inbox;
+- (these answers to messages of no transfer under way share one token bucket: beyond it they are
+  counted as ``unanswered`` and not sent, so junk from the cloud cannot make a record each);
+- the whole file verified and installed -> ``received`` with its path relative to the inbox; a
+  whole that does not match -> every chunk asked for again, once; the second time ``failed``;
+- a transfer that got no chunk for ``timeout_s`` (files.download_timeout_s) -> dropped, ``failed``
+  with reason ``expired``;
 - on every uplink connect (the first one after a start included), and when a transfer got no
   chunk for ``stall_s`` (doubling up to :data:`STALL_CAP_S` while nothing comes) -> ``missing``;
 - chunks dropped because too much waited for the disk -> ``missing`` for them, once the queue is empty;
-- chunks written -> ``missing`` (reason ``progress``) once nothing is left to handle, at most every
-  :data:`PROGRESS_MIN_S` (or after :data:`PROGRESS_EVERY` chunks): the pusher keeps at most its
-  window of chunks that the gateway has not confirmed this way, so chunks never pile up in the
-  broker's queue for the gateway, where a command would wait behind them.
+- chunks written -> ``missing`` (reason ``progress``) after every :data:`PROGRESS_EVERY` chunks,
+  or once no chunk came for :data:`PROGRESS_QUIET_S` (a pusher with a smaller window waits for
+  it): the pusher keeps at most its window of chunks that the gateway has not confirmed this way,
+  so chunks never pile up in the broker's queue for the gateway, where a command would wait behind
+  them. Each status is a control record the sink stores: counting chunks, not time, keeps them to
+  about one per :data:`PROGRESS_EVERY` chunks on a slow link as on a fast one.
 
 A ``missing`` status says in its ``reason`` why it was sent: ``opened`` (a new manifest),
 ``manifest`` (a manifest again), ``reconnect``, ``stalled``, ``progress`` (these list every chunk
@@ -38,19 +45,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bridge.protocol.files import (
     BAD_ID,
     CHUNK_HEADER,
-    CHUNK_MAGIC,
     CONFLICT,
     NO_SPACE,
-    REJECT_REASONS,
     UNKNOWN_FILE,
     FileRejected,
     Manifest,
@@ -60,43 +64,30 @@ from bridge.protocol.files import (
 )
 from bridge.protocol.records import ControlOut, FileStatus
 from bridge.transfer.assembly import Assembly
+from gateway.files.download_counters import (
+    BUSY,
+    DOWNLOAD_REASONS,
+    EXPIRED,
+    IO_ERROR,
+    DownloadCounters,
+    UnsolicitedAnswers,
+    chunk_index,
+)
+from gateway.files.download_resume import Transfer, take_over
 from gateway.files.installed import Installed, InstalledLog
+
+__all__ = ["DOWNLOAD_REASONS", "STALL_CAP_S", "DownloadCounters", "Downloads"]
 
 log = logging.getLogger(__name__)
 
 STALL_CAP_S = 600.0
 UNKNOWN_REPEAT_S = 5.0
 QUEUE_MAX_BYTES = 16 * 1024 * 1024  # messages waiting for the disk; beyond, they are dropped (and counted)
-BUSY = "busy"  # a message dropped because the queue was full
 # why a `missing` status is sent (its `reason`), besides the refusal reasons of a chunk and BUSY:
 OPENED, AGAIN, RECONNECT, STALLED, PROGRESS = "opened", "manifest", "reconnect", "stalled", "progress"
-PROGRESS_MIN_S = 0.1  # at most this often a `progress` status per transfer...
-PROGRESS_EVERY = 16  # ...unless this many chunks were written since the last one
-IO_ERROR = "io_error"  # the disk refused (the transfer fails; see the log)
-DOWNLOAD_REASONS = (*REJECT_REASONS, BUSY, IO_ERROR)  # every reason a download counter may carry
+PROGRESS_EVERY = 4  # a `progress` status after this many chunks written since the last one...
+PROGRESS_QUIET_S = 0.5  # ...or once the transfer got no chunk this long (a pusher's window below PROGRESS_EVERY)
 _HEX = frozenset("0123456789abcdef")
-_ID_OFFSET = 8  # magic(4) version(1) flags(1) reserved(2): the raw id follows
-
-
-@dataclass
-class DownloadCounters:
-    received: int = 0  # files installed
-    received_again: int = 0  # manifests of files already installed, answered `received` again
-    failed: Counter[str] = field(default_factory=Counter)  # transfers refused or given up, by reason
-    rejected: Counter[str] = field(default_factory=Counter)  # manifests and chunks refused, by reason
-    chunks: int = 0  # chunks written
-    duplicates: int = 0  # chunks already on disk (or of a file already installed)
-    bytes: int = 0  # chunk data written
-    missing_sent: int = 0  # `missing` statuses written
-
-
-@dataclass
-class _Transfer:
-    assembly: Assembly
-    last_progress: float
-    stall_s: float
-    unreported: int = 0  # chunks written since the last full `missing` list
-    reported_at: float = -1e9
 
 
 class Downloads:
@@ -105,16 +96,18 @@ class Downloads:
 
     def __init__(self, incoming: Path, inbox: Path, installed: InstalledLog, on_status: ControlOut, *,
                  max_file_bytes: int, max_disk_bytes: int, other_bytes: Callable[[], int] = lambda: 0,
-                 stall_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 stall_s: float = 30.0, timeout_s: float = 7 * 86400.0, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         self.incoming, self.inbox, self.installed = incoming, inbox, installed
         self._status = on_status
         self.max_file_bytes, self.max_disk_bytes = max_file_bytes, max_disk_bytes
         self._other_bytes = other_bytes
-        self.stall_s = stall_s
-        self._clock = clock
+        self.stall_s, self.timeout_s = stall_s, timeout_s
+        self._clock, self._wall = clock, wall
+        self._unsolicited = UnsolicitedAnswers(clock)
         self.counters = DownloadCounters()
         self.internal_errors = 0
-        self._transfers: dict[str, _Transfer] = {}
+        self._transfers: dict[str, Transfer] = {}
         self._queue: deque[tuple[str, str, bytes]] = deque()
         self._queued_bytes = 0
         self._wake = asyncio.Event()
@@ -127,9 +120,8 @@ class Downloads:
     def open(self) -> None:
         """Take over the transfers an earlier run left under way (before the uplink connects)."""
         self.installed.open()
-        now = self._clock()
-        for assembly in Assembly.under_way(self.incoming):
-            self._transfers[assembly.id] = _Transfer(assembly, now, self.stall_s)
+        self._transfers = take_over(self.incoming, self.inbox, self.installed, now=self._clock(), wall=self._wall,
+                                    stall_s=self.stall_s)
         if self._transfers:
             log.info("downloads: %d transfer(s) under way resumed", len(self._transfers))
 
@@ -144,7 +136,7 @@ class Downloads:
         c = self.counters
         return {"received": c.received, "received_again": c.received_again, "failed": dict(c.failed),
                 "rejected": dict(c.rejected), "chunks": c.chunks, "duplicates": c.duplicates, "bytes": c.bytes,
-                "missing_sent": c.missing_sent, "in_progress": len(self._transfers),
+                "missing_sent": c.missing_sent, "unanswered": c.unanswered, "in_progress": len(self._transfers),
                 "bytes_in_use": self.bytes_in_use()}
 
     # -- from the event loop ------------------------------------------------------------------------
@@ -156,7 +148,7 @@ class Downloads:
             return
         if self._queued_bytes + len(payload) > QUEUE_MAX_BYTES:
             self.counters.rejected[BUSY] += 1  # a chunk is asked for again once the queue is empty
-            index = _chunk_index(payload, file_id) if part == "chunk" else None
+            index = chunk_index(payload, file_id) if part == "chunk" else None
             if index is not None:
                 self._dropped.setdefault(file_id, set()).add(index)
             return
@@ -174,7 +166,9 @@ class Downloads:
                 self._ask(t.assembly, why=RECONNECT)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Handle queued messages in order; check for stalled transfers about once a second."""
+        """Handle queued messages in order; check for stalled and expired transfers about once a second."""
+        for t in [t for t in self._transfers.values() if t.assembly.complete]:  # a crash before the install
+            await self._install(t)
         while not stop.is_set():
             while self._queue:
                 file_id, part, payload = self._queue.popleft()
@@ -186,8 +180,10 @@ class Downloads:
                     log.exception("downloads: unexpected error on a %s of %s", part, file_id)
             if self._dropped:
                 self._ask_dropped()
-            timeout = PROGRESS_MIN_S if self._report_progress() else min(1.0, self.stall_s)
+            due = self._report_progress()
+            timeout = min(1.0, self.stall_s) if due is None else max(due, 0.01)
             self._check_stalls()
+            await self._expire()
             self._wake.clear()
             waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
             _, pending = await asyncio.wait(waiters, timeout=timeout,
@@ -228,7 +224,7 @@ class Downloads:
         except OSError as exc:
             self._io_failed(manifest.id, exc)
             return
-        self._transfers[manifest.id] = _Transfer(assembly, self._clock(), self.stall_s)
+        self._transfers[manifest.id] = Transfer(assembly, self._clock(), self.stall_s, self._clock())
         if assembly.complete:  # an empty file
             await self._install(self._transfers[manifest.id])
         else:
@@ -244,7 +240,7 @@ class Downloads:
         except FileRejected as exc:
             self.counters.rejected[exc.reason] += 1
             log.warning("downloads: chunk of %s refused: %s", file_id, exc)
-            index = _chunk_index(payload, file_id)
+            index = chunk_index(payload, file_id)
             if index is not None and index < t.assembly.manifest.chunks and not t.assembly.has(index):
                 self._ask(t.assembly, [index], why=exc.reason)
             return
@@ -257,6 +253,7 @@ class Downloads:
         self.counters.chunks += 1
         self.counters.bytes += len(payload) - CHUNK_HEADER.size
         t.last_progress, t.stall_s = self._clock(), self.stall_s
+        t.active_at = t.last_progress
         t.unreported += 1
         if t.assembly.complete:
             await self._install(t)
@@ -268,25 +265,31 @@ class Downloads:
             self.counters.duplicates += 1  # a late copy of a chunk of a file already installed
             return
         self.counters.rejected[UNKNOWN_FILE] += 1
-        if len(file_id) != 32:
-            return
         now = self._clock()
-        if now - self._unknown_asked.get(file_id, -UNKNOWN_REPEAT_S) >= UNKNOWN_REPEAT_S:
-            if len(self._unknown_asked) > 1000:
-                self._unknown_asked.clear()
-            self._unknown_asked[file_id] = now
-            self.counters.missing_sent += 1
-            self._status(FileStatus(file_id, "down", "missing", reason=UNKNOWN_FILE, missing=[], manifest=True))
+        if now - self._unknown_asked.get(file_id, -UNKNOWN_REPEAT_S) < UNKNOWN_REPEAT_S:
+            return
+        if not self._unsolicited.allow():
+            self.counters.unanswered += 1
+            return
+        if len(self._unknown_asked) > 1000:
+            self._unknown_asked.clear()
+        self._unknown_asked[file_id] = now
+        self.counters.missing_sent += 1
+        self._status(FileStatus(file_id, "down", "missing", reason=UNKNOWN_FILE, missing=[], manifest=True))
 
-    async def _install(self, t: _Transfer) -> None:
+    async def _install(self, t: Transfer) -> None:
         m = t.assembly.manifest
         dest = self.inbox / m.device if m.device else self.inbox
         try:
             path = await asyncio.to_thread(t.assembly.install, dest)
-        except FileRejected as exc:  # the whole does not match: every chunk is asked for again
+        except FileRejected as exc:  # the whole does not match: every chunk is asked for again, once
             self.counters.rejected[exc.reason] += 1
             log.warning("downloads: %s refused as a whole: %s", m.id, exc)
-            self._ask(t.assembly, why=exc.reason)
+            t.whole_mismatches += 1
+            if t.whole_mismatches > 1:  # the manifest itself must be wrong: sending it all again would loop
+                await self._give_up(t, exc.reason)
+            else:
+                self._ask(t.assembly, why=exc.reason)
             return
         except OSError as exc:
             self._io_failed(m.id, exc)
@@ -303,19 +306,20 @@ class Downloads:
 
     # -- answers ------------------------------------------------------------------------------------
 
-    def _report_progress(self) -> bool:
+    def _report_progress(self) -> float | None:
         """With nothing left to handle: a ``progress`` status (the full ``missing`` list) for each
-        transfer that got chunks since its last one, so the pusher sends the next ones (its window
-        counts the chunks the gateway has not confirmed). True when one had to wait for
-        :data:`PROGRESS_MIN_S`."""
-        now, waiting = self._clock(), False
+        transfer that got chunks since its last one but none for :data:`PROGRESS_QUIET_S`, so a
+        pusher whose window is below :data:`PROGRESS_EVERY` sends the next ones. Seconds until the
+        next one is due (None: none is)."""
+        now, due = self._clock(), None
         for t in self._transfers.values():
             if t.unreported:
-                if now - t.reported_at >= PROGRESS_MIN_S:
+                wait = t.active_at + PROGRESS_QUIET_S - now
+                if wait <= 0:
                     self._ask(t.assembly, why=PROGRESS)
                 else:
-                    waiting = True
-        return waiting
+                    due = wait if due is None else min(due, wait)
+        return due
 
     def _check_stalls(self) -> None:
         if not self._link_up:
@@ -326,6 +330,23 @@ class Downloads:
                 t.last_progress, t.stall_s = now, min(t.stall_s * 2, STALL_CAP_S)
                 self._ask(t.assembly, why=STALLED)
 
+    async def _expire(self) -> None:
+        """Drop the transfers that got no chunk for ``timeout_s`` (their pusher is gone): ``failed expired``."""
+        now = self._clock()
+        for t in [t for t in self._transfers.values() if now - t.active_at >= self.timeout_s]:
+            log.warning("downloads: %s got no chunk for %.0f s: dropped", t.assembly.id, now - t.active_at)
+            await self._give_up(t, EXPIRED)
+
+    async def _give_up(self, t: Transfer, reason: str) -> None:
+        """Drop a transfer (its disk budget is free again) and answer ``failed`` with ``reason``."""
+        self._transfers.pop(t.assembly.id, None)
+        try:
+            await asyncio.to_thread(t.assembly.discard)
+        except OSError as exc:
+            log.error("downloads: the work files of %s cannot be removed: %s", t.assembly.id, exc)
+        self.counters.failed[reason] += 1
+        self._status(FileStatus(t.assembly.id, "down", "failed", reason=reason))
+
     def _ask(self, assembly: Assembly, indexes: list[int] | None = None, *, why: str) -> None:
         """A ``missing`` status; its ``reason`` says why it is sent (see the module doc)."""
         missing = assembly.missing() if indexes is None else indexes
@@ -333,7 +354,7 @@ class Downloads:
         m = assembly.manifest
         t = self._transfers.get(m.id)
         if indexes is None and t is not None:  # a full list: it reports every chunk written so far
-            t.unreported, t.reported_at = 0, self._clock()
+            t.unreported = 0
         self._status(FileStatus(m.id, "down", "missing", name=m.name, size=m.size, reason=why,
                                 missing=to_ranges(missing), manifest=False, device=m.device))
 
@@ -355,8 +376,10 @@ class Downloads:
         self.counters.rejected[exc.reason] += 1
         self.counters.failed[exc.reason] += 1
         log.warning("downloads: %s refused: %s", file_id[:40], exc)
-        if len(file_id) == 32:  # only a topic that names an id gets an answer (the id grammar was checked)
-            self._status(FileStatus(file_id, "down", "failed", reason=exc.reason))
+        if not self._unsolicited.allow():  # (the id grammar was checked by offer)
+            self.counters.unanswered += 1
+            return
+        self._status(FileStatus(file_id, "down", "failed", reason=exc.reason))
 
     def _io_failed(self, file_id: str, exc: OSError) -> None:
         log.error("downloads: %s failed on the disk: %s", file_id, exc)
@@ -366,12 +389,3 @@ class Downloads:
         self.counters.failed[IO_ERROR] += 1
         self._status(FileStatus(file_id, "down", "failed", reason=IO_ERROR))
 
-
-def _chunk_index(payload: bytes, file_id: str) -> int | None:
-    """The index a refused chunk claims, when its header is readable and names ``file_id``."""
-    if len(payload) < CHUNK_HEADER.size or payload[:4] != CHUNK_MAGIC:
-        return None
-    if payload[_ID_OFFSET:_ID_OFFSET + 16].hex() != file_id:
-        return None
-    index: int = CHUNK_HEADER.unpack_from(payload)[5]
-    return index

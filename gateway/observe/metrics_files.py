@@ -84,5 +84,7 @@ def _downloads(d: DownloadsBlock) -> Iterator[Spec]:
     yield Spec("counter", f"{p}_bytes", "Download bytes written to disk", d.bytes)
     yield Spec("counter", f"{p}_missing_requests", "'missing' statuses sent (progress, resume and re-requests)",
                d.missing_sent)
+    yield Spec("counter", f"{p}_unanswered", "Refusals and unknown-file chunks not answered (rate limit)",
+               d.unanswered)
     yield Spec("gauge", f"{p}_in_progress", "Downloads under way", d.in_progress)
     yield Spec("gauge", f"{p}_disk_bytes", "Bytes reserved by the downloads under way", d.bytes_in_use)

@@ -161,6 +161,7 @@ class DownloadsBlock:
     duplicates: int = 0
     bytes: int = 0
     missing_sent: int = 0
+    unanswered: int = 0
     in_progress: int = 0
     bytes_in_use: int = 0
 

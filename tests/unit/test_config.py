@@ -98,3 +98,24 @@ def test_ids_in_the_config_follow_the_id_grammar(tmp_path: Path, bad: str) -> No
     assert [key for key, _ in problems(tmp_path, f'[gateway]\nid = "{bad}"\n')] == ["gateway.id"]
     assert [key for key, _ in problems(tmp_path, f'[downlink]\nallowed_commands = ["{bad}"]\n')] == [
         "downlink.allowed_commands"]
+
+
+@pytest.mark.parametrize(
+    "inbox",
+    ["{data}", "{data}/files", "{data}/..", "{data}/buffer", "{data}/buffer/x", "{data}/files/incoming",
+     "{data}/files/sending/sub", "{data}/files/outbox", "{data}/pki", "{data}/files/../files"],
+)
+def test_an_inbox_that_would_let_a_download_replace_gateway_state_is_refused(tmp_path: Path, inbox: str) -> None:
+    data = tmp_path / "data"
+    found = problems(tmp_path, f"[gateway]\ndata_dir = '{data}'\n[files]\ninbox_dir = '{inbox.format(data=data)}'\n")
+    assert [msg for _, msg in found if "files.inbox_dir" in msg], found
+
+
+@pytest.mark.parametrize("inbox", ["{data}/files/inbox", "{data}/inbox", "{tmp}/elsewhere", "{data}/files/inbox2"])
+def test_an_inbox_apart_from_the_gateway_state_is_accepted(tmp_path: Path, inbox: str) -> None:
+    data = tmp_path / "data"
+    cfg, _ = load_config(write(tmp_path, f"[gateway]\ndata_dir = '{data}'\n[files]\n"
+                                         f"inbox_dir = '{inbox.format(data=data, tmp=tmp_path)}'\n"))
+    assert cfg.inbox_dir.name in ("inbox", "elsewhere", "inbox2")
+    assert load_config(write(tmp_path, f"[gateway]\ndata_dir = '{data}'\n[files]\nenabled = false\n"
+                                       f"inbox_dir = '{data}'\n"))  # files off: the inbox is not used

@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+import os
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from bridge.protocol.files import Manifest, encode_chunk, encode_manifest, new_file_id
+import pytest
+
+from bridge.protocol.files import Manifest, decode_chunk, encode_chunk, encode_manifest, new_file_id
 from bridge.protocol.records import ControlRecord, FileStatus
-from gateway.files.download import STALL_CAP_S, Downloads
+from bridge.transfer.assembly import Assembly
+from gateway.files.download import PROGRESS_EVERY, PROGRESS_QUIET_S, STALL_CAP_S, Downloads
+from gateway.files.download_counters import UNSOLICITED_BURST
 from gateway.files.installed import InstalledLog
 from tests.support import eventually
 
@@ -34,10 +40,11 @@ def planned(data: bytes, name: str = "pack.bin") -> tuple[Manifest, list[bytes]]
     return m, [encode_chunk(m.id, i, i * CHUNK, p) for i, p in enumerate(pieces)]
 
 
-def new_downloads(tmp: Path, out: list[ControlRecord], clock: Clock, **kw: int) -> Downloads:
+def new_downloads(tmp: Path, out: list[ControlRecord], clock: Clock, *, timeout_s: float = 7 * 86400.0,
+                  wall: Callable[[], float] = time.time, **kw: int) -> Downloads:
     d = Downloads(tmp / "incoming", tmp / "inbox", InstalledLog(tmp / "installed.json"), out.append,
                   max_file_bytes=kw.get("max_file_bytes", 10**6), max_disk_bytes=kw.get("max_disk_bytes", 10**7),
-                  stall_s=10.0, clock=clock)
+                  stall_s=10.0, timeout_s=timeout_s, clock=clock, wall=wall)
     d.open()
     return d
 
@@ -170,6 +177,144 @@ async def test_chunks_dropped_on_a_full_queue_are_asked_for_once_it_is_empty(tmp
     assert [(r.state, r.reason) for r in out if isinstance(r, FileStatus) and r.reason != "progress"] == [
         ("missing", "opened"), ("missing", "busy"), ("received", "")]
     progress = [r for r in out if isinstance(r, FileStatus) and r.reason == "progress"]
-    # the clock stands still, so no progress within PROGRESS_MIN_S of `opened`: the first one comes
-    # after PROGRESS_EVERY (16) chunks written
-    assert progress and progress[0].missing == [[16, 17]]
+    # the clock stands still, so no quiet progress: the first one comes after PROGRESS_EVERY chunks written
+    assert progress and progress[0].missing == [[PROGRESS_EVERY, 17]]
+
+
+def reasons(out: list[ControlRecord], file_id: str) -> list[tuple[str, str]]:
+    return [(r.state, r.reason) for r in out if isinstance(r, FileStatus) and r.id == file_id]
+
+
+async def test_junk_from_the_cloud_gets_a_bounded_number_of_answers_the_rest_counted(tmp_path: Path) -> None:
+    out: list[ControlRecord] = []
+    clock = Clock()  # stands still: no token comes back during the flood
+    d = new_downloads(tmp_path, out, clock)
+    async with running(d):
+        for _ in range(100):
+            junk = new_file_id()
+            d.offer(junk, "chunk", encode_chunk(junk, 0, 0, b"x"))  # a chunk of no file under way
+            d.offer(new_file_id(), "manifest", b"{")  # a manifest it refuses
+        await eventually(lambda: d.counters.rejected["malformed"] == 100 and d.counters.rejected["unknown_file"] == 100)
+    assert len(out) == UNSOLICITED_BURST and d.counters.unanswered == 200 - UNSOLICITED_BURST
+    clock.now += 1.0  # a token back: the next refusal is answered again
+    async with running(d):
+        d.offer(new_file_id(), "manifest", b"{")
+        await eventually(lambda: len(out) == UNSOLICITED_BURST + 1)
+
+
+async def test_a_whole_that_never_matches_is_asked_for_once_more_then_failed(tmp_path: Path) -> None:
+    m, chunks = planned(b"abc" * 1000)
+    liar = Manifest(m.id, m.name, m.size, m.chunk_size, "0" * 64, m.chunk_sha256)  # chunks fine, whole not
+    out: list[ControlRecord] = []
+    d = new_downloads(tmp_path, out, Clock())
+    async with running(d):
+        d.offer(m.id, "manifest", encode_manifest(liar))
+        for c in chunks:
+            d.offer(m.id, "chunk", c)
+        await eventually(lambda: ("missing", "hash_mismatch") in reasons(out, m.id))
+        for c in chunks:  # the pusher sends them all again
+            d.offer(m.id, "chunk", c)
+        await eventually(lambda: states(out, m.id)[-1:] == ["failed"])
+    assert reasons(out, m.id)[-1] == ("failed", "hash_mismatch")
+    assert d.counters.failed["hash_mismatch"] == 1 and d.under_way() == [] and d.bytes_in_use() == 0
+    assert list((tmp_path / "incoming").iterdir()) == [] and not (tmp_path / "inbox" / m.name).exists()
+
+
+async def test_an_abandoned_download_expires_and_frees_its_budget(tmp_path: Path) -> None:
+    m, chunks = planned(b"q" * 5000)
+    out: list[ControlRecord] = []
+    clock = Clock()
+    d = new_downloads(tmp_path, out, clock, timeout_s=3600.0)
+    async with running(d):
+        d.offer(m.id, "manifest", encode_manifest(m))
+        d.offer(m.id, "chunk", chunks[0])
+        await eventually(lambda: d.counters.chunks == 1)
+        clock.now += 3000  # a chunk keeps it alive
+        d.offer(m.id, "chunk", chunks[1])
+        await eventually(lambda: d.counters.chunks == 2)
+        clock.now += 3000
+        d.offer("f" * 32, "manifest", b"{")  # wakes the task: it checks right after
+        await eventually(lambda: d.counters.rejected["malformed"] == 1)
+        assert d.under_way() == [m]
+        clock.now += 601
+        d.offer("f" * 32, "manifest", b"{")
+        await eventually(lambda: states(out, m.id)[-1:] == ["failed"])
+    assert reasons(out, m.id)[-1] == ("failed", "expired") and d.counters.failed["expired"] == 1
+    assert d.under_way() == [] and d.bytes_in_use() == 0 and list((tmp_path / "incoming").iterdir()) == []
+
+
+async def test_a_restart_does_not_make_an_abandoned_download_young_again(tmp_path: Path) -> None:
+    m, chunks = planned(b"r" * 3000)
+    a = Assembly.open(tmp_path / "incoming", m)
+    a.write(decode_chunk(chunks[0]))
+    have = tmp_path / "incoming" / f"{m.id}.have"
+    os.utime(have, (time.time() - 7200, time.time() - 7200))  # its last chunk came two hours ago
+    out: list[ControlRecord] = []
+    d = new_downloads(tmp_path, out, Clock(), timeout_s=3600.0)
+    async with running(d):
+        await eventually(lambda: states(out, m.id) == ["failed"])
+    assert d.counters.failed["expired"] == 1 and not have.exists()
+
+
+class _Crash(Exception):
+    pass
+
+
+async def test_a_download_installed_just_before_a_crash_is_received_not_fetched_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    m, chunks = planned(b"s" * 2500, "model.bin")
+    a = Assembly.open(tmp_path / "incoming", m)
+    for c in chunks:
+        a.write(decode_chunk(c))
+
+    def crash(work_dir: Path, file_id: str) -> None:
+        raise _Crash  # the power goes right after the rename into the inbox
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Assembly, "remove", staticmethod(crash))
+        with pytest.raises(_Crash):
+            a.install(tmp_path / "inbox")
+    out: list[ControlRecord] = []
+    d = new_downloads(tmp_path, out, Clock())
+    assert d.under_way() == [] and list((tmp_path / "incoming").iterdir()) == []
+    async with running(d):
+        d.offer(m.id, "manifest", encode_manifest(m))  # the pusher asks again
+        await eventually(lambda: states(out, m.id) == ["received"])
+    received = out[-1]
+    assert isinstance(received, FileStatus) and received.path == "model.bin"
+    assert d.counters.received_again == 1 and (tmp_path / "inbox" / "model.bin").read_bytes() == b"s" * 2500
+
+
+async def test_a_download_complete_on_disk_at_start_is_installed(tmp_path: Path) -> None:
+    m, chunks = planned(b"t" * 2100)
+    a = Assembly.open(tmp_path / "incoming", m)
+    for c in chunks:  # every chunk synced and marked, then the crash before the install
+        a.write(decode_chunk(c))
+    out: list[ControlRecord] = []
+    d = new_downloads(tmp_path, out, Clock())
+    async with running(d):
+        await eventually(lambda: states(out, m.id) == ["received"])
+    assert (tmp_path / "inbox" / m.name).read_bytes() == b"t" * 2100
+
+
+async def test_progress_statuses_follow_chunks_not_time_and_a_quiet_transfer_gets_one(tmp_path: Path) -> None:
+    m, chunks = planned(bytes(range(256)) * 4 * 18)  # 18 chunks
+    out: list[ControlRecord] = []
+    clock = Clock()
+    d = new_downloads(tmp_path, out, clock)
+    async with running(d):
+        d.offer(m.id, "manifest", encode_manifest(m))
+        for i in range(16):  # a slow link: one chunk every half second
+            clock.now += PROGRESS_QUIET_S / 2
+            d.offer(m.id, "chunk", chunks[i])
+            await eventually(lambda: d.counters.chunks == i + 1)  # noqa: B023 (awaited at once)
+        progress = [r for r in out if isinstance(r, FileStatus) and r.reason == "progress"]
+        assert len(progress) == 16 // PROGRESS_EVERY  # one per PROGRESS_EVERY chunks, not one per chunk
+        assert progress[0].missing == [[PROGRESS_EVERY, 17]]
+        d.offer(m.id, "chunk", chunks[16])  # one more, then nothing: a pusher with a small window waits
+        await eventually(lambda: d.counters.chunks == 17)
+        clock.now += PROGRESS_QUIET_S
+        await eventually(lambda: [r.missing for r in out if isinstance(r, FileStatus)][-1] == [[17, 17]])
+        d.offer(m.id, "chunk", chunks[17])
+        await eventually(lambda: states(out, m.id)[-1:] == ["received"])
+    assert d.counters.received == 1

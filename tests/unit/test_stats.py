@@ -39,7 +39,7 @@ LAYOUT = {
     "clock": ["synced", "floor_date", "sync_file", "jumps", "last_jump_s", "receive_stamped_unsynced",
               "window_not_judged"],
     "downloads": ["received", "received_again", "failed", "rejected", "chunks", "duplicates", "bytes", "missing_sent",
-                  "in_progress", "bytes_in_use"],
+                  "unanswered", "in_progress", "bytes_in_use"],
 }
 
 

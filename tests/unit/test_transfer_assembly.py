@@ -351,3 +351,43 @@ def test_plan_reads_exactly_the_size_it_saw() -> None:
     with pytest.raises(FileRejected, match="grew") as exc:
         plan_file(proc)
     assert _reason(exc) == "hash_mismatch"
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_a_crash_after_the_rename_leaves_a_finished_transfer_not_one_to_start_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _source(tmp_path, 2 * CHUNK + 5)
+    m = plan_file(src, chunk_size=CHUNK)
+    work, inbox = tmp_path / "work", tmp_path / "inbox"
+    a = _receive(work, src, m, [0, 1, 2])
+
+    def crash(work_dir: Path, file_id: str) -> None:
+        raise _Crash  # the power goes between the rename and the removal of the work files
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Assembly, "remove", staticmethod(crash))
+        with pytest.raises(_Crash):
+            a.install(inbox, "renamed.bin")
+    assert (work / f"{m.id}.manifest").exists() and not (work / f"{m.id}.part").exists()
+    assert Assembly.load(work, m.id) is None and list(Assembly.under_way(work)) == []
+    [done] = Assembly.finished(work)
+    assert done.manifest == m and done.path == (inbox / "renamed.bin").absolute()
+    assert done.path.read_bytes() == src.read_bytes()
+    Assembly.remove(work, m.id)  # the receiver recorded it as installed
+    assert Assembly.finished(work) == [] and list(work.iterdir()) == []
+
+
+def test_a_transfer_not_yet_renamed_is_not_finished(tmp_path: Path) -> None:
+    src = _source(tmp_path, 2 * CHUNK)
+    m = plan_file(src, chunk_size=CHUNK)
+    work = tmp_path / "work"
+    _receive(work, src, m, [0, 1])
+    (work / f"{m.id}.target").write_text(str(tmp_path / "inbox" / m.name))  # written, then the crash
+    assert Assembly.finished(work) == []
+    again = Assembly.load(work, m.id)
+    assert again is not None and again.complete  # installed on resume by the receiver
+    assert again.install(tmp_path / "inbox").read_bytes() == src.read_bytes()
+    assert Assembly.finished(work) == [] and list(work.iterdir()) == []
