@@ -183,6 +183,7 @@ class Sink:
         self.files = None if files is None else FileReceiver(store, self.counters, files, prefix)
         if self.files is not None:
             self.filters += self.files.filters
+            self.handler.on_file_status = self.files.status_stored
         self.gateway_state = self.handler.gateway_state
         self.last_seen_ms = self.handler.last_seen_ms
         self.ready = asyncio.Event()
