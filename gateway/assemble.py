@@ -159,7 +159,7 @@ def build_device_intake(cfg: GatewayConfig, publish: Publish, on_file: OnFile) -
     ``files_dir``."""
     f = cfg.files
     limits = Limits(f.enabled and f.device_uploads, f.max_device_file_bytes, f.max_disk_bytes,
-                    f.device_upload_timeout_s)
+                    f.device_upload_timeout_s, f.max_device_files_per_hour)
     receiver = DeviceReceiver(cfg.files_dir / "devices", DeviceFileTopics(cfg.topics), limits, on_file,
                               used_bytes=lambda: transfer_bytes(cfg))
     return DeviceIntake(receiver, publish)

@@ -279,6 +279,7 @@ class FilesSection(Strict):
     max_device_file_bytes: PositiveInt = 16 * 1024 * 1024
     device_upload_timeout_s: PositiveFloat = 3600.0  # a device upload idle this long is dropped (counted: expired)
     download_timeout_s: PositiveFloat = 7 * 86400.0  # a download without a chunk this long is dropped (failed: expired)
+    max_device_files_per_hour: Annotated[int, Field(ge=0)] = 60  # per device, then `busy`; 0 = no limit
 
 
 class StatusSection(Strict):

@@ -80,6 +80,9 @@ __all__ = ["command", "report", "sink"]
 @click.option("--files-stall-s", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="Ask a gateway for the chunks of an upload that got none for this long (then doubling up to "
                    "10 min).")
+@click.option("--files-expire-s", type=click.FloatRange(min=1), default=7 * 86_400.0, show_default=True,
+              help="Drop an upload under way that got no message for this long (receipt 'failed', reason "
+                   "expired; its work files are deleted).")
 @click.option("--prefix", default=DEFAULT_PREFIX, show_default=True, help=PREFIX_HELP)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--start-timeout", "start_timeout_s", type=click.FloatRange(min=0), default=30.0, show_default=True,
@@ -89,7 +92,8 @@ __all__ = ["command", "report", "sink"]
 def sink(urls: tuple[str, ...], db: str, db_password_file: Path | None, shared_group: str | None,
          protocol: Literal["5", "3.1.1"], worker: str | None, client_id: str | None, clean_session: bool,
          group_max_messages: int, group_max_readings: int, files_dir: Path | None, files_max_bytes: int,
-         files_stall_s: float, prefix: str, log_level: str, start_timeout_s: float, login: Login) -> None:
+         files_stall_s: float, files_expire_s: float, prefix: str, log_level: str, start_timeout_s: float,
+         login: Login) -> None:
     """Cloud side: store every gateway's batches and alerts in SQLite or PostgreSQL, dropping
     duplicates by (gateway, stream, lane, seq) and recording sequence gaps; with --files-dir,
     receive the gateways' file uploads too."""
@@ -111,7 +115,8 @@ def sink(urls: tuple[str, ...], db: str, db_password_file: Path | None, shared_g
                        client_id=client_id, worker=worker, persistent=not clean_session,
                        start_timeout_s=start_timeout_s or None, login=login, db_password_file=db_password_file,
                        group_limits=GroupLimits(group_max_messages, group_max_readings),
-                       files=None if files_dir is None else FileOptions(files_dir, files_max_bytes, files_stall_s))
+                       files=None if files_dir is None else FileOptions(files_dir, files_max_bytes, files_stall_s,
+                                                                        expire_s=files_expire_s))
 
     try:
         run_until_signal(go)

@@ -183,6 +183,7 @@ class Sink:
         self.files = None if files is None else FileReceiver(store, self.counters, files, prefix)
         if self.files is not None:
             self.filters += self.files.filters
+            self.handler.on_file_status = self.files.status_stored
         self.gateway_state = self.handler.gateway_state
         self.last_seen_ms = self.handler.last_seen_ms
         self.ready = asyncio.Event()
@@ -318,5 +319,6 @@ async def run_sink(
              c.alerts, c.events, c.responses, c.duplicates, c.invalid, c.handled, c.groups, c.largest_group)
     if sink.files is not None:
         f = sink.files.counters
-        log.info("file receiver stopped: %d files stored, %d failed, %d chunks (%d duplicates), %d receipts",
-                 f.stored, f.failed, f.chunks, f.duplicate_chunks, sum(f.receipts.values()))
+        log.info("file receiver stopped: %d files stored, %d failed, %d expired, %d abandoned by their gateway, "
+                 "%d chunks (%d duplicates), %d receipts", f.stored, f.failed, f.expired, f.abandoned, f.chunks,
+                 f.duplicate_chunks, sum(f.receipts.values()))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from bridge.cloud.sink_port import SinkStorePort
@@ -22,7 +22,7 @@ from bridge.cloud.sink_writes import BatchWrite, ControlWrite, InvalidWrite, Out
 from bridge.mqtt.types import Message
 from bridge.protocol.codec import decode_batch
 from bridge.protocol.errors import CodecError, InvalidRecord
-from bridge.protocol.records import decode_control, parse_control
+from bridge.protocol.records import FileStatus, decode_control, parse_control
 from bridge.protocol.topics import KIND_OF_TOPIC, UPLINK_TOPICS, ControlKind, TopicPattern, valid_id
 
 log = logging.getLogger("bridge.cloud.sink")
@@ -92,6 +92,8 @@ class SinkHandler:
         self.gateway_state: dict[str, str] = {}
         self.last_seen_ms: dict[str, int] = {}
         self._routes = [(TopicPattern(f"{prefix}/{topic}"), topic) for topic in UPLINK_TOPICS]
+        self.on_file_status: Callable[[str, FileStatus], None] | None = None
+        """Told of each FileStatus record once its group is committed (also a duplicate): the file receiver."""
 
     def _route(self, topic: str) -> tuple[str, str] | None:
         for pattern, kind in self._routes:
@@ -113,6 +115,9 @@ class SinkHandler:
         outcomes = self.store.store_group([p.write for p in todo if p.write is not None])
         for prepared, outcome in zip(todo, outcomes, strict=True):
             self._settle(prepared, outcome)
+            write = prepared.write
+            if self.on_file_status and isinstance(write, ControlWrite) and isinstance(write.record.record, FileStatus):
+                self.on_file_status(write.record.stamp.gateway, write.record.record)
 
     def prepare(self, message: Message) -> Prepared:
         now = _now_ms()

@@ -3,7 +3,9 @@ the intake's worker thread (:mod:`gateway.files.device_intake`). Each call retur
 messages to publish (topic, payload); every refusal is counted by reason in :attr:`rejected`.
 
 A manifest opens an upload (``accepted``), or, for one under way, is a question (``missing``), or,
-for one handed on already, is answered ``complete`` again. A chunk is written at its offset; the
+for one handed on already, is answered ``complete`` again; a device that had
+``max_files_per_hour`` files handed on (or under way) in the last hour is refused ``busy`` until
+the oldest is an hour old (kept in memory: a restart starts the count over). A chunk is written at its offset; the
 last one triggers the whole-file check and the hand-off to ``on_file``. A chunk of an unknown
 upload is answered ``missing`` with ``manifest: true`` (at most once a second per file).
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +37,7 @@ log = logging.getLogger(__name__)
 
 # Refusal reasons beyond the protocol's (bridge.protocol.files.REJECT_REASONS); docs/OPERATIONS.md.
 DISABLED = "disabled"  # files.device_uploads = false
-BUSY = "busy"  # the device has MAX_OPEN_PER_DEVICE uploads under way already
+BUSY = "busy"  # the device has MAX_OPEN_PER_DEVICE uploads under way, or sent max_files_per_hour in the last hour
 EXPIRED = "expired"  # no chunk for files.device_upload_timeout_s
 OVERFLOW = "overflow"  # the intake queue was full: the message was dropped (the device asks again)
 IO_ERROR = "io_error"  # the disk failed otherwise
@@ -56,6 +58,7 @@ class Limits:
     max_file_bytes: int  # files.max_device_file_bytes
     max_disk_bytes: int  # files.max_disk_bytes (shared by every transfer)
     timeout_s: float  # files.device_upload_timeout_s
+    max_files_per_hour: int = 60  # files.max_device_files_per_hour (0: no limit)
 
 
 class DeviceReceiver:
@@ -67,6 +70,7 @@ class DeviceReceiver:
         self._on_file, self._used_bytes, self._clock = on_file, used_bytes, clock
         self._open: dict[tuple[str, str], DeviceUpload] = {}
         self._asked: dict[tuple[str, str], float] = {}
+        self._handed: dict[str, deque[float]] = {}  # per device: when its files of the last hour were handed on
         self.rejected: Counter[str] = Counter()
         self.files = self.chunks = self.duplicates = self.bytes = 0
 
@@ -116,8 +120,12 @@ class DeviceReceiver:
         if upload is not None:  # the device reuses the id for another file: the new one wins
             self.rejected[CONFLICT] += 1
             self._drop(msg)
-        if sum(1 for device, _ in self._open if device == msg.device) >= MAX_OPEN_PER_DEVICE:
+        open_now = sum(1 for device, _ in self._open if device == msg.device)
+        if open_now >= MAX_OPEN_PER_DEVICE:
             raise FileRejected(BUSY, f"{msg.device} has {MAX_OPEN_PER_DEVICE} uploads under way")
+        hourly = self.limits.max_files_per_hour
+        if hourly and open_now + self._handed_lately(msg.device) >= hourly:
+            raise FileRejected(BUSY, f"{msg.device} sent {hourly} files in the last hour (files under way included)")
         used = self._used_bytes()
         if used + manifest.size > self.limits.max_disk_bytes:
             raise FileRejected(NO_SPACE, f"{manifest.size} bytes do not fit: {used} of "
@@ -160,6 +168,7 @@ class DeviceReceiver:
         path.unlink(missing_ok=True)
         del self._open[(msg.device, msg.file_id)]
         mark_done(upload.work_dir, msg.file_id, m)
+        self._handed.setdefault(msg.device, deque()).append(self._clock())
         self.files += 1
         log.info("device %s sent %r (%d bytes)", msg.device, m.name, m.size)
         return [self._status(msg, "complete")]
@@ -179,6 +188,16 @@ class DeviceReceiver:
                 done.unlink(missing_ok=True)
         self.rejected[EXPIRED] += expired
         return expired
+
+    def _handed_lately(self, device: str) -> int:
+        """How many files of ``device`` were handed on in the last hour."""
+        times = self._handed.get(device)
+        cutoff = self._clock() - 3600.0
+        while times and times[0] <= cutoff:
+            times.popleft()
+        if times is not None and not times:
+            del self._handed[device]
+        return len(times or ())
 
     def _drop(self, msg: FileMessage) -> None:
         upload = self._open.pop((msg.device, msg.file_id), None)

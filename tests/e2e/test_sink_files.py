@@ -92,7 +92,8 @@ async def gateway(url: str) -> AsyncIterator[Gateway]:
 
 
 def sink(url: str, store: SinkStorePort, root: Path, **kw: Any) -> Sink:
-    options = FileOptions(root, max_bytes=kw.pop("max_bytes", 1024**2), stall_s=kw.pop("stall_s", 30.0))
+    options = FileOptions(root, max_bytes=kw.pop("max_bytes", 1024**2), stall_s=kw.pop("stall_s", 30.0),
+                          expire_s=kw.pop("expire_s", 3600.0))
     return Sink(store, [url], backoff=DecorrelatedJitter(0.05, 0.5), connect_timeout_s=5.0, files=options, **kw)
 
 

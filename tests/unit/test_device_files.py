@@ -145,6 +145,23 @@ def test_limits_budget_busy_and_disabled(tmp_path: Path) -> None:
     assert receiver(tmp_path).handle(FileMessage("manifest", "..", "f1"), manifest()) == []
 
 
+def test_a_device_flooding_zero_byte_files_is_held_to_its_hourly_count(tmp_path: Path) -> None:
+    empty = manifest(name="e.bin", size=0, sha256=hashlib.sha256(b"").hexdigest())
+    clock, calls = FakeClock(time.time()), Calls()
+    limits = Limits(True, 1 << 20, 1 << 24, 600.0, max_files_per_hour=3)
+    r = DeviceReceiver(tmp_path / "devices", DeviceFileTopics(TopicsSection()), limits,
+                       lambda path, name, _ct, _meta, device: calls.append((name, device)), lambda: 0, clock)
+    assert [ask(r, empty, file_id=f"z{n}") for n in range(3)] == [{"state": "complete"}] * 3
+    assert ask(r, empty, file_id="z3") == {"state": "failed", "reason": "busy"}
+    assert ask(r, manifest(), file_id="big") == {"state": "failed", "reason": "busy"}  # any file, not only empty
+    assert ask(r, empty, device="d2", file_id="z0") == {"state": "complete"}  # another device is not held up
+    assert ask(r, empty, file_id="z0") == {"state": "complete"}  # a repeated manifest hands nothing on
+    assert (len(calls), r.files, r.rejected["busy"]) == (4, 4, 2)
+    clock.advance(3600.5)  # an hour after the first ones
+    assert ask(r, empty, file_id="z4") == {"state": "complete"} and len(calls) == 5
+    assert parse_config({}, "<test>").files.max_device_files_per_hour == 60
+
+
 def test_a_refusal_by_the_callback_reaches_the_device_and_leaves_nothing(tmp_path: Path) -> None:
     def refuse(*_args: Any) -> None:
         raise FileRejected("no_space", "the outbox is full")
