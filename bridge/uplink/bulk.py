@@ -107,7 +107,6 @@ class BulkLane:
         self._on_settled = on_settled
         self._clock = clock
         self._connection = 0
-        self._sent_at: dict[str, float] = {}  # in flight: when it went out
         self._sizes: dict[str, int] = {}  # in flight: bytes
         self._paused_until = 0.0
         self.sent = 0  # messages published
@@ -145,7 +144,6 @@ class BulkLane:
                     bucket.spend(size)
             self.sent += 1
             self.bytes += len(item.payload)
-            self._sent_at[item.key] = self._clock()
             self._sizes[item.key] = size
             fut.add_done_callback(functools.partial(self._done, self._connection, item.key))
             free -= 1
@@ -170,7 +168,6 @@ class BulkLane:
         exc = None if fut.cancelled() else fut.exception()
         if connection != self._connection:
             return  # released when its connection ended
-        self._sent_at.pop(key, None)
         self._sizes.pop(key, None)
         if fut.cancelled() or exc is not None:
             self.failed += 1
@@ -186,13 +183,8 @@ class BulkLane:
             self.source.settle(key, True)
         self._on_settled()
 
-    def oldest_s(self) -> float:
-        """How long the item longest in flight has waited for its PUBACK (0 when none)."""
-        return self._clock() - min(self._sent_at.values()) if self._sent_at else 0.0
-
     def connection_ended(self) -> None:
         self._connection += 1
-        self._sent_at.clear()
         self._sizes.clear()
         released = self.source.release_all()
         if released:
